@@ -1,0 +1,164 @@
+//! The compile driver: options as in the official `sample_c2i.py` -> a verified bundle.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::bundle::manifest::GenerationInfo;
+use crate::bundle::{write_bundle, BundleGraph, Manifest, SCHEMA_VERSION};
+use crate::checkpoint::Checkpoint;
+use crate::config::{gpt_arch, vq_arch, GptConfig, VqConfig};
+use crate::models::{gpt, vq, CheckpointWeights, RandomWeights, WeightSource};
+use crate::Error;
+
+/// Where weights come from.
+#[derive(Clone, Debug)]
+pub enum Weights {
+    Checkpoints { gpt: PathBuf, vq: PathBuf },
+    Random { seed: u64 },
+}
+
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    pub gpt_model: String,
+    pub vq_model: String,
+    pub weights: Weights,
+    pub image_size: usize,
+    /// Must match the VQ model's factor when given.
+    pub downsample_size: Option<usize>,
+    pub codebook_size: usize,
+    pub codebook_embed_dim: usize,
+    pub num_classes: usize,
+    pub cls_token_num: usize,
+    pub precision: String,
+    pub out: PathBuf,
+}
+
+impl Default for CompileOptions {
+    /// The official sample_c2i.py defaults (image size 256 as the c2i_B_256 release).
+    fn default() -> Self {
+        CompileOptions {
+            gpt_model: "GPT-B".into(),
+            vq_model: "VQ-16".into(),
+            weights: Weights::Random { seed: 0 },
+            image_size: 256,
+            downsample_size: None,
+            codebook_size: 16384,
+            codebook_embed_dim: 8,
+            num_classes: 1000,
+            cls_token_num: 1,
+            precision: "fp32".into(),
+            out: PathBuf::from("bundle"),
+        }
+    }
+}
+
+/// Progress events of a compile.
+pub enum Progress<'a> {
+    Stage(&'a str),
+    Weights { done: usize, total: usize },
+}
+
+/// Resolves the configs from the options (no file is touched).
+pub fn resolve_configs(o: &CompileOptions) -> Result<(GptConfig, VqConfig), Error> {
+    if o.precision != "fp32" {
+        return Err(Error::InvalidOption {
+            option: "--precision",
+            reason: format!("'{}' is not supported yet; supported: fp32", o.precision),
+        });
+    }
+    let va = vq_arch(&o.vq_model)?;
+    if let Some(d) = o.downsample_size {
+        if d != va.downsample {
+            return Err(Error::InvalidOption {
+                option: "--downsample-size",
+                reason: format!(
+                    "{d} does not match {} (downsample {})",
+                    va.name, va.downsample
+                ),
+            });
+        }
+    }
+    let vqc = VqConfig::new(&va, o.codebook_size, o.codebook_embed_dim, o.image_size)?;
+    let ga = gpt_arch(&o.gpt_model)?;
+    let gc = GptConfig::new(
+        &ga,
+        o.codebook_size,
+        o.num_classes,
+        o.cls_token_num,
+        vqc.grid * vqc.grid,
+    )?;
+    Ok((gc, vqc))
+}
+
+/// Compiles the GPT step graph and the VQ decoder into the bundle at `o.out`.
+pub fn compile(
+    o: &CompileOptions,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Manifest, Error> {
+    let (gc, vqc) = resolve_configs(o)?;
+    let mut sources = BTreeMap::new();
+    let (gpt_src, vq_src): (Arc<dyn WeightSource>, Arc<dyn WeightSource>) = match &o.weights {
+        Weights::Checkpoints { gpt, vq } => {
+            progress(Progress::Stage("opening checkpoints"));
+            sources.insert("gpt".into(), gpt.display().to_string());
+            sources.insert("vq".into(), vq.display().to_string());
+            (
+                Arc::new(CheckpointWeights(Checkpoint::open(gpt)?)),
+                Arc::new(CheckpointWeights(Checkpoint::open(vq)?)),
+            )
+        }
+        Weights::Random { seed } => {
+            sources.insert("gpt".into(), format!("random(seed={seed})"));
+            sources.insert("vq".into(), format!("random(seed={seed})"));
+            let r: Arc<dyn WeightSource> = Arc::new(RandomWeights::new(*seed));
+            (Arc::clone(&r), r)
+        }
+    };
+    progress(Progress::Stage("building graphs"));
+    let gpt_graph = gpt::build_step_graph(&gc, gpt_src)?;
+    let vq_graph = vq::build_decoder_graph(&vqc, vq_src)?;
+
+    let mut roles = BTreeMap::new();
+    roles.insert(
+        "prefill".into(),
+        "gpt_step with input_ids = class ids + class_token_offset (and the null class for CFG), position 0, empty caches".into(),
+    );
+    roles.insert(
+        "decode".into(),
+        "gpt_step with one image token per row, position = cls_token_num + token index; write present_* at position".into(),
+    );
+    let manifest = Manifest {
+        schema_version: SCHEMA_VERSION,
+        tool_version: format!("llamagen-rs {}", env!("CARGO_PKG_VERSION")),
+        precision: o.precision.clone(),
+        sources,
+        generation: GenerationInfo {
+            class_token_offset: gc.vocab_size,
+            null_class: gc.num_classes,
+            tokens_per_image: gc.block_size,
+            image_size: vqc.image_size,
+            roles,
+        },
+        gpt: gc,
+        vq: vqc,
+        graphs: BTreeMap::new(),
+        files: BTreeMap::new(),
+    };
+    progress(Progress::Stage("writing weights"));
+    let graphs = [
+        BundleGraph {
+            role: "gpt_step",
+            stem: "gpt",
+            graph: &gpt_graph,
+        },
+        BundleGraph {
+            role: "vq_decoder",
+            stem: "vq",
+            graph: &vq_graph,
+        },
+    ];
+    write_bundle(&o.out, &graphs, manifest, &mut |done, total| {
+        progress(Progress::Weights { done, total })
+    })
+}

@@ -1,0 +1,41 @@
+//! The compiler's error type: every variant names the file, key or value at fault.
+
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::CheckpointError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unknown {kind} model '{name}'; known: {known}")]
+    UnknownModel {
+        kind: &'static str,
+        name: String,
+        known: String,
+    },
+    #[error("invalid option {option}: {reason}")]
+    InvalidOption {
+        option: &'static str,
+        reason: String,
+    },
+    #[error("{path}: {reason}")]
+    Config { path: String, reason: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Typed ONNX operators (default domain, opset 17) with their attributes.
+
+use super::ElemType;
+
+/// An operator and its attributes. Inputs are passed to [`super::Graph::wire`] in ONNX order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Sqrt,
+    Neg,
+    Sigmoid,
+    MatMul,
+    Less,
+    Where,
+    /// start, limit, delta (scalars).
+    Range,
+    Softmax {
+        axis: i64,
+    },
+    /// data, shape.
+    Reshape,
+    Transpose {
+        perm: Vec<i64>,
+    },
+    /// data, indices.
+    Gather {
+        axis: i64,
+    },
+    Concat {
+        axis: i64,
+    },
+    /// data, split sizes (i64 1-D).
+    Split {
+        axis: i64,
+    },
+    /// data, starts, ends, axes (all i64 1-D).
+    Slice,
+    /// data, axes (i64 1-D).
+    Unsqueeze,
+    Cast {
+        to: ElemType,
+    },
+    ReduceMean {
+        axes: Vec<i64>,
+        keepdims: bool,
+    },
+    Shape {
+        start: Option<i64>,
+        end: Option<i64>,
+    },
+    /// X, W, B (optional).
+    Conv {
+        kernel: [i64; 2],
+        pads: [i64; 4],
+        strides: [i64; 2],
+    },
+    /// X, scale, bias.
+    InstanceNormalization {
+        epsilon: f32,
+    },
+    /// X, roi (empty), scales: nearest-neighbour upsampling as torch's `mode="nearest"`.
+    ResizeNearest,
+}
+
+impl Op {
+    /// The ONNX `op_type` string.
+    pub fn op_type(&self) -> &'static str {
+        match self {
+            Op::Add => "Add",
+            Op::Sub => "Sub",
+            Op::Mul => "Mul",
+            Op::Div => "Div",
+            Op::Pow => "Pow",
+            Op::Sqrt => "Sqrt",
+            Op::Neg => "Neg",
+            Op::Sigmoid => "Sigmoid",
+            Op::MatMul => "MatMul",
+            Op::Less => "Less",
+            Op::Where => "Where",
+            Op::Range => "Range",
+            Op::Softmax { .. } => "Softmax",
+            Op::Reshape => "Reshape",
+            Op::Transpose { .. } => "Transpose",
+            Op::Gather { .. } => "Gather",
+            Op::Concat { .. } => "Concat",
+            Op::Split { .. } => "Split",
+            Op::Slice => "Slice",
+            Op::Unsqueeze => "Unsqueeze",
+            Op::Cast { .. } => "Cast",
+            Op::ReduceMean { .. } => "ReduceMean",
+            Op::Shape { .. } => "Shape",
+            Op::Conv { .. } => "Conv",
+            Op::InstanceNormalization { .. } => "InstanceNormalization",
+            Op::ResizeNearest => "Resize",
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! llamagen-compiler: official LlamaGen checkpoints -> typed graph IR -> ONNX bundles.
+//!
+//! Data flow: [`checkpoint`] reads `.pt` / `.safetensors` files without executing code,
+//! [`config`] holds the model zoo (graphs/*.yaml), [`models`] maps checkpoint keys onto graphs
+//! built with the [`ir`] builder, [`onnx`] lowers the IR to protobuf with external weights, and
+//! [`bundle`] writes the bundle directory and its `bundle.yaml` manifest atomically.
+
+pub mod bundle;
+pub mod checkpoint;
+pub mod compile;
+pub mod config;
+mod error;
+pub mod io_names;
+pub mod ir;
+pub mod models;
+pub mod onnx;
+
+pub use error::Error;

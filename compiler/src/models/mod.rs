@@ -1,0 +1,9 @@
+//! Model families: checkpoint key -> graph mapping, one module per family.
+
+pub mod gpt;
+mod random;
+pub mod vq;
+mod weights;
+
+pub use random::RandomWeights;
+pub use weights::{CheckpointWeights, WeightSource};

@@ -1,0 +1,11 @@
+//! ONNX emission: the protobuf subset ([`proto`]) and the IR lowering ([`lower`]).
+
+pub mod lower;
+pub mod proto;
+
+/// ONNX IR version we write (9: accepted by onnxruntime >= 1.15 and onnx.checker).
+pub const IR_VERSION: i64 = 9;
+/// Default-domain opset we target.
+pub const OPSET: i64 = 17;
+
+pub use lower::{write_model, WrittenModel};

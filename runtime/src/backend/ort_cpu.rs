@@ -1,0 +1,186 @@
+//! ONNX Runtime on its CPU execution provider.
+//!
+//! The caches are passed to the step graph as borrowed tensors (no copy); only the new
+//! `[batch, heads, seq, head_dim]` slices come back and are written into the cache in place.
+//! Sessions sit behind a mutex because `Session::run` needs `&mut`; one request at a time uses
+//! all cores anyway.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::Mutex;
+
+use llamagen_compiler::bundle::Manifest;
+use llamagen_compiler::io_names;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session, SessionInputValue};
+use ort::value::TensorRef;
+
+use super::{Backend, BackendOptions};
+use crate::error::RuntimeError;
+use crate::kv_cache::KvCache;
+
+pub struct OrtCpu {
+    gpt: Mutex<Session>,
+    vq: Mutex<Session>,
+    layers: usize,
+    vocab: usize,
+    names: IoNames,
+}
+
+/// Input/output names built once, not per step.
+struct IoNames {
+    past_key: Vec<String>,
+    past_value: Vec<String>,
+    present_key: Vec<String>,
+    present_value: Vec<String>,
+}
+
+fn session(path: &Path, threads: usize) -> Result<Session, RuntimeError> {
+    let env = crate::ort_env::environment()?;
+    let ctx = || format!("loading {}", path.display());
+    let err = |e: &dyn std::fmt::Display| RuntimeError::ort(ctx(), e);
+    Session::builder(env)
+        .map_err(|e| err(&e))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| err(&e))?
+        .with_intra_threads(threads)
+        .map_err(|e| err(&e))?
+        .commit_from_file(path)
+        .map_err(|e| err(&e))
+}
+
+impl OrtCpu {
+    pub fn load(dir: &Path, m: &Manifest, opts: &BackendOptions) -> Result<Self, RuntimeError> {
+        let threads = opts.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        let graph = |role: &str| {
+            m.graphs
+                .get(role)
+                .map(|g| dir.join(&g.file))
+                .ok_or_else(|| {
+                    RuntimeError::Bundle(llamagen_compiler::bundle::BundleError::BadManifest {
+                        path: dir.to_path_buf(),
+                        reason: format!("no graph '{role}' in the manifest"),
+                    })
+                })
+        };
+        let layers = m.gpt.n_layer;
+        Ok(OrtCpu {
+            gpt: Mutex::new(session(&graph("gpt_step")?, threads)?),
+            vq: Mutex::new(session(&graph("vq_decoder")?, threads)?),
+            layers,
+            vocab: m.gpt.vocab_size,
+            names: IoNames {
+                past_key: (0..layers).map(io_names::past_key).collect(),
+                past_value: (0..layers).map(io_names::past_value).collect(),
+                present_key: (0..layers).map(io_names::present_key).collect(),
+                present_value: (0..layers).map(io_names::present_value).collect(),
+            },
+        })
+    }
+}
+
+fn tensor<'a, T>(
+    shape: Vec<usize>,
+    data: &'a [T],
+    what: &str,
+) -> Result<SessionInputValue<'a>, RuntimeError>
+where
+    T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static,
+{
+    TensorRef::from_array_view((shape, data))
+        .map(SessionInputValue::from)
+        .map_err(|e| RuntimeError::ort(format!("input {what}"), e))
+}
+
+impl Backend for OrtCpu {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn gpt_step(
+        &self,
+        ids: &[i64],
+        seq: usize,
+        position: usize,
+        cache: &mut KvCache,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), RuntimeError> {
+        let batch = cache.batch;
+        let shape = cache.shape();
+        let pos = [position as i64];
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            Vec::with_capacity(2 + 2 * self.layers);
+        inputs.push((
+            io_names::INPUT_IDS.into(),
+            tensor(vec![batch, seq], ids, io_names::INPUT_IDS)?,
+        ));
+        inputs.push((
+            io_names::POSITION.into(),
+            tensor(vec![1], &pos, io_names::POSITION)?,
+        ));
+        for i in 0..self.layers {
+            let (k, v) = (&self.names.past_key[i], &self.names.past_value[i]);
+            inputs.push((
+                k.as_str().into(),
+                tensor(shape.to_vec(), &cache.keys[i], k)?,
+            ));
+            inputs.push((
+                v.as_str().into(),
+                tensor(shape.to_vec(), &cache.values[i], v)?,
+            ));
+        }
+        let mut session = self.gpt.lock().unwrap_or_else(|p| p.into_inner());
+        let outputs = session
+            .run(inputs)
+            .map_err(|e| RuntimeError::ort("gpt step", e))?;
+
+        let extract = |name: &str, expected: Vec<usize>| -> Result<&[f32], RuntimeError> {
+            let value = outputs
+                .get(name)
+                .ok_or_else(|| RuntimeError::ort("gpt step", format!("no output {name}")))?;
+            let (s, data) = value
+                .try_extract_tensor::<f32>()
+                .map_err(|e| RuntimeError::ort(format!("output {name}"), e))?;
+            let got: Vec<usize> = s.iter().map(|&d| d as usize).collect();
+            if got != expected {
+                return Err(RuntimeError::OutputShape {
+                    graph: "gpt_step",
+                    what: name.to_string(),
+                    expected,
+                    got,
+                });
+            }
+            Ok(data)
+        };
+        logits.clear();
+        logits.extend_from_slice(extract(io_names::LOGITS, vec![batch, self.vocab])?);
+        let slice_shape = vec![batch, shape[1], seq, shape[3]];
+        for i in 0..self.layers {
+            let k = extract(&self.names.present_key[i], slice_shape.clone())?;
+            KvCache::write(&mut cache.keys[i], k, shape, position, seq);
+            let v = extract(&self.names.present_value[i], slice_shape.clone())?;
+            KvCache::write(&mut cache.values[i], v, shape, position, seq);
+        }
+        Ok(())
+    }
+
+    fn vq_decode(&self, tokens: &[i64], batch: usize) -> Result<Vec<f32>, RuntimeError> {
+        let per_image = tokens.len() / batch.max(1);
+        let input = tensor(vec![batch, per_image], tokens, io_names::VQ_TOKENS)?;
+        let mut session = self.vq.lock().unwrap_or_else(|p| p.into_inner());
+        let outputs = session
+            .run(vec![(Cow::from(io_names::VQ_TOKENS), input)])
+            .map_err(|e| RuntimeError::ort("vq decode", e))?;
+        let value = outputs
+            .get(io_names::VQ_IMAGE)
+            .ok_or_else(|| RuntimeError::ort("vq decode", "no output image"))?;
+        let (_, data) = value
+            .try_extract_tensor::<f32>()
+            .map_err(|e| RuntimeError::ort("vq decode output", e))?;
+        Ok(data.to_vec())
+    }
+}

@@ -1,0 +1,49 @@
+//! The runtime's error type: every variant says what was wrong and with which value or file.
+
+use std::path::PathBuf;
+
+pub use llamagen_compiler::bundle::BundleError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("{0}")]
+    OrtLibrary(String),
+    #[error("ONNX Runtime failed in {context}: {message}")]
+    Ort { context: String, message: String },
+    #[error("invalid request: {field} = {value}: {reason}")]
+    InvalidRequest {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("backend '{name}' is not available: {reason}")]
+    BackendUnavailable { name: String, reason: String },
+    #[error("graph {graph} returned {what} of shape {got:?}, expected {expected:?}")]
+    OutputShape {
+        graph: &'static str,
+        what: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    Npy(#[from] crate::npy::NpyError),
+}
+
+impl RuntimeError {
+    pub(crate) fn ort(context: impl Into<String>, e: impl std::fmt::Display) -> Self {
+        RuntimeError::Ort {
+            context: context.into(),
+            message: e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Static, preallocated KV caches: per layer `[batch, heads, max_len, head_dim]` f32.
+//!
+//! Allocated once per generation and never grown; each step's new key/value slice
+//! `[batch, heads, seq, head_dim]` is written in place at its position.
+
+pub struct KvCache {
+    pub batch: usize,
+    pub heads: usize,
+    pub max_len: usize,
+    pub head_dim: usize,
+    pub keys: Vec<Vec<f32>>,
+    pub values: Vec<Vec<f32>>,
+}
+
+impl KvCache {
+    pub fn new(layers: usize, batch: usize, heads: usize, max_len: usize, head_dim: usize) -> Self {
+        let n = batch * heads * max_len * head_dim;
+        KvCache {
+            batch,
+            heads,
+            max_len,
+            head_dim,
+            keys: (0..layers).map(|_| vec![0.0; n]).collect(),
+            values: (0..layers).map(|_| vec![0.0; n]).collect(),
+        }
+    }
+
+    pub fn shape(&self) -> [usize; 4] {
+        [self.batch, self.heads, self.max_len, self.head_dim]
+    }
+
+    /// Writes `slice` `[batch, heads, seq, head_dim]` at slots `position..position + seq`.
+    pub fn write(cache: &mut [f32], slice: &[f32], shape: [usize; 4], position: usize, seq: usize) {
+        let [batch, heads, max_len, hd] = shape;
+        debug_assert_eq!(slice.len(), batch * heads * seq * hd);
+        debug_assert!(position + seq <= max_len);
+        for bh in 0..batch * heads {
+            let src = &slice[bh * seq * hd..(bh + 1) * seq * hd];
+            let dst = (bh * max_len + position) * hd;
+            cache[dst..dst + seq * hd].copy_from_slice(src);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KvCache;
+
+    #[test]
+    fn write_places_the_slice_at_its_position_for_every_head() {
+        let mut c = KvCache::new(1, 2, 2, 4, 3);
+        let shape = c.shape();
+        let slice: Vec<f32> = (0..2 * 2 * 3).map(|x| x as f32 + 1.0).collect();
+        KvCache::write(&mut c.keys[0], &slice, shape, 2, 1);
+        // (b=1, h=0) is head block 2: slot 2 of it starts at (2 * 4 + 2) * 3.
+        assert_eq!(
+            &c.keys[0][(2 * 4 + 2) * 3..(2 * 4 + 3) * 3],
+            &[7.0, 8.0, 9.0]
+        );
+        assert_eq!(c.keys[0].iter().filter(|&&x| x != 0.0).count(), 12);
+    }
+}

@@ -1,0 +1,28 @@
+//! llamagen-runtime: load a bundle and generate images.
+//!
+//! ```no_run
+//! use llamagen_runtime::{GenerateRequest, Pipeline, PipelineOptions};
+//! let pipeline = Pipeline::load("bundle".as_ref(), &PipelineOptions::default())?;
+//! let req = GenerateRequest { labels: vec![207, 360], seed: 0, ..Default::default() };
+//! let out = pipeline.generate_tokens(&req, &mut |_, _| {})?;
+//! let images = pipeline.decode_images(&out.tokens)?;
+//! # Ok::<(), llamagen_runtime::RuntimeError>(())
+//! ```
+
+pub mod backend;
+mod error;
+pub mod image;
+pub mod kv_cache;
+pub mod npy;
+pub mod ort_env;
+mod pipeline;
+mod request;
+pub mod rng;
+pub mod sampler;
+
+pub use backend::BackendKind;
+pub use error::{BundleError, RuntimeError};
+pub use llamagen_compiler::bundle::Manifest;
+pub use pipeline::{Images, Observer, Pipeline, PipelineOptions, TokenOutput};
+pub use request::GenerateRequest;
+pub use sampler::SamplingOptions;

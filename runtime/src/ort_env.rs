@@ -1,0 +1,124 @@
+//! Finds and loads the ONNX Runtime shared library at run time (ort's `load-dynamic`).
+//!
+//! Order: `ORT_DYLIB_PATH`; then `onnxruntime/capi/libonnxruntime.so*` of a pip-installed
+//! `onnxruntime` in the usual site-packages folders (virtualenv, user, system, pyenv); then the
+//! folder reported by `python3 -c "import onnxruntime"` (only to locate the file). One ONNX
+//! Runtime environment per process, created on first use.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::error::RuntimeError;
+
+static ENV: OnceLock<Result<(ort::environment::Environment, PathBuf), String>> = OnceLock::new();
+
+const HOW_TO_INSTALL: &str = "install it with `python3 -m pip install onnxruntime` or set \
+ORT_DYLIB_PATH to the path of libonnxruntime.so (version >= 1.20)";
+
+/// The process-wide ONNX Runtime environment, loading the library on first call.
+pub fn environment() -> Result<&'static ort::environment::Environment, RuntimeError> {
+    let r = ENV.get_or_init(|| {
+        let path = find_library()
+            .ok_or_else(|| format!("ONNX Runtime library not found; {HOW_TO_INSTALL}"))?;
+        let builder = ort::init_from(&path).map_err(|e| {
+            format!(
+                "cannot load ONNX Runtime from {}: {e}; {HOW_TO_INSTALL}",
+                path.display()
+            )
+        })?;
+        let env = builder
+            .with_name("llamagen")
+            .build()
+            .map_err(|e| format!("cannot create the ONNX Runtime environment: {e}"))?;
+        Ok((env, path))
+    });
+    match r {
+        Ok((env, _)) => Ok(env),
+        Err(msg) => Err(RuntimeError::OrtLibrary(msg.clone())),
+    }
+}
+
+/// Path of the loaded library, if any.
+pub fn library_path() -> Option<PathBuf> {
+    match ENV.get() {
+        Some(Ok((_, p))) => Some(p.clone()),
+        _ => None,
+    }
+}
+
+/// Where the library would be loaded from, without loading it.
+pub fn find_library() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return Some(PathBuf::from(p));
+    }
+    site_packages_dirs()
+        .into_iter()
+        .find_map(|sp| lib_in_package(&sp.join("onnxruntime")))
+        .or_else(python_reported_package)
+}
+
+fn lib_in_package(pkg: &Path) -> Option<PathBuf> {
+    let capi = pkg.join("capi");
+    let mut libs: Vec<PathBuf> = std::fs::read_dir(&capi)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libonnxruntime.so") || n == "libonnxruntime.dylib")
+        })
+        .collect();
+    libs.sort();
+    libs.into_iter().next()
+}
+
+/// `<root>/lib/python3*/{site,dist}-packages` for the usual roots.
+fn site_packages_dirs() -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
+        roots.push(PathBuf::from(v));
+    }
+    if let Some(home) = std::env::var_os("HOME").map(PathBuf::from) {
+        roots.push(home.join(".local"));
+        if let Ok(entries) = std::fs::read_dir(home.join(".pyenv/versions")) {
+            roots.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
+        }
+    }
+    roots.extend(["/usr/local", "/usr", "/opt/conda"].map(PathBuf::from));
+    let mut dirs = Vec::new();
+    for root in roots {
+        let Ok(entries) = std::fs::read_dir(root.join("lib")) else {
+            continue;
+        };
+        let mut pys: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("python3"))
+            })
+            .collect();
+        pys.sort();
+        for py in pys.into_iter().rev() {
+            dirs.push(py.join("site-packages"));
+            dirs.push(py.join("dist-packages"));
+        }
+    }
+    dirs.push(PathBuf::from("/usr/lib/python3/dist-packages"));
+    dirs
+}
+
+fn python_reported_package() -> Option<PathBuf> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
+        ])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let dir = String::from_utf8(out.stdout).ok()?;
+    lib_in_package(Path::new(dir.trim()))
+}

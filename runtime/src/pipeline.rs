@@ -1,0 +1,260 @@
+//! The generation pipeline: prefill, the KV-cached decode loop with CFG and sampling, VQ decode.
+//!
+//! Mirrors the official `generate()`: the batch is `[cond; uncond]` when cfg_scale > 1; the
+//! prefill feeds the class ids at position 0 and samples the first token from its logits; decode
+//! step i feeds the last token to both halves at position `1 + i` (`cls_token_num + i`).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use llamagen_compiler::bundle::{load_manifest, Manifest};
+
+use crate::backend::{self, Backend, BackendKind, BackendOptions};
+use crate::error::RuntimeError;
+use crate::kv_cache::KvCache;
+use crate::request::GenerateRequest;
+use crate::rng::Philox;
+use crate::sampler::{cfg_combine, sample_token, SamplerScratch};
+
+/// How to load a bundle.
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    pub backend: BackendKind,
+    /// Check the sha256 of every bundle file on load (default on).
+    pub verify_hashes: bool,
+    pub threads: Option<usize>,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            backend: BackendKind::Cpu,
+            verify_hashes: true,
+            threads: None,
+        }
+    }
+}
+
+/// A loaded bundle, ready to generate. `Send + Sync`: share it across a service's threads.
+pub struct Pipeline {
+    dir: PathBuf,
+    manifest: Manifest,
+    backend: Box<dyn Backend>,
+}
+
+/// Watches a generation: progress after every token, and the logits each token is sampled from.
+/// Any `FnMut(done, total)` closure is an observer of progress only.
+pub trait Observer {
+    fn on_token(&mut self, _done: usize, _total: usize) {}
+    /// `logits` of request row `row` at `step` (0 = the prefill's token): CFG-combined when
+    /// guidance is on, before temperature / top-k / top-p, as the official `sample()` receives them.
+    fn on_logits(&mut self, _step: usize, _row: usize, _logits: &[f32]) {}
+}
+
+impl<F: FnMut(usize, usize)> Observer for F {
+    fn on_token(&mut self, done: usize, total: usize) {
+        self(done, total)
+    }
+}
+
+/// Tokens of one request and the time each phase took.
+#[derive(Clone, Debug)]
+pub struct TokenOutput {
+    /// `[labels.len()][tokens_per_image]`.
+    pub tokens: Vec<Vec<u32>>,
+    pub prefill_ms: f64,
+    /// Wall time of every decode step (graph + cache write + CFG + sampling).
+    pub decode_step_ms: Vec<f64>,
+    /// Prefill + all decode steps + sampling.
+    pub gpt_ms: f64,
+}
+
+/// Per-request sampling state of one generation.
+struct Sampling<'a> {
+    req: &'a GenerateRequest,
+    rng: &'a Philox,
+    scratch: &'a mut SamplerScratch,
+    observer: &'a mut dyn Observer,
+}
+
+/// Images as `[batch][3 * size * size]` f32 in about [-1, 1] (CHW).
+#[derive(Clone, Debug)]
+pub struct Images {
+    pub size: usize,
+    pub pixels: Vec<Vec<f32>>,
+    pub vq_ms: f64,
+}
+
+impl Pipeline {
+    pub fn load(dir: &Path, opts: &PipelineOptions) -> Result<Self, RuntimeError> {
+        let manifest = load_manifest(dir, opts.verify_hashes)?;
+        let backend = backend::create(
+            opts.backend,
+            dir,
+            &manifest,
+            &BackendOptions {
+                threads: opts.threads,
+            },
+        )?;
+        Ok(Pipeline {
+            dir: dir.to_path_buf(),
+            manifest,
+            backend,
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Generates the image tokens, reporting progress (and logits) to `observer`.
+    pub fn generate_tokens(
+        &self,
+        req: &GenerateRequest,
+        observer: &mut dyn Observer,
+    ) -> Result<TokenOutput, RuntimeError> {
+        req.validate(&self.manifest)?;
+        let g = &self.manifest.gpt;
+        let gen = &self.manifest.generation;
+        let n = req.labels.len();
+        let cfg = req.uses_cfg();
+        let rows = if cfg { 2 * n } else { n };
+        let steps = gen.tokens_per_image;
+        let vocab = g.vocab_size;
+        let rng = Philox::new(req.seed);
+        let mut scratch = SamplerScratch::new(vocab);
+        let mut cache = KvCache::new(g.n_layer, rows, g.n_kv_head, g.max_len, g.head_dim);
+        let mut logits = Vec::with_capacity(rows * vocab);
+        let mut tokens = vec![Vec::with_capacity(steps); n];
+        let mut ids: Vec<i64> = Vec::with_capacity(rows);
+
+        let start = Instant::now();
+        // Prefill: class ids [cond; null] at position 0.
+        ids.extend(
+            req.labels
+                .iter()
+                .map(|&l| (gen.class_token_offset + l) as i64),
+        );
+        if cfg {
+            ids.extend(std::iter::repeat_n(
+                (gen.class_token_offset + gen.null_class) as i64,
+                n,
+            ));
+        }
+        self.backend.gpt_step(&ids, 1, 0, &mut cache, &mut logits)?;
+        let mut sampling = Sampling {
+            req,
+            rng: &rng,
+            scratch: &mut scratch,
+            observer,
+        };
+        self.sample_rows(&mut sampling, &mut logits, true, 0, &mut tokens);
+        let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
+        sampling.observer.on_token(1, steps);
+
+        let mut decode_step_ms = Vec::with_capacity(steps.saturating_sub(1));
+        for i in 0..steps.saturating_sub(1) {
+            let t0 = Instant::now();
+            ids.clear();
+            ids.extend(tokens.iter().map(|row| row[i] as i64));
+            if cfg {
+                ids.extend_from_within(..n);
+            }
+            let position = g.cls_token_num + i;
+            self.backend
+                .gpt_step(&ids, 1, position, &mut cache, &mut logits)?;
+            let guided = !(req.cfg_interval > -1.0 && i as f32 > req.cfg_interval);
+            self.sample_rows(&mut sampling, &mut logits, guided, i + 1, &mut tokens);
+            decode_step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            sampling.observer.on_token(i + 2, steps);
+        }
+        Ok(TokenOutput {
+            tokens,
+            prefill_ms,
+            decode_step_ms,
+            gpt_ms: start.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// CFG-combines (when the batch has uncond rows and `guided`) and samples one token per request row.
+    fn sample_rows(
+        &self,
+        s: &mut Sampling<'_>,
+        logits: &mut [f32],
+        guided: bool,
+        step: usize,
+        tokens: &mut [Vec<u32>],
+    ) {
+        let vocab = self.manifest.gpt.vocab_size;
+        let n = s.req.labels.len();
+        let (cond, uncond) = logits.split_at_mut(n * vocab);
+        for (r, row_tokens) in tokens.iter_mut().enumerate() {
+            let row = &mut cond[r * vocab..(r + 1) * vocab];
+            if s.req.uses_cfg() && guided {
+                cfg_combine(row, &uncond[r * vocab..(r + 1) * vocab], s.req.cfg_scale);
+            }
+            s.observer.on_logits(step, r, row);
+            let u = s.rng.uniform(r as u64, step as u64);
+            row_tokens.push(sample_token(row, &s.req.sampling, u, s.scratch));
+        }
+    }
+
+    /// Decodes token rows (each `tokens_per_image` long) to images.
+    pub fn decode_images(&self, tokens: &[Vec<u32>]) -> Result<Images, RuntimeError> {
+        let per = self.manifest.generation.tokens_per_image;
+        let codebook = self.manifest.vq.codebook_size;
+        let mut flat = Vec::with_capacity(tokens.len() * per);
+        for (i, row) in tokens.iter().enumerate() {
+            if row.len() != per {
+                return Err(RuntimeError::InvalidRequest {
+                    field: "tokens",
+                    value: format!("row {i} has {} tokens", row.len()),
+                    reason: format!("expected {per}"),
+                });
+            }
+            if let Some(&t) = row.iter().find(|&&t| t as usize >= codebook) {
+                return Err(RuntimeError::InvalidRequest {
+                    field: "tokens",
+                    value: t.to_string(),
+                    reason: format!("must be < codebook size {codebook}"),
+                });
+            }
+            flat.extend(row.iter().map(|&t| t as i64));
+        }
+        let t0 = Instant::now();
+        let data = self.backend.vq_decode(&flat, tokens.len())?;
+        let size = self.manifest.vq.image_size;
+        let per_image = 3 * size * size;
+        if data.len() != per_image * tokens.len() {
+            return Err(RuntimeError::OutputShape {
+                graph: "vq_decoder",
+                what: "image".into(),
+                expected: vec![tokens.len(), 3, size, size],
+                got: vec![data.len()],
+            });
+        }
+        Ok(Images {
+            size,
+            pixels: data.chunks(per_image).map(<[f32]>::to_vec).collect(),
+            vq_ms: t0.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn pipeline_is_send_and_sync() {
+        assert_send_sync::<super::Pipeline>();
+    }
+}

@@ -1,0 +1,133 @@
+//! `llamagen-compile`: official LlamaGen checkpoints (or random weights) -> a bundle directory.
+//! Flag names and defaults mirror the official `autoregressive/sample/sample_c2i.py`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use llamagen_compiler::compile::{compile, CompileOptions, Progress, Weights};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "llamagen-compile",
+    version,
+    about = "Compile LlamaGen checkpoints into an ONNX bundle"
+)]
+struct Args {
+    /// GPT size: GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-XXXL, GPT-1B, GPT-3B, GPT-7B.
+    #[arg(long, default_value = "GPT-B")]
+    gpt_model: String,
+    /// Official GPT checkpoint (.pt or .safetensors).
+    #[arg(long, required_unless_present = "random_weights")]
+    gpt_ckpt: Option<PathBuf>,
+    /// Condition type; only class-conditional (c2i) models are supported so far.
+    #[arg(long, default_value = "c2i")]
+    gpt_type: String,
+    /// VQ tokenizer: VQ-16 or VQ-8.
+    #[arg(long, default_value = "VQ-16")]
+    vq_model: String,
+    /// Official VQ checkpoint (.pt or .safetensors).
+    #[arg(long, required_unless_present = "random_weights")]
+    vq_ckpt: Option<PathBuf>,
+    #[arg(long, default_value_t = 384)]
+    image_size: usize,
+    /// Must match the VQ model (16 for VQ-16, 8 for VQ-8).
+    #[arg(long)]
+    downsample_size: Option<usize>,
+    #[arg(long, default_value_t = 16384)]
+    codebook_size: usize,
+    #[arg(long, default_value_t = 8)]
+    codebook_embed_dim: usize,
+    #[arg(long, default_value_t = 1000)]
+    num_classes: usize,
+    #[arg(long, default_value_t = 1)]
+    cls_token_num: usize,
+    /// fp32 (fp16 and int8 are planned).
+    #[arg(long, default_value = "fp32")]
+    precision: String,
+    /// Use seeded random weights instead of checkpoints (demos, latency benchmarks).
+    #[arg(long, conflicts_with_all = ["gpt_ckpt", "vq_ckpt"])]
+    random_weights: bool,
+    /// Seed of --random-weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Bundle directory to create (replaced atomically if it is an existing bundle).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(a: Args) -> anyhow::Result<()> {
+    if a.gpt_type != "c2i" {
+        anyhow::bail!(
+            "--gpt-type {}: only class-conditional (c2i) models are supported so far",
+            a.gpt_type
+        );
+    }
+    if a.cls_token_num != 1 {
+        anyhow::bail!(
+            "--cls-token-num {}: class-conditional models use one condition token (the official generate() feeds exactly one)",
+            a.cls_token_num
+        );
+    }
+    let weights = match (a.random_weights, a.gpt_ckpt, a.vq_ckpt) {
+        (true, _, _) => Weights::Random { seed: a.seed },
+        (false, Some(gpt), Some(vq)) => {
+            for (flag, p) in [("--gpt-ckpt", &gpt), ("--vq-ckpt", &vq)] {
+                if !p.is_file() {
+                    anyhow::bail!("{flag} {}: no such file", p.display());
+                }
+            }
+            Weights::Checkpoints { gpt, vq }
+        }
+        _ => anyhow::bail!("give --gpt-ckpt and --vq-ckpt, or --random-weights"),
+    };
+    let opts = CompileOptions {
+        gpt_model: a.gpt_model,
+        vq_model: a.vq_model,
+        weights,
+        image_size: a.image_size,
+        downsample_size: a.downsample_size,
+        codebook_size: a.codebook_size,
+        codebook_embed_dim: a.codebook_embed_dim,
+        num_classes: a.num_classes,
+        cls_token_num: a.cls_token_num,
+        precision: a.precision,
+        out: a.out,
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} tensors ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let manifest = compile(&opts, &mut |p| match p {
+        Progress::Stage(s) => bar.set_message(s.to_string()),
+        Progress::Weights { done, total } => {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }
+    })?;
+    bar.finish_and_clear();
+    let mb = manifest.total_bytes() as f64 / 1e6;
+    println!(
+        "wrote {} ({} + {}, {}, {:.1} MB)",
+        opts.out.display(),
+        manifest.gpt.name,
+        manifest.vq.name,
+        manifest.precision,
+        mb
+    );
+    Ok(())
+}

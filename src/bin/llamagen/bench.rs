@@ -1,0 +1,116 @@
+//! `llamagen bench`: latency of every phase and peak memory; the first run is a warm-up.
+
+use std::time::Instant;
+
+use crate::options::RunFlags;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub run: RunFlags,
+    /// Timed runs after one warm-up run.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Value at quantile q (0..=1) of sorted data, nearest-rank.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    quantile(&v, 0.5)
+}
+
+/// Peak resident set size of this process (VmHWM), in MB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(a.runs >= 1, "--runs must be at least 1");
+    let req = a.run.request();
+    let t0 = Instant::now();
+    let pipeline = a.run.load()?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    req.validate(pipeline.manifest())?;
+
+    let (mut prefill, mut gpt, mut vq, mut total, mut steps) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for run in 0..=a.runs {
+        let t = Instant::now();
+        let out = pipeline.generate_tokens(&req, &mut |_, _| {})?;
+        let images = pipeline.decode_images(&out.tokens)?;
+        if run == 0 {
+            continue; // warm-up
+        }
+        total.push(t.elapsed().as_secs_f64() * 1e3);
+        prefill.push(out.prefill_ms);
+        gpt.push(out.gpt_ms);
+        vq.push(images.vq_ms);
+        steps.extend(out.decode_step_ms);
+    }
+    steps.sort_by(f64::total_cmp);
+    let m = pipeline.manifest();
+    let report = serde_json::json!({
+        "bundle": a.run.bundle.display().to_string(),
+        "model": format!("{} + {}", m.gpt.name, m.vq.name),
+        "precision": m.precision,
+        "backend": pipeline.backend_name(),
+        "image_size": m.vq.image_size,
+        "batch": req.labels.len(),
+        "cfg_scale": req.cfg_scale,
+        "runs": a.runs,
+        "load_ms": load_ms,
+        "prefill_ms": median(prefill),
+        "decode_ms_per_token_p50": quantile(&steps, 0.5),
+        "decode_ms_per_token_p99": quantile(&steps, 0.99),
+        "gpt_ms": median(gpt),
+        "vq_ms": median(vq),
+        "total_ms": median(total),
+        "peak_rss_mb": peak_rss_mb(),
+        "bundle_mb": m.total_bytes() as f64 / 1e6,
+    });
+    if a.json {
+        println!("{report}");
+    } else if let Some(obj) = report.as_object() {
+        for (k, v) in obj {
+            match v.as_f64() {
+                Some(x) if k.ends_with("_ms") || k.ends_with("_mb") || k.contains("per_token") => {
+                    println!("{k:<26} {x:.2}")
+                }
+                _ => println!("{k:<26} {v}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quantiles_use_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(super::quantile(&v, 0.5), 50.0);
+        assert_eq!(super::quantile(&v, 0.99), 99.0);
+        assert_eq!(super::quantile(&[3.0], 0.99), 3.0);
+    }
+}

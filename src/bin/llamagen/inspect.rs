@@ -1,0 +1,75 @@
+//! `llamagen inspect`: what a bundle holds.
+
+use std::path::PathBuf;
+
+use llamagen_compiler::bundle::load_manifest;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Also verify the sha256 of every file.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let m = load_manifest(&a.bundle, a.verify)?;
+    let g = &m.gpt;
+    println!("bundle     {}", a.bundle.display());
+    println!("schema     {} ({})", m.schema_version, m.tool_version);
+    println!("precision  {}", m.precision);
+    println!(
+        "gpt        {} c2i: {} layers, {} heads, dim {}, ffn {}, vocab {}, {} classes, ~{:.0}M params",
+        g.name,
+        g.n_layer,
+        g.n_head,
+        g.dim,
+        g.ffn_hidden,
+        g.vocab_size,
+        g.num_classes,
+        g.parameter_count() as f64 / 1e6
+    );
+    println!(
+        "vq         {}: codebook {}x{}, ch_mult {:?}, {} px from a {}x{} token grid",
+        m.vq.name,
+        m.vq.codebook_size,
+        m.vq.codebook_embed_dim,
+        m.vq.ch_mult,
+        m.vq.image_size,
+        m.vq.grid,
+        m.vq.grid
+    );
+    println!(
+        "kv cache   max_len {} (static), class ids offset by {}",
+        g.max_len, m.generation.class_token_offset
+    );
+    for (k, v) in &m.sources {
+        println!("source     {k}: {v}");
+    }
+    for (role, entry) in &m.graphs {
+        let size = |f: &str| m.files.get(f).map(|e| e.bytes as f64 / 1e6).unwrap_or(0.0);
+        println!(
+            "graph      {role}: {} ({:.1} MB) + {} ({:.1} MB), {}",
+            entry.file,
+            size(&entry.file),
+            entry.weights,
+            size(&entry.weights),
+            entry.precision
+        );
+        let show = |dir: &str, list: &[llamagen_compiler::bundle::IoSpec]| {
+            let limit = 6;
+            for io in list.iter().take(limit) {
+                let dims: Vec<String> = io.shape.iter().map(|d| d.to_string()).collect();
+                println!("  {dir} {:<16} {} [{}]", io.name, io.dtype, dims.join(", "));
+            }
+            if list.len() > limit {
+                println!("  {dir} ... {} more (per-layer caches)", list.len() - limit);
+            }
+        };
+        show("in ", &entry.inputs);
+        show("out", &entry.outputs);
+    }
+    println!("total      {:.1} MB on disk", m.total_bytes() as f64 / 1e6);
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! Flags shared by `generate` and `bench` (names and defaults as the official sample_c2i.py).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use llamagen_runtime::{BackendKind, GenerateRequest, Pipeline, PipelineOptions, SamplingOptions};
+
+#[derive(Args, Debug, Clone)]
+pub struct RunFlags {
+    /// Bundle directory written by llamagen-compile.
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Comma-separated class labels, one image each.
+    #[arg(long, value_delimiter = ',', default_value = "207")]
+    pub labels: Vec<usize>,
+    #[arg(long, default_value_t = 4.0, allow_negative_numbers = true)]
+    pub cfg_scale: f32,
+    /// Guidance off for decode steps after this one; -1 = always on.
+    #[arg(long, default_value_t = -1.0, allow_negative_numbers = true)]
+    pub cfg_interval: f32,
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 2000)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// cpu (ONNX Runtime CPU provider).
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// Intra-op threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Skip the sha256 check of the bundle's files on load.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+impl RunFlags {
+    pub fn request(&self) -> GenerateRequest {
+        GenerateRequest {
+            labels: self.labels.clone(),
+            cfg_scale: self.cfg_scale,
+            cfg_interval: self.cfg_interval,
+            sampling: SamplingOptions {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+            },
+            seed: self.seed,
+        }
+    }
+
+    /// Loads the bundle after checking the request against its manifest-free rules.
+    pub fn load(&self) -> anyhow::Result<Pipeline> {
+        let backend: BackendKind = self.backend.parse()?;
+        let opts = PipelineOptions {
+            backend,
+            verify_hashes: !self.no_verify,
+            threads: self.threads,
+        };
+        Ok(Pipeline::load(&self.bundle, &opts)?)
+    }
+}

@@ -1,0 +1,5 @@
+//! Shared helpers for the end-to-end tests (each test binary uses a subset).
+#![allow(dead_code)]
+pub mod golden;
+pub mod reference;
+pub mod tolerance;
