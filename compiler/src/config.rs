@@ -240,7 +240,13 @@ impl VqConfig {
         codebook_embed_dim: usize,
         image_size: usize,
     ) -> Result<Self, Error> {
-        if image_size == 0 || image_size % arch.downsample != 0 {
+        if image_size == 0 {
+            return Err(Error::InvalidOption {
+                option: "--image-size",
+                reason: format!("must be at least the downsample factor {}", arch.downsample),
+            });
+        }
+        if image_size % arch.downsample != 0 {
             return Err(Error::InvalidOption {
                 option: "--image-size",
                 reason: format!(

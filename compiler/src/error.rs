@@ -8,7 +8,7 @@ use crate::checkpoint::CheckpointError;
 pub enum Error {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

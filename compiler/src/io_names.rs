@@ -1,7 +1,7 @@
 //! Public input/output names of every graph we emit, in one place. Runtimes (ours, Python
 //! onnxruntime, trtexec, Triton) drive the graphs by these names; bundle.yaml records them too.
 
-/// GPT step graph: token ids `[batch, seq]` (image tokens `0..vocab`, class `c` as `vocab + c`).
+/// GPT step graph: token ids `[batch, 1]` (image tokens `0..vocab`, class `c` as `vocab + c`).
 pub const INPUT_IDS: &str = "input_ids";
 /// GPT step graph: cache slot of `input_ids[:, 0]`, int64 `[1]`.
 pub const POSITION: &str = "position";
@@ -15,7 +15,7 @@ pub fn past_key(i: usize) -> String {
 pub fn past_value(i: usize) -> String {
     format!("past_value.{i}")
 }
-/// New cache slice of layer `i`, f32 `[batch, heads, seq, head_dim]`, to be written at `position`.
+/// New cache slice of layer `i`, f32 `[batch, heads, 1, head_dim]`, to be written at `position`.
 pub fn present_key(i: usize) -> String {
     format!("present_key.{i}")
 }

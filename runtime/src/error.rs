@@ -27,7 +27,7 @@ pub enum RuntimeError {
         expected: Vec<usize>,
         got: Vec<usize>,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 /// Errors from writing images; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: PNG encoding failed: {source}")]
+    #[error("{path}: PNG encoding failed")]
     Encode {
         path: PathBuf,
         #[source]

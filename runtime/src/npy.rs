@@ -15,7 +15,7 @@ const MAGIC: &[u8; 6] = b"\x93NUMPY";
 /// Errors from reading or writing `.npy` files; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum NpyError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -5,6 +5,7 @@
 //! step i feeds the last token to both halves at position `1 + i` (`cls_token_num + i`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use llamagen_compiler::bundle::{load_manifest, Manifest};
@@ -40,6 +41,10 @@ pub struct Pipeline {
     dir: PathBuf,
     manifest: Manifest,
     backend: Box<dyn Backend>,
+    /// Caches of finished requests, reused by the next one of the same batch size: a service
+    /// then allocates its caches once instead of growing the heap request after request.
+    /// Stale slots need no clearing: slots >= position are masked and hold finite values.
+    caches: Mutex<Vec<KvCache>>,
 }
 
 /// Watches a generation: progress after every token, and the logits each token is sampled from.
@@ -100,6 +105,7 @@ impl Pipeline {
             dir: dir.to_path_buf(),
             manifest,
             backend,
+            caches: Mutex::new(Vec::new()),
         })
     }
 
@@ -131,7 +137,7 @@ impl Pipeline {
         let vocab = g.vocab_size;
         let rng = Philox::new(req.seed);
         let mut scratch = SamplerScratch::new(vocab);
-        let mut cache = KvCache::new(g.n_layer, rows, g.n_kv_head, g.max_len, g.head_dim);
+        let mut cache = self.take_cache(rows);
         let mut logits = Vec::with_capacity(rows * vocab);
         let mut tokens = vec![Vec::with_capacity(steps); n];
         let mut ids: Vec<i64> = Vec::with_capacity(rows);
@@ -176,12 +182,34 @@ impl Pipeline {
             decode_step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
             sampling.observer.on_token(i + 2, steps);
         }
+        self.return_cache(cache);
         Ok(TokenOutput {
             tokens,
             prefill_ms,
             decode_step_ms,
             gpt_ms: start.elapsed().as_secs_f64() * 1e3,
         })
+    }
+
+    fn take_cache(&self, rows: usize) -> KvCache {
+        let mut pool = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        match pool.iter().position(|c| c.batch == rows) {
+            Some(i) => pool.swap_remove(i),
+            None => {
+                let g = &self.manifest.gpt;
+                KvCache::new(g.n_layer, rows, g.n_kv_head, g.max_len, g.head_dim)
+            }
+        }
+    }
+
+    /// Keeps at most a few caches, so one odd batch size does not pin memory for good.
+    fn return_cache(&self, cache: KvCache) {
+        const POOL: usize = 2;
+        let mut pool = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() >= POOL {
+            pool.remove(0);
+        }
+        pool.push(cache);
     }
 
     /// CFG-combines (when the batch has uncond rows and `guided`) and samples one token per request row.

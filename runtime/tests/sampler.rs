@@ -293,23 +293,3 @@ fn greedy_matches_official_golden_tokens() {
         }
     }
 }
-// TEMP-XCHECK
-#[test]
-#[ignore]
-fn temp_timing() {
-    let p = Philox::new(1);
-    let l: Vec<f32> = (0..16384).map(|i| p.uniform(0, i) * 20.0 - 10.0).collect();
-    let mut s = SamplerScratch::new(16384);
-    for (name, o) in [
-        ("k2000", SamplingOptions::default()),
-        ("k2000 p0.95", opts(1.0, 2000, 0.95)),
-        ("k0 p1", opts(1.0, 0, 1.0)),
-    ] {
-        let t = std::time::Instant::now();
-        let mut acc = 0u64;
-        for i in 0..2000 {
-            acc += sample_token(&l, &o, p.uniform(1, i), &mut s) as u64;
-        }
-        eprintln!("{name}: {:?} per token ({acc})", t.elapsed() / 2000);
-    }
-}

@@ -10,9 +10,11 @@ use crate::Error;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
+    #[error("{path}: no such bundle directory")]
+    NoSuchDir { path: PathBuf },
     #[error("{path}: not a bundle (no {MANIFEST_FILE}); create one with llamagen-compile")]
     NotABundle { path: PathBuf },
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read")]
     Io {
         path: PathBuf,
         #[source]
@@ -40,6 +42,11 @@ pub enum BundleError {
 
 /// Reads the manifest of `dir`; with `verify_hashes`, also checks every file's sha256 and size.
 pub fn load_manifest(dir: &Path, verify_hashes: bool) -> Result<Manifest, BundleError> {
+    if !dir.is_dir() {
+        return Err(BundleError::NoSuchDir {
+            path: dir.to_path_buf(),
+        });
+    }
     let path = dir.join(MANIFEST_FILE);
     if !path.is_file() {
         return Err(BundleError::NotABundle {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     /// The operating system refused a read, map or write.
-    #[error("{}: I/O error: {source}", path.display())]
+    #[error("{}: I/O error", path.display())]
     Io {
         path: PathBuf,
         #[source]

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use llamagen_compiler::bundle::load_manifest;
 use llamagen_runtime::image::{make_grid, to_u8_pixels, write_png};
 use llamagen_runtime::npy::write_npy_i64;
 
@@ -20,8 +21,11 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let req = a.run.request();
+    // Check the request and the output folder before the (slow) load and generation.
+    req.validate(&load_manifest(&a.run.bundle, false)?)?;
+    a.run.backend_kind()?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let pipeline = a.run.load()?;
-    req.validate(pipeline.manifest())?;
     let steps = pipeline.manifest().generation.tokens_per_image;
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(
@@ -33,7 +37,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let images = pipeline.decode_images(&out.tokens)?;
 
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let s = images.size;
     let rgb: Vec<Vec<u8>> = images
         .pixels

@@ -52,11 +52,14 @@ impl RunFlags {
         }
     }
 
-    /// Loads the bundle after checking the request against its manifest-free rules.
+    pub fn backend_kind(&self) -> anyhow::Result<BackendKind> {
+        Ok(self.backend.parse()?)
+    }
+
+    /// Loads the bundle on the chosen backend.
     pub fn load(&self) -> anyhow::Result<Pipeline> {
-        let backend: BackendKind = self.backend.parse()?;
         let opts = PipelineOptions {
-            backend,
+            backend: self.backend_kind()?,
             verify_hashes: !self.no_verify,
             threads: self.threads,
         };

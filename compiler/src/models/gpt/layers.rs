@@ -1,7 +1,7 @@
 //! Building blocks of the GPT step graph: RMSNorm, linear, 2D rotary, cached attention, SwiGLU.
 //!
 //! Shapes: hidden states `[B, T, dim]`; per-head tensors `[B, H, T, head_dim]`; caches
-//! `[B, H, max_len, head_dim]`.
+//! `[B, H, max_len, head_dim]`. T (the step's token count) is static.
 
 use crate::ir::{Graph, Op, ValueId};
 
@@ -29,46 +29,30 @@ pub fn linear(g: &mut Graph, name: &str, x: ValueId, w: ValueId) -> ValueId {
     g.wire(name, Op::MatMul, &[x, w])
 }
 
-/// Rotary on `[B, T, H, head_dim]` with cos/sin broadcastable as `[1, T, 1, head_dim/2, 1]`.
-pub fn rotary(
-    g: &mut Graph,
-    name: &str,
-    x: ValueId,
-    cos: ValueId,
-    sin: ValueId,
-    hd: usize,
-) -> ValueId {
-    let pairs_shape = g.const_i64(
-        &format!("const.shape.pairs.{hd}"),
-        &[0, 0, 0, (hd / 2) as i64, 2],
-    );
-    let heads_shape = g.const_i64(&format!("const.shape.heads.{hd}"), &[0, 0, 0, hd as i64]);
-    let ones = g.const_i64("const.split.1_1", &[1, 1]);
-    let xr = g.wire(&format!("{name}.pairs"), Op::Reshape, &[x, pairs_shape]);
-    let parts = g.wire_n(
-        &format!("{name}.split"),
-        Op::Split { axis: -1 },
-        &[xr, ones],
-        2,
-    );
-    let (x0, x1) = (parts[0], parts[1]);
-    let x0c = g.wire(&format!("{name}.x0c"), Op::Mul, &[x0, cos]);
-    let x1s = g.wire(&format!("{name}.x1s"), Op::Mul, &[x1, sin]);
-    let x1c = g.wire(&format!("{name}.x1c"), Op::Mul, &[x1, cos]);
-    let x0s = g.wire(&format!("{name}.x0s"), Op::Mul, &[x0, sin]);
-    let o0 = g.wire(&format!("{name}.o0"), Op::Sub, &[x0c, x1s]);
-    let o1 = g.wire(&format!("{name}.o1"), Op::Add, &[x1c, x0s]);
-    let o = g.wire(&format!("{name}.join"), Op::Concat { axis: -1 }, &[o0, o1]);
-    g.wire(&format!("{name}.out"), Op::Reshape, &[o, heads_shape])
+/// Rotary on `[..., head_dim]` as `x * cos + (x @ swap) * sin` (see `rotary.rs`), with cos/sin
+/// broadcastable to `x`.
+pub fn rotary(g: &mut Graph, name: &str, x: ValueId, tables: &RotaryInputs) -> ValueId {
+    let xc = g.wire(&format!("{name}.x_cos"), Op::Mul, &[x, tables.cos]);
+    let swapped = g.wire(&format!("{name}.swap"), Op::MatMul, &[x, tables.swap]);
+    let xs = g.wire(&format!("{name}.x_sin"), Op::Mul, &[swapped, tables.sin]);
+    g.wire(&format!("{name}.out"), Op::Add, &[xc, xs])
+}
+
+/// Rotary inputs of one step, shared by all layers.
+pub struct RotaryInputs {
+    pub cos: ValueId,
+    pub sin: ValueId,
+    /// `[head_dim, head_dim]` pair-swap matrix.
+    pub swap: ValueId,
 }
 
 /// Masks shared by every layer of one step.
 pub struct StepMasks {
     /// `[max_len]`: 0 for cache slots < position, -inf for the rest.
     pub cache_bias: ValueId,
-    /// `[T, T]`: causal bias among the step's own tokens.
+    /// `[T, T]`: causal bias among the step's own tokens (constant).
     pub local_bias: ValueId,
-    /// `[2]` split sizes `[max_len, T]` for the concatenated attention weights.
+    /// `[2]` split sizes `[max_len, T]` of the concatenated attention weights (constant).
     pub split_sizes: ValueId,
 }
 
@@ -85,6 +69,7 @@ pub fn cached_attention(
     past_v: ValueId,
     masks: &StepMasks,
 ) -> ValueId {
+    // Transpose + MatMul: ONNX Runtime fuses the pair into one FusedMatMul (transB).
     let kt = Op::Transpose {
         perm: vec![0, 1, 3, 2],
     };

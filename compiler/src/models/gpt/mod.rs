@@ -1,17 +1,18 @@
 //! The class-conditional GPT as one ONNX "step" graph used for both prefill and decode.
 //!
 //! Contract (names in [`crate::io_names`]):
-//! - inputs: `input_ids` i64 `[batch, seq]` (image token t as t, class c as `vocab + c`, the
+//! - inputs: `input_ids` i64 `[batch, 1]` (image token t as t, class c as `vocab + c`, the
 //!   null class `num_classes` as `vocab + num_classes`); `position` i64 `[1]`, the cache slot of
-//!   `input_ids[:, 0]`; per layer `past_key.i` / `past_value.i` f32 `[batch, heads, max_len, head_dim]`.
+//!   the token; per layer `past_key.i` / `past_value.i` f32 `[batch, heads, max_len, head_dim]`.
 //! - outputs: `logits` f32 `[batch, vocab]` of the last input position; per layer
-//!   `present_key.i` / `present_value.i` f32 `[batch, heads, seq, head_dim]`, the new cache slice
+//!   `present_key.i` / `present_value.i` f32 `[batch, heads, 1, head_dim]`, the new cache slice
 //!   that the runtime writes at `position`. Cache slots >= `position` are masked, so the caches
 //!   keep one static shape and are never copied or grown by the graph.
 //!
-//! Prefill is the call with the class ids at position 0 (seq = cls_token_num); decode is the call
-//! with one image token (seq = 1). One graph means one copy of the weights in memory: two
-//! sessions over two graphs measured 1.87x the resident memory of one (see DESIGN notes in README).
+//! Prefill is the call with the class ids at position 0; decode is the call with one image token
+//! per row, so `seq` is the static 1 of [`STEP_TOKENS`]. One graph means one copy of the weights
+//! in memory: two ONNX Runtime sessions over separate prefill and decode graphs measured 1.87x
+//! the resident memory of one (README, "Design decisions").
 
 mod keys;
 mod layers;
@@ -26,40 +27,36 @@ use crate::Error;
 
 use super::weights::{lazy, transpose};
 use super::WeightSource;
-use layers::StepMasks;
+use layers::{RotaryInputs, StepMasks};
 
 pub use keys::required as required_keys;
+
+/// Tokens per call: c2i feeds its single condition token and then one image token per step, so
+/// every call of the step graph has exactly one token per row (static shapes throughout).
+pub const STEP_TOKENS: usize = 1;
 
 /// Checks every required key and shape, then builds the step graph (weights stay lazy).
 pub fn build_step_graph(c: &GptConfig, source: Arc<dyn WeightSource>) -> Result<Graph, Error> {
     for (key, shape) in keys::required(c) {
         source.check(&key, &shape)?;
     }
+    let t = STEP_TOKENS;
     let mut g = Graph::new(&format!("{}-step", c.name));
     let batch = Dim::sym("batch");
-    let seq = Dim::sym("seq");
-    let cache_ty = TensorType::new(
-        ElemType::F32,
+    let cache_dims = |len: usize| {
         vec![
             batch.clone(),
             Dim::Fixed(c.n_kv_head),
-            Dim::Fixed(c.max_len),
+            Dim::Fixed(len),
             Dim::Fixed(c.head_dim),
-        ],
-    );
-    let slice_ty = TensorType::new(
-        ElemType::F32,
-        vec![
-            batch.clone(),
-            Dim::Fixed(c.n_kv_head),
-            seq.clone(),
-            Dim::Fixed(c.head_dim),
-        ],
-    );
+        ]
+    };
+    let cache_ty = TensorType::new(ElemType::F32, cache_dims(c.max_len));
+    let slice_ty = TensorType::new(ElemType::F32, cache_dims(t));
 
     let ids = g.input(
         io_names::INPUT_IDS,
-        TensorType::new(ElemType::I64, vec![batch.clone(), seq]),
+        TensorType::new(ElemType::I64, vec![batch.clone(), Dim::Fixed(t)]),
     );
     let position = g.input(
         io_names::POSITION,
@@ -76,25 +73,16 @@ pub fn build_step_graph(c: &GptConfig, source: Arc<dyn WeightSource>) -> Result<
     );
     let mut x = g.wire("embed", Op::Gather { axis: 0 }, &[table, ids]);
 
-    let (seq_len, positions) = step_positions(&mut g, ids, position);
-    let (cos, sin) = rotary_for_step(&mut g, c, positions, seq_len);
-    let masks = step_masks(&mut g, c, position, seq_len);
-    let q_scale = g.scalar_f32("const.q_scale", 1.0 / (c.head_dim as f32).sqrt());
+    let rope = rotary_for_step(&mut g, c, position, t);
+    let masks = step_masks(&mut g, c, position, t);
 
-    let split_qkv = g.const_i64(
-        "const.split.qkv",
-        &[
-            c.dim as i64,
-            (c.n_kv_head * c.head_dim) as i64,
-            (c.n_kv_head * c.head_dim) as i64,
-        ],
-    );
-    let heads_q = g.const_i64("const.shape.q", &[0, 0, c.n_head as i64, c.head_dim as i64]);
-    let heads_kv = g.const_i64(
-        "const.shape.kv",
-        &[0, 0, c.n_kv_head as i64, c.head_dim as i64],
-    );
-    let merge = g.const_i64("const.shape.merge", &[0, 0, c.dim as i64]);
+    let (h, hkv, hd) = (c.n_head as i64, c.n_kv_head as i64, c.head_dim as i64);
+    let kv_width = (c.n_kv_head * c.head_dim) as i64;
+    let split_qk_v = g.const_i64("const.split.qk_v", &[c.dim as i64 + kv_width, kv_width]);
+    let split_q_k = g.const_i64("const.split.q_k", &[h, hkv]);
+    let qk_heads = g.const_i64("const.shape.qk", &[0, t as i64, h + hkv, hd]);
+    let v_heads = g.const_i64("const.shape.v", &[0, t as i64, hkv, hd]);
+    let merge = g.const_i64("const.shape.merge", &[0, t as i64, c.dim as i64]);
     let to_heads = Op::Transpose {
         perm: vec![0, 2, 1, 3],
     };
@@ -105,73 +93,59 @@ pub fn build_step_graph(c: &GptConfig, source: Arc<dyn WeightSource>) -> Result<
         let past_v = g.input(&io_names::past_value(i), cache_ty.clone());
         let w = LayerWeights::new(&mut g, c, &source, i);
 
-        let h = layers::rms_norm(
+        let a = format!("{p}.attn");
+        let hn = layers::rms_norm(
             &mut g,
             &format!("{p}.attention_norm"),
             x,
             w.attention_norm,
             c.norm_eps,
         );
-        let qkv = layers::linear(&mut g, &format!("{p}.attn.qkv"), h, w.wqkv);
+        let qkv = layers::linear(&mut g, &format!("{a}.qkv"), hn, w.wqkv);
         let parts = g.wire_n(
-            &format!("{p}.attn.split"),
+            &format!("{a}.split_qk_v"),
             Op::Split { axis: -1 },
-            &[qkv, split_qkv],
-            3,
+            &[qkv, split_qk_v],
+            2,
         );
-        let q = g.wire(
-            &format!("{p}.attn.q_heads"),
-            Op::Reshape,
-            &[parts[0], heads_q],
+        // q and k rotate together as [B, T, H + Hkv, hd]; q's 1/sqrt(hd) is folded into wqkv.
+        let qk = g.wire(&format!("{a}.qk_heads"), Op::Reshape, &[parts[0], qk_heads]);
+        let qk = layers::rotary(&mut g, &format!("{a}.rope"), qk, &rope);
+        let qk = g.wire(&format!("{a}.qk"), to_heads.clone(), &[qk]);
+        let qk = g.wire_n(
+            &format!("{a}.split_q_k"),
+            Op::Split { axis: 1 },
+            &[qk, split_q_k],
+            2,
         );
-        let k = g.wire(
-            &format!("{p}.attn.k_heads"),
-            Op::Reshape,
-            &[parts[1], heads_kv],
-        );
-        let v = g.wire(
-            &format!("{p}.attn.v_heads"),
-            Op::Reshape,
-            &[parts[2], heads_kv],
-        );
-        let q = layers::rotary(&mut g, &format!("{p}.attn.rope_q"), q, cos, sin, c.head_dim);
-        let k = layers::rotary(&mut g, &format!("{p}.attn.rope_k"), k, cos, sin, c.head_dim);
-        let q = g.wire(&format!("{p}.attn.q"), to_heads.clone(), &[q]);
-        let q = g.wire(&format!("{p}.attn.q_scaled"), Op::Mul, &[q, q_scale]);
-        let k = g.wire(&format!("{p}.attn.k"), to_heads.clone(), &[k]);
-        let v = g.wire(&format!("{p}.attn.v"), to_heads.clone(), &[v]);
+        let (q, k) = (qk[0], qk[1]);
+        let v = g.wire(&format!("{a}.v_heads"), Op::Reshape, &[parts[1], v_heads]);
+        let v = g.wire(&format!("{a}.v"), to_heads.clone(), &[v]);
         g.output(k, &io_names::present_key(i), slice_ty.clone());
         g.output(v, &io_names::present_value(i), slice_ty.clone());
 
-        let o = layers::cached_attention(
-            &mut g,
-            &format!("{p}.attn"),
-            q,
-            k,
-            v,
-            past_k,
-            past_v,
-            &masks,
-        );
-        let o = g.wire(&format!("{p}.attn.o_tokens"), to_heads.clone(), &[o]);
-        let o = g.wire(&format!("{p}.attn.o_merged"), Op::Reshape, &[o, merge]);
-        let o = layers::linear(&mut g, &format!("{p}.attn.wo"), o, w.wo);
-        x = g.wire(&format!("{p}.attn.residual"), Op::Add, &[x, o]);
+        let o = layers::cached_attention(&mut g, &a, q, k, v, past_k, past_v, &masks);
+        let o = g.wire(&format!("{a}.o_tokens"), to_heads.clone(), &[o]);
+        let o = g.wire(&format!("{a}.o_merged"), Op::Reshape, &[o, merge]);
+        let o = layers::linear(&mut g, &format!("{a}.wo"), o, w.wo);
+        x = g.wire(&format!("{a}.residual"), Op::Add, &[x, o]);
 
-        let h = layers::rms_norm(&mut g, &format!("{p}.ffn_norm"), x, w.ffn_norm, c.norm_eps);
-        let f = layers::swiglu(&mut g, &format!("{p}.ffn"), h, w.w13, w.w2, c.ffn_hidden);
+        let hn = layers::rms_norm(&mut g, &format!("{p}.ffn_norm"), x, w.ffn_norm, c.norm_eps);
+        let f = layers::swiglu(&mut g, &format!("{p}.ffn"), hn, w.w13, w.w2, c.ffn_hidden);
         x = g.wire(&format!("{p}.ffn.residual"), Op::Add, &[x, f]);
     }
 
     // Logits of the last position only: norm and output projection on [B, 1, dim].
-    let last = g.const_i64("const.last.start", &[-1]);
-    let end = g.const_i64("const.last.end", &[i64::MAX]);
-    let axis1 = g.const_i64("const.axes.1", &[1]);
-    let x_last = g.wire("last_position", Op::Slice, &[x, last, end, axis1]);
+    if t > 1 {
+        let last = g.const_i64("const.last.start", &[-1]);
+        let end = g.const_i64("const.last.end", &[i64::MAX]);
+        let axis1 = g.const_i64("const.axes.1", &[1]);
+        x = g.wire("last_position", Op::Slice, &[x, last, end, axis1]);
+    }
     let norm_w = vector(&mut g, &source, keys::FINAL_NORM, c.dim);
-    let h = layers::rms_norm(&mut g, "norm", x_last, norm_w, c.norm_eps);
+    let hn = layers::rms_norm(&mut g, "norm", x, norm_w, c.norm_eps);
     let out_w = matmul_weight(&mut g, &source, keys::OUTPUT, c.vocab_size, c.dim);
-    let logits = layers::linear(&mut g, "output", h, out_w);
+    let logits = layers::linear(&mut g, "output", hn, out_w);
     let flat = g.const_i64("const.shape.logits", &[0, -1]);
     let logits = g.wire("logits_flat", Op::Reshape, &[logits, flat]);
     g.output(
@@ -192,6 +166,26 @@ fn embedding_table(c: &GptConfig, source: &Arc<dyn WeightSource>) -> InitData {
 }
 
 /// A torch Linear weight `[out, in]` stored transposed `[in, out]` for MatMul, named `<key>.T`.
+/// Its first `scaled_rows` output rows are multiplied by `scale` (see [`q_scale`]).
+fn matmul_weight_scaled(
+    g: &mut Graph,
+    source: &Arc<dyn WeightSource>,
+    key: &str,
+    out: usize,
+    inp: usize,
+    scaled_rows: usize,
+    scale: f32,
+) -> ValueId {
+    let name = format!("{key}.T");
+    let key = key.to_string();
+    let data = lazy(source, move |s| {
+        let mut m = s.load(&key, &[out, inp])?;
+        m[..scaled_rows * inp].iter_mut().for_each(|x| *x *= scale);
+        Ok(transpose(&m, out, inp))
+    });
+    g.initializer(&name, ElemType::F32, vec![inp, out], data)
+}
+
 fn matmul_weight(
     g: &mut Graph,
     source: &Arc<dyn WeightSource>,
@@ -199,12 +193,13 @@ fn matmul_weight(
     out: usize,
     inp: usize,
 ) -> ValueId {
-    let name = format!("{key}.T");
-    let key = key.to_string();
-    let data = lazy(source, move |s| {
-        Ok(transpose(&s.load(&key, &[out, inp])?, out, inp))
-    });
-    g.initializer(&name, ElemType::F32, vec![inp, out], data)
+    matmul_weight_scaled(g, source, key, out, inp, 0, 1.0)
+}
+
+/// Attention's 1/sqrt(head_dim), folded into the q rows of wqkv: rotary is linear, so scaling q
+/// before it equals scaling the scores, and the graph saves a multiply per layer.
+fn q_scale(c: &GptConfig) -> f32 {
+    1.0 / (c.head_dim as f32).sqrt()
 }
 
 fn vector(g: &mut Graph, source: &Arc<dyn WeightSource>, key: &str, n: usize) -> ValueId {
@@ -243,7 +238,15 @@ impl LayerWeights {
             Ok(transpose(&m, 2 * hid, d))
         });
         LayerWeights {
-            wqkv: matmul_weight(g, source, &keys::layer(i, "attention.wqkv.weight"), qkv, d),
+            wqkv: matmul_weight_scaled(
+                g,
+                source,
+                &keys::layer(i, "attention.wqkv.weight"),
+                qkv,
+                d,
+                c.n_head * c.head_dim,
+                q_scale(c),
+            ),
             wo: matmul_weight(g, source, &keys::layer(i, "attention.wo.weight"), d, d),
             w13: g.initializer(
                 &format!("{p}.feed_forward.w13.weight.T"),
@@ -258,48 +261,34 @@ impl LayerWeights {
     }
 }
 
-/// (seq length as i64 `[1]`, cache slots of this step's tokens `[seq]`).
-fn step_positions(g: &mut Graph, ids: ValueId, position: ValueId) -> (ValueId, ValueId) {
-    let seq_len = g.wire(
-        "seq_len",
-        Op::Shape {
-            start: Some(1),
-            end: Some(2),
-        },
-        &[ids],
-    );
-    let scalar = g.const_i64("const.shape.scalar", &[]);
-    let start = g.wire("position_scalar", Op::Reshape, &[position, scalar]);
-    let end = g.wire("position_end", Op::Add, &[position, seq_len]);
-    let end = g.wire("position_end_scalar", Op::Reshape, &[end, scalar]);
-    let one = g.scalar_i64("const.one", 1);
-    let positions = g.wire("positions", Op::Range, &[start, end, one]);
-    (seq_len, positions)
-}
-
-/// cos/sin rows of this step's slots, shaped `[1, seq, 1, head_dim/2, 1]` for broadcasting.
-fn rotary_for_step(
-    g: &mut Graph,
-    c: &GptConfig,
-    positions: ValueId,
-    _seq_len: ValueId,
-) -> (ValueId, ValueId) {
+/// cos/sin rows of this step's slots `[1, T, 1, head_dim]` and the pair-swap matrix.
+fn rotary_for_step(g: &mut Graph, c: &GptConfig, position: ValueId, t: usize) -> RotaryInputs {
     let (cos, sin) = rotary::tables(c);
-    let pairs = c.head_dim / 2;
-    let shape = g.const_i64("const.shape.rope", &[1, -1, 1, pairs as i64, 1]);
+    let hd = c.head_dim;
+    let positions = if t == 1 {
+        position
+    } else {
+        let offsets: Vec<i64> = (0..t as i64).collect();
+        let offsets = g.const_i64("const.step_offsets", &offsets);
+        g.wire("positions", Op::Add, &[position, offsets])
+    };
+    let shape = g.const_i64("const.shape.rope", &[1, t as i64, 1, hd as i64]);
     let mut rows = |name: &str, table: Vec<f32>| {
-        let t = g.init_f32(&format!("rope.{name}"), vec![c.max_len, pairs], table);
+        let tbl = g.init_f32(&format!("rope.{name}"), vec![c.max_len, hd], table);
         let r = g.wire(
             &format!("rope.{name}_rows"),
             Op::Gather { axis: 0 },
-            &[t, positions],
+            &[tbl, positions],
         );
         g.wire(&format!("rope.{name}_step"), Op::Reshape, &[r, shape])
     };
-    (rows("cos", cos), rows("sin", sin))
+    let cos = rows("cos", cos);
+    let sin = rows("sin", sin);
+    let swap = g.init_f32("rope.swap", vec![hd, hd], rotary::swap_matrix(hd));
+    RotaryInputs { cos, sin, swap }
 }
 
-fn step_masks(g: &mut Graph, c: &GptConfig, position: ValueId, seq_len: ValueId) -> StepMasks {
+fn step_masks(g: &mut Graph, c: &GptConfig, position: ValueId, t: usize) -> StepMasks {
     let zero = g.scalar_f32("const.zero", 0.0);
     let neg_inf = g.scalar_f32("const.neg_inf", f32::NEG_INFINITY);
     let slots: Vec<i64> = (0..c.max_len as i64).collect();
@@ -311,25 +300,18 @@ fn step_masks(g: &mut Graph, c: &GptConfig, position: ValueId, seq_len: ValueId)
     );
     let valid = g.wire("mask.cache_valid", Op::Less, &[slots, position]);
     let cache_bias = g.wire("mask.cache_bias", Op::Where, &[valid, zero, neg_inf]);
-
-    let scalar = g.const_i64("const.shape.scalar", &[]);
-    let zero_i = g.scalar_i64("const.zero_i64", 0);
-    let one = g.scalar_i64("const.one", 1);
-    let n = g.wire("mask.seq_scalar", Op::Reshape, &[seq_len, scalar]);
-    let local = g.wire("mask.local_range", Op::Range, &[zero_i, n, one]);
-    let ax1 = g.const_i64("const.axes.1", &[1]);
-    let ax0 = g.const_i64("const.axes.0", &[0]);
-    let rows = g.wire("mask.rows", Op::Unsqueeze, &[local, ax1]);
-    let cols = g.wire("mask.cols", Op::Unsqueeze, &[local, ax0]);
-    let future = g.wire("mask.future", Op::Less, &[rows, cols]);
-    let local_bias = g.wire("mask.local_bias", Op::Where, &[future, neg_inf, zero]);
-
-    let max_len = g.const_i64("const.max_len", &[c.max_len as i64]);
-    let split_sizes = g.wire(
-        "mask.split_sizes",
-        Op::Concat { axis: 0 },
-        &[max_len, seq_len],
-    );
+    // Token i of the step sees the step's tokens 0..=i.
+    let local: Vec<f32> = (0..t * t)
+        .map(|ij| {
+            if ij % t > ij / t {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let local_bias = g.init_f32("mask.local_bias", vec![t, t], local);
+    let split_sizes = g.const_i64("const.split.attn", &[c.max_len as i64, t as i64]);
     StepMasks {
         cache_bias,
         local_bias,
