@@ -211,9 +211,8 @@ fn options(out: &Path, gpt_pt: &Path, vq_pt: &Path, image_size: usize) -> Compil
         codebook_size: VOCAB,
         codebook_embed_dim: 8,
         num_classes: NUM_CLASSES,
-        cls_token_num: 1,
-        precision: "fp32".into(),
         out: out.to_path_buf(),
+        ..CompileOptions::default()
     }
 }
 

@@ -8,6 +8,7 @@ use crate::bundle::manifest::GenerationInfo;
 use crate::bundle::{write_bundle, BundleGraph, Manifest, SCHEMA_VERSION};
 use crate::checkpoint::Checkpoint;
 use crate::config::{gpt_arch, vq_arch, GptConfig, VqConfig};
+use crate::models::precision::{ActivationScales, Emitter, Precision};
 use crate::models::{gpt, vq, CheckpointWeights, RandomWeights, WeightSource};
 use crate::Error;
 
@@ -31,6 +32,9 @@ pub struct CompileOptions {
     pub num_classes: usize,
     pub cls_token_num: usize,
     pub precision: String,
+    /// Calibrated activation scales for int8 (operator name -> scale); operators without one are
+    /// weight-only int8.
+    pub activation_scales: Option<ActivationScales>,
     pub out: PathBuf,
 }
 
@@ -48,7 +52,25 @@ impl Default for CompileOptions {
             num_classes: 1000,
             cls_token_num: 1,
             precision: "fp32".into(),
+            activation_scales: None,
             out: PathBuf::from("bundle"),
+        }
+    }
+}
+
+impl CompileOptions {
+    /// The precision of the weight-bearing operators.
+    pub fn precision_mode(&self) -> Result<Precision, Error> {
+        match self.precision.as_str() {
+            "fp32" => Ok(Precision::Fp32),
+            "fp16" => Ok(Precision::Fp16),
+            "int8" => Ok(Precision::Int8(std::sync::Arc::new(
+                self.activation_scales.clone().unwrap_or_default(),
+            ))),
+            other => Err(Error::InvalidOption {
+                option: "--precision",
+                reason: format!("'{other}' is not one of fp32, fp16, int8"),
+            }),
         }
     }
 }
@@ -61,12 +83,7 @@ pub enum Progress<'a> {
 
 /// Resolves the configs from the options (no file is touched).
 pub fn resolve_configs(o: &CompileOptions) -> Result<(GptConfig, VqConfig), Error> {
-    if o.precision != "fp32" {
-        return Err(Error::InvalidOption {
-            option: "--precision",
-            reason: format!("'{}' is not supported yet; supported: fp32", o.precision),
-        });
-    }
+    o.precision_mode()?;
     let va = vq_arch(&o.vq_model)?;
     if let Some(d) = o.downsample_size {
         if d != va.downsample {
@@ -116,8 +133,11 @@ pub fn compile(
         }
     };
     progress(Progress::Stage("building graphs"));
-    let gpt_graph = gpt::build_step_graph(&gc, gpt_src)?;
-    let vq_graph = vq::build_decoder_graph(&vqc, vq_src)?;
+    let precision = o.precision_mode()?;
+    let mut gpt_em = Emitter::new(precision.clone(), gpt_src);
+    let gpt_graph = gpt::build_step_graph(&gc, &mut gpt_em)?;
+    let mut vq_em = Emitter::new(precision, vq_src);
+    let vq_graph = vq::build_decoder_graph(&vqc, &mut vq_em)?;
 
     let mut roles = BTreeMap::new();
     roles.insert(

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod backend;
+pub mod compare;
 mod error;
 pub mod image;
 pub mod kv_cache;

@@ -3,6 +3,8 @@
 //! Mirrors the official `generate()`: the batch is `[cond; uncond]` when cfg_scale > 1; the
 //! prefill feeds the class ids at position 0 and samples the first token from its logits; decode
 //! step i feeds the last token to both halves at position `1 + i` (`cls_token_num + i`).
+//! [`Pipeline::score_tokens`] runs the same loop teacher-forced: it feeds given tokens instead of
+//! sampling and reports every step's logits (what `llamagen compare` measures).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -74,11 +76,21 @@ pub struct TokenOutput {
     pub gpt_ms: f64,
 }
 
-/// Per-request sampling state of one generation.
+/// How the decode loop picks each row's next token.
+enum NextToken<'a> {
+    /// Sample from the (CFG-combined) logits with the request's options and seed.
+    Sample {
+        rng: Philox,
+        scratch: SamplerScratch,
+    },
+    /// Teacher forcing: feed the given tokens, `[labels.len()][tokens_per_image]`.
+    Feed(&'a [Vec<u32>]),
+}
+
+/// Per-request state of one pass of the decode loop.
 struct Sampling<'a> {
     req: &'a GenerateRequest,
-    rng: &'a Philox,
-    scratch: &'a mut SamplerScratch,
+    next: NextToken<'a>,
     observer: &'a mut dyn Observer,
 }
 
@@ -128,6 +140,63 @@ impl Pipeline {
         observer: &mut dyn Observer,
     ) -> Result<TokenOutput, RuntimeError> {
         req.validate(&self.manifest)?;
+        let next = NextToken::Sample {
+            rng: Philox::new(req.seed),
+            scratch: SamplerScratch::new(self.manifest.gpt.vocab_size),
+        };
+        self.run_tokens(req, next, observer)
+    }
+
+    /// Teacher-forced scoring: runs the prefill and the decode loop of [`Self::generate_tokens`]
+    /// but feeds `tokens` (one row per label, `tokens_per_image` each) instead of sampling, and
+    /// reports the logits of every step to `observer.on_logits(step, row, logits)` exactly as
+    /// `generate_tokens` does (CFG-combined when guidance is on for the step). Step `s`'s logits
+    /// are the ones token `s` would be sampled from. The request is validated in full (its
+    /// sampling options are unused here); `on_token` reports progress as during generation.
+    pub fn score_tokens(
+        &self,
+        req: &GenerateRequest,
+        tokens: &[Vec<u32>],
+        observer: &mut dyn Observer,
+    ) -> Result<(), RuntimeError> {
+        req.validate(&self.manifest)?;
+        let per = self.manifest.generation.tokens_per_image;
+        let vocab = self.manifest.gpt.vocab_size;
+        if tokens.len() != req.labels.len() {
+            return Err(RuntimeError::InvalidRequest {
+                field: "tokens",
+                value: format!("{} rows", tokens.len()),
+                reason: format!("expected one row per label ({})", req.labels.len()),
+            });
+        }
+        for (i, row) in tokens.iter().enumerate() {
+            if row.len() != per {
+                return Err(RuntimeError::InvalidRequest {
+                    field: "tokens",
+                    value: format!("row {i} has {} tokens", row.len()),
+                    reason: format!("expected tokens_per_image = {per}"),
+                });
+            }
+            if let Some((j, &t)) = row.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
+                return Err(RuntimeError::InvalidRequest {
+                    field: "tokens",
+                    value: format!("{t} (row {i}, position {j})"),
+                    reason: format!("must be < vocab size {vocab}"),
+                });
+            }
+        }
+        self.run_tokens(req, NextToken::Feed(tokens), observer)
+            .map(|_| ())
+    }
+
+    /// The prefill and decode loop shared by generation and scoring; `next` picks the tokens.
+    /// The request (and fed tokens) must already be validated.
+    fn run_tokens(
+        &self,
+        req: &GenerateRequest,
+        next: NextToken<'_>,
+        observer: &mut dyn Observer,
+    ) -> Result<TokenOutput, RuntimeError> {
         let g = &self.manifest.gpt;
         let gen = &self.manifest.generation;
         let n = req.labels.len();
@@ -135,8 +204,6 @@ impl Pipeline {
         let rows = if cfg { 2 * n } else { n };
         let steps = gen.tokens_per_image;
         let vocab = g.vocab_size;
-        let rng = Philox::new(req.seed);
-        let mut scratch = SamplerScratch::new(vocab);
         let mut cache = self.take_cache(rows);
         let mut logits = Vec::with_capacity(rows * vocab);
         let mut tokens = vec![Vec::with_capacity(steps); n];
@@ -158,8 +225,7 @@ impl Pipeline {
         self.backend.gpt_step(&ids, 1, 0, &mut cache, &mut logits)?;
         let mut sampling = Sampling {
             req,
-            rng: &rng,
-            scratch: &mut scratch,
+            next,
             observer,
         };
         self.sample_rows(&mut sampling, &mut logits, true, 0, &mut tokens);
@@ -212,7 +278,8 @@ impl Pipeline {
         pool.push(cache);
     }
 
-    /// CFG-combines (when the batch has uncond rows and `guided`) and samples one token per request row.
+    /// CFG-combines (when the batch has uncond rows and `guided`) and picks one token per request
+    /// row: sampled, or the fed token at `step`.
     fn sample_rows(
         &self,
         s: &mut Sampling<'_>,
@@ -230,8 +297,14 @@ impl Pipeline {
                 cfg_combine(row, &uncond[r * vocab..(r + 1) * vocab], s.req.cfg_scale);
             }
             s.observer.on_logits(step, r, row);
-            let u = s.rng.uniform(r as u64, step as u64);
-            row_tokens.push(sample_token(row, &s.req.sampling, u, s.scratch));
+            let token = match &mut s.next {
+                NextToken::Sample { rng, scratch } => {
+                    let u = rng.uniform(r as u64, step as u64);
+                    sample_token(row, &s.req.sampling, u, scratch)
+                }
+                NextToken::Feed(fed) => fed[r][step],
+            };
+            row_tokens.push(token);
         }
     }
 

@@ -104,6 +104,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         num_classes: a.num_classes,
         cls_token_num: a.cls_token_num,
         precision: a.precision,
+        activation_scales: None,
         out: a.out,
     };
     let bar = ProgressBar::new(0);

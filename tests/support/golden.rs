@@ -34,6 +34,7 @@ pub fn tiny_options(out: &Path, weights: Weights) -> CompileOptions {
         num_classes: 10,
         cls_token_num: 1,
         precision: "fp32".into(),
+        activation_scales: None,
         out: out.to_path_buf(),
     }
 }

@@ -5,6 +5,7 @@ use super::ElemType;
 /// An operator and its attributes. Inputs are passed to [`super::Graph::wire`] in ONNX order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
+    Identity,
     Add,
     Sub,
     Mul,
@@ -64,12 +65,21 @@ pub enum Op {
     },
     /// X, roi (empty), scales: nearest-neighbour upsampling as torch's `mode="nearest"`.
     ResizeNearest,
+    /// x, scale, zero point: `axis` for per-channel scales (ignored for per-tensor).
+    QuantizeLinear {
+        axis: i64,
+    },
+    /// x, scale, zero point.
+    DequantizeLinear {
+        axis: i64,
+    },
 }
 
 impl Op {
     /// The ONNX `op_type` string.
     pub fn op_type(&self) -> &'static str {
         match self {
+            Op::Identity => "Identity",
             Op::Add => "Add",
             Op::Sub => "Sub",
             Op::Mul => "Mul",
@@ -96,6 +106,8 @@ impl Op {
             Op::Conv { .. } => "Conv",
             Op::InstanceNormalization { .. } => "InstanceNormalization",
             Op::ResizeNearest => "Resize",
+            Op::QuantizeLinear { .. } => "QuantizeLinear",
+            Op::DequantizeLinear { .. } => "DequantizeLinear",
         }
     }
 }

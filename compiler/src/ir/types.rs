@@ -72,11 +72,27 @@ impl fmt::Display for Dim {
 pub struct TensorType {
     pub dtype: ElemType,
     pub shape: Vec<Dim>,
+    /// Shape left unspecified (only calibration probes, whose ranks vary).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any_shape: bool,
 }
 
 impl TensorType {
     pub fn new(dtype: ElemType, shape: Vec<Dim>) -> Self {
-        TensorType { dtype, shape }
+        TensorType {
+            dtype,
+            shape,
+            any_shape: false,
+        }
+    }
+
+    /// A tensor of any rank and shape.
+    pub fn any_shape(dtype: ElemType) -> Self {
+        TensorType {
+            dtype,
+            shape: Vec::new(),
+            any_shape: true,
+        }
     }
 }
 

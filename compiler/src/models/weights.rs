@@ -1,9 +1,6 @@
 //! Where weights come from: a checkpoint, or seeded random values (demos and benchmarks).
 
-use std::sync::Arc;
-
 use crate::checkpoint::{Checkpoint, CheckpointError};
-use crate::ir::{InitData, LazyProducer};
 use crate::Error;
 
 /// A named source of f32 tensors in official (PyTorch) layout.
@@ -35,19 +32,6 @@ impl WeightSource for CheckpointWeights {
     fn load(&self, key: &str, shape: &[usize]) -> Result<Vec<f32>, Error> {
         Ok(self.0.get_f32(key, shape)?)
     }
-}
-
-/// A tensor of a source, transformed when the model is written (e.g. transposed for MatMul).
-pub fn lazy<F>(source: &Arc<dyn WeightSource>, produce: F) -> InitData
-where
-    F: Fn(&dyn WeightSource) -> Result<Vec<f32>, Error> + Send + Sync + 'static,
-{
-    let source = Arc::clone(source);
-    let producer: LazyProducer = Arc::new(move || {
-        let v = produce(source.as_ref())?;
-        Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect())
-    });
-    InitData::Lazy(producer)
 }
 
 /// Transposes a row-major `[rows, cols]` matrix (torch Linear `[out, in]` -> MatMul `[in, out]`).

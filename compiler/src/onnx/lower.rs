@@ -156,7 +156,7 @@ fn value_info(name: &str, ty: &TensorType) -> proto::ValueInfoProto {
         r#type: Some(proto::TypeProto {
             tensor_type: Some(proto::TypeProtoTensor {
                 elem_type: elem_type(ty.dtype),
-                shape: Some(proto::TensorShapeProto { dim }),
+                shape: (!ty.any_shape).then_some(proto::TensorShapeProto { dim }),
             }),
         }),
     }
@@ -212,7 +212,12 @@ fn string(name: &str, s: &str) -> proto::AttributeProto {
 
 fn attributes(op: &Op) -> Vec<proto::AttributeProto> {
     match op {
-        Op::Softmax { axis } | Op::Gather { axis } | Op::Concat { axis } | Op::Split { axis } => {
+        Op::Softmax { axis }
+        | Op::Gather { axis }
+        | Op::Concat { axis }
+        | Op::Split { axis }
+        | Op::QuantizeLinear { axis }
+        | Op::DequantizeLinear { axis } => {
             vec![int("axis", *axis)]
         }
         Op::Transpose { perm } => vec![ints("perm", perm)],

@@ -1,6 +1,7 @@
 //! `llamagen`: generate images from a bundle, benchmark it, or inspect it.
 
 mod bench;
+mod compare;
 mod generate;
 mod inspect;
 mod options;
@@ -26,6 +27,9 @@ enum Command {
     Generate(generate::Args),
     /// Measure load, prefill, per-token decode, VQ decode and peak memory.
     Bench(bench::Args),
+    /// How close --bundle is to --reference: logits cosine / max error, greedy-token agreement,
+    /// image PSNR, teacher-forced on the reference's tokens.
+    Compare(compare::Args),
     /// Show what a bundle holds: model, precision, graphs and their inputs/outputs, sizes.
     Inspect(inspect::Args),
 }
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Inspect(a) => inspect::run(a),
     };
     match result {

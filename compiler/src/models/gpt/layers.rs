@@ -1,9 +1,10 @@
-//! Building blocks of the GPT step graph: RMSNorm, linear, 2D rotary, cached attention, SwiGLU.
+//! Building blocks of the GPT step graph: RMSNorm, 2D rotary, cached attention, SwiGLU.
 //!
 //! Shapes: hidden states `[B, T, dim]`; per-head tensors `[B, H, T, head_dim]`; caches
 //! `[B, H, max_len, head_dim]`. T (the step's token count) is static.
 
 use crate::ir::{Graph, Op, ValueId};
+use crate::models::precision::Emitter;
 
 /// RMSNorm in the form ONNX Runtime fuses (Pow, ReduceMean, Add, Sqrt, Div, Mul); fp32.
 pub fn rms_norm(g: &mut Graph, name: &str, x: ValueId, weight: ValueId, eps: f32) -> ValueId {
@@ -22,11 +23,6 @@ pub fn rms_norm(g: &mut Graph, name: &str, x: ValueId, weight: ValueId, eps: f32
     let rms = g.wire(&format!("{name}.sqrt"), Op::Sqrt, &[var]);
     let normed = g.wire(&format!("{name}.div"), Op::Div, &[x, rms]);
     g.wire(&format!("{name}.scale"), Op::Mul, &[normed, weight])
-}
-
-/// x @ w, with w already `[in, out]`.
-pub fn linear(g: &mut Graph, name: &str, x: ValueId, w: ValueId) -> ValueId {
-    g.wire(name, Op::MatMul, &[x, w])
 }
 
 /// Rotary on `[..., head_dim]` as `x * cos + (x @ swap) * sin` (see `rotary.rs`), with cos/sin
@@ -111,6 +107,7 @@ pub fn cached_attention(
 /// SwiGLU: w2(silu(x w1) * (x w3)), with w1|w3 fused into one `[dim, 2 * hidden]` matrix.
 pub fn swiglu(
     g: &mut Graph,
+    em: &mut Emitter,
     name: &str,
     x: ValueId,
     w13: ValueId,
@@ -121,7 +118,7 @@ pub fn swiglu(
         &format!("const.split.ffn.{hidden}"),
         &[hidden as i64, hidden as i64],
     );
-    let gu = linear(g, &format!("{name}.w13"), x, w13);
+    let gu = em.apply(g, &format!("{name}.w13"), Op::MatMul, x, &[w13]);
     let parts = g.wire_n(
         &format!("{name}.split"),
         Op::Split { axis: -1 },
@@ -131,5 +128,5 @@ pub fn swiglu(
     let sig = g.wire(&format!("{name}.sigmoid"), Op::Sigmoid, &[parts[0]]);
     let silu = g.wire(&format!("{name}.silu"), Op::Mul, &[parts[0], sig]);
     let gated = g.wire(&format!("{name}.gate"), Op::Mul, &[silu, parts[1]]);
-    linear(g, &format!("{name}.w2"), gated, w2)
+    em.apply(g, &format!("{name}.w2"), Op::MatMul, gated, &[w2])
 }

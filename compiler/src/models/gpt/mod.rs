@@ -17,16 +17,14 @@
 mod keys;
 mod layers;
 mod rotary;
-
-use std::sync::Arc;
+mod weights;
 
 use crate::config::GptConfig;
 use crate::io_names;
 use crate::ir::{Dim, ElemType, Graph, InitData, Op, TensorType, ValueId};
 use crate::Error;
 
-use super::weights::{lazy, transpose};
-use super::WeightSource;
+use super::precision::Emitter;
 use layers::{RotaryInputs, StepMasks};
 
 pub use keys::required as required_keys;
@@ -36,9 +34,9 @@ pub use keys::required as required_keys;
 pub const STEP_TOKENS: usize = 1;
 
 /// Checks every required key and shape, then builds the step graph (weights stay lazy).
-pub fn build_step_graph(c: &GptConfig, source: Arc<dyn WeightSource>) -> Result<Graph, Error> {
+pub fn build_step_graph(c: &GptConfig, em: &mut Emitter) -> Result<Graph, Error> {
     for (key, shape) in keys::required(c) {
-        source.check(&key, &shape)?;
+        em.source.check(&key, &shape)?;
     }
     let t = STEP_TOKENS;
     let mut g = Graph::new(&format!("{}-step", c.name));
@@ -64,14 +62,9 @@ pub fn build_step_graph(c: &GptConfig, source: Arc<dyn WeightSource>) -> Result<
     );
 
     // Embedding: image tokens and class labels share one table (tok_embeddings ++ cls_embedding).
-    let table = embedding_table(c, &source);
-    let table = g.initializer(
-        "embeddings",
-        ElemType::F32,
-        vec![c.vocab_size + c.class_rows, c.dim],
-        table,
-    );
-    let mut x = g.wire("embed", Op::Gather { axis: 0 }, &[table, ids]);
+    let table = weights::embedding_table(&mut g, c, em);
+    let x = g.wire("embed", Op::Gather { axis: 0 }, &[table, ids]);
+    let mut x = em.table_to_f32(&mut g, "embed_f32", x);
 
     let rope = rotary_for_step(&mut g, c, position, t);
     let masks = step_masks(&mut g, c, position, t);
@@ -91,7 +84,7 @@ pub fn build_step_graph(c: &GptConfig, source: Arc<dyn WeightSource>) -> Result<
         let p = format!("layers.{i}");
         let past_k = g.input(&io_names::past_key(i), cache_ty.clone());
         let past_v = g.input(&io_names::past_value(i), cache_ty.clone());
-        let w = LayerWeights::new(&mut g, c, &source, i);
+        let w = weights::LayerWeights::new(&mut g, c, em, i);
 
         let a = format!("{p}.attn");
         let hn = layers::rms_norm(
@@ -101,7 +94,7 @@ pub fn build_step_graph(c: &GptConfig, source: Arc<dyn WeightSource>) -> Result<
             w.attention_norm,
             c.norm_eps,
         );
-        let qkv = layers::linear(&mut g, &format!("{a}.qkv"), hn, w.wqkv);
+        let qkv = em.apply(&mut g, &format!("{a}.qkv"), Op::MatMul, hn, &[w.wqkv]);
         let parts = g.wire_n(
             &format!("{a}.split_qk_v"),
             Op::Split { axis: -1 },
@@ -127,11 +120,19 @@ pub fn build_step_graph(c: &GptConfig, source: Arc<dyn WeightSource>) -> Result<
         let o = layers::cached_attention(&mut g, &a, q, k, v, past_k, past_v, &masks);
         let o = g.wire(&format!("{a}.o_tokens"), to_heads.clone(), &[o]);
         let o = g.wire(&format!("{a}.o_merged"), Op::Reshape, &[o, merge]);
-        let o = layers::linear(&mut g, &format!("{a}.wo"), o, w.wo);
+        let o = em.apply(&mut g, &format!("{a}.wo"), Op::MatMul, o, &[w.wo]);
         x = g.wire(&format!("{a}.residual"), Op::Add, &[x, o]);
 
         let hn = layers::rms_norm(&mut g, &format!("{p}.ffn_norm"), x, w.ffn_norm, c.norm_eps);
-        let f = layers::swiglu(&mut g, &format!("{p}.ffn"), hn, w.w13, w.w2, c.ffn_hidden);
+        let f = layers::swiglu(
+            &mut g,
+            em,
+            &format!("{p}.ffn"),
+            hn,
+            w.w13,
+            w.w2,
+            c.ffn_hidden,
+        );
         x = g.wire(&format!("{p}.ffn.residual"), Op::Add, &[x, f]);
     }
 
@@ -142,10 +143,10 @@ pub fn build_step_graph(c: &GptConfig, source: Arc<dyn WeightSource>) -> Result<
         let axis1 = g.const_i64("const.axes.1", &[1]);
         x = g.wire("last_position", Op::Slice, &[x, last, end, axis1]);
     }
-    let norm_w = vector(&mut g, &source, keys::FINAL_NORM, c.dim);
+    let norm_w = weights::vector(&mut g, em, keys::FINAL_NORM, c.dim);
     let hn = layers::rms_norm(&mut g, "norm", x, norm_w, c.norm_eps);
-    let out_w = matmul_weight(&mut g, &source, keys::OUTPUT, c.vocab_size, c.dim);
-    let logits = layers::linear(&mut g, "output", hn, out_w);
+    let out_w = weights::matmul(&mut g, em, keys::OUTPUT, c.vocab_size, c.dim, None);
+    let logits = em.apply(&mut g, "output", Op::MatMul, hn, &[out_w]);
     let flat = g.const_i64("const.shape.logits", &[0, -1]);
     let logits = g.wire("logits_flat", Op::Reshape, &[logits, flat]);
     g.output(
@@ -154,111 +155,6 @@ pub fn build_step_graph(c: &GptConfig, source: Arc<dyn WeightSource>) -> Result<
         TensorType::new(ElemType::F32, vec![batch, Dim::Fixed(c.vocab_size)]),
     );
     Ok(g)
-}
-
-fn embedding_table(c: &GptConfig, source: &Arc<dyn WeightSource>) -> InitData {
-    let (v, k, d) = (c.vocab_size, c.class_rows, c.dim);
-    lazy(source, move |s| {
-        let mut t = s.load(keys::TOK_EMBEDDINGS, &[v, d])?;
-        t.extend(s.load(keys::CLS_EMBEDDING, &[k, d])?);
-        Ok(t)
-    })
-}
-
-/// A torch Linear weight `[out, in]` stored transposed `[in, out]` for MatMul, named `<key>.T`.
-/// Its first `scaled_rows` output rows are multiplied by `scale` (see [`q_scale`]).
-fn matmul_weight_scaled(
-    g: &mut Graph,
-    source: &Arc<dyn WeightSource>,
-    key: &str,
-    out: usize,
-    inp: usize,
-    scaled_rows: usize,
-    scale: f32,
-) -> ValueId {
-    let name = format!("{key}.T");
-    let key = key.to_string();
-    let data = lazy(source, move |s| {
-        let mut m = s.load(&key, &[out, inp])?;
-        m[..scaled_rows * inp].iter_mut().for_each(|x| *x *= scale);
-        Ok(transpose(&m, out, inp))
-    });
-    g.initializer(&name, ElemType::F32, vec![inp, out], data)
-}
-
-fn matmul_weight(
-    g: &mut Graph,
-    source: &Arc<dyn WeightSource>,
-    key: &str,
-    out: usize,
-    inp: usize,
-) -> ValueId {
-    matmul_weight_scaled(g, source, key, out, inp, 0, 1.0)
-}
-
-/// Attention's 1/sqrt(head_dim), folded into the q rows of wqkv: rotary is linear, so scaling q
-/// before it equals scaling the scores, and the graph saves a multiply per layer.
-fn q_scale(c: &GptConfig) -> f32 {
-    1.0 / (c.head_dim as f32).sqrt()
-}
-
-fn vector(g: &mut Graph, source: &Arc<dyn WeightSource>, key: &str, n: usize) -> ValueId {
-    let k = key.to_string();
-    let data = lazy(source, move |s| s.load(&k, &[n]));
-    g.initializer(
-        key.trim_end_matches(".weight"),
-        ElemType::F32,
-        vec![n],
-        data,
-    )
-}
-
-struct LayerWeights {
-    wqkv: ValueId,
-    wo: ValueId,
-    w13: ValueId,
-    w2: ValueId,
-    attention_norm: ValueId,
-    ffn_norm: ValueId,
-}
-
-impl LayerWeights {
-    fn new(g: &mut Graph, c: &GptConfig, source: &Arc<dyn WeightSource>, i: usize) -> Self {
-        let (d, hid) = (c.dim, c.ffn_hidden);
-        let qkv = (c.n_head + 2 * c.n_kv_head) * c.head_dim;
-        let p = format!("layers.{i}");
-        let (k1, k3) = (
-            keys::layer(i, "feed_forward.w1.weight"),
-            keys::layer(i, "feed_forward.w3.weight"),
-        );
-        let w13 = lazy(source, move |s| {
-            // [hid, d] ++ [hid, d] = [2 hid, d], transposed to [d, 2 hid]: w1 columns then w3.
-            let mut m = s.load(&k1, &[hid, d])?;
-            m.extend(s.load(&k3, &[hid, d])?);
-            Ok(transpose(&m, 2 * hid, d))
-        });
-        LayerWeights {
-            wqkv: matmul_weight_scaled(
-                g,
-                source,
-                &keys::layer(i, "attention.wqkv.weight"),
-                qkv,
-                d,
-                c.n_head * c.head_dim,
-                q_scale(c),
-            ),
-            wo: matmul_weight(g, source, &keys::layer(i, "attention.wo.weight"), d, d),
-            w13: g.initializer(
-                &format!("{p}.feed_forward.w13.weight.T"),
-                ElemType::F32,
-                vec![d, 2 * hid],
-                w13,
-            ),
-            w2: matmul_weight(g, source, &keys::layer(i, "feed_forward.w2.weight"), d, hid),
-            attention_norm: vector(g, source, &keys::layer(i, "attention_norm.weight"), d),
-            ffn_norm: vector(g, source, &keys::layer(i, "ffn_norm.weight"), d),
-        }
-    }
 }
 
 /// cos/sin rows of this step's slots `[1, T, 1, head_dim]` and the pair-swap matrix.

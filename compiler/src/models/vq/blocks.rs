@@ -13,21 +13,20 @@
 
 use std::sync::Arc;
 
-use crate::ir::{ElemType, Graph, Op, ValueId};
+use crate::ir::{Graph, Op, ValueId};
 
 use super::keys::ResSpec;
-use crate::models::weights::lazy;
-use crate::models::WeightSource;
+use crate::models::precision::{Emitter, WeightFn};
 
 /// Groups of every GroupNorm in the decoder (`Normalize` in the official code).
 pub const NORM_GROUPS: usize = 32;
 /// Epsilon of every GroupNorm in the decoder.
 pub const NORM_EPS: f32 = 1e-6;
 
-/// Adds decoder blocks to a graph, reading weights lazily from `source`.
+/// Adds decoder blocks to a graph; weights and convolutions go through the [`Emitter`].
 pub struct Blocks<'g> {
     pub g: &'g mut Graph,
-    source: Arc<dyn WeightSource>,
+    pub em: &'g mut Emitter,
     /// Unit scale / zero bias `[32]` of the InstanceNormalization inside GroupNorm.
     gn_scale: ValueId,
     gn_bias: ValueId,
@@ -36,7 +35,7 @@ pub struct Blocks<'g> {
 }
 
 impl<'g> Blocks<'g> {
-    pub fn new(g: &'g mut Graph, source: Arc<dyn WeightSource>) -> Self {
+    pub fn new(g: &'g mut Graph, em: &'g mut Emitter) -> Self {
         let gn_scale = g.init_f32(
             "const.group_norm.scale",
             vec![NORM_GROUPS],
@@ -50,46 +49,52 @@ impl<'g> Blocks<'g> {
         let up_scales = g.init_f32("const.upsample.scales", vec![4], vec![1.0, 1.0, 2.0, 2.0]);
         Blocks {
             g,
-            source,
+            em,
             gn_scale,
             gn_bias,
             up_scales,
         }
     }
 
-    /// A weight tensor `key` of official shape `shape`, stored with dims `dims` (same size).
-    fn weight(&mut self, key: String, shape: Vec<usize>, dims: Vec<usize>) -> ValueId {
-        debug_assert_eq!(
-            shape.iter().product::<usize>(),
-            dims.iter().product::<usize>()
-        );
+    /// An f32 vector `key` of official shape `shape`, stored with dims `dims` (same size).
+    fn vector(&mut self, key: String, shape: Vec<usize>, dims: Vec<usize>) -> ValueId {
         let name = key.clone();
-        let data = lazy(&self.source, move |s| s.load(&key, &shape));
-        self.g.initializer(&name, ElemType::F32, dims, data)
+        let f: WeightFn = Arc::new(move |s| s.load(&key, &shape));
+        self.em.vector(self.g, &name, dims, f)
     }
 
     /// Conv2d `inp -> out` with a `k x k` kernel, stride 1, "same" padding, and bias; the node is
-    /// named `prefix`, its weights `prefix.weight` / `prefix.bias`.
+    /// named `prefix`, its weights `prefix.weight` / `prefix.bias` (official layout, which is
+    /// ONNX's), at the emitter's precision (int8: per output channel).
     pub fn conv(&mut self, prefix: &str, x: ValueId, out: usize, inp: usize, k: usize) -> ValueId {
-        let w = self.weight(
-            format!("{prefix}.weight"),
+        let key = format!("{prefix}.weight");
+        let shape = vec![out, inp, k, k];
+        let wf: WeightFn = Arc::new(move |s| s.load(&key, &shape));
+        let w = self.em.weight(
+            self.g,
+            &format!("{prefix}.weight"),
             vec![out, inp, k, k],
-            vec![out, inp, k, k],
+            0,
+            wf,
         );
-        let b = self.weight(format!("{prefix}.bias"), vec![out], vec![out]);
+        let bkey = format!("{prefix}.bias");
+        let bf: WeightFn = Arc::new(move |s| s.load(&bkey, &[out]));
+        let b = self
+            .em
+            .conv_bias(self.g, &format!("{prefix}.bias"), vec![out], bf);
         let p = (k / 2) as i64;
         let op = Op::Conv {
             kernel: [k as i64, k as i64],
             pads: [p, p, p, p],
             strides: [1, 1],
         };
-        self.g.wire(prefix, op, &[x, w, b])
+        self.em.apply(self.g, prefix, op, x, &[w, b])
     }
 
     /// GroupNorm(32 groups, eps 1e-6, affine) of `x` `[B, ch, side, side]`.
     pub fn group_norm(&mut self, prefix: &str, x: ValueId, ch: usize, side: usize) -> ValueId {
-        let gamma = self.weight(format!("{prefix}.weight"), vec![ch], vec![ch, 1, 1]);
-        let beta = self.weight(format!("{prefix}.bias"), vec![ch], vec![ch, 1, 1]);
+        let gamma = self.vector(format!("{prefix}.weight"), vec![ch], vec![ch, 1, 1]);
+        let beta = self.vector(format!("{prefix}.bias"), vec![ch], vec![ch, 1, 1]);
         let grouped = self
             .g
             .const_i64("const.shape.groups", &[0, NORM_GROUPS as i64, -1]);

@@ -20,8 +20,8 @@ use crate::io_names;
 use crate::ir::{Dim, ElemType, Graph, Op, TensorType, ValueId};
 use crate::Error;
 
-use super::weights::lazy;
-use super::WeightSource;
+use super::precision::{Emitter, WeightFn};
+
 use blocks::{Blocks, NORM_GROUPS};
 pub use keys::{required as required_keys, DecoderPlan};
 
@@ -30,10 +30,10 @@ const L2_EPS: f32 = 1e-12;
 
 /// Checks the config and every required key and shape, then builds the decoder graph (weights
 /// stay lazy until the model is written).
-pub fn build_decoder_graph(c: &VqConfig, source: Arc<dyn WeightSource>) -> Result<Graph, Error> {
+pub fn build_decoder_graph(c: &VqConfig, em: &mut Emitter) -> Result<Graph, Error> {
     validate(c)?;
     for (key, shape) in keys::required(c) {
-        source.check(&key, &shape)?;
+        em.source.check(&key, &shape)?;
     }
     let plan = DecoderPlan::new(c);
     let mut g = Graph::new(&format!("{}-decoder", c.name));
@@ -46,8 +46,8 @@ pub fn build_decoder_graph(c: &VqConfig, source: Arc<dyn WeightSource>) -> Resul
         ),
     );
 
-    let mut b = Blocks::new(&mut g, Arc::clone(&source));
-    let z = codebook_lookup(&mut b, c, &source, tokens);
+    let mut b = Blocks::new(&mut g, em);
+    let z = codebook_lookup(&mut b, c, tokens);
     let z = b.conv(
         keys::POST_QUANT_CONV,
         z,
@@ -130,25 +130,17 @@ fn validate(c: &VqConfig) -> Result<(), Error> {
 }
 
 /// `quantize.get_codebook_entry` + the channel-first reshape: `tokens [B, HW]` -> `[B, E, h, w]`.
-fn codebook_lookup(
-    b: &mut Blocks,
-    c: &VqConfig,
-    source: &Arc<dyn WeightSource>,
-    tokens: ValueId,
-) -> ValueId {
+fn codebook_lookup(b: &mut Blocks, c: &VqConfig, tokens: ValueId) -> ValueId {
     let (n, e) = (c.codebook_size, c.codebook_embed_dim);
-    let table = lazy(source, move |s| {
+    let f: WeightFn = Arc::new(move |s| {
         let mut t = s.load(keys::CODEBOOK, &[n, e])?;
         l2_normalize_rows(&mut t, e);
         Ok(t)
     });
+    // Small (codebook x 8): always f32.
+    let table =
+        b.em.vector(b.g, "quantize.embedding.normalized", vec![n, e], f);
     let g = &mut *b.g;
-    let table = g.initializer(
-        "quantize.embedding.normalized",
-        ElemType::F32,
-        vec![n, e],
-        table,
-    );
     let side = c.grid as i64;
     let grid_shape = g.const_i64("const.shape.token_grid", &[0, side, side, e as i64]);
     let z = g.wire("quantize.lookup", Op::Gather { axis: 0 }, &[table, tokens]);

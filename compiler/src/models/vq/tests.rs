@@ -9,7 +9,8 @@ use super::*;
 use crate::checkpoint::CheckpointError;
 use crate::config::vq_arch;
 use crate::ir::ValueOrigin;
-use crate::models::RandomWeights;
+use crate::models::precision::{Emitter, Precision};
+use crate::models::{RandomWeights, WeightSource};
 
 fn official(name: &str, image_size: usize) -> VqConfig {
     VqConfig::new(&vq_arch(name).unwrap(), 16384, 8, image_size).unwrap()
@@ -36,11 +37,16 @@ fn op_count(g: &Graph, op_type: &str) -> usize {
     g.nodes.iter().filter(|n| n.op.op_type() == op_type).count()
 }
 
+/// An fp32 emitter over `source`.
+fn fp32(source: Arc<dyn WeightSource>) -> Emitter {
+    Emitter::new(Precision::Fp32, source)
+}
+
 #[test]
 fn official_sizes_build_with_random_weights() {
     for (name, size, levels) in [("VQ-16", 256, 5), ("VQ-8", 256, 4), ("VQ-16", 384, 5)] {
         let c = official(name, size);
-        let g = build_decoder_graph(&c, Arc::new(RandomWeights::new(0))).unwrap();
+        let g = build_decoder_graph(&c, &mut fp32(Arc::new(RandomWeights::new(0)))).unwrap();
         let (ins, outs) = (g.signature(false), g.signature(true));
         assert_eq!(ins.len(), 1);
         assert_eq!(ins[0].0, io_names::VQ_TOKENS);
@@ -113,8 +119,8 @@ fn official_sizes_build_with_random_weights() {
 #[test]
 fn graph_is_deterministic_and_well_formed() {
     let c = official("VQ-8", 256);
-    let a = build_decoder_graph(&c, Arc::new(RandomWeights::new(1))).unwrap();
-    let b = build_decoder_graph(&c, Arc::new(RandomWeights::new(2))).unwrap();
+    let a = build_decoder_graph(&c, &mut fp32(Arc::new(RandomWeights::new(1)))).unwrap();
+    let b = build_decoder_graph(&c, &mut fp32(Arc::new(RandomWeights::new(2)))).unwrap();
     let names = |g: &Graph| g.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
     assert_eq!(names(&a), names(&b));
     // Every node input is defined before use (graph inputs, initializers, earlier nodes).
@@ -152,13 +158,13 @@ fn codebook_rows_are_l2_normalised_like_f_normalize() {
 fn bad_configs_are_named() {
     let mut c = tiny();
     c.image_size = 16;
-    let e = build_decoder_graph(&c, Arc::new(RandomWeights::new(0)))
+    let e = build_decoder_graph(&c, &mut fp32(Arc::new(RandomWeights::new(0))))
         .unwrap_err()
         .to_string();
     assert!(e.contains("tiny-vq") && e.contains("image_size 16"), "{e}");
     let mut c = tiny();
     c.ch = 40;
-    let e = build_decoder_graph(&c, Arc::new(RandomWeights::new(0)))
+    let e = build_decoder_graph(&c, &mut fp32(Arc::new(RandomWeights::new(0))))
         .unwrap_err()
         .to_string();
     assert!(e.contains("32 GroupNorm groups"), "{e}");
@@ -207,11 +213,11 @@ fn missing_and_mis_shaped_keys_are_named_before_building() {
     // The complete table (plus encoder keys, which are ignored) builds.
     let mut shapes = full.clone();
     shapes.insert("encoder.conv_in.weight".into(), vec![128, 3, 3, 3]);
-    build_decoder_graph(&c, Arc::new(FakeSource { shapes })).unwrap();
+    build_decoder_graph(&c, &mut fp32(Arc::new(FakeSource { shapes }))).unwrap();
 
     let mut shapes = full.clone();
     shapes.remove("decoder.conv_blocks.0.attn.1.k.bias");
-    let e = build_decoder_graph(&c, Arc::new(FakeSource { shapes })).unwrap_err();
+    let e = build_decoder_graph(&c, &mut fp32(Arc::new(FakeSource { shapes }))).unwrap_err();
     assert!(
         matches!(&e, Error::Checkpoint(CheckpointError::MissingKey { key, .. }) if key == "decoder.conv_blocks.0.attn.1.k.bias"),
         "{e}"
@@ -220,7 +226,7 @@ fn missing_and_mis_shaped_keys_are_named_before_building() {
 
     let mut shapes = full;
     shapes.insert("quantize.embedding.weight".into(), vec![16384, 8]);
-    let e = build_decoder_graph(&c, Arc::new(FakeSource { shapes })).unwrap_err();
+    let e = build_decoder_graph(&c, &mut fp32(Arc::new(FakeSource { shapes }))).unwrap_err();
     match &e {
         Error::Checkpoint(CheckpointError::ShapeMismatch {
             key, expected, got, ..
@@ -237,7 +243,7 @@ fn missing_and_mis_shaped_keys_are_named_before_building() {
 fn tiny_graph_writes_with_fake_weights() {
     let c = tiny();
     let shapes: HashMap<_, _> = required_keys(&c).into_iter().collect();
-    let g = build_decoder_graph(&c, Arc::new(FakeSource { shapes })).unwrap();
+    let g = build_decoder_graph(&c, &mut fp32(Arc::new(FakeSource { shapes }))).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let w = crate::onnx::write_model(&g, dir.path(), "vq", "test", &mut |_, _| {}).unwrap();
     assert!(w.onnx_bytes > 0 && w.weights_bytes > 0);
@@ -289,7 +295,7 @@ fn golden_tiny_vq_checkpoint_builds_and_writes() {
     theirs.sort();
     assert_eq!(ours, theirs);
     let source: Arc<dyn WeightSource> = Arc::new(crate::models::CheckpointWeights(ckpt));
-    let g = build_decoder_graph(&tiny(), source).unwrap();
+    let g = build_decoder_graph(&tiny(), &mut fp32(source)).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = std::env::var_os("LLAMAGEN_VQ_ONNX_OUT").map(PathBuf::from);
     let out: &Path = out.as_deref().unwrap_or(tmp.path());
