@@ -40,7 +40,7 @@ fn bench_step(c: &mut Criterion, name: &str, bundle: &Path) {
     c.bench_function(name, |b| {
         b.iter(|| {
             backend
-                .gpt_step(&ids, 1, position, &mut cache, &mut logits)
+                .gpt_step(&ids, 1, position, &mut cache, &mut logits, &mut |_, _| {})
                 .expect("step")
         })
     });

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::bundle::manifest::GenerationInfo;
+use crate::bundle::manifest::PrecisionDetails;
 use crate::bundle::{write_bundle, BundleGraph, Manifest, SCHEMA_VERSION};
 use crate::checkpoint::Checkpoint;
 use crate::config::{gpt_arch, vq_arch, GptConfig, VqConfig};
-use crate::models::precision::{ActivationScales, Emitter, Precision};
+use crate::models::precision::{expose_probes, ActivationScales, Emitter, Precision};
 use crate::models::{gpt, vq, CheckpointWeights, RandomWeights, WeightSource};
 use crate::Error;
 
@@ -35,6 +36,9 @@ pub struct CompileOptions {
     /// Calibrated activation scales for int8 (operator name -> scale); operators without one are
     /// weight-only int8.
     pub activation_scales: Option<ActivationScales>,
+    /// Expose every weight-bearing operator's input as an extra `probe.<op>` output (the fp32
+    /// graphs that calibration runs).
+    pub probes: bool,
     pub out: PathBuf,
 }
 
@@ -53,6 +57,7 @@ impl Default for CompileOptions {
             cls_token_num: 1,
             precision: "fp32".into(),
             activation_scales: None,
+            probes: false,
             out: PathBuf::from("bundle"),
         }
     }
@@ -73,6 +78,37 @@ impl CompileOptions {
             }),
         }
     }
+}
+
+/// What stays in higher precision than the bundle's, and why (recorded in bundle.yaml).
+fn higher_precision(p: &Precision, emitters: [&Emitter; 2]) -> BTreeMap<String, String> {
+    let mut kept = BTreeMap::new();
+    if matches!(p, Precision::Fp32) {
+        return kept;
+    }
+    let f32_ops = "f32 by design: accuracy, and cheap next to the weight-bearing operators";
+    for what in [
+        "rms_norm",
+        "softmax",
+        "rotary",
+        "group_norm",
+        "residual_adds",
+        "logits",
+    ] {
+        kept.insert(what.to_string(), f32_ops.to_string());
+    }
+    kept.insert(
+        "embeddings".into(),
+        "f16 table (a gather: nothing to compute in int8)".into(),
+    );
+    kept.insert(
+        "quantize.embedding.normalized".into(),
+        "f32 VQ codebook (0.5 MB)".into(),
+    );
+    for em in emitters {
+        kept.extend(em.kept.clone());
+    }
+    kept
 }
 
 /// Progress events of a compile.
@@ -135,9 +171,18 @@ pub fn compile(
     progress(Progress::Stage("building graphs"));
     let precision = o.precision_mode()?;
     let mut gpt_em = Emitter::new(precision.clone(), gpt_src);
-    let gpt_graph = gpt::build_step_graph(&gc, &mut gpt_em)?;
-    let mut vq_em = Emitter::new(precision, vq_src);
-    let vq_graph = vq::build_decoder_graph(&vqc, &mut vq_em)?;
+    let mut gpt_graph = gpt::build_step_graph(&gc, &mut gpt_em)?;
+    let mut vq_em = Emitter::new(precision.clone(), vq_src);
+    let mut vq_graph = vq::build_decoder_graph(&vqc, &mut vq_em)?;
+    let mut probe_tensors = BTreeMap::new();
+    if o.probes {
+        for (graph, em) in [(&mut gpt_graph, &gpt_em), (&mut vq_graph, &vq_em)] {
+            for p in &em.probes {
+                probe_tensors.insert(p.op.clone(), graph.value(p.input).name.clone());
+            }
+            expose_probes(graph, &em.probes);
+        }
+    }
 
     let mut roles = BTreeMap::new();
     roles.insert(
@@ -164,6 +209,11 @@ pub fn compile(
         vq: vqc,
         graphs: BTreeMap::new(),
         files: BTreeMap::new(),
+        precision_details: PrecisionDetails {
+            higher_precision: higher_precision(&precision, [&gpt_em, &vq_em]),
+            probe_tensors,
+            ..Default::default()
+        },
     };
     progress(Progress::Stage("writing weights"));
     let graphs = [

@@ -56,6 +56,9 @@ pub trait Observer {
     /// `logits` of request row `row` at `step` (0 = the prefill's token): CFG-combined when
     /// guidance is on, before temperature / top-k / top-p, as the official `sample()` receives them.
     fn on_logits(&mut self, _step: usize, _row: usize, _logits: &[f32]) {}
+    /// An extra graph output (a calibration probe `probe.<op>`, present only in calibration
+    /// bundles) after every GPT step and VQ decode.
+    fn on_probe(&mut self, _name: &str, _data: &[f32]) {}
 }
 
 impl<F: FnMut(usize, usize)> Observer for F {
@@ -222,7 +225,10 @@ impl Pipeline {
                 n,
             ));
         }
-        self.backend.gpt_step(&ids, 1, 0, &mut cache, &mut logits)?;
+        self.backend
+            .gpt_step(&ids, 1, 0, &mut cache, &mut logits, &mut |name, data| {
+                observer.on_probe(name, data)
+            })?;
         let mut sampling = Sampling {
             req,
             next,
@@ -241,8 +247,15 @@ impl Pipeline {
                 ids.extend_from_within(..n);
             }
             let position = g.cls_token_num + i;
-            self.backend
-                .gpt_step(&ids, 1, position, &mut cache, &mut logits)?;
+            let observer = &mut *sampling.observer;
+            self.backend.gpt_step(
+                &ids,
+                1,
+                position,
+                &mut cache,
+                &mut logits,
+                &mut |name, data| observer.on_probe(name, data),
+            )?;
             let guided = !(req.cfg_interval > -1.0 && i as f32 > req.cfg_interval);
             self.sample_rows(&mut sampling, &mut logits, guided, i + 1, &mut tokens);
             decode_step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -310,6 +323,15 @@ impl Pipeline {
 
     /// Decodes token rows (each `tokens_per_image` long) to images.
     pub fn decode_images(&self, tokens: &[Vec<u32>]) -> Result<Images, RuntimeError> {
+        self.decode_images_observed(tokens, &mut |_: usize, _: usize| {})
+    }
+
+    /// [`Self::decode_images`], reporting calibration probes to `observer`.
+    pub fn decode_images_observed(
+        &self,
+        tokens: &[Vec<u32>],
+        observer: &mut dyn Observer,
+    ) -> Result<Images, RuntimeError> {
         let per = self.manifest.generation.tokens_per_image;
         let codebook = self.manifest.vq.codebook_size;
         let mut flat = Vec::with_capacity(tokens.len() * per);
@@ -331,7 +353,11 @@ impl Pipeline {
             flat.extend(row.iter().map(|&t| t as i64));
         }
         let t0 = Instant::now();
-        let data = self.backend.vq_decode(&flat, tokens.len())?;
+        let data = self
+            .backend
+            .vq_decode(&flat, tokens.len(), &mut |name, data| {
+                observer.on_probe(name, data)
+            })?;
         let size = self.manifest.vq.image_size;
         let per_image = 3 * size * size;
         if data.len() != per_image * tokens.len() {

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use llamagen_compiler::compile::{compile, CompileOptions, Progress, Weights};
+use llamagen_calib::calibrate::{compile_calibrated, Step};
+use llamagen_calib::{CalibSet, Method};
+use llamagen_compiler::compile::{CompileOptions, Progress, Weights};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -43,9 +45,18 @@ struct Args {
     num_classes: usize,
     #[arg(long, default_value_t = 1)]
     cls_token_num: usize,
-    /// fp32 (fp16 and int8 are planned).
+    /// fp32, fp16 or int8. fp16/int8 bundles are measured against fp32 on the calibration set
+    /// (figures in bundle.yaml); int8 also calibrates activation scales on it.
     #[arg(long, default_value = "fp32")]
     precision: String,
+    /// Calibration set (YAML: labels, seeds, samples, sampling); default: the 16-class set
+    /// shipped in calib/imagenet-classes.yaml.
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    /// Activation-scale estimator for int8: entropy (TensorRT's KL search), percentile
+    /// (99.99, or percentile:P) or max.
+    #[arg(long, default_value = "entropy")]
+    calib_method: String,
     /// Use seeded random weights instead of checkpoints (demos, latency benchmarks).
     #[arg(long, conflicts_with_all = ["gpt_ckpt", "vq_ckpt"])]
     random_weights: bool,
@@ -105,22 +116,34 @@ fn run(a: Args) -> anyhow::Result<()> {
         cls_token_num: a.cls_token_num,
         precision: a.precision,
         activation_scales: None,
+        probes: false,
         out: a.out,
     };
+    let set = match &a.calib {
+        Some(path) => CalibSet::load(path)?,
+        None => CalibSet::default_set(),
+    };
+    let method: Method = a.calib_method.parse()?;
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} tensors ({elapsed})")
+        ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} ({elapsed})")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    let manifest = compile(&opts, &mut |p| match p {
-        Progress::Stage(s) => bar.set_message(s.to_string()),
-        Progress::Weights { done, total } => {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        }
+    let show = |what: &str, done: usize, total: usize| {
+        bar.set_message(what.to_string());
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let manifest = compile_calibrated(&opts, &set, method, &mut |step| match step {
+        Step::Stage(s) | Step::Compile(Progress::Stage(s)) => bar.set_message(s.to_string()),
+        Step::Compile(Progress::Weights { done, total }) => show("writing tensors", done, total),
+        Step::Sample { done, total } => show("samples", done, total),
     })?;
     bar.finish_and_clear();
+    for (k, v) in &manifest.precision_details.accuracy_vs_fp32 {
+        println!("{k:<20} {v:.6} (vs fp32 on calibration set '{}')", set.name);
+    }
     let mb = manifest.total_bytes() as f64 / 1e6;
     println!(
         "wrote {} ({} + {}, {}, {:.1} MB)",

@@ -32,10 +32,8 @@ pub fn tiny_options(out: &Path, weights: Weights) -> CompileOptions {
         codebook_size: 512,
         codebook_embed_dim: 8,
         num_classes: 10,
-        cls_token_num: 1,
-        precision: "fp32".into(),
-        activation_scales: None,
         out: out.to_path_buf(),
+        ..CompileOptions::default()
     }
 }
 

@@ -70,3 +70,44 @@ impl Tolerance {
         }
     }
 }
+
+/// Agreement of a lower-precision bundle with fp32 (`llamagen compare` figures).
+#[derive(Clone, Copy, Debug)]
+pub struct PrecisionLevel {
+    pub name: &'static str,
+    pub cosine_min: f64,
+    pub cosine_mean: f64,
+    pub psnr_db: f64,
+}
+
+/// fp16 vs fp32, any model (the issue's bar): logits cosine min 0.999, images 40 dB.
+pub const FP16_VS_FP32: PrecisionLevel = PrecisionLevel {
+    name: "fp16 vs fp32",
+    cosine_min: 0.999,
+    cosine_mean: 0.999,
+    psnr_db: 40.0,
+};
+
+/// int8 vs fp32 on the golden tiny model. Its random weights give logits spanning ~170, far
+/// wider than a trained model's, so the per-step minimum is looser than the 0.99 GPT-B bar
+/// (measured on GPT-B, README); the mean and the image bar are the issue's.
+pub const INT8_VS_FP32_TINY: PrecisionLevel = PrecisionLevel {
+    name: "int8 vs fp32 (tiny random model)",
+    cosine_min: 0.9,
+    cosine_mean: 0.99,
+    psnr_db: 30.0,
+};
+
+impl PrecisionLevel {
+    pub fn assert_meets(&self, what: &str, cosine_min: f64, cosine_mean: f64, psnr_db: f64) {
+        assert!(
+            cosine_min >= self.cosine_min && cosine_mean >= self.cosine_mean && psnr_db >= self.psnr_db,
+            "{what}: cosine min {cosine_min}, mean {cosine_mean}, PSNR {psnr_db} dB miss the {} bar \
+             (min {}, mean {}, {} dB)",
+            self.name,
+            self.cosine_min,
+            self.cosine_mean,
+            self.psnr_db
+        );
+    }
+}

@@ -26,6 +26,35 @@ pub struct Manifest {
     pub graphs: BTreeMap<String, GraphEntry>,
     /// sha256 and size of every other file in the bundle.
     pub files: BTreeMap<String, FileEntry>,
+    /// What lower-precision bundles keep in higher precision, how they were calibrated, and
+    /// how close they came to fp32 on the calibration set.
+    #[serde(default)]
+    pub precision_details: PrecisionDetails,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PrecisionDetails {
+    /// Operator (or operator family) -> why it is not at the bundle's precision.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub higher_precision: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationInfo>,
+    /// `llamagen compare` figures against the fp32 bundle on the calibration set:
+    /// logits_cosine_min, logits_cosine_mean, logits_max_abs, token_agreement, image_psnr_db.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub accuracy_vs_fp32: BTreeMap<String, f64>,
+    /// Calibration bundles only: operator -> the graph tensor its `probe.<op>` output mirrors.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub probe_tensors: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationInfo {
+    pub set: String,
+    pub method: String,
+    pub samples: usize,
+    /// Files of the bundle holding the scales (ours as JSON, TensorRT's cache format).
+    pub files: Vec<String>,
 }
 
 /// How to drive the GPT step graph.

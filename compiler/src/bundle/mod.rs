@@ -7,4 +7,6 @@ pub mod write;
 
 pub use manifest::{FileEntry, GraphEntry, IoSpec, Manifest, MANIFEST_FILE, SCHEMA_VERSION};
 pub use verify::{load_manifest, BundleError};
-pub use write::{write_bundle, BundleGraph};
+pub use write::{
+    check_out, hash_files, parent_dir, replace_dir, write_bundle, write_manifest, BundleGraph,
+};

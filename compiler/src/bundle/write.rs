@@ -27,19 +27,8 @@ pub fn write_bundle(
     mut manifest: Manifest,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Manifest, Error> {
-    if out.exists() && !out.join(MANIFEST_FILE).is_file() {
-        return Err(Error::InvalidOption {
-            option: "--out",
-            reason: format!(
-                "{} exists and is not a bundle; refusing to replace it",
-                out.display()
-            ),
-        });
-    }
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
+    check_out(out)?;
+    let parent = parent_dir(out);
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
     let tmp = tempfile::Builder::new()
         .prefix(".llamagen-bundle-")
@@ -77,25 +66,69 @@ pub fn write_bundle(
         );
     }
 
+    manifest.files = hash_files(tmp.path())?;
+    write_manifest(tmp.path(), &manifest)?;
+
+    let tmp_path = tmp.keep();
+    replace_dir(&tmp_path, out)?;
+    Ok(manifest)
+}
+
+/// Refuses an output path that exists and is not a bundle (never overwrite user data).
+pub fn check_out(out: &Path) -> Result<(), Error> {
+    if out.exists() && !out.join(MANIFEST_FILE).is_file() {
+        return Err(Error::InvalidOption {
+            option: "--out",
+            reason: format!(
+                "{} exists and is not a bundle; refusing to replace it",
+                out.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The folder that holds `out` (where temporary bundles are staged, to rename atomically).
+pub fn parent_dir(out: &Path) -> std::path::PathBuf {
+    match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    }
+}
+
+/// sha256 and size of every file in `dir` but the manifest.
+pub fn hash_files(dir: &Path) -> Result<BTreeMap<String, FileEntry>, Error> {
     let mut files = BTreeMap::new();
-    for entry in std::fs::read_dir(tmp.path()).map_err(|e| Error::io(tmp.path(), e))? {
-        let path = entry.map_err(|e| Error::io(tmp.path(), e))?.path();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
             .ok_or_else(|| Error::Internal(format!("unexpected file {}", path.display())))?
             .to_string();
+        if name == MANIFEST_FILE {
+            continue;
+        }
         let (sha256, bytes) = sha256_file(&path)?;
         files.insert(name, FileEntry { sha256, bytes });
     }
-    manifest.files = files;
-    let yaml = serde_yaml::to_string(&manifest)
-        .map_err(|e| Error::Internal(format!("manifest serialisation: {e}")))?;
-    let manifest_path = tmp.path().join(MANIFEST_FILE);
-    std::fs::write(&manifest_path, yaml).map_err(|e| Error::io(&manifest_path, e))?;
+    Ok(files)
+}
 
-    // Swap into place: an old bundle is moved aside first and removed after the rename.
-    let tmp_path = tmp.keep();
+/// Writes `dir/bundle.yaml` (through a temporary file and a rename).
+pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), Error> {
+    let yaml = serde_yaml::to_string(manifest)
+        .map_err(|e| Error::Internal(format!("manifest serialisation: {e}")))?;
+    let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
+    std::fs::write(&tmp, yaml).map_err(|e| Error::io(&tmp, e))?;
+    let path = dir.join(MANIFEST_FILE);
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+}
+
+/// Moves the finished bundle `staged` to `out`; an existing bundle at `out` is moved aside
+/// first and removed only after the rename succeeded (and restored if it failed).
+pub fn replace_dir(staged: &Path, out: &Path) -> Result<(), Error> {
+    let parent = parent_dir(out);
     let old = if out.exists() {
         let aside = parent.join(format!(
             ".llamagen-old-{}-{}",
@@ -107,8 +140,8 @@ pub fn write_bundle(
     } else {
         None
     };
-    if let Err(e) = std::fs::rename(&tmp_path, out) {
-        let _ = std::fs::remove_dir_all(&tmp_path);
+    if let Err(e) = std::fs::rename(staged, out) {
+        let _ = std::fs::remove_dir_all(staged);
         if let Some(aside) = &old {
             let _ = std::fs::rename(aside, out);
         }
@@ -117,5 +150,5 @@ pub fn write_bundle(
     if let Some(aside) = old {
         let _ = std::fs::remove_dir_all(aside);
     }
-    Ok(manifest)
+    Ok(())
 }

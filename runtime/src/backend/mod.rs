@@ -14,7 +14,8 @@ use crate::kv_cache::KvCache;
 pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     /// One GPT step: `ids` `[batch, seq]` at cache slot `position`. Writes the logits of the
-    /// last position (`[batch, vocab]`) into `logits` and the new key/value slices into `cache`.
+    /// last position (`[batch, vocab]`) into `logits` and the new key/value slices into `cache`;
+    /// extra outputs of calibration graphs (`probe.*`) go to `probes(name, data)`.
     fn gpt_step(
         &self,
         ids: &[i64],
@@ -22,9 +23,15 @@ pub trait Backend: Send + Sync {
         position: usize,
         cache: &mut KvCache,
         logits: &mut Vec<f32>,
+        probes: &mut dyn FnMut(&str, &[f32]),
     ) -> Result<(), RuntimeError>;
     /// VQ decode of `tokens` `[batch, tokens_per_image]` to images `[batch, 3, size, size]`.
-    fn vq_decode(&self, tokens: &[i64], batch: usize) -> Result<Vec<f32>, RuntimeError>;
+    fn vq_decode(
+        &self,
+        tokens: &[i64],
+        batch: usize,
+        probes: &mut dyn FnMut(&str, &[f32]),
+    ) -> Result<Vec<f32>, RuntimeError>;
 }
 
 /// Which backend to run on.

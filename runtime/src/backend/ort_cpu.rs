@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use llamagen_compiler::bundle::Manifest;
 use llamagen_compiler::io_names;
+use llamagen_compiler::models::precision::PROBE_PREFIX;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
@@ -22,6 +23,9 @@ use crate::kv_cache::KvCache;
 pub struct OrtCpu {
     gpt: Mutex<Session>,
     vq: Mutex<Session>,
+    /// Calibration probe outputs (`probe.*`) of each session; empty in normal bundles.
+    gpt_probes: Vec<String>,
+    vq_probes: Vec<String>,
     layers: usize,
     vocab: usize,
     names: IoNames,
@@ -81,9 +85,20 @@ impl OrtCpu {
                 })
         };
         let layers = m.gpt.n_layer;
+        let gpt = session(&graph("gpt_step")?, threads, Activations::Planned)?;
+        let vq = session(&graph("vq_decoder")?, threads, Activations::Arena)?;
+        let probes = |s: &Session| -> Vec<String> {
+            s.outputs()
+                .iter()
+                .map(|o| o.name().to_string())
+                .filter(|n| n.starts_with(PROBE_PREFIX))
+                .collect()
+        };
         Ok(OrtCpu {
-            gpt: Mutex::new(session(&graph("gpt_step")?, threads, Activations::Planned)?),
-            vq: Mutex::new(session(&graph("vq_decoder")?, threads, Activations::Arena)?),
+            gpt_probes: probes(&gpt),
+            vq_probes: probes(&vq),
+            gpt: Mutex::new(gpt),
+            vq: Mutex::new(vq),
             layers,
             vocab: m.gpt.vocab_size,
             names: IoNames {
@@ -109,6 +124,22 @@ where
         .map_err(|e| RuntimeError::ort(format!("input {what}"), e))
 }
 
+fn report_probes(
+    outputs: &ort::session::SessionOutputs<'_>,
+    names: &[String],
+    probes: &mut dyn FnMut(&str, &[f32]),
+) -> Result<(), RuntimeError> {
+    for name in names {
+        if let Some(value) = outputs.get(name.as_str()) {
+            let (_, data) = value
+                .try_extract_tensor::<f32>()
+                .map_err(|e| RuntimeError::ort(format!("output {name}"), e))?;
+            probes(name, data);
+        }
+    }
+    Ok(())
+}
+
 impl Backend for OrtCpu {
     fn name(&self) -> &'static str {
         "cpu"
@@ -121,6 +152,7 @@ impl Backend for OrtCpu {
         position: usize,
         cache: &mut KvCache,
         logits: &mut Vec<f32>,
+        probes: &mut dyn FnMut(&str, &[f32]),
     ) -> Result<(), RuntimeError> {
         let batch = cache.batch;
         let shape = cache.shape();
@@ -178,10 +210,15 @@ impl Backend for OrtCpu {
             let v = extract(&self.names.present_value[i], slice_shape.clone())?;
             KvCache::write(&mut cache.values[i], v, shape, position, seq);
         }
-        Ok(())
+        report_probes(&outputs, &self.gpt_probes, probes)
     }
 
-    fn vq_decode(&self, tokens: &[i64], batch: usize) -> Result<Vec<f32>, RuntimeError> {
+    fn vq_decode(
+        &self,
+        tokens: &[i64],
+        batch: usize,
+        probes: &mut dyn FnMut(&str, &[f32]),
+    ) -> Result<Vec<f32>, RuntimeError> {
         let per_image = tokens.len() / batch.max(1);
         let input = tensor(vec![batch, per_image], tokens, io_names::VQ_TOKENS)?;
         let mut session = self.vq.lock().unwrap_or_else(|p| p.into_inner());
@@ -194,6 +231,8 @@ impl Backend for OrtCpu {
         let (_, data) = value
             .try_extract_tensor::<f32>()
             .map_err(|e| RuntimeError::ort("vq decode output", e))?;
-        Ok(data.to_vec())
+        let image = data.to_vec();
+        report_probes(&outputs, &self.vq_probes, probes)?;
+        Ok(image)
     }
 }

@@ -1,0 +1,155 @@
+//! Every precision round-trips through compile -> generate on the golden tiny model, and the
+//! calibrated compile records what it measured. Levels: FP16_VS_FP32 and INT8_VS_FP32_TINY
+//! (tests/support/tolerance.rs).
+
+mod support;
+
+use std::path::Path;
+
+use llamagen_calib::calibrate::{compile_calibrated, SCALES_FILE, TENSORRT_CACHE_FILE};
+use llamagen_calib::{read_scales_json, read_tensorrt_cache, CalibSet, Method};
+use llamagen_compiler::bundle::{load_manifest, Manifest};
+use llamagen_compiler::compile::Weights;
+use llamagen_runtime::compare::compare;
+use llamagen_runtime::{GenerateRequest, Pipeline, PipelineOptions, SamplingOptions};
+use support::golden::{compile_tiny, tiny_dir, tiny_options};
+use support::tolerance::{PrecisionLevel, FP16_VS_FP32, INT8_VS_FP32_TINY};
+
+fn tiny_set() -> CalibSet {
+    CalibSet::from_yaml(
+        "name: tiny\nlabels: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\nseeds: [0]\nsamples: 10\ntop_k: 100\n",
+        "test",
+    )
+    .unwrap()
+}
+
+fn compile_tiny_at(precision: &str, out: &Path) -> Manifest {
+    let dir = tiny_dir();
+    let weights = Weights::Checkpoints {
+        gpt: dir.join("gpt.pt"),
+        vq: dir.join("vq.pt"),
+    };
+    let mut opts = tiny_options(out, weights);
+    opts.precision = precision.into();
+    compile_calibrated(&opts, &tiny_set(), Method::Entropy, &mut |_| {}).unwrap()
+}
+
+fn check(precision: &str, level: PrecisionLevel) -> Manifest {
+    let tmp = tempfile::tempdir().unwrap();
+    let low_dir = tmp.path().join(precision);
+    let manifest = compile_tiny_at(precision, &low_dir);
+    assert_eq!(manifest.precision, precision);
+    let fp32_dir = tmp.path().join("fp32");
+    compile_tiny(&fp32_dir);
+
+    // The recorded figures meet the level...
+    let acc = &manifest.precision_details.accuracy_vs_fp32;
+    level.assert_meets(
+        &format!("{precision} bundle.yaml"),
+        acc["logits_cosine_min"],
+        acc["logits_cosine_mean"],
+        acc["image_psnr_db"],
+    );
+    // ...and so does a fresh comparison on other requests (labels and seed not calibrated on).
+    let opts = PipelineOptions::default();
+    let low = Pipeline::load(&low_dir, &opts).unwrap();
+    let reference = Pipeline::load(&fp32_dir, &opts).unwrap();
+    let req = GenerateRequest {
+        labels: vec![3, 7],
+        cfg_scale: 4.0,
+        sampling: SamplingOptions {
+            top_k: 100,
+            ..SamplingOptions::default()
+        },
+        seed: 11,
+        ..GenerateRequest::default()
+    };
+    let r = compare(&low, &reference, &req).unwrap();
+    eprintln!("{precision} vs fp32: {r:?}");
+    level.assert_meets(
+        precision,
+        r.logits_cosine_min,
+        r.logits_cosine_mean,
+        r.image_psnr_db,
+    );
+
+    // It generates: greedy tokens and images of the right shape.
+    let greedy = GenerateRequest {
+        sampling: SamplingOptions::greedy(),
+        ..req
+    };
+    let out = low
+        .generate_tokens(&greedy, &mut |_: usize, _: usize| {})
+        .unwrap();
+    let images = low.decode_images(&out.tokens).unwrap();
+    assert_eq!(images.pixels.len(), 2);
+    assert!(images.pixels.iter().flatten().all(|x| x.is_finite()));
+    manifest
+}
+
+#[test]
+fn fp16_round_trips_within_the_fp16_level() {
+    let m = check("fp16", FP16_VS_FP32);
+    assert!(m.precision_details.calibration.is_none());
+    assert!(m
+        .precision_details
+        .higher_precision
+        .contains_key("rms_norm"));
+}
+
+#[test]
+fn int8_round_trips_within_the_int8_level_and_ships_its_scales() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("int8");
+    let m = compile_tiny_at("int8", &dir);
+    let cal = m.precision_details.calibration.as_ref().unwrap();
+    assert_eq!(
+        (cal.set.as_str(), cal.method.as_str(), cal.samples),
+        ("tiny", "entropy", 10)
+    );
+    // Scales for every linear layer and convolution input, by operator and by fp32 tensor.
+    let scales = read_scales_json(dir.join(SCALES_FILE)).unwrap();
+    assert!(scales.contains_key("layers.0.attn.qkv") && scales.contains_key("decoder.conv_in"));
+    assert!(scales.values().all(|s| s.is_finite() && *s > 0.0));
+    let cache = read_tensorrt_cache(dir.join(TENSORRT_CACHE_FILE)).unwrap();
+    assert!(cache.header.starts_with("TRT-"));
+    // Keyed by fp32 tensor: operators sharing an input (q, k, v) share one entry.
+    assert!(!cache.scales.is_empty() && cache.scales.len() <= scales.len());
+    assert!(cache
+        .scales
+        .values()
+        .all(|s| scales.values().any(|o| o == s)));
+    // Both files are hashed like the graphs.
+    load_manifest(&dir, true).unwrap();
+    drop(tmp);
+    check("int8", INT8_VS_FP32_TINY);
+}
+
+#[test]
+fn lower_precision_bundles_are_smaller() {
+    let tmp = tempfile::tempdir().unwrap();
+    let size = |p: &str| {
+        let m = compile_tiny_at(p, &tmp.path().join(p));
+        m.files
+            .iter()
+            .filter(|(name, _)| name.ends_with(".weights"))
+            .map(|(_, f)| f.bytes)
+            .sum::<u64>() as f64
+    };
+    let fp32 = {
+        let m = compile_tiny(&tmp.path().join("fp32"));
+        m.files
+            .iter()
+            .filter(|(name, _)| name.ends_with(".weights"))
+            .map(|(_, f)| f.bytes)
+            .sum::<u64>() as f64
+    };
+    let (fp16, int8) = (size("fp16"), size("int8"));
+    eprintln!(
+        "weights: fp32 {fp32}, fp16 {fp16} ({:.3}x), int8 {int8} ({:.3}x)",
+        fp16 / fp32,
+        int8 / fp32
+    );
+    assert!(fp16 / fp32 <= 0.55, "fp16 {}", fp16 / fp32);
+    assert!(int8 / fp32 <= 0.35, "int8 {}", int8 / fp32);
+}
