@@ -1,19 +1,21 @@
 //! Every precision round-trips through compile -> generate on the golden tiny model, and the
-//! calibrated compile records what it measured. Levels: FP16_VS_FP32 and INT8_VS_FP32_TINY
-//! (tests/support/tolerance.rs).
+//! calibrated compile records what it measured. Levels: FP16_VS_FP32, INT8_VS_FP32 and
+//! INT8_QDQ_VS_FP32_TINY (tests/support/tolerance.rs).
 
 mod support;
 
 use std::path::Path;
 
-use llamagen_calib::calibrate::{compile_calibrated, SCALES_FILE, TENSORRT_CACHE_FILE};
+use llamagen_calib::calibrate::{
+    compile_calibrated, Int8Activations, SCALES_FILE, TENSORRT_CACHE_FILE,
+};
 use llamagen_calib::{read_scales_json, read_tensorrt_cache, CalibSet, Method};
 use llamagen_compiler::bundle::{load_manifest, Manifest};
 use llamagen_compiler::compile::Weights;
 use llamagen_runtime::compare::compare;
 use llamagen_runtime::{GenerateRequest, Pipeline, PipelineOptions, SamplingOptions};
 use support::golden::{compile_tiny, tiny_dir, tiny_options};
-use support::tolerance::{PrecisionLevel, FP16_VS_FP32, INT8_VS_FP32_TINY};
+use support::tolerance::{PrecisionLevel, FP16_VS_FP32, INT8_QDQ_VS_FP32_TINY, INT8_VS_FP32};
 
 fn tiny_set() -> CalibSet {
     CalibSet::from_yaml(
@@ -23,7 +25,7 @@ fn tiny_set() -> CalibSet {
     .unwrap()
 }
 
-fn compile_tiny_at(precision: &str, out: &Path) -> Manifest {
+fn compile_tiny_at(precision: &str, activations: Int8Activations, out: &Path) -> Manifest {
     let dir = tiny_dir();
     let weights = Weights::Checkpoints {
         gpt: dir.join("gpt.pt"),
@@ -31,13 +33,26 @@ fn compile_tiny_at(precision: &str, out: &Path) -> Manifest {
     };
     let mut opts = tiny_options(out, weights);
     opts.precision = precision.into();
-    compile_calibrated(&opts, &tiny_set(), Method::Entropy, &mut |_| {}).unwrap()
+    compile_calibrated(
+        &opts,
+        &tiny_set(),
+        Method::Entropy,
+        activations,
+        &mut |_| {},
+    )
+    .unwrap()
 }
 
-fn check(precision: &str, level: PrecisionLevel) -> Manifest {
+fn check(precision: &str, activations: Int8Activations, level: PrecisionLevel) -> Manifest {
     let tmp = tempfile::tempdir().unwrap();
     let low_dir = tmp.path().join(precision);
-    let manifest = compile_tiny_at(precision, &low_dir);
+    let manifest = compile_tiny_at(precision, activations, &low_dir);
+    let graph = std::fs::read(low_dir.join("gpt.onnx")).unwrap();
+    let has_qdq = graph.windows(14).any(|w| w == b"QuantizeLinear");
+    assert_eq!(
+        has_qdq,
+        activations == Int8Activations::Qdq && precision == "int8"
+    );
     assert_eq!(manifest.precision, precision);
     let fp32_dir = tmp.path().join("fp32");
     compile_tiny(&fp32_dir);
@@ -89,7 +104,7 @@ fn check(precision: &str, level: PrecisionLevel) -> Manifest {
 
 #[test]
 fn fp16_round_trips_within_the_fp16_level() {
-    let m = check("fp16", FP16_VS_FP32);
+    let m = check("fp16", Int8Activations::WeightOnly, FP16_VS_FP32);
     assert!(m.precision_details.calibration.is_none());
     assert!(m
         .precision_details
@@ -98,10 +113,19 @@ fn fp16_round_trips_within_the_fp16_level() {
 }
 
 #[test]
-fn int8_round_trips_within_the_int8_level_and_ships_its_scales() {
+fn int8_weight_only_round_trips_within_the_int8_level() {
+    let m = check("int8", Int8Activations::WeightOnly, INT8_VS_FP32);
+    assert!(m
+        .precision_details
+        .higher_precision
+        .contains_key("activations"));
+}
+
+#[test]
+fn int8_qdq_round_trips_and_ships_its_scales() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("int8");
-    let m = compile_tiny_at("int8", &dir);
+    let m = compile_tiny_at("int8", Int8Activations::Qdq, &dir);
     let cal = m.precision_details.calibration.as_ref().unwrap();
     assert_eq!(
         (cal.set.as_str(), cal.method.as_str(), cal.samples),
@@ -122,14 +146,14 @@ fn int8_round_trips_within_the_int8_level_and_ships_its_scales() {
     // Both files are hashed like the graphs.
     load_manifest(&dir, true).unwrap();
     drop(tmp);
-    check("int8", INT8_VS_FP32_TINY);
+    check("int8", Int8Activations::Qdq, INT8_QDQ_VS_FP32_TINY);
 }
 
 #[test]
 fn lower_precision_bundles_are_smaller() {
     let tmp = tempfile::tempdir().unwrap();
     let size = |p: &str| {
-        let m = compile_tiny_at(p, &tmp.path().join(p));
+        let m = compile_tiny_at(p, Int8Activations::WeightOnly, &tmp.path().join(p));
         m.files
             .iter()
             .filter(|(name, _)| name.ends_with(".weights"))

@@ -106,18 +106,44 @@ pub fn scales_from(hists: &BTreeMap<String, Histogram>, method: Method) -> BTree
         .collect()
 }
 
+/// How int8 bundles treat activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Int8Activations {
+    /// f32 activations, int8 weights (the default: see `models::precision` for the figures).
+    #[default]
+    WeightOnly,
+    /// Calibrated Q/DQ on every GEMM/conv input (TensorRT's explicit quantization).
+    Qdq,
+}
+
+impl std::str::FromStr for Int8Activations {
+    type Err = CalibError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "weights-only" => Ok(Int8Activations::WeightOnly),
+            "qdq" => Ok(Int8Activations::Qdq),
+            other => Err(CalibError::InvalidMethod {
+                value: other.to_string(),
+                reason: "int8 activations are 'weights-only' or 'qdq'".into(),
+            }),
+        }
+    }
+}
+
 /// Compiles `opts` (precision fp16 or int8) with calibration and accuracy figures; see the
-/// module doc. fp32 is passed straight to [`compile`].
+/// module doc. fp32 is passed straight to [`compile`]. int8 always calibrates (the scales ship
+/// in the bundle for TensorRT); `activations` decides whether the graphs use them.
 pub fn compile_calibrated(
     opts: &CompileOptions,
     set: &CalibSet,
     method: Method,
+    activations: Int8Activations,
     progress: &mut dyn FnMut(Step<'_>),
 ) -> Result<Manifest, CalibrateError> {
     if opts.precision == "fp32" {
         return Ok(compile(opts, &mut |p| progress(Step::Compile(p)))?);
     }
-    let precision = opts.precision_mode()?;
+    opts.precision_mode()?;
     check_out(&opts.out)?;
     let (gpt, _) = llamagen_compiler::compile::resolve_configs(opts)?;
     set.validate(gpt.num_classes)?;
@@ -151,10 +177,7 @@ pub fn compile_calibrated(
     };
     let mut extra_files: Vec<(String, String)> = Vec::new();
     let mut calibration = None;
-    if matches!(
-        precision,
-        llamagen_compiler::models::precision::Precision::Int8(_)
-    ) {
+    if opts.precision == "int8" {
         progress(Step::Stage("calibrating"));
         let hists = collect_histograms(&reference, set, &mut |done, total| {
             progress(Step::Sample { done, total })
@@ -176,7 +199,9 @@ pub fn compile_calibrated(
             samples: set.requests().len(),
             files: vec![SCALES_FILE.into(), TENSORRT_CACHE_FILE.into()],
         });
-        low_opts.activation_scales = Some(scales);
+        if activations == Int8Activations::Qdq {
+            low_opts.activation_scales = Some(scales);
+        }
     }
 
     progress(Step::Stage("compiling"));

@@ -33,8 +33,8 @@ pub struct CompileOptions {
     pub num_classes: usize,
     pub cls_token_num: usize,
     pub precision: String,
-    /// Calibrated activation scales for int8 (operator name -> scale); operators without one are
-    /// weight-only int8.
+    /// Calibrated activation scales for int8 (operator name -> scale): Q/DQ activations where a
+    /// scale exists. None: weight-only int8 (f32 activations).
     pub activation_scales: Option<ActivationScales>,
     /// Expose every weight-bearing operator's input as an extra `probe.<op>` output (the fp32
     /// graphs that calibration runs).
@@ -69,9 +69,9 @@ impl CompileOptions {
         match self.precision.as_str() {
             "fp32" => Ok(Precision::Fp32),
             "fp16" => Ok(Precision::Fp16),
-            "int8" => Ok(Precision::Int8(std::sync::Arc::new(
-                self.activation_scales.clone().unwrap_or_default(),
-            ))),
+            "int8" => Ok(Precision::Int8(
+                self.activation_scales.clone().map(std::sync::Arc::new),
+            )),
             other => Err(Error::InvalidOption {
                 option: "--precision",
                 reason: format!("'{other}' is not one of fp32, fp16, int8"),
@@ -101,6 +101,12 @@ fn higher_precision(p: &Precision, emitters: [&Emitter; 2]) -> BTreeMap<String, 
         "embeddings".into(),
         "f16 table (a gather: nothing to compute in int8)".into(),
     );
+    if let Precision::Int8(None) = p {
+        kept.insert(
+            "activations".into(),
+            "f32: weight-only int8 (per-channel int8 weights, f32 activations)".into(),
+        );
+    }
     kept.insert(
         "quantize.embedding.normalized".into(),
         "f32 VQ codebook (0.5 MB)".into(),

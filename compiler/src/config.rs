@@ -72,45 +72,52 @@ fn arch_file<T: for<'de> Deserialize<'de>>(name: &str) -> Option<Result<T, Error
     )
 }
 
-/// Looks up a GPT size by its official name (`GPT-B`, ..., `GPT-7B`), or reads a YAML file
-/// of the same fields as `graphs/gpt-*.yaml` when `name` ends in `.yaml`.
-pub fn gpt_arch(name: &str) -> Result<GptArch, Error> {
+/// An architecture of the zoo (`graphs/<prefix>*.yaml`) by its `name` field.
+trait Named {
+    fn name(&self) -> &str;
+}
+
+impl Named for GptArch {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Named for VqArch {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// `name` from the zoo files starting with `prefix`, or a YAML file when `name` ends in `.yaml`.
+fn lookup<T: Named + for<'de> Deserialize<'de>>(
+    name: &str,
+    prefix: &str,
+    kind: &'static str,
+) -> Result<T, Error> {
     if let Some(r) = arch_file(name) {
         return r;
     }
-    let all: Vec<GptArch> = zoo_entries("gpt-")?;
-    let known = all
-        .iter()
-        .map(|a| a.name.clone())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let all: Vec<T> = zoo_entries(prefix)?;
+    let known = all.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ");
     all.into_iter()
-        .find(|a| a.name == name)
+        .find(|a| a.name() == name)
         .ok_or_else(|| Error::UnknownModel {
-            kind: "GPT",
+            kind,
             name: name.to_string(),
             known,
         })
 }
 
+/// Looks up a GPT size by its official name (`GPT-B`, ..., `GPT-7B`), or reads a YAML file
+/// of the same fields as `graphs/gpt-*.yaml` when `name` ends in `.yaml`.
+pub fn gpt_arch(name: &str) -> Result<GptArch, Error> {
+    lookup(name, "gpt-", "GPT")
+}
+
 /// Looks up a VQ tokenizer by its official name (`VQ-16`, `VQ-8`), or reads a YAML file.
 pub fn vq_arch(name: &str) -> Result<VqArch, Error> {
-    if let Some(r) = arch_file(name) {
-        return r;
-    }
-    let all: Vec<VqArch> = zoo_entries("vq-")?;
-    let known = all
-        .iter()
-        .map(|a| a.name.clone())
-        .collect::<Vec<_>>()
-        .join(", ");
-    all.into_iter()
-        .find(|a| a.name == name)
-        .ok_or_else(|| Error::UnknownModel {
-            kind: "VQ",
-            name: name.to_string(),
-            known,
-        })
+    lookup(name, "vq-", "VQ")
 }
 
 /// `find_multiple` of the official code: n rounded up to a multiple of k.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use llamagen_calib::calibrate::{compile_calibrated, Step};
+use llamagen_calib::calibrate::{compile_calibrated, Int8Activations, Step};
 use llamagen_calib::{CalibSet, Method};
 use llamagen_compiler::compile::{CompileOptions, Progress, Weights};
 
@@ -57,6 +57,10 @@ struct Args {
     /// (99.99, or percentile:P) or max.
     #[arg(long, default_value = "entropy")]
     calib_method: String,
+    /// int8 activations: weights-only (f32 activations; fastest and most accurate on CPU here)
+    /// or qdq (calibrated Q/DQ on every GEMM/conv input: TensorRT explicit quantization).
+    #[arg(long, default_value = "weights-only")]
+    int8_activations: String,
     /// Use seeded random weights instead of checkpoints (demos, latency benchmarks).
     #[arg(long, conflicts_with_all = ["gpt_ckpt", "vq_ckpt"])]
     random_weights: bool,
@@ -124,6 +128,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         None => CalibSet::default_set(),
     };
     let method: Method = a.calib_method.parse()?;
+    let activations: Int8Activations = a.int8_activations.parse()?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} ({elapsed})")
@@ -135,7 +140,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     };
-    let manifest = compile_calibrated(&opts, &set, method, &mut |step| match step {
+    let manifest = compile_calibrated(&opts, &set, method, activations, &mut |step| match step {
         Step::Stage(s) | Step::Compile(Progress::Stage(s)) => bar.set_message(s.to_string()),
         Step::Compile(Progress::Weights { done, total }) => show("writing tensors", done, total),
         Step::Sample { done, total } => show("samples", done, total),

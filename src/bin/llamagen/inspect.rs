@@ -70,6 +70,22 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         show("in ", &entry.inputs);
         show("out", &entry.outputs);
     }
+    let d = &m.precision_details;
+    for (what, why) in &d.higher_precision {
+        println!("kept       {what}: {why}");
+    }
+    if let Some(c) = &d.calibration {
+        println!(
+            "calibrated {} samples of '{}' ({}), files {}",
+            c.samples,
+            c.set,
+            c.method,
+            c.files.join(", ")
+        );
+    }
+    for (k, v) in &d.accuracy_vs_fp32 {
+        println!("vs fp32    {k} {v:.6}");
+    }
     println!("total      {:.1} MB on disk", m.total_bytes() as f64 / 1e6);
     Ok(())
 }
