@@ -177,3 +177,12 @@ fn lower_precision_bundles_are_smaller() {
     assert!(fp16 / fp32 <= 0.55, "fp16 {}", fp16 / fp32);
     assert!(int8 / fp32 <= 0.35, "int8 {}", int8 / fp32);
 }
+
+#[test]
+fn weight_only_int8_lists_its_activations_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = compile_tiny_at("int8", Int8Activations::WeightOnly, &tmp.path().join("w"));
+    let kept = &m.precision_details.higher_precision;
+    assert!(kept.contains_key("activations"));
+    assert!(!kept.keys().any(|k| k.starts_with("layers.")), "{kept:?}");
+}

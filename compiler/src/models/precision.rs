@@ -277,11 +277,15 @@ impl Emitter {
                             &[q, scale, zp],
                         ));
                     }
+                    // Weight-only: everywhere without scales (listed once, as "activations"),
+                    // or per operator where calibration saw no data.
                     None => {
-                        self.kept.insert(
-                            name.to_string(),
-                            "weight-only int8 (no activation scale)".into(),
-                        );
+                        if scales.is_some() {
+                            self.kept.insert(
+                                name.to_string(),
+                                "weight-only int8 (no activation scale)".into(),
+                            );
+                        }
                         inputs.push(x);
                     }
                 }
