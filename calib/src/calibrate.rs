@@ -147,6 +147,18 @@ pub fn compile_calibrated(
     check_out(&opts.out)?;
     let (gpt, _) = llamagen_compiler::compile::resolve_configs(opts)?;
     set.validate(gpt.num_classes)?;
+    if set.top_k > gpt.vocab_size {
+        return Err(CalibError::InvalidSet {
+            set: set.name.clone(),
+            field: "top_k",
+            value: set.top_k.to_string(),
+            reason: format!(
+                "must be <= the vocabulary size {} (0 = off)",
+                gpt.vocab_size
+            ),
+        }
+        .into());
+    }
     method.check()?;
     let parent = parent_dir(&opts.out);
     std::fs::create_dir_all(&parent).map_err(|e| llamagen_compiler::Error::io(&parent, e))?;
