@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod compare;
+pub mod doctor;
 mod error;
 pub mod image;
 pub mod kv_cache;

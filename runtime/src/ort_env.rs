@@ -73,7 +73,7 @@ fn lib_in_package(pkg: &Path) -> Option<PathBuf> {
 }
 
 /// `<root>/lib/python3*/{site,dist}-packages` for the usual roots.
-fn site_packages_dirs() -> Vec<PathBuf> {
+pub(crate) fn site_packages_dirs() -> Vec<PathBuf> {
     let mut roots: Vec<PathBuf> = Vec::new();
     if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
         roots.push(PathBuf::from(v));

@@ -2,6 +2,7 @@
 
 mod bench;
 mod compare;
+mod doctor;
 mod generate;
 mod inspect;
 mod options;
@@ -30,6 +31,8 @@ enum Command {
     /// How close --bundle is to --reference: logits cosine / max error, greedy-token agreement,
     /// image PSNR, teacher-forced on the reference's tokens.
     Compare(compare::Args),
+    /// Report which backends can run on this machine and why not.
+    Doctor(doctor::Args),
     /// Show what a bundle holds: model, precision, graphs and their inputs/outputs, sizes.
     Inspect(inspect::Args),
 }
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Doctor(a) => doctor::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
