@@ -172,22 +172,7 @@ impl Pipeline {
                 reason: format!("expected one row per label ({})", req.labels.len()),
             });
         }
-        for (i, row) in tokens.iter().enumerate() {
-            if row.len() != per {
-                return Err(RuntimeError::InvalidRequest {
-                    field: "tokens",
-                    value: format!("row {i} has {} tokens", row.len()),
-                    reason: format!("expected tokens_per_image = {per}"),
-                });
-            }
-            if let Some((j, &t)) = row.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
-                return Err(RuntimeError::InvalidRequest {
-                    field: "tokens",
-                    value: format!("{t} (row {i}, position {j})"),
-                    reason: format!("must be < vocab size {vocab}"),
-                });
-            }
-        }
+        check_token_rows(tokens, per, vocab, "vocab size")?;
         self.run_tokens(req, NextToken::Feed(tokens), observer)
             .map(|_| ())
     }
@@ -334,24 +319,8 @@ impl Pipeline {
     ) -> Result<Images, RuntimeError> {
         let per = self.manifest.generation.tokens_per_image;
         let codebook = self.manifest.vq.codebook_size;
-        let mut flat = Vec::with_capacity(tokens.len() * per);
-        for (i, row) in tokens.iter().enumerate() {
-            if row.len() != per {
-                return Err(RuntimeError::InvalidRequest {
-                    field: "tokens",
-                    value: format!("row {i} has {} tokens", row.len()),
-                    reason: format!("expected {per}"),
-                });
-            }
-            if let Some(&t) = row.iter().find(|&&t| t as usize >= codebook) {
-                return Err(RuntimeError::InvalidRequest {
-                    field: "tokens",
-                    value: t.to_string(),
-                    reason: format!("must be < codebook size {codebook}"),
-                });
-            }
-            flat.extend(row.iter().map(|&t| t as i64));
-        }
+        check_token_rows(tokens, per, codebook, "codebook size")?;
+        let flat: Vec<i64> = tokens.iter().flatten().map(|&t| t as i64).collect();
         let t0 = Instant::now();
         let data = self
             .backend
@@ -374,6 +343,32 @@ impl Pipeline {
             vq_ms: t0.elapsed().as_secs_f64() * 1e3,
         })
     }
+}
+
+/// Every row holds `per` tokens, each below `limit` (named `limit_name` in the error).
+fn check_token_rows(
+    tokens: &[Vec<u32>],
+    per: usize,
+    limit: usize,
+    limit_name: &str,
+) -> Result<(), RuntimeError> {
+    for (i, row) in tokens.iter().enumerate() {
+        if row.len() != per {
+            return Err(RuntimeError::InvalidRequest {
+                field: "tokens",
+                value: format!("row {i} has {} tokens", row.len()),
+                reason: format!("expected tokens_per_image = {per}"),
+            });
+        }
+        if let Some((j, &t)) = row.iter().enumerate().find(|(_, &t)| t as usize >= limit) {
+            return Err(RuntimeError::InvalidRequest {
+                field: "tokens",
+                value: format!("{t} (row {i}, position {j})"),
+                reason: format!("must be < {limit_name} {limit}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
