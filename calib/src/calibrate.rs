@@ -160,6 +160,13 @@ pub fn compile_calibrated(
         .into());
     }
     method.check()?;
+    let _span = tracing::info_span!(
+        "compile_calibrated",
+        precision = %opts.precision,
+        set = %set.name,
+        method = %method
+    )
+    .entered();
     let parent = parent_dir(&opts.out);
     std::fs::create_dir_all(&parent).map_err(|e| llamagen_compiler::Error::io(&parent, e))?;
     let staging = tempfile::Builder::new()
@@ -195,6 +202,11 @@ pub fn compile_calibrated(
             progress(Step::Sample { done, total })
         })?;
         let scales = scales_from(&hists, method);
+        tracing::info!(
+            operators = scales.len(),
+            of = hists.len(),
+            "activation scales estimated"
+        );
         let tensors = &reference_manifest.precision_details.probe_tensors;
         let by_tensor: BTreeMap<String, f32> = scales
             .iter()
@@ -226,6 +238,7 @@ pub fn compile_calibrated(
     progress(Step::Stage("measuring against fp32"));
     let low = Pipeline::load(&low_opts.out, &load)?;
     let report = accuracy(&low, &reference, set)?;
+    tracing::info!(?report, "measured against fp32");
     let mut manifest = load_manifest(&low_opts.out, false)?;
     manifest.precision_details.calibration = calibration;
     manifest.precision_details.accuracy_vs_fp32 = report_figures(&report);

@@ -156,6 +156,15 @@ pub fn compile(
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Manifest, Error> {
     let (gc, vqc) = resolve_configs(o)?;
+    let _span = tracing::info_span!(
+        "compile",
+        gpt = %gc.name,
+        vq = %vqc.name,
+        image_size = vqc.image_size,
+        precision = %o.precision,
+        out = %o.out.display()
+    )
+    .entered();
     let mut sources = BTreeMap::new();
     let (gpt_src, vq_src): (Arc<dyn WeightSource>, Arc<dyn WeightSource>) = match &o.weights {
         Weights::Checkpoints { gpt, vq } => {

@@ -107,6 +107,7 @@ pub struct Images {
 
 impl Pipeline {
     pub fn load(dir: &Path, opts: &PipelineOptions) -> Result<Self, RuntimeError> {
+        let _span = tracing::info_span!("pipeline.load", bundle = %dir.display()).entered();
         let manifest = load_manifest(dir, opts.verify_hashes)?;
         let backend = backend::create(
             opts.backend,
@@ -116,6 +117,13 @@ impl Pipeline {
                 threads: opts.threads,
             },
         )?;
+        tracing::info!(
+            gpt = %manifest.gpt.name,
+            vq = %manifest.vq.name,
+            precision = %manifest.precision,
+            backend = backend.name(),
+            "bundle loaded"
+        );
         Ok(Pipeline {
             dir: dir.to_path_buf(),
             manifest,
@@ -190,6 +198,7 @@ impl Pipeline {
         let n = req.labels.len();
         let cfg = req.uses_cfg();
         let rows = if cfg { 2 * n } else { n };
+        let _span = tracing::debug_span!("generate", rows, steps = gen.tokens_per_image).entered();
         let steps = gen.tokens_per_image;
         let vocab = g.vocab_size;
         let mut cache = self.take_cache(rows);

@@ -39,6 +39,7 @@ pub fn write_bundle(
     let mut done_before = 0;
     for bg in graphs {
         let n = bg.graph.initializers.len();
+        let _span = tracing::debug_span!("write_graph", role = bg.role, initializers = n).entered();
         write_model(
             bg.graph,
             tmp.path(),
@@ -71,6 +72,7 @@ pub fn write_bundle(
 
     let tmp_path = tmp.keep();
     replace_dir(&tmp_path, out)?;
+    tracing::info!(out = %out.display(), bytes = manifest.total_bytes(), "bundle written");
     Ok(manifest)
 }
 
