@@ -1,6 +1,8 @@
 //! Backends behind one trait, and the one place that knows which exist (`cfg(feature)` lives
 //! here only). Selecting an unavailable backend is an error, never a silent CPU fallback.
 
+#[cfg(any(feature = "cuda", feature = "cuda-emu"))]
+pub mod cuda;
 mod ort_cpu;
 
 use std::path::Path;

@@ -1,0 +1,65 @@
+//! The CUDA kernel sources, one `.cu` file per family, compiled at run time by NVRTC (no nvcc at
+//! build time) and, with the `cuda-emu` feature, for the host by the emulator's build script.
+//!
+//! Kernel files are header-free and start from [`PRELUDE`] (fp16 bits, fixed-width ints, the
+//! `KERNEL`/`DEVICE`/`DYN_SHARED` macros). Every kernel is `KERNEL void name(...)`, so its name is
+//! unmangled and unique across files.
+
+/// Prepended to every file for NVRTC.
+pub const PRELUDE: &str = include_str!("prelude.cuh");
+
+/// One kernel file.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelSource {
+    pub file: &'static str,
+    pub src: &'static str,
+    /// Extra NVRTC options of this file (for example `--fmad=false` where the host must agree
+    /// bit for bit).
+    pub options: &'static [&'static str],
+}
+
+/// Every kernel file of the backend.
+pub const SOURCES: &[KernelSource] = &[];
+
+impl KernelSource {
+    /// The source NVRTC compiles: prelude, then the file.
+    pub fn full_source(&self) -> String {
+        format!("{PRELUDE}\n#line 1 \"{}\"\n{}", self.file, self.src)
+    }
+
+    /// Names of the file's kernels (`KERNEL void <name>(`), in source order.
+    pub fn functions(&self) -> Vec<&'static str> {
+        kernel_names(self.src)
+    }
+}
+
+/// Names declared as `KERNEL void <name>(` in `src`.
+pub fn kernel_names(src: &str) -> Vec<&str> {
+    src.lines()
+        .filter_map(|l| l.trim_start().strip_prefix("KERNEL void "))
+        .filter_map(|rest| rest.split('(').next())
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// The file that defines kernel `name`.
+pub fn source_of(name: &str) -> Option<&'static KernelSource> {
+    SOURCES.iter().find(|s| s.functions().contains(&name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_names_are_found_and_unique() {
+        let src = "KERNEL void a(float* x) {}\n  KERNEL void b_2 (int n)\n// KERNEL void c(\n";
+        assert_eq!(kernel_names(src), vec!["a", "b_2"]);
+        let mut all: Vec<&str> = SOURCES.iter().flat_map(|s| s.functions()).collect();
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n, "a kernel name is defined in two files");
+    }
+}

@@ -1,0 +1,6 @@
+//! Launch wrappers: one Rust function per kernel, owning its launch configuration, so callers
+//! pass device addresses and sizes only.
+
+pub mod gpt;
+pub mod sampler;
+pub mod vq;
