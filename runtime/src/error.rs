@@ -20,6 +20,9 @@ pub enum RuntimeError {
     },
     #[error("backend '{name}' is not available: {reason}")]
     BackendUnavailable { name: String, reason: String },
+    /// A CUDA driver, NVRTC, cuBLAS or kernel-emulator call failed.
+    #[error("CUDA failed in {context}: {message}")]
+    Cuda { context: String, message: String },
     #[error("graph {graph} returned {what} of shape {got:?}, expected {expected:?}")]
     OutputShape {
         graph: &'static str,
@@ -40,6 +43,14 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
+    /// A [`RuntimeError::Cuda`] naming what was being done.
+    pub fn cuda(context: impl Into<String>, e: impl std::fmt::Display) -> Self {
+        RuntimeError::Cuda {
+            context: context.into(),
+            message: e.to_string(),
+        }
+    }
+
     pub(crate) fn ort(context: impl Into<String>, e: impl std::fmt::Display) -> Self {
         RuntimeError::Ort {
             context: context.into(),

@@ -19,7 +19,29 @@ pub struct KernelSource {
 }
 
 /// Every kernel file of the backend.
-pub const SOURCES: &[KernelSource] = &[];
+pub const SOURCES: &[KernelSource] = &[
+    KernelSource {
+        file: "gpt.cu",
+        src: include_str!("gpt.cu"),
+        options: &[],
+    },
+    KernelSource {
+        file: "attention.cu",
+        src: include_str!("attention.cu"),
+        options: &[],
+    },
+    // CPU and GPU samplers must agree bit for bit: no FMA contraction.
+    KernelSource {
+        file: "sampler.cu",
+        src: include_str!("sampler.cu"),
+        options: &["--fmad=false"],
+    },
+    KernelSource {
+        file: "vq.cu",
+        src: include_str!("vq.cu"),
+        options: &[],
+    },
+];
 
 impl KernelSource {
     /// The source NVRTC compiles: prelude, then the file.

@@ -1,0 +1,1 @@
+// gpt kernels (being written)

@@ -1,0 +1,1 @@
+// vq kernels (being written)
