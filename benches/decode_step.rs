@@ -12,7 +12,6 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use llamagen_compiler::bundle::load_manifest;
 use llamagen_compiler::compile::{compile, CompileOptions, Weights};
 use llamagen_runtime::backend::{self, BackendOptions};
-use llamagen_runtime::kv_cache::KvCache;
 use llamagen_runtime::sampler::{sample_token, SamplerScratch, SamplingOptions};
 
 fn sampler(c: &mut Criterion) {
@@ -33,7 +32,7 @@ fn bench_step(c: &mut Criterion, name: &str, bundle: &Path) {
     let backend = backend::create(Default::default(), bundle, &m, &BackendOptions::default())
         .expect("backend");
     let g = &m.gpt;
-    let mut cache = KvCache::new(g.n_layer, 2, g.n_kv_head, g.max_len, g.head_dim);
+    let mut cache = backend.new_state(2).expect("step state");
     let mut logits = Vec::new();
     let position = (g.max_len / 2).min(g.cls_token_num + g.block_size - 1);
     let ids = [1i64, 1];

@@ -12,9 +12,8 @@ use std::time::Instant;
 
 use llamagen_compiler::bundle::{load_manifest, Manifest};
 
-use crate::backend::{self, Backend, BackendKind, BackendOptions};
+use crate::backend::{self, Backend, BackendKind, BackendOptions, FusedJob, StepState};
 use crate::error::RuntimeError;
-use crate::kv_cache::KvCache;
 use crate::request::GenerateRequest;
 use crate::rng::Philox;
 use crate::sampler::{cfg_combine, sample_token, SamplerScratch};
@@ -26,6 +25,8 @@ pub struct PipelineOptions {
     /// Check the sha256 of every bundle file on load (default on).
     pub verify_hashes: bool,
     pub threads: Option<usize>,
+    /// GPU backends: capture the decode step into a CUDA graph (default on).
+    pub cuda_graph: bool,
 }
 
 impl Default for PipelineOptions {
@@ -34,6 +35,7 @@ impl Default for PipelineOptions {
             backend: BackendKind::Cpu,
             verify_hashes: true,
             threads: None,
+            cuda_graph: true,
         }
     }
 }
@@ -46,12 +48,21 @@ pub struct Pipeline {
     /// Caches of finished requests, reused by the next one of the same batch size: a service
     /// then allocates its caches once instead of growing the heap request after request.
     /// Stale slots need no clearing: slots >= position are masked and hold finite values.
-    caches: Mutex<Vec<KvCache>>,
+    caches: Mutex<Vec<(usize, StepState)>>,
 }
 
 /// Watches a generation: progress after every token, and the logits each token is sampled from.
 /// Any `FnMut(done, total)` closure is an observer of progress only.
+///
+/// Backends that run the whole loop on a GPU can do so only for observers that do not need
+/// every step's logits ([`Observer::wants_logits`] false); they then report progress once, at
+/// the end.
 pub trait Observer {
+    /// Whether [`Observer::on_logits`] must be called (default true, so an observer that
+    /// overrides `on_logits` is always served; progress-only observers say false).
+    fn wants_logits(&self) -> bool {
+        true
+    }
     fn on_token(&mut self, _done: usize, _total: usize) {}
     /// `logits` of request row `row` at `step` (0 = the prefill's token): CFG-combined when
     /// guidance is on, before temperature / top-k / top-p, as the official `sample()` receives them.
@@ -62,6 +73,9 @@ pub trait Observer {
 }
 
 impl<F: FnMut(usize, usize)> Observer for F {
+    fn wants_logits(&self) -> bool {
+        false
+    }
     fn on_token(&mut self, done: usize, total: usize) {
         self(done, total)
     }
@@ -73,8 +87,11 @@ pub struct TokenOutput {
     /// `[labels.len()][tokens_per_image]`.
     pub tokens: Vec<Vec<u32>>,
     pub prefill_ms: f64,
-    /// Wall time of every decode step (graph + cache write + CFG + sampling).
+    /// Wall time of every decode step (graph + cache write + CFG + sampling); empty when the
+    /// backend ran the loop on the device without per-step synchronisation.
     pub decode_step_ms: Vec<f64>,
+    /// All decode steps (everything after the prefill).
+    pub decode_ms: f64,
     /// Prefill + all decode steps + sampling.
     pub gpt_ms: f64,
 }
@@ -115,6 +132,8 @@ impl Pipeline {
             &manifest,
             &BackendOptions {
                 threads: opts.threads,
+                cuda_graph: opts.cuda_graph,
+                ..BackendOptions::default()
             },
         )?;
         tracing::info!(
@@ -151,6 +170,14 @@ impl Pipeline {
         observer: &mut dyn Observer,
     ) -> Result<TokenOutput, RuntimeError> {
         req.validate(&self.manifest)?;
+        if !observer.wants_logits() {
+            if let Some(out) = self.generate_fused(req) {
+                let out = out?;
+                let steps = self.manifest.generation.tokens_per_image;
+                observer.on_token(steps, steps);
+                return Ok(out);
+            }
+        }
         let next = NextToken::Sample {
             rng: Philox::new(req.seed),
             scratch: SamplerScratch::new(self.manifest.gpt.vocab_size),
@@ -185,6 +212,42 @@ impl Pipeline {
             .map(|_| ())
     }
 
+    /// The whole loop on the backend, when it offers one.
+    fn generate_fused(&self, req: &GenerateRequest) -> Option<Result<TokenOutput, RuntimeError>> {
+        let gen = &self.manifest.generation;
+        let n = req.labels.len();
+        let cfg = req.uses_cfg();
+        let mut prefill_ids: Vec<i64> = req
+            .labels
+            .iter()
+            .map(|&l| (gen.class_token_offset + l) as i64)
+            .collect();
+        if cfg {
+            prefill_ids.extend(std::iter::repeat_n(
+                (gen.class_token_offset + gen.null_class) as i64,
+                n,
+            ));
+        }
+        let job = FusedJob {
+            prefill_ids,
+            n,
+            cfg,
+            cfg_scale: req.cfg_scale,
+            cfg_interval: req.cfg_interval,
+            sampling: req.sampling.clone(),
+            seed: req.seed,
+        };
+        let _span = tracing::debug_span!("generate_fused", n, cfg).entered();
+        let out = self.backend.generate_fused(&job)?;
+        Some(out.map(|f| TokenOutput {
+            tokens: f.tokens,
+            prefill_ms: f.prefill_ms,
+            decode_step_ms: Vec::new(),
+            decode_ms: f.gpt_ms - f.prefill_ms,
+            gpt_ms: f.gpt_ms,
+        }))
+    }
+
     /// The prefill and decode loop shared by generation and scoring; `next` picks the tokens.
     /// The request (and fed tokens) must already be validated.
     fn run_tokens(
@@ -201,7 +264,7 @@ impl Pipeline {
         let _span = tracing::debug_span!("generate", rows, steps = gen.tokens_per_image).entered();
         let steps = gen.tokens_per_image;
         let vocab = g.vocab_size;
-        let mut cache = self.take_cache(rows);
+        let mut cache = self.take_cache(rows)?;
         let mut logits = Vec::with_capacity(rows * vocab);
         let mut tokens = vec![Vec::with_capacity(steps); n];
         let mut ids: Vec<i64> = Vec::with_capacity(rows);
@@ -255,34 +318,35 @@ impl Pipeline {
             decode_step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
             sampling.observer.on_token(i + 2, steps);
         }
-        self.return_cache(cache);
+        self.return_cache(rows, cache);
         Ok(TokenOutput {
             tokens,
             prefill_ms,
+            decode_ms: decode_step_ms.iter().sum(),
             decode_step_ms,
             gpt_ms: start.elapsed().as_secs_f64() * 1e3,
         })
     }
 
-    fn take_cache(&self, rows: usize) -> KvCache {
+    fn take_cache(&self, rows: usize) -> Result<StepState, RuntimeError> {
         let mut pool = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-        match pool.iter().position(|c| c.batch == rows) {
-            Some(i) => pool.swap_remove(i),
+        match pool.iter().position(|(r, _)| *r == rows) {
+            Some(i) => Ok(pool.swap_remove(i).1),
             None => {
-                let g = &self.manifest.gpt;
-                KvCache::new(g.n_layer, rows, g.n_kv_head, g.max_len, g.head_dim)
+                drop(pool);
+                self.backend.new_state(rows)
             }
         }
     }
 
     /// Keeps at most a few caches, so one odd batch size does not pin memory for good.
-    fn return_cache(&self, cache: KvCache) {
+    fn return_cache(&self, rows: usize, cache: StepState) {
         const POOL: usize = 2;
         let mut pool = self.caches.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() >= POOL {
             pool.remove(0);
         }
-        pool.push(cache);
+        pool.push((rows, cache));
     }
 
     /// CFG-combines (when the batch has uncond rows and `guided`) and picks one token per request

@@ -16,7 +16,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
 
-use super::{Backend, BackendOptions};
+use super::{Backend, BackendOptions, StepState};
 use crate::error::RuntimeError;
 use crate::kv_cache::KvCache;
 
@@ -28,6 +28,7 @@ pub struct OrtCpu {
     vq_probes: Vec<String>,
     layers: usize,
     vocab: usize,
+    config: llamagen_compiler::config::GptConfig,
     names: IoNames,
 }
 
@@ -101,6 +102,7 @@ impl OrtCpu {
             vq: Mutex::new(vq),
             layers,
             vocab: m.gpt.vocab_size,
+            config: m.gpt.clone(),
             names: IoNames {
                 past_key: (0..layers).map(io_names::past_key).collect(),
                 past_value: (0..layers).map(io_names::past_value).collect(),
@@ -145,15 +147,32 @@ impl Backend for OrtCpu {
         "cpu"
     }
 
+    fn new_state(&self, rows: usize) -> Result<StepState, RuntimeError> {
+        let c = &self.config;
+        Ok(StepState::Host(KvCache::new(
+            c.n_layer,
+            rows,
+            c.n_kv_head,
+            c.max_len,
+            c.head_dim,
+        )))
+    }
+
     fn gpt_step(
         &self,
         ids: &[i64],
         seq: usize,
         position: usize,
-        cache: &mut KvCache,
+        state: &mut StepState,
         logits: &mut Vec<f32>,
         probes: &mut dyn FnMut(&str, &[f32]),
     ) -> Result<(), RuntimeError> {
+        let StepState::Host(cache) = state else {
+            return Err(RuntimeError::ort(
+                "gpt_step",
+                "the step state is a device state, not host caches",
+            ));
+        };
         let batch = cache.batch;
         let shape = cache.shape();
         let pos = [position as i64];

@@ -26,9 +26,13 @@ pub struct RunFlags {
     pub top_p: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// cpu (ONNX Runtime CPU provider).
+    /// cpu (ONNX Runtime CPU provider) or cuda (our CUDA kernels; a build with `--features
+    /// cuda`, an NVIDIA driver, and the nvidia-cuda-nvrtc / nvidia-cublas wheels).
     #[arg(long, default_value = "cpu")]
     pub backend: String,
+    /// cuda: issue the decode step's launches per token instead of replaying a CUDA graph.
+    #[arg(long)]
+    pub no_cuda_graph: bool,
     /// Intra-op threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -62,6 +66,7 @@ impl RunFlags {
             backend: self.backend_kind()?,
             verify_hashes: !self.no_verify,
             threads: self.threads,
+            cuda_graph: !self.no_cuda_graph,
         };
         Ok(Pipeline::load(&self.bundle, &opts)?)
     }
