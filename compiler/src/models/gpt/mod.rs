@@ -16,7 +16,7 @@
 
 mod keys;
 mod layers;
-mod rotary;
+pub mod rotary;
 mod weights;
 
 use crate::config::GptConfig;

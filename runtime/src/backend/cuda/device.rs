@@ -91,8 +91,10 @@ impl Gemm {
 /// A GPU (or its host emulation) with one in-order stream.
 ///
 /// Everything is issued on one stream in call order; `download` waits for the work before it.
-/// Between `begin_capture` and `end_capture` launches, GEMMs and uploads are recorded, not run
-/// (kernel arguments are frozen at that point), and `replay` runs the recording again.
+/// Between `begin_capture` and `end_capture` launches and GEMMs are recorded, not run (kernel
+/// arguments are frozen at that point), and `replay` runs the recording again. `alloc`,
+/// `upload`, `download`, `synchronize` and `replay` during a capture are errors: per-request
+/// data is uploaded before a replay, into buffers the captured kernels read.
 pub trait Device: Send + Sync + 'static {
     /// An owned allocation, freed on drop.
     type Buf: Send + Sync;
@@ -108,8 +110,7 @@ pub trait Device: Send + Sync + 'static {
     /// Copies `data` into `buf` at byte `offset`, in stream order.
     fn upload(&self, buf: &Self::Buf, offset: usize, data: &[u8]) -> Result<(), RuntimeError>;
     /// Waits for the stream, then copies `out.len()` bytes of `buf` from byte `offset`.
-    fn download(&self, buf: &Self::Buf, offset: usize, out: &mut [u8])
-        -> Result<(), RuntimeError>;
+    fn download(&self, buf: &Self::Buf, offset: usize, out: &mut [u8]) -> Result<(), RuntimeError>;
     /// Launches kernel `name` (an `extern "C"` function of [`super::kernels`]).
     fn launch(
         &self,

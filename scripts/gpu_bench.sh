@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The issue-4 latency table on one NVIDIA GPU, side by side in one run: the official LlamaGen
+# PyTorch code (eager, and torch.compile as its README offers; bf16, its sample_c2i.py default)
+# and llamagen-rs --backend cuda (fp16 bundle), GPT-B/L/XL + VQ-16 at 384 px, 8 labels with
+# cfg 4 (batch 16), the same random official-format weights on both sides. Also checks greedy
+# tokens of the CUDA backend against the CPU backend on the same bundle (GPT-B).
+#
+# Usage: scripts/gpu_bench.sh LLAMAGEN_REPO_CHECKOUT OUT_DIR
+#   env: MODELS (default "GPT-B GPT-L GPT-XL"), BIN (default target/release; binaries built
+#   with --features cuda), SKIP_COMPILE=1 (no torch.compile run), SKIP_CPU_PARITY=1.
+# Needs python3 with torch on a GPU machine; prints one JSON line per measurement into
+# OUT_DIR/results.jsonl and a table at the end.
+set -euo pipefail
+repo=${1:?usage: $0 LLAMAGEN_REPO_CHECKOUT OUT_DIR}
+out=${2:?usage: $0 LLAMAGEN_REPO_CHECKOUT OUT_DIR}
+here=$(cd "$(dirname "$0")/.." && pwd)
+bin=${BIN:-$here/target/release}
+labels=207,360,387,974,88,979,417,279
+mkdir -p "$out"
+results="$out/results.jsonl"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+"$bin/llamagen" doctor | tee "$out/doctor.txt"
+
+for model in ${MODELS:-GPT-B GPT-L GPT-XL}; do
+  work="$out/$model"
+  mkdir -p "$work"
+  base=(python3 "$here/scripts/official_baseline.py" --llamagen-repo "$repo" --out "$work"
+        --gpt-model "$model" --image-size 384 --labels "$labels" --device cuda --precision bf16)
+  "${base[@]}" | tail -n 1 | tee -a "$results"
+  if [ -z "${SKIP_COMPILE:-}" ]; then
+    "${base[@]}" --reuse-ckpt --compile --skip-vq | tail -n 1 | tee -a "$results"
+  fi
+  "$bin/llamagen-compile" --gpt-model "$model" --gpt-ckpt "$work/gpt.pt" --vq-model VQ-16 \
+    --vq-ckpt "$work/vq.pt" --image-size 384 --precision fp16 --out "$work/bundle-fp16" >/dev/null
+  for graph in "" --no-cuda-graph; do
+    "$bin/llamagen" bench --bundle "$work/bundle-fp16" --backend cuda $graph --labels "$labels" \
+      --runs 3 --json | python3 -c "import json,sys; r=json.load(sys.stdin); r['cuda_graph']='$graph'==''; print(json.dumps(r))" \
+      | tee -a "$results"
+  done
+  if [ "$model" = GPT-B ] && [ -z "${SKIP_CPU_PARITY:-}" ]; then
+    for b in cuda cpu; do
+      "$bin/llamagen" generate --bundle "$work/bundle-fp16" --backend "$b" --labels "$labels" \
+        --top-k 1 --out "$work/greedy-$b" >/dev/null
+    done
+    python3 - "$work" <<'PY' | tee -a "$results"
+import json, sys, numpy as np
+w = sys.argv[1]
+a, b = np.load(f"{w}/greedy-cuda/tokens.npy"), np.load(f"{w}/greedy-cpu/tokens.npy")
+first = [int(np.argmax(r != s)) if (r != s).any() else None for r, s in zip(a, b)]
+print(json.dumps({"greedy_cuda_vs_cpu": float((a == b).mean()), "first_difference_per_image": first}))
+PY
+  fi
+done
+
+python3 - "$results" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+by = {}
+for r in rows:
+    if "impl" in r:
+        m = r["gpt_model"]; by.setdefault(m, {})["compile" if r["compile"] else "eager"] = r
+    elif "backend" in r:
+        m = r["model"].split(" + ")[0]; by.setdefault(m, {})["ours" if r["cuda_graph"] else "ours_nograph"] = r
+print(f"{'model':8}{'official eager':>16}{'torch.compile':>15}{'llamagen-rs':>13}{'vs eager':>10}{'vs compile':>12}{'ms/token':>10}")
+for m, r in by.items():
+    e = r.get("eager", {}); c = r.get("compile", {}); o = r.get("ours", {})
+    te = e.get("gpt_ms", float("nan")) + (e.get("vq_ms") or 0)
+    tc = c.get("gpt_ms", float("nan")) + (e.get("vq_ms") or 0)
+    to = o.get("gpt_ms", float("nan")) + o.get("vq_ms", float("nan"))
+    print(f"{m:8}{te:14.0f}ms{tc:13.0f}ms{to:11.0f}ms{te / to:9.1f}x{tc / to:11.1f}x{o.get('decode_ms_per_token_mean', float('nan')):10.3f}")
+PY
