@@ -3,12 +3,26 @@
 //!
 //! Shape contract: one row of logits `[vocab]` (fp32, already CFG-combined) in, one token id out.
 //! Order of operations (as the official code): `logits / max(temperature, 1e-5)`; top-k (keep
-//! logits `>=` the k-th largest, so ties with the k-th are kept); top-p (sort descending, softmax,
-//! cumulative sum, drop tokens whose *preceding* cumulative probability exceeds `top_p`, so the
+//! logits `>=` the k-th largest, so ties with the k-th are kept); top-p (sort descending with ties
+//! broken by token id, drop tokens whose *preceding* cumulative probability exceeds `top_p`, so the
 //! most likely token always survives); softmax; draw. The official code draws with
 //! `torch.multinomial`; here the draw is an inverse CDF over the kept tokens in index order with a
 //! caller-supplied uniform `u` in [0, 1) (from [`crate::rng::Philox`]), so CPU and GPU samplers can
-//! share one random stream. Ties in the top-p sort are broken by token index (stable sort).
+//! share one random stream.
+//!
+//! Exactly specified arithmetic, so the CUDA sampler (`backend/cuda/kernels/sampler.cu`) returns
+//! the same token bit for bit (the two files must change together):
+//! - scaling is the f32 division `x / t`; `m` is the max over the top-k candidates;
+//! - softmax weights are fixed point: `w = trunc(portable_exp(y - m) * 2^40)` as u64, where
+//!   [`portable_exp`] is a fixed sequence of f32 multiplies and adds (no libm, no FMA; the kernel
+//!   file is compiled with `--fmad=false`). The max token weighs exactly `2^40`; tokens below
+//!   `2^-40` of the max weigh 0 and are never drawn. With vocab <= 2^20 every sum fits in u64,
+//!   and integer sums do not depend on the order (or parallelism) of the accumulation;
+//! - top-p keeps sorted positions `0..=j`, `j` the first whose cumulative weight exceeds
+//!   `thr = trunc(f64(top_p) * f64(total))` (top_p < 0 counts as 0);
+//! - the draw returns the first kept id (index order) whose cumulative weight exceeds
+//!   `target = trunc(f64(u) * f64(kept total))`. f64 products of u64-to-f64 conversions are
+//!   correctly rounded on both sides.
 //!
 //! Nothing allocates per token once a [`SamplerScratch`] of the right vocabulary size exists.
 
@@ -79,6 +93,74 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// Largest vocabulary the fixed-point weights support: `2^20 * 2^40` (plus rounding) fits in u64.
+pub const MAX_VOCAB: usize = 1 << 20;
+
+/// The weight of the most likely token: weights are `exp(y - m)` in fixed point with 40
+/// fractional bits.
+pub const WEIGHT_ONE: u64 = 1 << 40;
+
+// Constants of `portable_exp`; `sampler.cu` spells them as decimal literals that round to the
+// same f32 bits (the device test `check_exp_and_weights_match_cpu` compares results bit for bit).
+const EXP_MIN: f32 = -87.0;
+const LOG2E: f32 = std::f32::consts::LOG2_E; // 0x3fb8aa3b, sampler.cu's 1.442695f
+/// Rounds an f32 of magnitude < 2^22 to the nearest integer: `(t + 1.5 * 2^23) - 1.5 * 2^23`.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+/// ln 2 split so that `k * LN2_HI` is exact for |k| < 2^15 (Cody and Waite).
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// exp(r) = 1 + r + r^2 * P(r) on |r| <= ln2 / 2 (Cephes `expf` coefficients, highest first).
+const EXP_P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
+/// `e^x` for `x` in [-87, 0] as a fixed sequence of f32 operations (no libm, no FMA), so the CPU
+/// and the CUDA sampler compute the same bits; 0 for `x < -87`, `-inf` and NaN. Exactly 1 at 0.
+/// Accuracy: at most 1 ulp from the correctly rounded `e^x` (checked exhaustively over every
+/// f32 in [-87, 0] against f64 `exp`; `tests/sampler.rs` samples the range).
+///
+/// Range reduction `x = k ln2 + r` with `k = round(x log2 e)`, then a degree-7 polynomial for
+/// `e^r`, then a multiply by `2^k` built from its exponent bits.
+#[inline]
+pub fn portable_exp(x: f32) -> f32 {
+    if x.is_nan() || x < EXP_MIN {
+        return 0.0;
+    }
+    let k = (x * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+    let r = (x - k * LN2_HI) - k * LN2_LO;
+    let mut p = EXP_P[0];
+    for c in &EXP_P[1..] {
+        p = p * r + c;
+    }
+    let e = (r * r) * p + r + 1.0;
+    // k in [-126, 0] here, so 2^k is a normal float.
+    e * f32::from_bits(((k as i32 + 127) as u32) << 23)
+}
+
+/// Fixed-point softmax weight of a logit `d = y - m <= 0` below the max: `trunc(e^d * 2^40)`.
+#[inline]
+pub fn weight(d: f32) -> u64 {
+    truncate(scaled_exp(d))
+}
+
+/// `e^d * 2^40` in f32 (the scaling is exact).
+#[inline]
+fn scaled_exp(d: f32) -> f32 {
+    portable_exp(d) * WEIGHT_ONE as f32
+}
+
+/// A scaled weight (in [0, 2^41)) truncated to an integer, as the kernel's f32 -> u64
+/// conversion; through i64, whose conversion is a single instruction.
+#[inline]
+fn truncate(v: f32) -> u64 {
+    v as i64 as u64
+}
+
 /// Reusable buffers for [`sample_token`] / [`filtered_probs`]; one per decode thread.
 #[derive(Clone, Debug, Default)]
 pub struct SamplerScratch {
@@ -86,8 +168,12 @@ pub struct SamplerScratch {
     select: Vec<i32>,
     /// Candidate token ids (survivors of top-k), ascending.
     ids: Vec<u32>,
-    /// The candidates' scaled logits (top-p removals become -inf), then their softmax weights.
+    /// The candidates' scaled logits.
     vals: Vec<f32>,
+    /// The candidates' fixed-point softmax weights (0 for tokens top-p removed).
+    weights: Vec<u64>,
+    /// The candidates' weights before truncation (see `weights()`).
+    scaled: Vec<f32>,
     /// Positions into `ids`, sorted by descending logit for top-p.
     perm: Vec<u32>,
     /// Dense probabilities for [`filtered_probs`].
@@ -101,6 +187,8 @@ impl SamplerScratch {
             select: Vec::with_capacity(vocab),
             ids: Vec::with_capacity(vocab),
             vals: Vec::with_capacity(vocab),
+            weights: Vec::with_capacity(vocab),
+            scaled: Vec::with_capacity(vocab),
             perm: Vec::with_capacity(vocab),
             dense: Vec::with_capacity(vocab),
         }
@@ -114,34 +202,45 @@ fn desc(a: &f32, b: &f32) -> Ordering {
 }
 
 /// An i32 whose order is `f32::total_cmp`'s (integer compares make the top-k selection ~2x
-/// faster than comparing floats); an involution on the bits.
+/// faster than comparing floats); an involution on the bits. The CUDA sampler's radix select
+/// uses the same key.
 #[inline]
 fn order_key(x: f32) -> i32 {
     let b = x.to_bits() as i32;
     b ^ (((b >> 31) as u32) >> 1) as i32
 }
 
+/// The inverse of [`order_key`].
 #[inline]
 fn from_order_key(k: i32) -> f32 {
     f32::from_bits((k ^ (((k >> 31) as u32) >> 1) as i32) as u32)
 }
 
+/// `trunc(f64(fraction) * f64(total))`: the cumulative weight a fraction in [0, 1] of `total`
+/// must exceed (top-p threshold, draw target). Both conversions and the product are correctly
+/// rounded, so the kernel's identical expression gives the same integer.
+#[inline]
+fn mass_threshold(fraction: f32, total: u64) -> u64 {
+    (f64::from(fraction) * total as f64) as u64
+}
+
 /// Temperature, top-k and top-p; leaves the surviving token ids (ascending) in `s.ids` and their
-/// unnormalised softmax weights in `s.vals` (0 for tokens top-p removed). Returns the weight total
-/// (f64, accumulated in id order), or `None` for a degenerate row (NaN, +inf after scaling, or no
-/// finite logit), where the callers fall back to argmax.
-fn weights(logits: &[f32], opts: &SamplingOptions, s: &mut SamplerScratch) -> Option<f64> {
+/// fixed-point softmax weights in `s.weights` (0 for tokens top-p removed). Returns the kept
+/// weight total, or `None` for a degenerate row (NaN, +inf after scaling, no finite logit, or a
+/// vocabulary over [`MAX_VOCAB`]), where the callers fall back to argmax.
+fn weights(logits: &[f32], opts: &SamplingOptions, s: &mut SamplerScratch) -> Option<u64> {
     let n = logits.len();
-    if n == 0 || n > u32::MAX as usize || logits.iter().any(|x| x.is_nan()) {
+    if n == 0 || n > MAX_VOCAB || logits.iter().any(|x| x.is_nan()) {
         return None;
     }
     let t = opts.temperature.max(1e-5);
     s.ids.clear();
     s.vals.clear();
+    s.weights.clear();
 
     // Top-k: remove logits < the k-th largest (torch: `logits < topk(logits, k)[0][..., -1]`),
-    // so ties with the k-th survive. O(n) selection on a copy of order keys, no sort. Tokens at -inf carry no
-    // probability and are dropped from the candidates either way.
+    // so ties with the k-th survive. O(n) selection on a copy of order keys, no sort. Tokens at
+    // -inf carry no probability and are dropped from the candidates either way.
     let k = if opts.top_k > 0 { opts.top_k.min(n) } else { n };
     let kth = if k < n {
         s.select.clear();
@@ -150,53 +249,51 @@ fn weights(logits: &[f32], opts: &SamplingOptions, s: &mut SamplerScratch) -> Op
     } else {
         f32::NEG_INFINITY
     };
+    let mut m = f32::NEG_INFINITY;
     for (i, &x) in logits.iter().enumerate() {
         let y = x / t;
         if y >= kth && y != f32::NEG_INFINITY {
             s.ids.push(i as u32);
             s.vals.push(y);
+            if y > m {
+                m = y;
+            }
         }
     }
-    let m = s.vals.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if !m.is_finite() {
         return None;
     }
+    // Two passes: the exp loop vectorises, the float -> integer conversion does not.
+    s.scaled.clear();
+    s.scaled.extend(s.vals.iter().map(|&y| scaled_exp(y - m)));
+    s.weights.extend(s.scaled.iter().map(|&v| truncate(v)));
+    let mut total: u64 = s.weights.iter().sum();
 
-    // Top-p: sort the candidates descending (stable, so equal logits stay in id order), softmax,
-    // cumulative sum; keep sorted positions 0..=j where j is the first whose cumulative
-    // probability exceeds top_p (torch's removal mask shifted right by one).
+    // Top-p: sort the candidates descending (stable, so equal logits stay in id order) and keep
+    // sorted positions 0..=j, j the first whose cumulative weight exceeds top_p of the total
+    // (torch's removal mask `cumsum > top_p` shifted right by one).
     if opts.top_p < 1.0 {
+        let thr = mass_threshold(opts.top_p.max(0.0), total);
         s.perm.clear();
         s.perm.extend(0..s.ids.len() as u32);
         let v = &s.vals;
         s.perm
             .sort_by(|&a, &b| desc(&v[a as usize], &v[b as usize]));
-        let total: f64 = s
-            .perm
-            .iter()
-            .map(|&j| f64::from((v[j as usize] - m).exp()))
-            .sum();
+        let mut cum = 0u64;
         let mut keep = s.perm.len();
-        let mut cum = 0f64;
         for (pos, &j) in s.perm.iter().enumerate() {
-            cum += f64::from((v[j as usize] - m).exp()) / total;
-            if cum > f64::from(opts.top_p) {
+            cum += s.weights[j as usize];
+            if cum > thr {
                 keep = pos + 1;
                 break;
             }
         }
         for &j in &s.perm[keep..] {
-            s.vals[j as usize] = f32::NEG_INFINITY;
+            s.weights[j as usize] = 0;
         }
+        total = cum;
     }
-
-    // Softmax weights (the max survives top-p, so m is still the max).
-    let mut total = 0f64;
-    for v in s.vals.iter_mut() {
-        *v = (*v - m).exp();
-        total += f64::from(*v);
-    }
-    (total > 0.0 && total.is_finite()).then_some(total)
+    Some(total)
 }
 
 /// The probability vector the official `logits_to_probs` returns (temperature, top-k, top-p,
@@ -213,8 +310,8 @@ pub fn filtered_probs<'a>(
     s.dense.resize(logits.len(), 0.0);
     match total {
         Some(total) => {
-            for (&i, &w) in s.ids.iter().zip(&s.vals) {
-                s.dense[i as usize] = (f64::from(w) / total) as f32;
+            for (&i, &w) in s.ids.iter().zip(&s.weights) {
+                s.dense[i as usize] = (w as f64 / total as f64) as f32;
             }
         }
         None => {
@@ -227,7 +324,7 @@ pub fn filtered_probs<'a>(
 }
 
 /// One token from one row of (CFG-combined) logits. `u` is a uniform draw in [0, 1); the token is
-/// the first id (in index order) whose cumulative weight exceeds `u * total`.
+/// the first id (in index order) whose cumulative weight exceeds `trunc(u * total)`.
 /// With `top_k == 1` the result is [`argmax`] (first index among equal maxima). A degenerate row
 /// (NaN, +inf, or no finite logit) also falls back to [`argmax`].
 pub fn sample_token(
@@ -242,19 +339,20 @@ pub fn sample_token(
     let Some(total) = weights(logits, opts, scratch) else {
         return argmax(logits);
     };
-    let target = f64::from(u.clamp(0.0, 1.0)) * total;
-    let mut cum = 0f64;
+    // u < 1 makes target < total, so some kept token crosses it.
+    let target = mass_threshold(u.clamp(0.0, 1.0), total);
+    let mut cum = 0u64;
     let mut last = None;
-    for (&i, &w) in scratch.ids.iter().zip(&scratch.vals) {
-        if w > 0.0 {
-            cum += f64::from(w);
+    for (&i, &w) in scratch.ids.iter().zip(&scratch.weights) {
+        if w > 0 {
+            cum += w;
             if cum > target {
                 return i;
             }
             last = Some(i);
         }
     }
-    // Only reachable through rounding with u at the top of [0, 1): the last kept token.
+    // Only reachable with u = 1 (outside the documented range): the last kept token.
     last.unwrap_or_else(|| argmax(logits))
 }
 
