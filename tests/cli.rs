@@ -231,6 +231,7 @@ fn bench_json_reports_every_phase() {
     for key in [
         "load_ms",
         "prefill_ms",
+        "decode_ms_per_token_mean",
         "decode_ms_per_token_p50",
         "decode_ms_per_token_p99",
         "gpt_ms",
@@ -397,6 +398,31 @@ fn cuda_backend_is_a_clear_error() {
         &["cuda"],
     );
     assert!(!out.exists());
+}
+
+/// The CUDA backend's CLI path on the kernel emulator: the fused loop writes the official
+/// greedy tokens and images, and bench reports a mean per token (no per-step times exist).
+#[cfg(feature = "cuda-emu")]
+#[test]
+fn cuda_emu_backend_generates_official_tokens_and_benches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = compile_tiny_cli(tmp.path());
+    let out = tmp.path().join("out");
+    let emu = ["--labels", "3,7", "--top-k", "1", "--backend", "cuda-emu"];
+    generate(&bundle, &out, &emu);
+    assert_eq!(png_size(&out.join("0001.png")), (8, 8));
+    let (_, got) = read_i64(&out.join("tokens.npy"));
+    let (_, want) = read_i64(&tiny_dir().join("greedy_cfg4.tokens.npy"));
+    assert_eq!(got, want, "cuda-emu greedy tokens vs official greedy_cfg4");
+
+    let b = s(&bundle);
+    let mut args = vec!["bench", "--bundle", &b, "--runs", "1", "--json"];
+    args.extend(emu);
+    let stdout = ok(LLAMAGEN, &args);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("bench JSON");
+    assert_eq!(v["backend"], "cuda-emu");
+    assert!(v["decode_ms_per_token_mean"].as_f64().unwrap() > 0.0);
+    assert!(v["decode_ms_per_token_p50"].is_null(), "{stdout}");
 }
 
 /// Asserts that `dir` holds nothing a compile could have left behind (no bundle, no temp dirs).

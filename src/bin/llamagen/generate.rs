@@ -24,8 +24,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // Check the request and the output folder before the (slow) load and generation.
     req.validate(&load_manifest(&a.run.bundle, false)?)?;
     a.run.backend_kind()?;
+    let created = !a.out.exists();
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let pipeline = a.run.load()?;
+    let pipeline = a.run.load().inspect_err(|_| {
+        // A backend that cannot start (no GPU, say) leaves no empty output folder behind.
+        if created {
+            let _ = std::fs::remove_dir_all(&a.out);
+        }
+    })?;
     let steps = pipeline.manifest().generation.tokens_per_image;
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(
