@@ -325,6 +325,23 @@ fn check_decode_attention<D: Device>(d: &D) {
     // Scores up to ~±100 from random large queries.
     cases.push((shapes[3], Scores::Uniform(8.0)));
     cases.push((shapes[2], Scores::WideExact));
+    // head_dim != 64 takes the generic kernel (the golden tiny model has 16).
+    for head_dim in [16, 48] {
+        cases.push((
+            AttnShape {
+                head_dim,
+                ..shapes[2]
+            },
+            Scores::Uniform(1.0),
+        ));
+        cases.push((
+            AttnShape {
+                head_dim,
+                ..shapes[4]
+            },
+            Scores::Uniform(8.0),
+        ));
+    }
     for (s, scores) in cases {
         let [q, k, v] = attention_inputs(&mut rng, &s, scores);
         let q_buf = upload_f16(d, &q);
@@ -402,8 +419,13 @@ fn check_bad_positions_and_shapes<D: Device>(d: &D) {
 
     let buf = d.alloc(256).unwrap();
     let p = d.addr(&buf);
-    let bad_dim = AttnShape { head_dim: 48, ..s };
-    assert!(decode_attention(d, p, p, p, p, p, &bad_dim).is_err());
+    // The generic kernel keeps max_len scores in shared memory: past 48 KiB is an error.
+    let too_long = AttnShape {
+        head_dim: 48,
+        max_len: 20_000,
+        ..s
+    };
+    assert!(decode_attention(d, p, p, p, p, p, &too_long).is_err());
     let bad_gqa = AttnShape { kv_heads: 3, ..s };
     assert!(decode_attention(d, p, p, p, p, p, &bad_gqa).is_err());
     assert!(rotary_kv_write(d, p, p, p, p, p, p, p, &bad_gqa).is_err());

@@ -221,63 +221,29 @@ pub fn issue_step<D: Device>(
         d.gemm(&g)
     };
 
+    let norm = |w: &D::Buf| k::rms_norm(d, a(&s.normed), a(&s.x), a(w), rows, dim, c.norm_eps);
+    // out[rows, n] = normed . W (f16 out).
+    let project = |wt: &D::Buf, out: &D::Buf, n: usize| {
+        let g = Gemm::dense(rows, n, dim, a(&s.normed), a(wt), a(out), DType::F16);
+        d.gemm(&g)
+    };
+
     k::embed_rows(d, a(&s.x), a(&w.embeddings), a(&s.ids), rows, dim)?;
     for (l, lw) in w.layers.iter().enumerate() {
-        let (ck, cv) = (a(&s.cache_k[l]), a(&s.cache_v[l]));
-        k::rms_norm(
-            d,
-            a(&s.normed),
-            a(&s.x),
-            a(&lw.attention_norm),
-            rows,
-            dim,
-            c.norm_eps,
-        )?;
-        d.gemm(&Gemm::dense(
-            rows,
-            qkv_dim,
-            dim,
-            a(&s.normed),
-            a(&lw.wqkv),
-            a(&s.qkv),
-            DType::F16,
-        ))?;
-        k::rotary_kv_write(
-            d,
-            a(&s.q),
-            ck,
-            cv,
-            a(&s.qkv),
-            a(&w.cos),
-            a(&w.sin),
-            a(&s.pos),
-            &shape,
-        )?;
-        k::decode_attention(d, a(&s.attn), a(&s.q), ck, cv, a(&s.pos), &shape)?;
+        let (ck, cv, pos) = (a(&s.cache_k[l]), a(&s.cache_v[l]), a(&s.pos));
+        norm(&lw.attention_norm)?;
+        project(&lw.wqkv, &s.qkv, qkv_dim)?;
+        let (cos, sin) = (a(&w.cos), a(&w.sin));
+        k::rotary_kv_write(d, a(&s.q), ck, cv, a(&s.qkv), cos, sin, pos, &shape)?;
+        k::decode_attention(d, a(&s.attn), a(&s.q), ck, cv, pos, &shape)?;
         residual(&s.attn, attn_dim, &lw.wo)?;
-        k::rms_norm(
-            d,
-            a(&s.normed),
-            a(&s.x),
-            a(&lw.ffn_norm),
-            rows,
-            dim,
-            c.norm_eps,
-        )?;
-        d.gemm(&Gemm::dense(
-            rows,
-            2 * hid,
-            dim,
-            a(&s.normed),
-            a(&lw.w13),
-            a(&s.h13),
-            DType::F16,
-        ))?;
+        norm(&lw.ffn_norm)?;
+        project(&lw.w13, &s.h13, 2 * hid)?;
         k::swiglu(d, a(&s.act), a(&s.h13), rows, hid)?;
         residual(&s.act, hid, &lw.w2)?;
     }
-    k::rms_norm(d, a(&s.normed), a(&s.x), a(&w.norm), rows, dim, c.norm_eps)?;
-    d.gemm(&Gemm::dense(
+    norm(&w.norm)?;
+    let logits = Gemm::dense(
         rows,
         c.vocab_size,
         dim,
@@ -285,7 +251,8 @@ pub fn issue_step<D: Device>(
         a(&w.output),
         a(&s.logits),
         DType::F32,
-    ))?;
+    );
+    d.gemm(&logits)?;
     if sample {
         sampler::sample(
             d,

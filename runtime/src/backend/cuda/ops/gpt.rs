@@ -147,19 +147,8 @@ pub fn rotary_kv_write<D: Device>(
     let threads = (s.head_dim / 2)
         .next_multiple_of(32)
         .min(ELEMENTWISE_THREADS) as u32;
-    let args = [
-        KArg::Ptr(q_out),
-        KArg::Ptr(cache_k),
-        KArg::Ptr(cache_v),
-        KArg::Ptr(qkv),
-        KArg::Ptr(cos),
-        KArg::Ptr(sin),
-        KArg::Ptr(pos),
-        i32_arg(CTX, "heads", s.heads)?,
-        i32_arg(CTX, "kv_heads", s.kv_heads)?,
-        i32_arg(CTX, "head_dim", s.head_dim)?,
-        i32_arg(CTX, "max_len", s.max_len)?,
-    ];
+    let mut args = ptr_args(&[q_out, cache_k, cache_v, qkv, cos, sin, pos]);
+    args.extend(shape_args(CTX, s)?);
     d.launch(CTX, grid, [threads, 1, 1], 0, &args)
 }
 
@@ -198,16 +187,10 @@ pub fn decode_attention<D: Device>(
     )?;
     // One block per (head, row); grid sized by shape only, the kernel loops to pos.
     let grid = [s.heads as u32, s.rows as u32, 1];
-    let args = [
-        KArg::Ptr(out),
-        KArg::Ptr(q),
-        KArg::Ptr(cache_k),
-        KArg::Ptr(cache_v),
-        KArg::Ptr(pos),
-        i32_arg(CTX, "heads", s.heads)?,
-        i32_arg(CTX, "kv_heads", s.kv_heads)?,
-        i32_arg(CTX, "max_len", s.max_len)?,
-    ];
+    let mut args = ptr_args(&[out, q, cache_k, cache_v, pos]);
+    // The fast kernel is specialised for head_dim 64: it takes no head_dim argument.
+    let [heads, kv_heads, _, max_len] = shape_args(CTX, s)?;
+    args.extend([heads, kv_heads, max_len]);
     d.launch(CTX, grid, [ATTN_THREADS, 1, 1], 0, &args)
 }
 
@@ -233,17 +216,8 @@ fn decode_attention_generic<D: Device>(
             ),
         ));
     }
-    let args = [
-        KArg::Ptr(out),
-        KArg::Ptr(q),
-        KArg::Ptr(cache_k),
-        KArg::Ptr(cache_v),
-        KArg::Ptr(pos),
-        i32_arg(CTX, "heads", s.heads)?,
-        i32_arg(CTX, "kv_heads", s.kv_heads)?,
-        i32_arg(CTX, "head_dim", s.head_dim)?,
-        i32_arg(CTX, "max_len", s.max_len)?,
-    ];
+    let mut args = ptr_args(&[out, q, cache_k, cache_v, pos]);
+    args.extend(shape_args(CTX, s)?);
     let grid = [s.heads as u32, s.rows as u32, 1];
     d.launch(CTX, grid, [THREADS, 1, 1], shared as u32, &args)
 }
@@ -282,6 +256,20 @@ pub fn swiglu<D: Device>(
 }
 
 /// `v` as an `i32` kernel argument, or an error naming `what`.
+fn ptr_args(ptrs: &[u64]) -> Vec<KArg> {
+    ptrs.iter().map(|&p| KArg::Ptr(p)).collect()
+}
+
+/// heads, kv_heads, head_dim, max_len as i32 kernel arguments.
+fn shape_args(ctx: &str, s: &AttnShape) -> Result<[KArg; 4], RuntimeError> {
+    Ok([
+        i32_arg(ctx, "heads", s.heads)?,
+        i32_arg(ctx, "kv_heads", s.kv_heads)?,
+        i32_arg(ctx, "head_dim", s.head_dim)?,
+        i32_arg(ctx, "max_len", s.max_len)?,
+    ])
+}
+
 fn i32_arg(ctx: &str, what: &str, v: usize) -> Result<KArg, RuntimeError> {
     i32::try_from(v)
         .map(KArg::I32)
