@@ -13,12 +13,16 @@ pub fn tiny_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/tiny-c2i")
 }
 
+/// `tests/fixtures/<name>` of the checkout the tests were built in, else of the current
+/// directory (test binaries carried to another machine run from a copy of the repository).
 pub fn fixture(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-        .display()
-        .to_string()
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = if built.is_dir() {
+        built
+    } else {
+        PathBuf::from("tests/fixtures")
+    };
+    dir.join(name).display().to_string()
 }
 
 /// Compile options of the golden tiny model (see its README.json).

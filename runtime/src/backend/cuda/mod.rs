@@ -33,3 +33,4 @@ pub mod emu;
 pub mod backend;
 pub mod gpt;
 pub mod vq;
+mod vq_weights;

@@ -29,7 +29,8 @@ use super::device::Device;
 use super::ops::vq::{
     self as k, f16_bytes, f32_bytes, padded_rows, ConvShape, GroupNormArgs, MapF32,
 };
-use super::weights::{upload_f16, upload_f32, BundleWeights};
+use super::vq_weights::{AttnBlock, Block, Conv, Loader, Norm, ResBlock, Stage};
+use super::weights::{upload_f32, BundleWeights};
 use crate::error::RuntimeError;
 
 /// Groups and epsilon of every GroupNorm of the decoder (the official `Normalize`).
@@ -39,61 +40,6 @@ const EPS: f32 = 1e-6;
 const IMAGE_CHANNELS: usize = 3;
 /// The L2-normalised codebook's initializer (`[codebook_size, embed_dim]`).
 const CODEBOOK: &str = "quantize.embedding.normalized";
-
-/// A convolution: weights f16 (`[9, cin, cout]` for 3x3, `[cin, cout]` for 1x1), bias f32
-/// `[cout]`.
-struct Conv<D: Device> {
-    w: D::Buf,
-    b: D::Buf,
-    cin: usize,
-    cout: usize,
-}
-
-/// GroupNorm affine, f32 `[c]` each.
-struct Norm<D: Device> {
-    gamma: D::Buf,
-    beta: D::Buf,
-}
-
-struct ResBlock<D: Device> {
-    norm1: Norm<D>,
-    conv1: Conv<D>,
-    norm2: Norm<D>,
-    /// Its bias is `conv2.bias + nin_shortcut.bias` when there is a shortcut (one epilogue).
-    conv2: Conv<D>,
-    /// `nin_shortcut` weights f16 `[cin, cout]` (when cin != cout).
-    shortcut: Option<D::Buf>,
-}
-
-struct AttnBlock<D: Device> {
-    norm: Norm<D>,
-    /// q | k | v 1x1 convs fused: f16 `[c, 3c]`, bias f32 `[3c]`.
-    qkv: Conv<D>,
-    proj: Conv<D>,
-}
-
-enum Block<D: Device> {
-    Res(ResBlock<D>),
-    Attn(AttnBlock<D>),
-    /// Nearest x2, then this 3x3 conv.
-    Upsample(Conv<D>),
-}
-
-/// A block and the side of the map it takes.
-struct Stage<D: Device> {
-    side: usize,
-    block: Block<D>,
-}
-
-impl<D: Device> Stage<D> {
-    fn channels_in(&self) -> usize {
-        match &self.block {
-            Block::Res(r) => r.conv1.cin,
-            Block::Attn(a) => a.proj.cin,
-            Block::Upsample(c) => c.cin,
-        }
-    }
-}
 
 /// Per-image element counts of the activation buffers (the largest any stage needs).
 #[derive(Clone, Copy, Debug, Default)]
@@ -207,121 +153,6 @@ pub struct VqDecoder<D: Device> {
     conv_out: Conv<D>,
     needs: Needs,
     scratch: Mutex<Option<Scratch<D>>>,
-}
-
-/// Reads bundle tensors checked against their expected dims.
-struct Loader<'a, D: Device> {
-    d: &'a D,
-    w: &'a BundleWeights,
-}
-
-impl<D: Device> Loader<'_, D> {
-    /// `name` as f32, its dims equal to `dims` up to size-1 axes (`[c, 1, 1]` is `[c]`).
-    fn tensor(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>, RuntimeError> {
-        let t = self.w.get(name)?;
-        let squeeze = |v: &[usize]| v.iter().copied().filter(|&x| x != 1).collect::<Vec<_>>();
-        if squeeze(&t.dims) != squeeze(dims) {
-            return Err(RuntimeError::cuda(
-                "loading the VQ decoder",
-                format!("{name} has dims {:?}, expected {dims:?}", t.dims),
-            ));
-        }
-        Ok(t.data)
-    }
-
-    fn norm(&self, prefix: &str, c: usize) -> Result<Norm<D>, RuntimeError> {
-        Ok(Norm {
-            gamma: upload_f32(self.d, &self.tensor(&format!("{prefix}.weight"), &[c])?)?,
-            beta: upload_f32(self.d, &self.tensor(&format!("{prefix}.bias"), &[c])?)?,
-        })
-    }
-
-    /// Conv `prefix` (`[cout, cin, k, k]`, k 1 or 3) in GEMM layout, its bias plus `extra_bias`.
-    fn conv(
-        &self,
-        prefix: &str,
-        cin: usize,
-        cout: usize,
-        ksize: usize,
-        extra_bias: Option<&[f32]>,
-    ) -> Result<Conv<D>, RuntimeError> {
-        let w = self.tensor(&format!("{prefix}.weight"), &[cout, cin, ksize, ksize])?;
-        let mut b = self.tensor(&format!("{prefix}.bias"), &[cout])?;
-        if let Some(extra) = extra_bias {
-            b.iter_mut().zip(extra).for_each(|(x, e)| *x += e);
-        }
-        Ok(Conv {
-            w: upload_f16(self.d, &gemm_layout(&w, cout, cin, ksize * ksize))?,
-            b: upload_f32(self.d, &b)?,
-            cin,
-            cout,
-        })
-    }
-
-    fn res(&self, prefix: &str, cin: usize, cout: usize) -> Result<ResBlock<D>, RuntimeError> {
-        let (shortcut, nin_bias) = if cin != cout {
-            let p = format!("{prefix}.nin_shortcut");
-            let w = self.tensor(&format!("{p}.weight"), &[cout, cin, 1, 1])?;
-            let b = self.tensor(&format!("{p}.bias"), &[cout])?;
-            (
-                Some(upload_f16(self.d, &gemm_layout(&w, cout, cin, 1))?),
-                Some(b),
-            )
-        } else {
-            (None, None)
-        };
-        Ok(ResBlock {
-            norm1: self.norm(&format!("{prefix}.norm1"), cin)?,
-            conv1: self.conv(&format!("{prefix}.conv1"), cin, cout, 3, None)?,
-            norm2: self.norm(&format!("{prefix}.norm2"), cout)?,
-            conv2: self.conv(
-                &format!("{prefix}.conv2"),
-                cout,
-                cout,
-                3,
-                nin_bias.as_deref(),
-            )?,
-            shortcut,
-        })
-    }
-
-    fn attn(&self, prefix: &str, c: usize) -> Result<AttnBlock<D>, RuntimeError> {
-        let mut w = vec![0f32; c * 3 * c];
-        let mut b = Vec::with_capacity(3 * c);
-        for (j, leaf) in ["q", "k", "v"].iter().enumerate() {
-            let wj = self.tensor(&format!("{prefix}.{leaf}.weight"), &[c, c, 1, 1])?;
-            // [out, in] -> columns j*c.. of [in, 3c].
-            for o in 0..c {
-                for i in 0..c {
-                    w[i * 3 * c + j * c + o] = wj[o * c + i];
-                }
-            }
-            b.extend(self.tensor(&format!("{prefix}.{leaf}.bias"), &[c])?);
-        }
-        Ok(AttnBlock {
-            norm: self.norm(&format!("{prefix}.norm"), c)?,
-            qkv: Conv {
-                w: upload_f16(self.d, &w)?,
-                b: upload_f32(self.d, &b)?,
-                cin: c,
-                cout: 3 * c,
-            },
-            proj: self.conv(&format!("{prefix}.proj_out"), c, c, 1, None)?,
-        })
-    }
-}
-
-/// Conv weights `[cout, cin, taps]` (taps = ky*k + kx) as `[taps, cin, cout]`.
-fn gemm_layout(w: &[f32], cout: usize, cin: usize, taps: usize) -> Vec<f32> {
-    let mut out = vec![0f32; w.len()];
-    for o in 0..cout {
-        for i in 0..cin {
-            for t in 0..taps {
-                out[(t * cin + i) * cout + o] = w[(o * cin + i) * taps + t];
-            }
-        }
-    }
-    out
 }
 
 fn config_error(c: &VqConfig, reason: String) -> RuntimeError {
