@@ -61,11 +61,16 @@ for r in rows:
         m = r["gpt_model"]; by.setdefault(m, {})["compile" if r["compile"] else "eager"] = r
     elif "backend" in r:
         m = r["model"].split(" + ")[0]; by.setdefault(m, {})["ours" if r["cuda_graph"] else "ours_nograph"] = r
-print(f"{'model':8}{'official eager':>16}{'torch.compile':>15}{'llamagen-rs':>13}{'vs eager':>10}{'vs compile':>12}{'ms/token':>10}")
+print(f"{'model':8}{'official eager':>16}{'torch.compile':>15}{'llamagen-rs':>13}{'vs eager':>10}{'vs compile':>12}{'ms/token':>10}{'GB/s':>8}{'no graph':>10}")
 for m, r in by.items():
     e = r.get("eager", {}); c = r.get("compile", {}); o = r.get("ours", {})
     te = e.get("gpt_ms", float("nan")) + (e.get("vq_ms") or 0)
     tc = c.get("gpt_ms", float("nan")) + (e.get("vq_ms") or 0)
     to = o.get("gpt_ms", float("nan")) + o.get("vq_ms", float("nan"))
-    print(f"{m:8}{te:14.0f}ms{tc:13.0f}ms{to:11.0f}ms{te / to:9.1f}x{tc / to:11.1f}x{o.get('decode_ms_per_token_mean', float('nan')):10.3f}")
+    ng = r.get("ours_nograph", {})
+    print(f"{m:8}{te:14.0f}ms{tc:13.0f}ms{to:11.0f}ms{te / to:9.1f}x{tc / to:11.1f}x"
+          f"{o.get('decode_ms_per_token_mean', float('nan')):10.3f}{o.get('decode_gb_per_s') or float('nan'):8.0f}"
+          f"{ng.get('decode_ms_per_token_mean', float('nan')):10.3f}")
+print("GB/s: fp16 weights + KV cache read per decode step (arithmetic) / measured step time;"
+      " compare with the GPU's copy bandwidth (about 3000 GB/s on an H100 SXM).")
 PY

@@ -423,6 +423,7 @@ fn cuda_emu_backend_generates_official_tokens_and_benches() {
     assert_eq!(v["backend"], "cuda-emu");
     assert!(v["decode_ms_per_token_mean"].as_f64().unwrap() > 0.0);
     assert!(v["decode_ms_per_token_p50"].is_null(), "{stdout}");
+    assert!(v["decode_gb_per_s"].as_f64().unwrap() > 0.0, "{stdout}");
 }
 
 /// Asserts that `dir` holds nothing a compile could have left behind (no bundle, no temp dirs).

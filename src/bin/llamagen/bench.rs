@@ -2,6 +2,8 @@
 
 use std::time::Instant;
 
+use llamagen_compiler::config::GptConfig;
+
 use crate::options::RunFlags;
 
 #[derive(clap::Args, Debug)]
@@ -45,6 +47,21 @@ fn peak_rss_mb() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Bytes one decode step of a device backend reads, averaged over the generation: the fp16 GEMM
+/// weights (every layer's qkv, wo, w1|w3, w2, and the output projection) plus the fp16 KV-cache
+/// slots `0..=pos` of every layer and row. Arithmetic, not measured: divided by the measured step
+/// time it says how close the step is to the memory-bandwidth limit.
+fn device_step_bytes(g: &GptConfig, tokens_per_image: usize, rows: usize) -> f64 {
+    let qkv = (g.n_head + 2 * g.n_kv_head) * g.head_dim;
+    let layer = g.dim * qkv + g.n_head * g.head_dim * g.dim + 3 * g.dim * g.ffn_hidden;
+    let weights = 2.0 * (g.n_layer * layer + g.dim * g.vocab_size) as f64;
+    // Decode step i (0-based) attends slots 0..=cls_token_num + i.
+    let steps = tokens_per_image.saturating_sub(1).max(1) as f64;
+    let mean_slots = g.cls_token_num as f64 + 1.0 + (steps - 1.0) / 2.0;
+    let kv_per_slot = 2.0 * 2.0 * (rows * g.n_kv_head * g.head_dim * g.n_layer) as f64;
+    weights + kv_per_slot * mean_slots
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     anyhow::ensure!(a.runs >= 1, "--runs must be at least 1");
     let req = a.run.request();
@@ -77,6 +94,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     steps.sort_by(f64::total_cmp);
     let m = pipeline.manifest();
+    let per_token_ms = median(per_token);
+    let rows = req.labels.len() * if req.uses_cfg() { 2 } else { 1 };
+    let device = pipeline.backend_name() != "cpu";
+    let step_bytes = device.then(|| device_step_bytes(&m.gpt, m.generation.tokens_per_image, rows));
     let report = serde_json::json!({
         "bundle": a.run.bundle.display().to_string(),
         "model": format!("{} + {}", m.gpt.name, m.vq.name),
@@ -89,7 +110,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "load_ms": load_ms,
         "prefill_ms": median(prefill),
         // Device backends replay the step without a host sync per token: only the mean exists.
-        "decode_ms_per_token_mean": median(per_token),
+        "decode_ms_per_token_mean": per_token_ms,
+        // Device backends: fp16 weights + KV cache read per step (arithmetic) / step time.
+        "decode_mb_per_token": step_bytes.map(|b| b / 1e6),
+        "decode_gb_per_s": step_bytes.map(|b| b / 1e9 / (per_token_ms / 1e3)),
         "decode_ms_per_token_p50": (!steps.is_empty()).then(|| quantile(&steps, 0.5)),
         "decode_ms_per_token_p99": (!steps.is_empty()).then(|| quantile(&steps, 0.99)),
         "gpt_ms": median(gpt),
@@ -103,7 +127,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     } else if let Some(obj) = report.as_object() {
         for (k, v) in obj {
             match v.as_f64() {
-                Some(x) if k.ends_with("_ms") || k.ends_with("_mb") || k.contains("per_token") => {
+                Some(x)
+                    if k.ends_with("_ms")
+                        || k.ends_with("_mb")
+                        || k.contains("per_token")
+                        || k.ends_with("per_s") =>
+                {
                     println!("{k:<26} {x:.2}")
                 }
                 _ => println!("{k:<26} {v}"),
@@ -115,6 +144,24 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// GPT-B at 384 px, 8 labels with CFG (rows 32): ~195 MB of fp16 weights and, on average,
+    /// ~341 MB of KV cache per step (docs/cuda-backend-plan.md, Step 7).
+    #[test]
+    fn gpt_b_384_step_bytes_match_the_hand_count() {
+        use llamagen_compiler::config::{gpt_arch, GptConfig};
+        let c = GptConfig::new(&gpt_arch("GPT-B").unwrap(), 16384, 1000, 1, 576).unwrap();
+        let weights = 2.0
+            * (12.0 * (768.0 * 2304.0 + 768.0 * 768.0 + 3.0 * 768.0 * 2048.0) + 768.0 * 16384.0);
+        let kv = 2.0 * 2.0 * 32.0 * 12.0 * 64.0 * 12.0 * (1.0 + 1.0 + 574.0 / 2.0);
+        let got = super::device_step_bytes(&c, 576, 32);
+        assert!(
+            (got - (weights + kv)).abs() < 1.0,
+            "{got} vs {}",
+            weights + kv
+        );
+        assert!((got / 1e6 - 536.0).abs() < 10.0, "{} MB", got / 1e6);
+    }
+
     #[test]
     fn quantiles_use_nearest_rank() {
         let v: Vec<f64> = (1..=100).map(f64::from).collect();
