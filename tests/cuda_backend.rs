@@ -225,6 +225,53 @@ fn images_match_cpu(kind: BackendKind) {
     FP16_VS_FP32.assert_meets(&format!("{kind:?} images"), 1.0, 1.0, psnr);
 }
 
+/// fp16 and (weight-only) int8 bundles run on the device too (their weights are converted to
+/// fp16 at load): fp16 gives the official greedy tokens; int8's per-step logits meet the int8
+/// level (INT8_VS_FP32: cosine >= 0.99) against the official logits.
+fn lower_precision_bundles_run(kind: BackendKind) {
+    use support::golden::tiny_options;
+    use support::tolerance::INT8_VS_FP32;
+    for precision in ["fp16", "int8"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let bundle = tmp.path().join("bundle");
+        let dir = tiny_dir();
+        let weights = llamagen_compiler::compile::Weights::Checkpoints {
+            gpt: dir.join("gpt.pt"),
+            vq: dir.join("vq.pt"),
+        };
+        let mut opts = tiny_options(&bundle, weights);
+        opts.precision = precision.into();
+        llamagen_compiler::compile::compile(&opts, &mut |_| {}).unwrap();
+        let Some(p) = load(&bundle, kind, true) else {
+            return;
+        };
+        let req = request(4.0, SamplingOptions::greedy(), 0);
+        let mut rec = Logits(Vec::new());
+        let out = p.generate_tokens(&req, &mut rec).unwrap();
+        let (_, want) = read_f32(&tiny_dir().join("greedy_cfg4.logits.npy"));
+        let (_, want_tokens) = read_i64(&tiny_dir().join("greedy_cfg4.tokens.npy"));
+        let cosines: Vec<f64> = rec
+            .0
+            .iter()
+            .flatten()
+            .zip(want.chunks(512))
+            .map(|(g, w)| cosine(g, w))
+            .collect();
+        let min = cosines.iter().copied().fold(1.0, f64::min);
+        let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
+        eprintln!(
+            "{kind:?} {precision} bundle: logits cosine vs official min {min:.6}, mean {mean:.6}"
+        );
+        if precision == "fp16" {
+            let got: Vec<i64> = out.tokens.iter().flatten().map(|&t| t as i64).collect();
+            assert_eq!(got, want_tokens, "{kind:?} fp16 bundle greedy tokens");
+            FP16_VS_FP32.assert_meets(&format!("{kind:?} fp16 bundle"), min, mean, f64::INFINITY);
+        } else {
+            INT8_VS_FP32.assert_meets(&format!("{kind:?} int8 bundle"), min, mean, f64::INFINITY);
+        }
+    }
+}
+
 macro_rules! backend_tests {
     ($($check:ident),* $(,)?) => {
         #[cfg(feature = "cuda-emu")]
@@ -251,6 +298,7 @@ backend_tests!(
     graph_replay_equals_per_token_launches,
     images_match_cpu,
     gpt_b_random_weights_match_cpu,
+    lower_precision_bundles_run,
 );
 
 /// GPT-B + VQ-16 at 128 px (64 tokens) with seeded random weights: the official sizes (head_dim
