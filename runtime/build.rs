@@ -139,6 +139,12 @@ mod emu {
         let mut s = String::new();
         writeln!(s, "#include \"emu.hpp\"").unwrap();
         writeln!(s, "namespace {table}_ns {{ namespace {{").unwrap();
+        // The device helpers NVRTC gets after its prelude (kernels/common.cuh).
+        let common = file.with_file_name("common.cuh");
+        if common.exists() {
+            let common = common.display().to_string().replace('\\', "/");
+            writeln!(s, "#include \"{common}\"").unwrap();
+        }
         writeln!(s, "#include \"{path}\"").unwrap();
         writeln!(s, "}} }}").unwrap();
         writeln!(s, "extern const emu::KernelEntry {table}[] = {{").unwrap();

@@ -28,7 +28,8 @@ def main():
         arch, args = args[1], args[2:]
     nvrtc = load_nvrtc()
     here = os.path.dirname(os.path.abspath(__file__))
-    prelude = open(os.path.join(here, "../runtime/src/backend/cuda/kernels/prelude.cuh")).read()
+    kernels = os.path.join(here, "../runtime/src/backend/cuda/kernels")
+    prelude = open(os.path.join(kernels, "prelude.cuh")).read() + "\n" + open(os.path.join(kernels, "common.cuh")).read()
     failed = 0
     for path in args:
         src = prelude + f'\n#line 1 "{os.path.basename(path)}"\n' + open(path).read()

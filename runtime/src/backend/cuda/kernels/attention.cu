@@ -123,7 +123,7 @@ KERNEL void decode_attention(f16* out, const f16* q, const f16* cache_k, const f
 // The same contract for any head_dim (the golden tiny model has 16): a plain two-pass softmax
 // with the scores of slots 0..=pos in dynamic shared memory (max_len floats, then head_dim
 // floats of q). Correctness path only; LlamaGen's models all take the kernel above.
-// Grid (heads, rows), block ATTN_GENERIC_THREADS.
+// Grid (heads, rows), block ATTN_GENERIC_THREADS (the wrapper launches this many).
 #define ATTN_GENERIC_THREADS 128
 KERNEL void decode_attention_generic(f16* out, const f16* q, const f16* cache_k, const f16* cache_v,
                                      const i32* pos_ptr, i32 heads, i32 kv_heads, i32 head_dim,
@@ -131,8 +131,7 @@ KERNEL void decode_attention_generic(f16* out, const f16* q, const f16* cache_k,
     DYN_SHARED(float, smem);
     float* scores = smem;
     float* qf = smem + max_len;
-    __shared__ float red[ATTN_GENERIC_THREADS / 32];
-    __shared__ float total;
+    __shared__ float red[32];
 
     i32 pos = *pos_ptr;
     if (pos < 0 || pos >= max_len) return;
@@ -153,12 +152,7 @@ KERNEL void decode_attention_generic(f16* out, const f16* q, const f16* cache_k,
         scores[t] = s;
         mx = fmaxf(mx, s);
     }
-    for (i32 o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
-    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = mx;
-    __syncthreads();
-    mx = red[0];
-    for (i32 w = 1; w < ATTN_GENERIC_THREADS / 32; w++) mx = fmaxf(mx, red[w]);
-    __syncthreads();  // everyone has read red before it is reused for the sum
+    mx = block_reduce(mx, red, 1);
 
     // Weights and their sum.
     float sum = 0.0f;
@@ -167,15 +161,8 @@ KERNEL void decode_attention_generic(f16* out, const f16* q, const f16* cache_k,
         scores[t] = p;
         sum += p;
     }
-    for (i32 o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
-    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = sum;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float s = 0.0f;
-        for (i32 w = 0; w < ATTN_GENERIC_THREADS / 32; w++) s += red[w];
-        total = s;
-    }
-    __syncthreads();
+    float total = block_reduce(sum, red, 0);
+    __syncthreads();  // the weights in `scores` are complete before any thread reads them
 
     // Output: one dim per thread.
     for (i32 i = threadIdx.x; i < head_dim; i += blockDim.x) {

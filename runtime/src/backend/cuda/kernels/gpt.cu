@@ -13,21 +13,6 @@ KERNEL void embed_rows(float* x, const f16* table, const i32* ids, i32 dim) {
     x[(i64)r * dim + c] = f16_to_f32(table[id * dim + c]);
 }
 
-// Sum of `v` over the block, returned to every thread. `scratch` holds one float per warp
-// (at most 32 warps); the leading __syncthreads protects it from an earlier use.
-DEVICE float gpt_block_sum(float v, float* scratch) {
-    for (i32 o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-    i32 warp = threadIdx.x >> 5;
-    i32 lane = threadIdx.x & 31;
-    i32 warps = blockDim.x >> 5;
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    float t = lane < warps ? scratch[lane] : 0.0f;
-    for (i32 o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffff, t, o);
-    return t;
-}
-
 // out f16 [rows, dim] = x / sqrt(mean(x^2) + eps) * weight, x f32 [rows, dim], weight f32 [dim].
 // One block per row (grid = rows, block a multiple of 32): a strided sum of squares, a
 // warp-shuffle reduction, then a second strided pass (x is L1/L2-resident by then).
@@ -37,7 +22,7 @@ KERNEL void rms_norm(f16* out, const float* x, const float* weight, i32 dim, flo
     f16* outr = out + (i64)blockIdx.x * dim;
     float ss = 0.0f;
     for (i32 c = threadIdx.x; c < dim; c += blockDim.x) ss += xr[c] * xr[c];
-    float inv = rsqrtf(gpt_block_sum(ss, scratch) / (float)dim + eps);
+    float inv = rsqrtf(block_reduce(ss, scratch, 0) / (float)dim + eps);
     for (i32 c = threadIdx.x; c < dim; c += blockDim.x) outr[c] = f32_to_f16(xr[c] * inv * weight[c]);
 }
 

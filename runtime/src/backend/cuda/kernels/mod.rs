@@ -7,6 +7,8 @@
 
 /// Prepended to every file for NVRTC.
 pub const PRELUDE: &str = include_str!("prelude.cuh");
+/// Device helpers shared by the files, after the prelude (the emulator includes it too).
+pub const COMMON: &str = include_str!("common.cuh");
 
 /// One kernel file.
 #[derive(Clone, Copy, Debug)]
@@ -44,9 +46,12 @@ pub const SOURCES: &[KernelSource] = &[
 ];
 
 impl KernelSource {
-    /// The source NVRTC compiles: prelude, then the file.
+    /// The source NVRTC compiles: prelude, shared helpers, then the file.
     pub fn full_source(&self) -> String {
-        format!("{PRELUDE}\n#line 1 \"{}\"\n{}", self.file, self.src)
+        format!(
+            "{PRELUDE}\n#line 1 \"common.cuh\"\n{COMMON}\n#line 1 \"{}\"\n{}",
+            self.file, self.src
+        )
     }
 
     /// Names of the file's kernels (`KERNEL void <name>(`), in source order.

@@ -37,27 +37,6 @@ DEVICE i32 vq_out_rows(i32 h_out, i32 w_out, i32 pad) {
     return pad ? (h_out + 2) * (w_out + 2) + 2 : h_out * w_out;
 }
 
-// Sum (is_max = 0) or max (is_max = 1) of `v` over a VQ_THREADS block, returned to every thread.
-// The leading __syncthreads protects `scratch` (32 floats) from an earlier use.
-DEVICE float vq_block_reduce(float v, float* scratch, i32 is_max) {
-    for (i32 o = 16; o > 0; o >>= 1) {
-        float u = __shfl_xor_sync(0xffffffff, v, o);
-        v = is_max ? fmaxf(v, u) : v + u;
-    }
-    i32 warp = threadIdx.x >> 5;
-    i32 lane = threadIdx.x & 31;
-    i32 warps = blockDim.x >> 5;
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    float t = lane < warps ? scratch[lane] : (is_max ? -__int_as_float(0x7f800000) : 0.0f);
-    for (i32 o = 16; o > 0; o >>= 1) {
-        float u = __shfl_xor_sync(0xffffffff, t, o);
-        t = is_max ? fmaxf(t, u) : t + u;
-    }
-    return t;
-}
-
 // rows f32 [n, dim] /= max(||row||_2, 1e-12) in place (F.normalize(p=2, dim=-1)); one thread per
 // row (the codebook's rows are short: 8 values).
 KERNEL void vq_l2_normalize_rows(float* rows, i32 n, i32 dim) {
@@ -103,14 +82,14 @@ KERNEL void vq_group_stats_partial(float* partial, const float* src, const float
         sum += vq_map_read(src, bias, b, p / w, p % w, g * cpg + e % cpg, pitch, img_stride, channels);
     }
     float count = (float)(hi - lo);
-    float mean = hi > lo ? vq_block_reduce(sum, scratch, 0) / count : 0.0f;
+    float mean = hi > lo ? block_reduce(sum, scratch, 0) / count : 0.0f;
     float m2 = 0.0f;
     for (i32 e = lo + threadIdx.x; e < hi; e += blockDim.x) {
         i32 p = e / cpg;
         float d = vq_map_read(src, bias, b, p / w, p % w, g * cpg + e % cpg, pitch, img_stride, channels) - mean;
         m2 += d * d;
     }
-    m2 = vq_block_reduce(m2, scratch, 0);
+    m2 = block_reduce(m2, scratch, 0);
     if (threadIdx.x == 0) {
         float* out = partial + (((i64)b * groups + g) * chunks + chunk) * 3;
         out[0] = count;
@@ -225,9 +204,9 @@ KERNEL void vq_softmax_rows_f16(f16* out, const float* scores, i32 cols) {
     f16* o = out + (i64)blockIdx.x * cols;
     float m = -__int_as_float(0x7f800000);
     for (i32 j = threadIdx.x; j < cols; j += blockDim.x) m = fmaxf(m, s[j]);
-    m = vq_block_reduce(m, scratch, 1);
+    m = block_reduce(m, scratch, 1);
     float sum = 0.0f;
     for (i32 j = threadIdx.x; j < cols; j += blockDim.x) sum += expf(s[j] - m);
-    float inv = 1.0f / vq_block_reduce(sum, scratch, 0);
+    float inv = 1.0f / block_reduce(sum, scratch, 0);
     for (i32 j = threadIdx.x; j < cols; j += blockDim.x) o[j] = f32_to_f16(expf(s[j] - m) * inv);
 }
