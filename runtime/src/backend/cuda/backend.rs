@@ -21,9 +21,10 @@ use super::weights::BundleWeights;
 use crate::backend::{Backend, FusedJob, FusedTokens, StepState};
 use crate::error::RuntimeError;
 
+/// Fields drop in declaration order: every buffer and graph goes before the device (its
+/// context, stream and modules), which is last.
 pub struct CudaBackend<D: Device> {
     name: &'static str,
-    device: D,
     gpt: GptWeights<D>,
     vq: VqDecoder<D>,
     tokens_per_image: usize,
@@ -33,6 +34,7 @@ pub struct CudaBackend<D: Device> {
     /// graphs included).
     sessions: Mutex<Vec<Session<D>>>,
     exec: Mutex<()>,
+    device: D,
 }
 
 /// The per-step state of [`Backend::gpt_step`] on a device.
@@ -160,6 +162,8 @@ impl<D: Device> Backend for CudaBackend<D> {
     }
 
     fn new_state(&self, rows: usize) -> Result<StepState, RuntimeError> {
+        // Allocating while another thread captures could land in its graph.
+        let _exec = self.exec.lock().unwrap_or_else(|p| p.into_inner());
         let s = Session::new(
             &self.device,
             &self.gpt.config,

@@ -8,12 +8,12 @@
 //! bytes (`CudaSlice<u8>`) addressed by device pointer, as the [`Device`] trait wants.
 
 use std::collections::HashMap;
-use std::ffi::{c_int, c_longlong, c_void};
+use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use cudarc::cublas::{sys as blas, CudaBlas};
+use cudarc::cublas::sys as blas;
 use cudarc::driver::sys::{CUdevice_attribute as DevAttr, CUfunction_attribute as FnAttr};
 use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream};
 use cudarc::driver::{DevicePtr, DriverError};
@@ -21,7 +21,7 @@ use cudarc::nvrtc::Ptx;
 
 use super::device::{DType, Device, Gemm, KArg};
 use super::kernels::SOURCES;
-use super::{libs, nvrtc};
+use super::{gemm_map, libs, nvrtc};
 use crate::error::RuntimeError;
 
 /// cuBLAS workspace: NVIDIA's figure for Hopper, and what PyTorch sets for graph capture.
@@ -85,25 +85,72 @@ pub fn gpus() -> Result<Vec<GpuInfo>, RuntimeError> {
         .collect()
 }
 
+/// Makes `ctx` current on this thread, for the drops below: cudarc's `CudaSlice` frees with
+/// `cuMemFreeAsync` and `CudaGraph` destroys its exec without binding their context first, and
+/// the backend may drop buffers, graphs or the device on a thread that never used the GPU (no
+/// current context: the free fails, is recorded in the context, and the buffer leaks). Unlike
+/// `bind_to_thread` this does not consume an error cudarc recorded earlier.
+fn make_current(ctx: &CudaContext) {
+    if result::ctx::get_current().ok().flatten() != Some(ctx.cu_ctx()) {
+        // SAFETY: `ctx` is alive (the caller holds it), so its handle is valid.
+        let _ = unsafe { result::ctx::set_current(ctx.cu_ctx()) };
+    }
+}
+
 /// A device allocation of `bytes` bytes (at least one byte is allocated).
 pub struct CudaBuf {
     slice: CudaSlice<u8>,
     bytes: usize,
 }
 
+impl Drop for CudaBuf {
+    fn drop(&mut self) {
+        // Before `slice`'s own drop (cuMemFreeAsync on the device's stream): see make_current.
+        make_current(self.slice.context());
+    }
+}
+
 /// An instantiated, uploaded CUDA graph.
-pub struct CudaGraphExec(CudaGraph);
+pub struct CudaGraphExec {
+    graph: CudaGraph,
+    ctx: Arc<CudaContext>,
+}
 
 // SAFETY: a graph exec may be launched from any thread as long as calls on it are not
 // concurrent; `Send` without `Sync` moves it whole and `replay` takes it by reference only
 // from its owner's thread.
 unsafe impl Send for CudaGraphExec {}
 
+impl Drop for CudaGraphExec {
+    fn drop(&mut self) {
+        // Before `graph`'s own drop (cuGraphExecDestroy, cuGraphDestroy): see make_current.
+        make_current(&self.ctx);
+    }
+}
+
+/// A cuBLAS handle, destroyed on drop. Not cudarc's `CudaBlas`: its `Drop` unwraps
+/// cublasDestroy's status, which panics (aborts the process when already unwinding, e.g. a
+/// test failing after a GPU fault, hiding the real error) when the context is broken.
+struct BlasHandle(blas::cublasHandle_t);
+
+// SAFETY: cuBLAS handles may be used from any thread whose current context is theirs (`bind`
+// precedes every call); the handle's configuration is never changed after `open`.
+unsafe impl Send for BlasHandle {}
+unsafe impl Sync for BlasHandle {}
+
+impl Drop for BlasHandle {
+    fn drop(&mut self) {
+        // SAFETY: created by cublasCreate and destroyed once; an error is deliberately ignored.
+        let _ = unsafe { blas::cublasDestroy_v2(self.0) };
+    }
+}
+
 /// A GPU opened for the backend. Field order is drop order: kernels, cuBLAS handle and its
-/// workspace, then the stream and the context.
+/// workspace, then the stream and the context (after `Drop::drop` below has bound the context
+/// and waited for the stream).
 pub struct CudaDevice {
     functions: HashMap<&'static str, CudaFunction>,
-    blas: CudaBlas,
+    blas: BlasHandle,
     _workspace: CudaSlice<u8>,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
@@ -138,6 +185,16 @@ impl CudaDevice {
                  install an NVRTC {drv_major}.x wheel or update the driver"
             )));
         }
+        // Likewise cuBLAS: a newer major than the driver fails in cublasCreate with an
+        // unhelpful CUBLAS_STATUS_NOT_INITIALIZED.
+        let cublas = libs::cublas_version().unwrap_or_else(|_| "?".into());
+        let cublas_major = cublas.split('.').next().and_then(|v| v.parse::<i32>().ok());
+        if cublas_major.is_some_and(|m| m > drv_major) {
+            return Err(unavailable(format!(
+                "cuBLAS {cublas} is newer than the driver (CUDA {drv_major}.{drv_minor}); \
+                 install a cuBLAS {drv_major}.x wheel or update the driver"
+            )));
+        }
         let gpus = gpus().map_err(|e| unavailable(format!("no usable GPU: {e}")))?;
         let n = gpus.len();
         let gpu = gpus
@@ -149,22 +206,37 @@ impl CudaDevice {
         // SAFETY: called before any allocation; everything runs on the one stream below.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(cuda_err("cuStreamCreate"))?;
-        let blas = CudaBlas::new(stream.clone()).map_err(cuda_err("cublasCreate"))?;
+        // The context is current on this thread (CudaContext::new binds it).
+        let blas =
+            BlasHandle(cudarc::cublas::result::create_handle().map_err(cuda_err("cublasCreate"))?);
+        // SAFETY: a live handle and stream. cublasSetStream resets the workspace to cuBLAS's
+        // default pool, so it must come before cublasSetWorkspace.
+        unsafe { cudarc::cublas::result::set_stream(blas.0, stream.cu_stream() as _) }
+            .map_err(cuda_err("cublasSetStream"))?;
+        // The Gemm contract is f32 accumulation: by default cuBLAS may do split-K reductions
+        // in the f16 output type; forbid that (the emulator and the CPU reference never do).
+        // SAFETY: a live handle.
+        unsafe {
+            blas::cublasSetMathMode(
+                blas.0,
+                blas::cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION,
+            )
+        }
+        .result()
+        .map_err(cuda_err("cublasSetMathMode"))?;
         let workspace = stream
             .alloc_zeros::<u8>(CUBLAS_WORKSPACE_BYTES)
             .map_err(cuda_err("allocating the cuBLAS workspace"))?;
         let (ws, _) = workspace.device_ptr(&stream);
-        // SAFETY: the workspace outlives the handle (field order) and is only used on `stream`.
-        unsafe {
-            blas::cublasSetWorkspace_v2(*blas.handle(), ws as *mut c_void, CUBLAS_WORKSPACE_BYTES)
-        }
-        .result()
-        .map_err(cuda_err("cublasSetWorkspace"))?;
+        // SAFETY: the workspace outlives the handle (field order) and is only used on `stream`
+        // (pool allocations are 256-byte aligned, as cuBLAS requires).
+        unsafe { blas::cublasSetWorkspace_v2(blas.0, ws as *mut c_void, CUBLAS_WORKSPACE_BYTES) }
+            .result()
+            .map_err(cuda_err("cublasSetWorkspace"))?;
 
         let functions = load_kernels(&ctx, &gpu.arch())?;
         let description = format!(
-            "{gpu}, driver CUDA {drv_major}.{drv_minor}, NVRTC {nv_major}.{nv_minor}, cuBLAS {}",
-            libs::cublas_version().unwrap_or_else(|_| "?".into())
+            "{gpu}, driver CUDA {drv_major}.{drv_minor}, NVRTC {nv_major}.{nv_minor}, cuBLAS {cublas}"
         );
         Ok(CudaDevice {
             functions,
@@ -254,14 +326,16 @@ fn load_kernels(
     Ok(functions)
 }
 
-fn int(v: usize, what: &str) -> Result<c_int, RuntimeError> {
-    c_int::try_from(v)
-        .map_err(|_| RuntimeError::cuda("cuBLAS GEMM", format!("{what} = {v} is too large")))
-}
-
-fn long(v: usize, what: &str) -> Result<c_longlong, RuntimeError> {
-    c_longlong::try_from(v)
-        .map_err(|_| RuntimeError::cuda("cuBLAS GEMM", format!("{what} = {v} is too large")))
+impl Drop for CudaDevice {
+    fn drop(&mut self) {
+        // Runs before the fields drop: make the context current (the device may be dropped on
+        // a thread that never used it; cublasDestroy goes through the runtime API, which would
+        // otherwise pick device 0's primary context) and let in-flight work finish before the
+        // modules it runs are unloaded. Errors are ignored: nothing can be done about them here.
+        make_current(&self.ctx);
+        // SAFETY: a live stream. Fails harmlessly during a capture or after a fault.
+        let _ = unsafe { result::stream::synchronize(self.stream.cu_stream()) };
+    }
 }
 
 impl Device for CudaDevice {
@@ -309,6 +383,8 @@ impl Device for CudaDevice {
 
     fn download(&self, buf: &CudaBuf, offset: usize, out: &mut [u8]) -> Result<(), RuntimeError> {
         let src = self.range(buf, offset, out.len(), "download")?;
+        // A copy to pageable memory (and the synchronize) would invalidate a capture.
+        self.refuse_during_capture("download")?;
         if out.is_empty() {
             return self.synchronize();
         }
@@ -358,84 +434,88 @@ impl Device for CudaDevice {
 
     /// Row-major `C = A . op(B)` is column-major `C^T = op(B)^T . A^T`, and a row-major matrix
     /// read column-major is its transpose: so B goes first (transposed when `b_trans`), A
-    /// second, and the roles of m and n swap.
+    /// second, and the roles of m and n swap (see [`gemm_map`], which is unit-tested).
     fn gemm(&self, g: &Gemm) -> Result<(), RuntimeError> {
         use blas::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
         use blas::cudaDataType::{CUDA_R_16F, CUDA_R_32F};
+        let what = || format!("cuBLAS GEMM {g:?}");
+        // None: m, n or batch is 0, nothing to do (cuBLAS would run one problem for batch 0
+        // through cublasGemmEx).
+        let Some(p) = gemm_map::to_blas(g).map_err(|e| RuntimeError::cuda(what(), e))? else {
+            return Ok(());
+        };
+        let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
         let (alpha, beta) = (g.alpha, g.beta);
         let c_type = match g.c_type {
             DType::F16 => CUDA_R_16F,
             DType::F32 => CUDA_R_32F,
         };
-        let trans_b = if g.b_trans { CUBLAS_OP_T } else { CUBLAS_OP_N };
-        let (m, n, k) = (int(g.n, "n")?, int(g.m, "m")?, int(g.k, "k")?);
-        let (ldb, lda, ldc) = (int(g.ldb, "ldb")?, int(g.lda, "lda")?, int(g.ldc, "ldc")?);
-        let handle = *self.blas.handle();
         let alpha_p = &alpha as *const f32 as *const c_void;
         let beta_p = &beta as *const f32 as *const c_void;
         let (a, b, c) = (
-            g.a as *const c_void,
-            g.b as *const c_void,
-            g.c as *mut c_void,
+            p.a as *const c_void,
+            p.b as *const c_void,
+            p.c as *mut c_void,
         );
         let compute = blas::cublasComputeType_t::CUBLAS_COMPUTE_32F;
         let algo = blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
         self.bind()?;
         // SAFETY: the handle is bound to our stream; a, b, c are device addresses from
         // `addr` whose extents the caller sized for this problem; alpha and beta are f32 on
-        // the host (cuBLAS's default pointer mode) as COMPUTE_32F requires.
+        // the host (cuBLAS's default pointer mode) as COMPUTE_32F requires, read during the
+        // call (so a capture freezes their values).
         let r = unsafe {
-            if g.batch <= 1 {
+            if p.batch == 1 {
                 cudarc::cublas::result::gemm_ex(
-                    handle,
-                    trans_b,
-                    CUBLAS_OP_N,
-                    m,
-                    n,
-                    k,
+                    self.blas.0,
+                    op(p.trans_a),
+                    op(p.trans_b),
+                    p.m,
+                    p.n,
+                    p.k,
                     alpha_p,
-                    b,
-                    CUDA_R_16F,
-                    ldb,
                     a,
                     CUDA_R_16F,
-                    lda,
+                    p.lda,
+                    b,
+                    CUDA_R_16F,
+                    p.ldb,
                     beta_p,
                     c,
                     c_type,
-                    ldc,
+                    p.ldc,
                     compute,
                     algo,
                 )
             } else {
                 cudarc::cublas::result::gemm_strided_batched_ex(
-                    handle,
-                    trans_b,
-                    CUBLAS_OP_N,
-                    m,
-                    n,
-                    k,
+                    self.blas.0,
+                    op(p.trans_a),
+                    op(p.trans_b),
+                    p.m,
+                    p.n,
+                    p.k,
                     alpha_p,
-                    b,
-                    CUDA_R_16F,
-                    ldb,
-                    long(g.stride_b, "stride_b")?,
                     a,
                     CUDA_R_16F,
-                    lda,
-                    long(g.stride_a, "stride_a")?,
+                    p.lda,
+                    p.stride_a,
+                    b,
+                    CUDA_R_16F,
+                    p.ldb,
+                    p.stride_b,
                     beta_p,
                     c,
                     c_type,
-                    ldc,
-                    long(g.stride_c, "stride_c")?,
-                    int(g.batch, "batch")?,
+                    p.ldc,
+                    p.stride_c,
+                    p.batch,
                     compute,
                     algo,
                 )
             }
         };
-        r.map_err(|e| RuntimeError::cuda(format!("cuBLAS GEMM {g:?}"), e))
+        r.map_err(|e| RuntimeError::cuda(what(), e))
     }
 
     fn begin_capture(&self) -> Result<(), RuntimeError> {
@@ -453,15 +533,24 @@ impl Device for CudaDevice {
             .end_capture(sys::CUgraphInstantiate_flags(0))
             .map_err(cuda_err("cuStreamEndCapture / cuGraphInstantiate"))?
             .ok_or_else(|| RuntimeError::cuda("cuStreamEndCapture", "nothing was captured"))?;
-        graph.upload().map_err(cuda_err("cuGraphUpload"))?;
-        Ok(CudaGraphExec(graph))
+        let graph = CudaGraphExec {
+            graph,
+            ctx: self.ctx.clone(),
+        };
+        graph.graph.upload().map_err(cuda_err("cuGraphUpload"))?;
+        Ok(graph)
     }
 
     fn replay(&self, graph: &CudaGraphExec) -> Result<(), RuntimeError> {
-        graph.0.launch().map_err(cuda_err("cuGraphLaunch"))
+        // The Device contract (and the emulator) make this an error: a replay inside a capture
+        // would be recorded as a child graph, not run.
+        self.refuse_during_capture("replay")?;
+        graph.graph.launch().map_err(cuda_err("cuGraphLaunch"))
     }
 
     fn synchronize(&self) -> Result<(), RuntimeError> {
+        // cuStreamSynchronize on a capturing stream fails and invalidates the capture.
+        self.refuse_during_capture("synchronize")?;
         self.stream
             .synchronize()
             .map_err(cuda_err("cuStreamSynchronize"))

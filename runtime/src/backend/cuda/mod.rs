@@ -23,6 +23,8 @@ pub mod weights;
 #[cfg(feature = "cuda")]
 pub mod driver;
 #[cfg(feature = "cuda")]
+mod gemm_map;
+#[cfg(feature = "cuda")]
 pub mod libs;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
