@@ -16,8 +16,15 @@ fn main() {
     }
 }
 
+// The kernel registry itself, so NVRTC's per-file options have one source.
+#[cfg(feature = "cuda-emu")]
+#[allow(dead_code)]
+#[path = "src/backend/cuda/kernels/mod.rs"]
+mod kernels;
+
 #[cfg(feature = "cuda-emu")]
 mod emu {
+    use super::kernels;
     use std::collections::BTreeMap;
     use std::fmt::Write as _;
     use std::path::{Path, PathBuf};
@@ -44,17 +51,14 @@ mod emu {
             files.extend(cu_files(dir));
         }
         let mut defined_in: BTreeMap<String, PathBuf> = BTreeMap::new();
-        let mut build = cc::Build::new();
-        build
-            .cpp(true)
-            .std("c++20")
-            .opt_level(2)
-            .include(&emu_dir)
-            .flag("-ffp-contract=off")
-            .flag("-fno-fast-math")
-            .flag("-fno-strict-aliasing")
-            .flag("-w")
-            .file(emu_dir.join("emu_runtime.cpp"));
+        // Floating-point contraction as NVRTC does it: files compiled with `--fmad=false` go
+        // into a library built with `-ffp-contract=off`; every other file may fuse `a * b + c`
+        // into an FMA, as NVRTC's default `--fmad=true` does on the GPU. Host code that
+        // expects one of those files to round like the CPU then fails here too.
+        let mut build = compiler(&emu_dir, true);
+        let mut exact = compiler(&emu_dir, false);
+        let mut exact_files = 0;
+        build.file(emu_dir.join("emu_runtime.cpp"));
 
         let mut registry = String::from("#include \"emu.hpp\"\n");
         let mut tables = Vec::new();
@@ -74,7 +78,12 @@ mod emu {
             let table = format!("emu_table_{i}_{}", ident(file));
             let wrapper = out.join(format!("{table}.cpp"));
             write_if_changed(&wrapper, &wrapper_source(file, &table, &names));
-            build.file(&wrapper);
+            if fmad_off(file) {
+                exact.file(&wrapper);
+                exact_files += 1;
+            } else {
+                build.file(&wrapper);
+            }
             writeln!(registry, "extern const emu::KernelEntry {table}[];").unwrap();
             tables.push(table);
         }
@@ -90,12 +99,55 @@ mod emu {
         if let Err(e) = build.get_compiler().to_command().arg("--version").output() {
             panic!("{NEEDS_CXX} ({e})");
         }
-        if let Err(e) = build.try_compile("llamagen_emu") {
+        let built = if exact_files > 0 {
+            exact.try_compile("llamagen_emu_exact")
+        } else {
+            Ok(())
+        }
+        .and_then(|()| build.try_compile("llamagen_emu"));
+        if let Err(e) = built {
             panic!(
                 "compiling the CUDA kernels for the host emulator failed (compiler output \
                  above): {e}"
             );
         }
+    }
+
+    /// The C++ compiler for the kernels; `contract` lets it fuse multiply-adds (with FMA
+    /// instructions where this x86-64 host has them, as every GPU does).
+    fn compiler(emu_dir: &Path, contract: bool) -> cc::Build {
+        let mut b = cc::Build::new();
+        b.cpp(true)
+            .std("c++20")
+            .opt_level(2)
+            .include(emu_dir)
+            .flag(if contract {
+                "-ffp-contract=fast"
+            } else {
+                "-ffp-contract=off"
+            })
+            .flag("-fno-fast-math")
+            .flag("-fno-strict-aliasing")
+            .flag("-w");
+        #[cfg(target_arch = "x86_64")]
+        if contract
+            && std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            b.flag("-mfma");
+        }
+        b
+    }
+
+    /// Whether NVRTC compiles `file` with `--fmad=false` (its options in `kernels::SOURCES`).
+    fn fmad_off(file: &Path) -> bool {
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        kernels::SOURCES
+            .iter()
+            .any(|k| k.file == name && k.options.contains(&"--fmad=false"))
     }
 
     /// The `.cu` files of `dir`, sorted (a missing directory has none).

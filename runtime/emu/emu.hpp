@@ -247,15 +247,33 @@ inline double min(double a, double b) { return fmin(a, b); }
 inline double max(double a, double b) { return fmax(a, b); }
 
 // ---- float intrinsics --------------------------------------------------------------------------
-// Built with -ffp-contract=off: `a * b + c` is two roundings, as NVRTC's --fmad=false. (NVRTC's
-// default --fmad=true may fuse it on the GPU, and the GPU's expf/logf/rsqrtf are within 2 ulp of
-// glibc's correctly rounded ones: compare such kernels with a tolerance.)
+// Plain `a * b + c` is contracted as NVRTC does it (build.rs: -ffp-contract=fast unless the file
+// is compiled with --fmad=false). The __f*_rn intrinsics are never fused on the GPU, so here
+// their result is pinned in a register before anything else sees it; and a NaN they produce is
+// the GPU's canonical 0x7fffffff, not the x86 default NaN (0xffc00000): host code that compares
+// such results bit for bit fails here as it does on hardware. (The GPU's expf/logf/rsqrtf are
+// within 2 ulp of glibc's correctly rounded ones: compare such kernels with a tolerance.)
+inline float emu_rounded(float r) {
+#if defined(__x86_64__)
+    __asm__ volatile("" : "+x"(r));
+#elif defined(__aarch64__)
+    __asm__ volatile("" : "+w"(r));
+#else
+    volatile float v = r;
+    r = v;
+#endif
+    if (r != r) {
+        const uint32_t canonical = 0x7fffffffu;
+        memcpy(&r, &canonical, 4);
+    }
+    return r;
+}
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
-inline float __fadd_rn(float a, float b) { return a + b; }
-inline float __fsub_rn(float a, float b) { return a - b; }
-inline float __fmul_rn(float a, float b) { return a * b; }
-inline float __fdiv_rn(float a, float b) { return a / b; }
-inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+inline float __fadd_rn(float a, float b) { return emu_rounded(a + b); }
+inline float __fsub_rn(float a, float b) { return emu_rounded(a - b); }
+inline float __fmul_rn(float a, float b) { return emu_rounded(a * b); }
+inline float __fdiv_rn(float a, float b) { return emu_rounded(a / b); }
+inline float __fmaf_rn(float a, float b, float c) { return emu_rounded(fmaf(a, b, c)); }
 inline float __frcp_rn(float a) { return 1.0f / a; }
 inline float __fsqrt_rn(float a) { return sqrtf(a); }
 inline float __fdividef(float a, float b) { return a / b; }
