@@ -47,9 +47,8 @@ fn bench_step(c: &mut Criterion, name: &str, bundle: &Path) {
 
 fn decode_steps(c: &mut Criterion) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let golden = root.join("../shared/golden/tiny-c2i");
-    let fixture = |f: &str| root.join("tests/fixtures").join(f).display().to_string();
+    let golden = llamagen_test_support::golden_dir().join("tiny-c2i");
+    let fixture = |f: &str| llamagen_test_support::fixture(f).display().to_string();
     let tiny = tmp.path().join("tiny");
     let opts = CompileOptions {
         gpt_model: fixture("tiny-gpt.yaml"),

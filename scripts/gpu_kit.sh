@@ -4,10 +4,12 @@
 #
 #   scripts/gpu_kit.sh build     # here: target/gpu-kit.tar.gz (release binaries with
 #                                # --features cuda, the GPU test binaries, the golden fixtures)
-#   scripts/gpu_kit.sh test      # on the GPU machine, from the repository root, with
-#                                # target/gpu-kit.tar.gz carried: unpacks, runs doctor and every
-#                                # GPU test (kernels vs CPU references, end to end vs the CPU
-#                                # backend and the official fixtures)
+#   scripts/gpu_kit.sh test [DIR] # on the GPU machine, with target/gpu-kit.tar.gz carried:
+#                                # unpacks into DIR (default: a new temporary folder, outside
+#                                # the repository, so the kit proves it carries everything it
+#                                # needs), runs doctor and every GPU test from there (kernels vs
+#                                # CPU references, end to end vs the CPU backend and the
+#                                # official fixtures in the kit's tests/golden)
 #   scripts/gpu_kit.sh bench LLAMAGEN_CHECKOUT OUT   # on the GPU machine: scripts/gpu_bench.sh
 #                                # with the kit's binaries
 set -euo pipefail
@@ -15,7 +17,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 kit="$here/target/gpu-kit"
 case "${1:-}" in
 build)
-  rm -rf "$kit" && mkdir -p "$kit/bin" "$kit/tests" "$kit/golden"
+  rm -rf "$kit" && mkdir -p "$kit/bin" "$kit/tests/bin" "$kit/tests/golden"
   cargo build --release --features cuda --manifest-path "$here/Cargo.toml"
   cp "$here/target/release/llamagen" "$here/target/release/llamagen-compile" "$kit/bin/"
   # Test binaries that exercise the GPU (their `gpu` cases skip without one).
@@ -29,18 +31,22 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         shutil.copy(m["executable"], sys.argv[1] + "/" + m["target"]["name"])
-' "$kit/tests"
-  strip "$kit"/bin/* "$kit"/tests/*
-  cp -r "$here/../shared/golden/tiny-c2i" "$kit/golden/"
+' "$kit/tests/bin"
+  strip "$kit"/bin/* "$kit"/tests/bin/*
+  # The test data the binaries look for (llamagen_test_support::paths): golden fixtures and
+  # the small model YAMLs, in the layout of the repository.
+  cp -r "$here/tests/golden/tiny-c2i" "$kit/tests/golden/"
+  cp -r "$here/tests/fixtures" "$kit/tests/"
   tar -C "$here/target" -czf "$here/target/gpu-kit.tar.gz" gpu-kit
-  ls -la "$here/target/gpu-kit.tar.gz" "$kit"/bin "$kit"/tests
+  ls -la "$here/target/gpu-kit.tar.gz" "$kit"/bin "$kit"/tests/bin
   ;;
 test)
-  tar -C "$here/target" -xzf "$here/target/gpu-kit.tar.gz"
-  "$kit/bin/llamagen" doctor
-  export LLAMAGEN_GOLDEN="$kit/golden/tiny-c2i"
+  dir=${2:-$(mktemp -d)}
+  tar -C "$dir" -xzf "$here/target/gpu-kit.tar.gz"
+  cd "$dir/gpu-kit"
+  ./bin/llamagen doctor
   status=0
-  for t in "$kit"/tests/*; do
+  for t in tests/bin/*; do
     echo "== $(basename "$t")"
     # A build without cuda-emu: the emulator's cases are absent, the GPU ones run.
     "$t" --test-threads=1 --nocapture || status=1
@@ -52,7 +58,7 @@ bench)
   BIN="$kit/bin" bash "$here/scripts/gpu_bench.sh" "${2:?checkout}" "${3:?out dir}"
   ;;
 *)
-  echo "usage: $0 build | test | bench LLAMAGEN_CHECKOUT OUT" >&2
+  echo "usage: $0 build | test [DIR] | bench LLAMAGEN_CHECKOUT OUT" >&2
   exit 2
   ;;
 esac

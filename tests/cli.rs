@@ -1,5 +1,5 @@
 //! The two binaries as a user runs them: `llamagen-compile` on the golden tiny checkpoints
-//! (shared/golden/tiny-c2i), then `llamagen generate | bench | inspect` on the bundle, and the
+//! (tests/golden/tiny-c2i), then `llamagen generate | bench | inspect` on the bundle, and the
 //! error paths: every bad value gives one `error:` line on stderr, a non-zero exit and no panic.
 //! Levels: tokens identical to the official greedy tokens (no numeric tolerance involved).
 

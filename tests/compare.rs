@@ -1,5 +1,5 @@
 //! `Pipeline::score_tokens` and `llamagen compare` on the golden tiny model
-//! (shared/golden/tiny-c2i): a bundle compared with a second compile of itself is identical, a
+//! (tests/golden/tiny-c2i): a bundle compared with a second compile of itself is identical, a
 //! bundle of other weights is clearly not, and the CLI prints the metrics as JSON.
 //! Levels: scored logits bit-identical to the logits generation samples from; identical bundles:
 //! cosine 1 within 1e-12, max abs error 0, agreement exactly 1, PSNR infinite; other weights:

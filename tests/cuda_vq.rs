@@ -1,6 +1,6 @@
 //! The device VQ decoder (`backend::cuda::vq::VqDecoder`) on the kernel emulator against the CPU
 //! pipeline (ONNX Runtime running the bundle's `vq_decoder` graph) on the same bundle, and against
-//! the official decoded images of shared/golden/tiny-c2i.
+//! the official decoded images of tests/golden/tiny-c2i.
 //!
 //! Level: PSNR >= 40 dB (the `compare` tool's metric, images mapped from [-1, 1] to [0, 1]) and a
 //! max abs error below 2e-2. The device stores activations and weights in f16 (relative error

@@ -1,4 +1,4 @@
-//! Parity with the official LlamaGen code on shared/golden/tiny-c2i: the official-format `.pt`
+//! Parity with the official LlamaGen code on tests/golden/tiny-c2i: the official-format `.pt`
 //! checkpoints are compiled to a bundle and run on ONNX Runtime's CPU provider.
 //! Levels: tokens identical; logits FP32_LOGITS; VQ images FP32_IMAGE (tests/support/tolerance.rs).
 

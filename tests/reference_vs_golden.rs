@@ -1,5 +1,5 @@
 //! The naive Rust reference (tests/support/reference.rs) against the official LlamaGen goldens in
-//! shared/golden/tiny-c2i (official code, random weights, fp32, CPU). The reference is what the
+//! tests/golden/tiny-c2i (official code, random weights, fp32, CPU). The reference is what the
 //! end-to-end tests trust at official sizes, so it must itself reproduce the official outputs:
 //!
 //! - greedy tokens (cfg 1 and cfg 4, labels [3, 7], 16 tokens): identical;

@@ -15,16 +15,9 @@ use llamagen_compiler::checkpoint::{
 
 type Raw = (String, DType, Vec<usize>, Vec<u8>);
 
-fn golden_dir() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("LLAMAGEN_GOLDEN_DIR").map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/tiny-c2i")),
-        Some(PathBuf::from("/work/shared/golden/tiny-c2i")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|d| d.join("gpt.pt").is_file())
+/// The official tiny c2i fixtures (`tests/golden/tiny-c2i`).
+fn tiny_c2i_dir() -> PathBuf {
+    llamagen_test_support::golden_dir().join("tiny-c2i")
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -119,10 +112,7 @@ fn assert_same(ck: &Checkpoint, tensors: &[Raw]) {
 
 #[test]
 fn golden_gpt_checkpoint_loads() {
-    let Some(dir) = golden_dir() else {
-        eprintln!("skipping: golden tiny-c2i not found (set LLAMAGEN_GOLDEN_DIR)");
-        return;
-    };
+    let dir = tiny_c2i_dir();
     let ck = Checkpoint::open(&dir.join("gpt.pt")).unwrap();
     assert_eq!(ck.keys().count(), 18);
     for (key, shape) in [
@@ -171,10 +161,7 @@ fn golden_gpt_checkpoint_loads() {
 
 #[test]
 fn golden_vq_checkpoint_loads() {
-    let Some(dir) = golden_dir() else {
-        eprintln!("skipping: golden tiny-c2i not found (set LLAMAGEN_GOLDEN_DIR)");
-        return;
-    };
+    let dir = tiny_c2i_dir();
     let ck = Checkpoint::open(&dir.join("vq.pt")).unwrap();
     assert_eq!(ck.keys().count(), 204);
     assert!(ck.contains("quantize.codebook_used"));

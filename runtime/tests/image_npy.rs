@@ -10,17 +10,9 @@ use llamagen_runtime::npy::{
     read_npy, read_npy_f32, read_npy_i64, write_npy_f32, write_npy_i64, NpyData, NpyError,
 };
 
-fn golden_dir() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("LLAMAGEN_GOLDEN").map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden")),
-        Some(PathBuf::from("/work/shared/golden")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .map(|d| d.join("tiny-c2i"))
-        .find(|d| d.is_dir())
+/// The official tiny c2i fixtures (`tests/golden/tiny-c2i`).
+fn tiny_dir() -> PathBuf {
+    llamagen_test_support::golden_dir().join("tiny-c2i")
 }
 
 fn read_png(path: &Path) -> (Vec<u8>, u32, u32, png::ColorType, png::BitDepth) {
@@ -178,10 +170,7 @@ fn png_errors_name_the_path() {
 
 #[test]
 fn official_vq_images_to_png_grid() {
-    let Some(dir) = golden_dir() else {
-        eprintln!("skipping: no shared/golden/tiny-c2i (set LLAMAGEN_GOLDEN)");
-        return;
-    };
+    let dir = tiny_dir();
     let (shape, data) = read_npy_f32(&dir.join("vq_decode.images.npy")).unwrap();
     assert_eq!(shape, vec![2, 3, 8, 8]);
     let per = 3 * 8 * 8;
@@ -208,10 +197,7 @@ fn official_vq_images_to_png_grid() {
 
 #[test]
 fn reads_official_golden_tokens_and_logits() {
-    let Some(dir) = golden_dir() else {
-        eprintln!("skipping: no shared/golden/tiny-c2i (set LLAMAGEN_GOLDEN)");
-        return;
-    };
+    let dir = tiny_dir();
     let (shape, data) = read_npy(&dir.join("greedy_cfg4.tokens.npy")).unwrap();
     assert_eq!(shape, vec![2, 16]);
     let NpyData::I64(tokens) = data else {

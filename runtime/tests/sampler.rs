@@ -259,25 +259,14 @@ fn scratch_is_reusable_across_rows_and_sizes() {
     );
 }
 
-fn golden_dir() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("LLAMAGEN_GOLDEN").map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden")),
-        Some(PathBuf::from("/work/shared/golden")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .map(|d| d.join("tiny-c2i"))
-        .find(|d| d.is_dir())
+/// The official tiny c2i fixtures (`tests/golden/tiny-c2i`).
+fn tiny_dir() -> PathBuf {
+    llamagen_test_support::golden_dir().join("tiny-c2i")
 }
 
 #[test]
 fn greedy_matches_official_golden_tokens() {
-    let Some(dir) = golden_dir() else {
-        eprintln!("skipping: no shared/golden/tiny-c2i (set LLAMAGEN_GOLDEN)");
-        return;
-    };
+    let dir = tiny_dir();
     for name in ["greedy_cfg1", "greedy_cfg4"] {
         let (ls, logits) = read_npy(&dir.join(format!("{name}.logits.npy"))).unwrap();
         let (ts, tokens) = read_npy(&dir.join(format!("{name}.tokens.npy"))).unwrap();

@@ -1,28 +1,19 @@
-//! Paths of the official fixtures (shared/golden beside the checkout) and bundle helpers.
+//! The official fixtures (`tests/golden`, see `llamagen_test_support::paths`) and bundle helpers.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
 use llamagen_compiler::compile::{compile, CompileOptions, Weights};
 
-/// `shared/golden/tiny-c2i`, beside the repository (override with LLAMAGEN_GOLDEN).
+/// The official tiny c2i fixtures (`tests/golden/tiny-c2i`; `LLAMAGEN_GOLDEN` overrides the
+/// folder that holds it).
 pub fn tiny_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("LLAMAGEN_GOLDEN") {
-        return PathBuf::from(p);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/tiny-c2i")
+    llamagen_test_support::golden_dir().join("tiny-c2i")
 }
 
-/// `tests/fixtures/<name>` of the checkout the tests were built in, else of the current
-/// directory (test binaries carried to another machine run from a copy of the repository).
+/// `tests/fixtures/<name>` as a string (the compile options take model names or YAML paths).
 pub fn fixture(name: &str) -> String {
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let dir = if built.is_dir() {
-        built
-    } else {
-        PathBuf::from("tests/fixtures")
-    };
-    dir.join(name).display().to_string()
+    llamagen_test_support::fixture(name).display().to_string()
 }
 
 /// Compile options of the golden tiny model (see its README.json).

@@ -16,7 +16,7 @@ fn official(name: &str, image_size: usize) -> VqConfig {
     VqConfig::new(&vq_arch(name).unwrap(), 16384, 8, image_size).unwrap()
 }
 
-/// The golden tiny VQ of shared/golden/tiny-c2i (README.json): codebook 512x8, ch 128,
+/// The golden tiny VQ of tests/golden/tiny-c2i (README.json): codebook 512x8, ch 128,
 /// ch_mult [1, 1], z_channels 32, 2 res blocks, downsample 2, 4x4 tokens -> 8x8 images.
 fn tiny() -> VqConfig {
     VqConfig {
@@ -258,27 +258,16 @@ fn tiny_graph_writes_with_fake_weights() {
     assert!((first - 0.5 / 2f32.sqrt()).abs() < 1e-7, "{first}");
 }
 
-fn golden_dir() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("LLAMAGEN_GOLDEN").map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden")),
-        Some(PathBuf::from("/work/shared/golden")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .map(|d| d.join("tiny-c2i"))
-        .find(|d| d.join("vq.pt").is_file())
+/// The official tiny c2i fixtures (`tests/golden/tiny-c2i`).
+fn tiny_c2i_dir() -> PathBuf {
+    llamagen_test_support::golden_dir().join("tiny-c2i")
 }
 
 /// Builds the golden tiny VQ from the official checkpoint and writes it as ONNX, into
 /// `$LLAMAGEN_VQ_ONNX_OUT` when set (for the onnxruntime comparison script), else a temp dir.
 #[test]
 fn golden_tiny_vq_checkpoint_builds_and_writes() {
-    let Some(dir) = golden_dir() else {
-        eprintln!("skipping: no shared/golden/tiny-c2i/vq.pt (set LLAMAGEN_GOLDEN)");
-        return;
-    };
+    let dir = tiny_c2i_dir();
     let ckpt = crate::checkpoint::Checkpoint::open(&dir.join("vq.pt")).unwrap();
     // Our key list is exactly the decoder part of the official state dict.
     let mut ours: Vec<String> = required_keys(&tiny()).into_iter().map(|(k, _)| k).collect();

@@ -1,0 +1,52 @@
+//! The vendored golden fixtures (`tests/golden`) are byte-identical to `shared/golden`, their
+//! source, whenever that folder is beside the checkout (as on the team's machines and in CI).
+//! Every file of each vendored set must exist there with the same bytes, and every file of a
+//! vendored set's source folder must be vendored.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use llamagen_test_support::test_data_root;
+
+fn names(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn vendored_golden_sets_equal_shared_golden() {
+    let root = test_data_root();
+    let vendored = root.join("tests/golden");
+    let shared = root.join("../shared/golden");
+    if !shared.is_dir() {
+        eprintln!("skipped: no {} beside the checkout", shared.display());
+        return;
+    }
+    let sets = names(&vendored);
+    assert!(
+        sets.contains("tiny-c2i"),
+        "tests/golden/tiny-c2i is missing"
+    );
+    for set in &sets {
+        let (ours, source) = (vendored.join(set), shared.join(set));
+        assert!(
+            source.is_dir(),
+            "tests/golden/{set} has no source in shared/golden"
+        );
+        let (ours_files, source_files) = (names(&ours), names(&source));
+        assert_eq!(
+            ours_files, source_files,
+            "tests/golden/{set}: other files than shared/golden/{set}"
+        );
+        for f in &ours_files {
+            let a = std::fs::read(ours.join(f)).unwrap();
+            let b = std::fs::read(source.join(f)).unwrap();
+            assert!(
+                a == b,
+                "tests/golden/{set}/{f} differs from shared/golden/{set}/{f}"
+            );
+        }
+    }
+}
