@@ -14,6 +14,7 @@ mod support;
 
 use std::path::Path;
 
+use llamagen_compiler::bundle::Precision;
 use llamagen_runtime::compare::cosine;
 use llamagen_runtime::{
     BackendKind, GenerateRequest, Observer, Pipeline, PipelineOptions, RuntimeError,
@@ -232,7 +233,7 @@ fn lower_precision_bundles_run(kind: BackendKind) {
         .chunks(16)
         .map(|r| r.iter().map(|&t| t as u32).collect())
         .collect();
-    for precision in ["fp16", "int8"] {
+    for precision in [Precision::Fp16, Precision::Int8] {
         let tmp = tempfile::tempdir().unwrap();
         let bundle = tmp.path().join("bundle");
         let dir = tiny_dir();
@@ -241,7 +242,7 @@ fn lower_precision_bundles_run(kind: BackendKind) {
             vq: dir.join("vq.pt"),
         };
         let mut opts = tiny_options(&bundle, weights);
-        opts.precision = precision.into();
+        opts.precision = precision;
         llamagen_compiler::compile::compile(&opts, &mut |_| {}).unwrap();
         let Some(p) = load(&bundle, kind, true) else {
             return;
@@ -261,7 +262,7 @@ fn lower_precision_bundles_run(kind: BackendKind) {
             got.len(),
             first_flip(&rec, &got, &want_tokens)
         );
-        if precision == "fp16" {
+        if precision == Precision::Fp16 {
             assert_eq!(got, want_tokens, "{kind:?} fp16 bundle greedy tokens");
             FP16_VS_FP32.assert_meets(&format!("{kind:?} fp16 bundle"), min, mean, f64::INFINITY);
         } else {

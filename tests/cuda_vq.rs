@@ -19,9 +19,9 @@ use llamagen_compiler::checkpoint::{write_torch_checkpoint, DType};
 use llamagen_compiler::compile::{compile, resolve_configs, Weights};
 use llamagen_compiler::config::VqConfig;
 use llamagen_compiler::models::vq;
-use llamagen_runtime::backend::cuda::emu::EmuDevice;
-use llamagen_runtime::backend::cuda::vq::VqDecoder;
-use llamagen_runtime::backend::cuda::weights::BundleWeights;
+use llamagen_cuda::emu::EmuDevice;
+use llamagen_cuda::vq::VqDecoder;
+use llamagen_cuda::weights::BundleWeights;
 use llamagen_runtime::compare::psnr_db;
 use llamagen_runtime::{Pipeline, PipelineOptions};
 use support::golden::{compile_tiny, read_f32, read_i64, tiny_dir, tiny_options};
@@ -40,7 +40,11 @@ fn cpu_decode(bundle: &Path, tokens: &[i64], per: usize) -> Vec<Vec<f32>> {
 }
 
 fn device_decoder(d: &EmuDevice, bundle: &Path, m: &Manifest) -> VqDecoder<EmuDevice> {
-    let w = BundleWeights::open(bundle, &m.graphs["vq_decoder"]).expect("bundle weights");
+    let w = BundleWeights::open(
+        bundle,
+        &m.graphs[&llamagen_compiler::bundle::GraphRole::VqDecoder],
+    )
+    .expect("bundle weights");
     VqDecoder::load(d, &w, &m.vq).expect("load the VQ decoder on the emulator")
 }
 
@@ -195,7 +199,7 @@ fn fp16_bundle_decodes_like_cpu() {
             vq: dir.join("vq.pt"),
         },
     );
-    opts.precision = "fp16".into();
+    opts.precision = llamagen_compiler::bundle::Precision::Fp16;
     let m = compile(&opts, &mut |_| {}).expect("compile fp16");
     let per = m.generation.tokens_per_image;
     let (_, tokens) = read_i64(&dir.join("greedy_cfg1.tokens.npy"));

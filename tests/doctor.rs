@@ -63,7 +63,7 @@ fn arch_needs_compile_kernels() {
 #[cfg(feature = "cuda")]
 #[test]
 fn compile_kernels_reports_every_file_for_every_arch() {
-    use llamagen_runtime::backend::cuda::{kernels::SOURCES, libs};
+    use llamagen_cuda::{kernels::SOURCES, libs};
     if let Err(e) = libs::nvrtc() {
         eprintln!("skipped: {e}");
         return;

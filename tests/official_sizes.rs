@@ -337,7 +337,7 @@ fn check_manifest(m: &Manifest, image_size: usize, gpt_params: usize, vq_params:
 
     let step = m
         .graphs
-        .get("gpt_step")
+        .get(&llamagen_compiler::bundle::GraphRole::GptStep)
         .unwrap_or_else(|| panic!("{what}: no gpt_step graph in {:?}", m.graphs.keys()));
     let w = format!("{what} gpt_step");
     assert_eq!(
@@ -413,7 +413,7 @@ fn check_manifest(m: &Manifest, image_size: usize, gpt_params: usize, vq_params:
 
     let dec = m
         .graphs
-        .get("vq_decoder")
+        .get(&llamagen_compiler::bundle::GraphRole::VqDecoder)
         .unwrap_or_else(|| panic!("{what}: no vq_decoder graph in {:?}", m.graphs.keys()));
     let w = format!("{what} vq_decoder");
     assert_eq!(names(&dec.inputs), ["tokens"], "{w}");

@@ -58,7 +58,7 @@ fn graph_paths(bundle: &Path, m: &Manifest) -> Vec<(String, std::path::PathBuf)>
     let mut v: Vec<_> = m
         .graphs
         .iter()
-        .map(|(role, g)| (role.clone(), bundle.join(&g.file)))
+        .map(|(role, g)| (role.name().to_string(), bundle.join(&g.file)))
         .collect();
     v.sort();
     let roles: Vec<&str> = v.iter().map(|(r, _)| r.as_str()).collect();
@@ -157,7 +157,11 @@ print(json.dumps({"inputs": io(s.get_inputs()), "outputs": io(s.get_outputs())})
         let stdout = python(SCRIPT, &[&path]);
         let v: serde_json::Value = serde_json::from_str(stdout.trim())
             .unwrap_or_else(|e| panic!("{role}: bad JSON from python ({e}):\n{stdout}"));
-        let g = &m.graphs[&role];
+        let g = m
+            .graphs
+            .values()
+            .find(|g| bundle.join(&g.file) == path)
+            .unwrap();
         check_io(&format!("{role} inputs"), &g.inputs, &v["inputs"]);
         check_io(&format!("{role} outputs"), &g.outputs, &v["outputs"]);
         eprintln!(

@@ -32,7 +32,7 @@ fn compile_tiny_at(precision: &str, activations: Int8Activations, out: &Path) ->
         vq: dir.join("vq.pt"),
     };
     let mut opts = tiny_options(out, weights);
-    opts.precision = precision.into();
+    opts.precision = precision.parse().unwrap();
     compile_calibrated(
         &opts,
         &tiny_set(),
@@ -53,7 +53,7 @@ fn check(precision: &str, activations: Int8Activations, level: PrecisionLevel) -
         has_qdq,
         activations == Int8Activations::Qdq && precision == "int8"
     );
-    assert_eq!(manifest.precision, precision);
+    assert_eq!(manifest.precision.name(), precision);
     let fp32_dir = tmp.path().join("fp32");
     compile_tiny(&fp32_dir);
 

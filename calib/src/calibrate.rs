@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use llamagen_compiler::bundle::manifest::CalibrationInfo;
 use llamagen_compiler::bundle::{
     check_out, hash_files, load_manifest, parent_dir, replace_dir, write_manifest, Manifest,
+    Precision,
 };
 use llamagen_compiler::compile::{compile, CompileOptions, Progress};
 use llamagen_compiler::models::precision::PROBE_PREFIX;
@@ -43,6 +44,8 @@ pub enum CalibrateError {
     Calib(#[from] CalibError),
     #[error(transparent)]
     Bundle(#[from] llamagen_compiler::bundle::BundleError),
+    #[error(transparent)]
+    Write(#[from] llamagen_compiler::bundle::WriteError),
 }
 
 /// Progress of a calibrated compile.
@@ -140,10 +143,9 @@ pub fn compile_calibrated(
     activations: Int8Activations,
     progress: &mut dyn FnMut(Step<'_>),
 ) -> Result<Manifest, CalibrateError> {
-    if opts.precision == "fp32" {
+    if opts.precision == Precision::Fp32 {
         return Ok(compile(opts, &mut |p| progress(Step::Compile(p)))?);
     }
-    opts.precision_mode()?;
     check_out(&opts.out)?;
     let (gpt, _) = llamagen_compiler::compile::resolve_configs(opts)?;
     set.validate(gpt.num_classes)?;
@@ -177,7 +179,7 @@ pub fn compile_calibrated(
     progress(Step::Stage("compiling the fp32 reference"));
     let reference_dir = staging.path().join("fp32");
     let reference_opts = CompileOptions {
-        precision: "fp32".into(),
+        precision: Precision::Fp32,
         probes: true,
         activation_scales: None,
         out: reference_dir.clone(),
@@ -196,7 +198,7 @@ pub fn compile_calibrated(
     };
     let mut extra_files: Vec<(String, String)> = Vec::new();
     let mut calibration = None;
-    if opts.precision == "int8" {
+    if opts.precision == Precision::Int8 {
         progress(Step::Stage("calibrating"));
         let hists = collect_histograms(&reference, set, &mut |done, total| {
             progress(Step::Sample { done, total })

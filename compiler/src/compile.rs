@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use crate::bundle::manifest::GenerationInfo;
 use crate::bundle::manifest::PrecisionDetails;
-use crate::bundle::{write_bundle, BundleGraph, Manifest, SCHEMA_VERSION};
+use crate::bundle::{write_bundle, BundleGraph, GraphRole, Manifest, Precision, SCHEMA_VERSION};
 use crate::checkpoint::Checkpoint;
 use crate::config::{gpt_arch, vq_arch, GptConfig, VqConfig};
-use crate::models::precision::{expose_probes, ActivationScales, Emitter, Precision};
+use crate::models::precision::{expose_probes, ActivationScales, Emitter, OpPrecision};
 use crate::models::{gpt, vq, CheckpointWeights, RandomWeights, WeightSource};
 use crate::Error;
 
@@ -32,7 +32,7 @@ pub struct CompileOptions {
     pub codebook_embed_dim: usize,
     pub num_classes: usize,
     pub cls_token_num: usize,
-    pub precision: String,
+    pub precision: Precision,
     /// Calibrated activation scales for int8 (operator name -> scale): Q/DQ activations where a
     /// scale exists. None: weight-only int8 (f32 activations).
     pub activation_scales: Option<ActivationScales>,
@@ -55,7 +55,7 @@ impl Default for CompileOptions {
             codebook_embed_dim: 8,
             num_classes: 1000,
             cls_token_num: 1,
-            precision: "fp32".into(),
+            precision: Precision::Fp32,
             activation_scales: None,
             probes: false,
             out: PathBuf::from("bundle"),
@@ -64,26 +64,22 @@ impl Default for CompileOptions {
 }
 
 impl CompileOptions {
-    /// The precision of the weight-bearing operators.
-    pub fn precision_mode(&self) -> Result<Precision, Error> {
-        match self.precision.as_str() {
-            "fp32" => Ok(Precision::Fp32),
-            "fp16" => Ok(Precision::Fp16),
-            "int8" => Ok(Precision::Int8(
-                self.activation_scales.clone().map(std::sync::Arc::new),
-            )),
-            other => Err(Error::InvalidOption {
-                option: "--precision",
-                reason: format!("'{other}' is not one of fp32, fp16, int8"),
-            }),
+    /// The precision of the weight-bearing operators (int8 with the calibrated scales).
+    pub fn precision_mode(&self) -> OpPrecision {
+        match self.precision {
+            Precision::Fp32 => OpPrecision::Fp32,
+            Precision::Fp16 => OpPrecision::Fp16,
+            Precision::Int8 => {
+                OpPrecision::Int8(self.activation_scales.clone().map(std::sync::Arc::new))
+            }
         }
     }
 }
 
 /// What stays in higher precision than the bundle's, and why (recorded in bundle.yaml).
-fn higher_precision(p: &Precision, emitters: [&Emitter; 2]) -> BTreeMap<String, String> {
+fn higher_precision(p: &OpPrecision, emitters: [&Emitter; 2]) -> BTreeMap<String, String> {
     let mut kept = BTreeMap::new();
-    if matches!(p, Precision::Fp32) {
+    if matches!(p, OpPrecision::Fp32) {
         return kept;
     }
     let f32_ops = "f32 by design: accuracy, and cheap next to the weight-bearing operators";
@@ -101,14 +97,14 @@ fn higher_precision(p: &Precision, emitters: [&Emitter; 2]) -> BTreeMap<String, 
         "embeddings".into(),
         "f16 table (a gather: nothing to compute in int8)".into(),
     );
-    if let Precision::Int8(None) = p {
+    if let OpPrecision::Int8(None) = p {
         kept.insert(
             "activations".into(),
             "f32: weight-only int8 (per-channel int8 weights, f32 activations)".into(),
         );
     }
     kept.insert(
-        "quantize.embedding.normalized".into(),
+        llamagen_bundle::names::vq::NORMALIZED_CODEBOOK.into(),
         "f32 VQ codebook (0.5 MB)".into(),
     );
     for em in emitters {
@@ -125,7 +121,6 @@ pub enum Progress<'a> {
 
 /// Resolves the configs from the options (no file is touched).
 pub fn resolve_configs(o: &CompileOptions) -> Result<(GptConfig, VqConfig), Error> {
-    o.precision_mode()?;
     let va = vq_arch(&o.vq_model)?;
     if let Some(d) = o.downsample_size {
         if d != va.downsample {
@@ -184,7 +179,7 @@ pub fn compile(
         }
     };
     progress(Progress::Stage("building graphs"));
-    let precision = o.precision_mode()?;
+    let precision = o.precision_mode();
     let mut gpt_em = Emitter::new(precision.clone(), gpt_src);
     let mut gpt_graph = gpt::build_step_graph(&gc, &mut gpt_em)?;
     let mut vq_em = Emitter::new(precision.clone(), vq_src);
@@ -211,7 +206,7 @@ pub fn compile(
     let manifest = Manifest {
         schema_version: SCHEMA_VERSION,
         tool_version: format!("llamagen-rs {}", env!("CARGO_PKG_VERSION")),
-        precision: o.precision.clone(),
+        precision: o.precision,
         sources,
         generation: GenerationInfo {
             class_token_offset: gc.vocab_size,
@@ -233,12 +228,12 @@ pub fn compile(
     progress(Progress::Stage("writing weights"));
     let graphs = [
         BundleGraph {
-            role: "gpt_step",
+            role: GraphRole::GptStep,
             stem: "gpt",
             graph: &gpt_graph,
         },
         BundleGraph {
-            role: "vq_decoder",
+            role: GraphRole::VqDecoder,
             stem: "vq",
             graph: &vq_graph,
         },

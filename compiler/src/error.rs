@@ -2,12 +2,19 @@
 
 use std::path::{Path, PathBuf};
 
+use llamagen_bundle::config::ConfigError;
+use llamagen_bundle::files::WriteError;
+
 use crate::checkpoint::CheckpointError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Model(#[from] ConfigError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
     #[error("{path}")]
     Io {
         path: PathBuf,

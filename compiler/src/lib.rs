@@ -10,9 +10,10 @@ pub mod checkpoint;
 pub mod compile;
 pub mod config;
 mod error;
-pub mod io_names;
 pub mod ir;
 pub mod models;
 pub mod onnx;
 
 pub use error::Error;
+/// Graph input/output and initializer names: the bundle contract's.
+pub use llamagen_bundle::names as io_names;

@@ -28,7 +28,7 @@ use crate::error::RuntimeError;
 use crate::pipeline::{Observer, Pipeline};
 use crate::request::GenerateRequest;
 use crate::sampler::argmax;
-use llamagen_compiler::bundle::Manifest;
+use llamagen_bundle::Manifest;
 
 /// Closeness of a bundle to a reference bundle (see the module doc for each metric).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -278,7 +278,7 @@ pub fn compare(
     for (who, seen) in [("reference", rec.seen), ("bundle", acc.seen)] {
         if seen != expected {
             return Err(RuntimeError::OutputShape {
-                graph: "gpt_step",
+                graph: llamagen_bundle::GraphRole::GptStep,
                 what: format!("{who} logit rows (steps x labels)"),
                 expected: vec![steps, rows],
                 got: vec![seen],

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-pub use llamagen_compiler::bundle::BundleError;
+pub use llamagen_bundle::BundleError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -25,7 +25,7 @@ pub enum RuntimeError {
     Cuda { context: String, message: String },
     #[error("graph {graph} returned {what} of shape {got:?}, expected {expected:?}")]
     OutputShape {
-        graph: &'static str,
+        graph: llamagen_bundle::GraphRole,
         what: String,
         expected: Vec<usize>,
         got: Vec<usize>,

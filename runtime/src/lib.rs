@@ -19,12 +19,13 @@ pub mod npy;
 pub mod ort_env;
 mod pipeline;
 mod request;
-pub mod rng;
 pub mod sampler;
 
 pub use backend::BackendKind;
 pub use error::{BundleError, RuntimeError};
-pub use llamagen_compiler::bundle::Manifest;
+/// The Philox stream both samplers draw from (the bundle contract's).
+pub use llamagen_bundle::philox as rng;
+pub use llamagen_bundle::Manifest;
 pub use pipeline::{Images, Observer, Pipeline, PipelineOptions, TokenOutput};
 pub use request::GenerateRequest;
 pub use sampler::SamplingOptions;

@@ -51,7 +51,7 @@ pub fn find_library() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         return Some(PathBuf::from(p));
     }
-    site_packages_dirs()
+    llamagen_bundle::site_packages::dirs()
         .into_iter()
         .find_map(|sp| lib_in_package(&sp.join("onnxruntime")))
         .or_else(python_reported_package)
@@ -70,42 +70,6 @@ fn lib_in_package(pkg: &Path) -> Option<PathBuf> {
         .collect();
     libs.sort();
     libs.into_iter().next()
-}
-
-/// `<root>/lib/python3*/{site,dist}-packages` for the usual roots.
-pub(crate) fn site_packages_dirs() -> Vec<PathBuf> {
-    let mut roots: Vec<PathBuf> = Vec::new();
-    if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
-        roots.push(PathBuf::from(v));
-    }
-    if let Some(home) = std::env::var_os("HOME").map(PathBuf::from) {
-        roots.push(home.join(".local"));
-        if let Ok(entries) = std::fs::read_dir(home.join(".pyenv/versions")) {
-            roots.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
-        }
-    }
-    roots.extend(["/usr/local", "/usr", "/opt/conda"].map(PathBuf::from));
-    let mut dirs = Vec::new();
-    for root in roots {
-        let Ok(entries) = std::fs::read_dir(root.join("lib")) else {
-            continue;
-        };
-        let mut pys: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("python3"))
-            })
-            .collect();
-        pys.sort();
-        for py in pys.into_iter().rev() {
-            dirs.push(py.join("site-packages"));
-            dirs.push(py.join("dist-packages"));
-        }
-    }
-    dirs.push(PathBuf::from("/usr/lib/python3/dist-packages"));
-    dirs
 }
 
 fn python_reported_package() -> Option<PathBuf> {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use llamagen_compiler::bundle::{load_manifest, Manifest};
+use llamagen_bundle::{load_manifest, Manifest};
 
 use crate::backend::{self, Backend, BackendKind, BackendOptions, FusedJob, StepState};
 use crate::error::RuntimeError;
@@ -404,7 +404,7 @@ impl Pipeline {
         let per_image = 3 * size * size;
         if data.len() != per_image * tokens.len() {
             return Err(RuntimeError::OutputShape {
-                graph: "vq_decoder",
+                graph: llamagen_bundle::GraphRole::VqDecoder,
                 what: "image".into(),
                 expected: vec![tokens.len(), 3, size, size],
                 got: vec![data.len()],

@@ -1,6 +1,6 @@
 //! A generation request and its validation against the bundle.
 
-use llamagen_compiler::bundle::Manifest;
+use llamagen_bundle::Manifest;
 
 use crate::error::RuntimeError;
 use crate::sampler::SamplingOptions;

@@ -8,6 +8,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use llamagen_calib::calibrate::{compile_calibrated, Int8Activations, Step};
 use llamagen_calib::{CalibSet, Method};
+use llamagen_compiler::bundle::Precision;
 use llamagen_compiler::compile::{CompileOptions, Progress, Weights};
 
 #[derive(Parser, Debug)]
@@ -47,8 +48,8 @@ struct Args {
     cls_token_num: usize,
     /// fp32, fp16 or int8. fp16/int8 bundles are measured against fp32 on the calibration set
     /// (figures in bundle.yaml); int8 also calibrates activation scales on it.
-    #[arg(long, default_value = "fp32")]
-    precision: String,
+    #[arg(long, default_value = "fp32", value_parser = |s: &str| s.parse::<Precision>())]
+    precision: Precision,
     /// Calibration set (YAML: labels, seeds, samples, sampling); default: the 16-class set
     /// shipped in calib/imagenet-classes.yaml.
     #[arg(long)]

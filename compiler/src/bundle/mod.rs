@@ -1,12 +1,15 @@
-//! Bundle directories: `bundle.yaml` ([`manifest`]) beside the graphs and weight files,
-//! written atomically ([`write`]) and verified on load ([`verify`]).
+//! Bundle writing: the graphs as ONNX plus their manifest entries ([`write`]). The manifest,
+//! verification and atomic file handling are the bundle contract's (`llamagen_bundle`),
+//! re-exported here so the compiler's callers have one path.
 
-pub mod manifest;
-pub mod verify;
 pub mod write;
 
-pub use manifest::{FileEntry, GraphEntry, IoSpec, Manifest, MANIFEST_FILE, SCHEMA_VERSION};
-pub use verify::{load_manifest, BundleError};
-pub use write::{
-    check_out, hash_files, parent_dir, replace_dir, write_bundle, write_manifest, BundleGraph,
+pub use llamagen_bundle::files::{
+    check_out, hash_files, parent_dir, replace_dir, write_manifest, WriteError,
 };
+pub use llamagen_bundle::{
+    load_manifest, BundleError, FileEntry, GraphEntry, GraphRole, IoSpec, Manifest, Precision,
+    MANIFEST_FILE, SCHEMA_VERSION,
+};
+pub use llamagen_bundle::{manifest, verify};
+pub use write::{write_bundle, BundleGraph};

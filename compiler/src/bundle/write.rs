@@ -1,19 +1,18 @@
 //! Writes a bundle atomically: everything goes to a temporary directory beside the target,
 //! which is renamed into place only when complete, so a failure never leaves half a bundle.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::ir::Graph;
 use crate::onnx::write_model;
 use crate::Error;
 
-use super::manifest::{FileEntry, GraphEntry, IoSpec, Manifest, MANIFEST_FILE};
-use super::verify::sha256_file;
+use llamagen_bundle::files::{check_out, hash_files, parent_dir, replace_dir, write_manifest};
+use llamagen_bundle::{GraphEntry, GraphRole, IoSpec, Manifest};
 
 /// A graph to write under `stem` (`stem.onnx` + `stem.weights`).
 pub struct BundleGraph<'a> {
-    pub role: &'a str,
+    pub role: GraphRole,
     pub stem: &'a str,
     pub graph: &'a Graph,
 }
@@ -39,7 +38,8 @@ pub fn write_bundle(
     let mut done_before = 0;
     for bg in graphs {
         let n = bg.graph.initializers.len();
-        let _span = tracing::debug_span!("write_graph", role = bg.role, initializers = n).entered();
+        let _span =
+            tracing::debug_span!("write_graph", role = bg.role.name(), initializers = n).entered();
         write_model(
             bg.graph,
             tmp.path(),
@@ -56,11 +56,11 @@ pub fn write_bundle(
                 .collect()
         };
         manifest.graphs.insert(
-            bg.role.to_string(),
+            bg.role,
             GraphEntry {
                 file: format!("{}.onnx", bg.stem),
                 weights: format!("{}.weights", bg.stem),
-                precision: manifest.precision.clone(),
+                precision: manifest.precision,
                 inputs: io(false),
                 outputs: io(true),
             },
@@ -74,83 +74,4 @@ pub fn write_bundle(
     replace_dir(&tmp_path, out)?;
     tracing::info!(out = %out.display(), bytes = manifest.total_bytes(), "bundle written");
     Ok(manifest)
-}
-
-/// Refuses an output path that exists and is not a bundle (never overwrite user data).
-pub fn check_out(out: &Path) -> Result<(), Error> {
-    if out.exists() && !out.join(MANIFEST_FILE).is_file() {
-        return Err(Error::InvalidOption {
-            option: "--out",
-            reason: format!(
-                "{} exists and is not a bundle; refusing to replace it",
-                out.display()
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// The folder that holds `out` (where temporary bundles are staged, to rename atomically).
-pub fn parent_dir(out: &Path) -> std::path::PathBuf {
-    match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    }
-}
-
-/// sha256 and size of every file in `dir` but the manifest.
-pub fn hash_files(dir: &Path) -> Result<BTreeMap<String, FileEntry>, Error> {
-    let mut files = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let path = entry.map_err(|e| Error::io(dir, e))?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| Error::Internal(format!("unexpected file {}", path.display())))?
-            .to_string();
-        if name == MANIFEST_FILE {
-            continue;
-        }
-        let (sha256, bytes) = sha256_file(&path)?;
-        files.insert(name, FileEntry { sha256, bytes });
-    }
-    Ok(files)
-}
-
-/// Writes `dir/bundle.yaml` (through a temporary file and a rename).
-pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), Error> {
-    let yaml = serde_yaml::to_string(manifest)
-        .map_err(|e| Error::Internal(format!("manifest serialisation: {e}")))?;
-    let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
-    std::fs::write(&tmp, yaml).map_err(|e| Error::io(&tmp, e))?;
-    let path = dir.join(MANIFEST_FILE);
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
-}
-
-/// Moves the finished bundle `staged` to `out`; an existing bundle at `out` is moved aside
-/// first and removed only after the rename succeeded (and restored if it failed).
-pub fn replace_dir(staged: &Path, out: &Path) -> Result<(), Error> {
-    let parent = parent_dir(out);
-    let old = if out.exists() {
-        let aside = parent.join(format!(
-            ".llamagen-old-{}-{}",
-            std::process::id(),
-            out.file_name().and_then(|n| n.to_str()).unwrap_or("bundle")
-        ));
-        std::fs::rename(out, &aside).map_err(|e| Error::io(out, e))?;
-        Some(aside)
-    } else {
-        None
-    };
-    if let Err(e) = std::fs::rename(staged, out) {
-        let _ = std::fs::remove_dir_all(staged);
-        if let Some(aside) = &old {
-            let _ = std::fs::rename(aside, out);
-        }
-        return Err(Error::io(out, e));
-    }
-    if let Some(aside) = old {
-        let _ = std::fs::remove_dir_all(aside);
-    }
-    Ok(())
 }

@@ -1,4 +1,4 @@
-//! Precision of the weight-bearing operators (linear layers and convolutions), in one place.
+//! OpPrecision of the weight-bearing operators (linear layers and convolutions), in one place.
 //!
 //! - fp32: `MatMul` / `Conv` on f32 weights.
 //! - fp16: f16 weights; the operator runs in f16 between explicit `Cast`s, so norms, softmax,
@@ -30,7 +30,7 @@ use super::WeightSource;
 pub type ActivationScales = BTreeMap<String, f32>;
 
 #[derive(Clone, Debug, Default)]
-pub enum Precision {
+pub enum OpPrecision {
     #[default]
     Fp32,
     Fp16,
@@ -38,20 +38,21 @@ pub enum Precision {
     Int8(Option<Arc<ActivationScales>>),
 }
 
-impl Precision {
-    pub fn name(&self) -> &'static str {
+impl OpPrecision {
+    /// The bundle precision this mode writes.
+    pub fn kind(&self) -> llamagen_bundle::Precision {
         match self {
-            Precision::Fp32 => "fp32",
-            Precision::Fp16 => "fp16",
-            Precision::Int8(_) => "int8",
+            OpPrecision::Fp32 => llamagen_bundle::Precision::Fp32,
+            OpPrecision::Fp16 => llamagen_bundle::Precision::Fp16,
+            OpPrecision::Int8(_) => llamagen_bundle::Precision::Int8,
         }
     }
 
     /// Element type of weights that are stored but not quantized (embeddings).
     pub fn table_type(&self) -> ElemType {
         match self {
-            Precision::Fp32 => ElemType::F32,
-            Precision::Fp16 | Precision::Int8(_) => ElemType::F16,
+            OpPrecision::Fp32 => ElemType::F32,
+            OpPrecision::Fp16 | OpPrecision::Int8(_) => ElemType::F16,
         }
     }
 }
@@ -68,7 +69,7 @@ pub type WeightFn = Arc<dyn Fn(&dyn WeightSource) -> Result<Vec<f32>, Error> + S
 
 /// Emits weights and operators at one precision, and records probes.
 pub struct Emitter {
-    pub precision: Precision,
+    pub precision: OpPrecision,
     pub source: Arc<dyn WeightSource>,
     pub probes: Vec<Probe>,
     /// Operators left in higher precision than the bundle's, with the reason (for the manifest).
@@ -110,7 +111,7 @@ pub fn quantize_per_channel(
 }
 
 /// Prefix of the graph outputs that expose probes (calibration graphs only).
-pub const PROBE_PREFIX: &str = "probe.";
+pub use llamagen_bundle::names::PROBE_PREFIX;
 
 /// Exposes every recorded probe as an f32 graph output `probe.<op>` (through an Identity, since
 /// several operators can share one input).
@@ -123,7 +124,7 @@ pub fn expose_probes(g: &mut Graph, probes: &[Probe]) {
 }
 
 impl Emitter {
-    pub fn new(precision: Precision, source: Arc<dyn WeightSource>) -> Self {
+    pub fn new(precision: OpPrecision, source: Arc<dyn WeightSource>) -> Self {
         Emitter {
             precision,
             source,
@@ -172,15 +173,15 @@ impl Emitter {
         f: WeightFn,
     ) -> ValueId {
         match &self.precision {
-            Precision::Fp32 => {
+            OpPrecision::Fp32 => {
                 let data = self.lazy_bytes(f, bytes_f32);
                 g.initializer(name, ElemType::F32, dims, data)
             }
-            Precision::Fp16 => {
+            OpPrecision::Fp16 => {
                 let data = self.lazy_bytes(f, bytes_f16);
                 g.initializer(name, ElemType::F16, dims, data)
             }
-            Precision::Int8(_) => {
+            OpPrecision::Int8(_) => {
                 let channels = dims[channel_axis];
                 let inner: usize = dims[channel_axis + 1..].iter().product();
                 let channel_of = move |i: usize| (i / inner) % channels;
@@ -240,12 +241,12 @@ impl Emitter {
         });
         let mut inputs = Vec::with_capacity(1 + weights.len());
         match &self.precision {
-            Precision::Fp32 => {
+            OpPrecision::Fp32 => {
                 inputs.push(x);
                 inputs.extend_from_slice(weights);
                 g.wire(name, op, &inputs)
             }
-            Precision::Fp16 => {
+            OpPrecision::Fp16 => {
                 inputs.push(g.wire(
                     &format!("{name}.to_f16"),
                     Op::Cast { to: ElemType::F16 },
@@ -255,7 +256,7 @@ impl Emitter {
                 let y = g.wire(&format!("{name}.f16"), op, &inputs);
                 g.wire(name, Op::Cast { to: ElemType::F32 }, &[y])
             }
-            Precision::Int8(scales) => {
+            OpPrecision::Int8(scales) => {
                 let scale = scales.as_ref().and_then(|s| s.get(name));
                 match scale {
                     Some(&s) => {
@@ -305,7 +306,7 @@ impl Emitter {
     /// A convolution bias in the operator's own type (f16 for fp16 convs, else f32).
     pub fn conv_bias(&self, g: &mut Graph, name: &str, dims: Vec<usize>, f: WeightFn) -> ValueId {
         match self.precision {
-            Precision::Fp16 => {
+            OpPrecision::Fp16 => {
                 let data = self.lazy_bytes(f, bytes_f16);
                 g.initializer(name, ElemType::F16, dims, data)
             }

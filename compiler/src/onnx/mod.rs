@@ -1,7 +1,7 @@
 //! ONNX emission: the protobuf subset ([`proto`]) and the IR lowering ([`lower`]).
 
 pub mod lower;
-pub mod proto;
+pub use llamagen_bundle::onnx_proto as proto;
 
 /// ONNX IR version we write (9: accepted by onnxruntime >= 1.15 and onnx.checker).
 pub const IR_VERSION: i64 = 9;

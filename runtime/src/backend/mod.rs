@@ -2,12 +2,12 @@
 //! here only). Selecting an unavailable backend is an error, never a silent CPU fallback.
 
 #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
-pub mod cuda;
+mod cuda;
 mod ort_cpu;
 
 use std::path::Path;
 
-use llamagen_compiler::bundle::Manifest;
+use llamagen_bundle::Manifest;
 
 use crate::error::RuntimeError;
 use crate::kv_cache::KvCache;
@@ -147,8 +147,8 @@ fn create_cuda(
     manifest: &Manifest,
     opts: &BackendOptions,
 ) -> Result<Box<dyn Backend>, RuntimeError> {
-    let device = cuda::driver::CudaDevice::open(opts.device)?;
-    let b = cuda::backend::CudaBackend::load("cuda", device, dir, manifest, opts.cuda_graph)?;
+    let device = llamagen_cuda::driver::CudaDevice::open(opts.device)?;
+    let b = cuda::CudaBackend::load("cuda", device, dir, manifest, opts.cuda_graph)?;
     Ok(Box::new(b))
 }
 
@@ -170,8 +170,8 @@ fn create_cuda_emu(
     manifest: &Manifest,
     opts: &BackendOptions,
 ) -> Result<Box<dyn Backend>, RuntimeError> {
-    let device = cuda::emu::EmuDevice::new()?;
-    let b = cuda::backend::CudaBackend::load("cuda-emu", device, dir, manifest, opts.cuda_graph)?;
+    let device = llamagen_cuda::emu::EmuDevice::new()?;
+    let b = cuda::CudaBackend::load("cuda-emu", device, dir, manifest, opts.cuda_graph)?;
     Ok(Box::new(b))
 }
 
@@ -186,3 +186,40 @@ fn create_cuda_emu(
         reason: "this build has no CUDA emulator; rebuild with `--features cuda-emu`".into(),
     })
 }
+
+/// The doctor's CUDA lines (NVRTC, cuBLAS, driver, GPU) and whether the backend can run.
+#[cfg(any(feature = "cuda", feature = "cuda-emu"))]
+pub(crate) fn cuda_checks() -> (Vec<crate::doctor::Check>, Result<(), String>) {
+    cuda::checks()
+}
+
+#[cfg(not(any(feature = "cuda", feature = "cuda-emu")))]
+pub(crate) fn cuda_checks() -> (Vec<crate::doctor::Check>, Result<(), String>) {
+    let line = crate::doctor::Check {
+        name: "cuda",
+        ok: false,
+        detail: NO_CUDA.into(),
+    };
+    (vec![line], Err(NO_CUDA.into()))
+}
+
+/// Every CUDA kernel file through NVRTC, for `doctor --compile-kernels`.
+#[cfg(any(feature = "cuda", feature = "cuda-emu"))]
+pub(crate) fn compile_cuda_kernels(
+    archs: &[String],
+) -> Result<Vec<crate::doctor::KernelCheck>, RuntimeError> {
+    cuda::compile_kernels(archs)
+}
+
+#[cfg(not(any(feature = "cuda", feature = "cuda-emu")))]
+pub(crate) fn compile_cuda_kernels(
+    _: &[String],
+) -> Result<Vec<crate::doctor::KernelCheck>, RuntimeError> {
+    Err(RuntimeError::BackendUnavailable {
+        name: "cuda".into(),
+        reason: format!("{NO_CUDA}; --compile-kernels needs it"),
+    })
+}
+
+#[cfg(not(any(feature = "cuda", feature = "cuda-emu")))]
+const NO_CUDA: &str = "not built (rebuild with --features cuda)";

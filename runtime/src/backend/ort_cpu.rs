@@ -9,9 +9,9 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Mutex;
 
-use llamagen_compiler::bundle::Manifest;
-use llamagen_compiler::io_names;
-use llamagen_compiler::models::precision::PROBE_PREFIX;
+use llamagen_bundle::names as io_names;
+use llamagen_bundle::names::PROBE_PREFIX;
+use llamagen_bundle::{GraphRole, Manifest};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
@@ -28,7 +28,7 @@ pub struct OrtCpu {
     vq_probes: Vec<String>,
     layers: usize,
     vocab: usize,
-    config: llamagen_compiler::config::GptConfig,
+    config: llamagen_bundle::config::GptConfig,
     names: IoNames,
 }
 
@@ -74,20 +74,10 @@ impl OrtCpu {
                 .map(|n| n.get())
                 .unwrap_or(1)
         });
-        let graph = |role: &str| {
-            m.graphs
-                .get(role)
-                .map(|g| dir.join(&g.file))
-                .ok_or_else(|| {
-                    RuntimeError::Bundle(llamagen_compiler::bundle::BundleError::BadManifest {
-                        path: dir.to_path_buf(),
-                        reason: format!("no graph '{role}' in the manifest"),
-                    })
-                })
-        };
+        let graph = |role| m.graph(dir, role).map(|g| dir.join(&g.file));
         let layers = m.gpt.n_layer;
-        let gpt = session(&graph("gpt_step")?, threads, Activations::Planned)?;
-        let vq = session(&graph("vq_decoder")?, threads, Activations::Arena)?;
+        let gpt = session(&graph(GraphRole::GptStep)?, threads, Activations::Planned)?;
+        let vq = session(&graph(GraphRole::VqDecoder)?, threads, Activations::Arena)?;
         let probes = |s: &Session| -> Vec<String> {
             s.outputs()
                 .iter()
@@ -169,7 +159,7 @@ impl Backend for OrtCpu {
     ) -> Result<(), RuntimeError> {
         let StepState::Host(cache) = state else {
             return Err(RuntimeError::ort(
-                "gpt_step",
+                "the GPT step",
                 "the step state is a device state, not host caches",
             ));
         };
@@ -212,7 +202,7 @@ impl Backend for OrtCpu {
             let got: Vec<usize> = s.iter().map(|&d| d as usize).collect();
             if got != expected {
                 return Err(RuntimeError::OutputShape {
-                    graph: "gpt_step",
+                    graph: GraphRole::GptStep,
                     what: name.to_string(),
                     expected,
                     got,

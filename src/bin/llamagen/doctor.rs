@@ -10,7 +10,7 @@ pub struct Args {
     #[arg(long)]
     compile_kernels: bool,
     /// Architectures for --compile-kernels, comma-separated [default: this machine's GPUs,
-    /// else sm_80,sm_89,sm_90].
+    /// else sm_80,sm_87,sm_89,sm_90,sm_100].
     #[arg(long, value_delimiter = ',', requires = "compile_kernels")]
     arch: Vec<String>,
 }

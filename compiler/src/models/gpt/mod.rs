@@ -16,7 +16,7 @@
 
 mod keys;
 mod layers;
-pub mod rotary;
+pub use llamagen_bundle::rotary;
 mod weights;
 
 use crate::config::GptConfig;

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use llamagen_bundle::names;
+
 use crate::config::GptConfig;
 use crate::ir::{Graph, ValueId};
 use crate::models::precision::{Emitter, WeightFn};
@@ -19,7 +21,7 @@ pub fn embedding_table(g: &mut Graph, c: &GptConfig, em: &mut Emitter) -> ValueI
         t.extend(s.load(keys::CLS_EMBEDDING, &[k, d])?);
         Ok(t)
     });
-    em.table(g, "embeddings", vec![v + k, d], f)
+    em.table(g, names::gpt::EMBEDDINGS, vec![v + k, d], f)
 }
 
 /// A torch Linear weight `[out, in]` as a MatMul `[in, out]` matrix named `<key>.T`. With
@@ -32,7 +34,7 @@ pub fn matmul(
     inp: usize,
     scale_rows: Option<(usize, f32)>,
 ) -> ValueId {
-    let name = format!("{key}.T");
+    let name = names::gpt::transposed(key);
     let key = key.to_string();
     let f: WeightFn = Arc::new(move |s| {
         let mut m = s.load(&key, &[out, inp])?;
@@ -91,13 +93,7 @@ impl LayerWeights {
                 q_rows,
             ),
             wo: matmul(g, em, &keys::layer(i, "attention.wo.weight"), d, d, None),
-            w13: em.weight(
-                g,
-                &format!("layers.{i}.feed_forward.w13.weight.T"),
-                vec![d, 2 * hid],
-                1,
-                w13,
-            ),
+            w13: em.weight(g, &names::gpt::w13(i), vec![d, 2 * hid], 1, w13),
             w2: matmul(
                 g,
                 em,

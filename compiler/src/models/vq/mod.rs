@@ -138,8 +138,12 @@ fn codebook_lookup(b: &mut Blocks, c: &VqConfig, tokens: ValueId) -> ValueId {
         Ok(t)
     });
     // Small (codebook x 8): always f32.
-    let table =
-        b.em.vector(b.g, "quantize.embedding.normalized", vec![n, e], f);
+    let table = b.em.vector(
+        b.g,
+        llamagen_bundle::names::vq::NORMALIZED_CODEBOOK,
+        vec![n, e],
+        f,
+    );
     let g = &mut *b.g;
     let side = c.grid as i64;
     let grid_shape = g.const_i64("const.shape.token_grid", &[0, side, side, e as i64]);

@@ -9,7 +9,7 @@ use super::*;
 use crate::checkpoint::CheckpointError;
 use crate::config::vq_arch;
 use crate::ir::ValueOrigin;
-use crate::models::precision::{Emitter, Precision};
+use crate::models::precision::{Emitter, OpPrecision};
 use crate::models::{RandomWeights, WeightSource};
 
 fn official(name: &str, image_size: usize) -> VqConfig {
@@ -39,7 +39,7 @@ fn op_count(g: &Graph, op_type: &str) -> usize {
 
 /// An fp32 emitter over `source`.
 fn fp32(source: Arc<dyn WeightSource>) -> Emitter {
-    Emitter::new(Precision::Fp32, source)
+    Emitter::new(OpPrecision::Fp32, source)
 }
 
 #[test]

@@ -1,0 +1,227 @@
+//! A bundle graph's initializers, read straight from its ONNX file: how a native backend gets
+//! its weights (the bundle is the only source; no separate conversion step). Initializers are
+//! decoded from the `.onnx` file; their bytes come from the inline `raw_data` or, for the large
+//! ones, the external weights file (memory-mapped, 64-byte aligned offsets). Every stored
+//! precision is returned as f32: f16 converted, int8 (`<name>.int8` + per-channel `<name>.scale`)
+//! dequantized along the axis its `DequantizeLinear` node names.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+use crate::manifest::GraphEntry;
+use crate::onnx_proto::{self as proto, data_type, ModelProto, TensorProto};
+use crate::verify::BundleError;
+
+/// A tensor on the host: row-major `dims`, f32 values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    pub dims: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// The initializers of one bundle graph.
+pub struct Initializers {
+    onnx: PathBuf,
+    tensors: HashMap<String, TensorProto>,
+    /// `DequantizeLinear` axis per int8 initializer name.
+    dequant_axis: HashMap<String, usize>,
+    external: HashMap<String, memmap2::Mmap>,
+}
+
+impl Initializers {
+    /// Initializers of `graph` (an entry of the manifest's `graphs`) in bundle `dir`.
+    pub fn open(dir: &Path, graph: &GraphEntry) -> Result<Self, BundleError> {
+        let onnx = dir.join(&graph.file);
+        let io = |source| BundleError::Io {
+            path: onnx.clone(),
+            source,
+        };
+        let bytes = std::fs::read(&onnx).map_err(io)?;
+        let model = ModelProto::decode(bytes.as_slice())
+            .map_err(|e| bad(&onnx, format!("not an ONNX model: {e}")))?;
+        let g = model
+            .graph
+            .ok_or_else(|| bad(&onnx, "the model has no graph".into()))?;
+        let mut dequant_axis = HashMap::new();
+        for node in g.node.iter().filter(|n| n.op_type == "DequantizeLinear") {
+            let axis = node
+                .attribute
+                .iter()
+                .find(|a| a.name == "axis")
+                .map_or(1, |a| a.i);
+            if let Some(input) = node.input.first() {
+                dequant_axis.insert(input.clone(), axis.max(0) as usize);
+            }
+        }
+        let mut external = HashMap::new();
+        for t in g
+            .initializer
+            .iter()
+            .filter(|t| t.data_location == proto::DATA_LOCATION_EXTERNAL)
+        {
+            let location = external_field(t, "location")
+                .ok_or_else(|| bad(&onnx, format!("{}: external data without location", t.name)))?;
+            if !external.contains_key(location) {
+                let path = dir.join(location);
+                let file = File::open(&path).map_err(|source| BundleError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                // SAFETY: the bundle's weights file is read-only input; a concurrent writer
+                // would be a user error the sha256 check on load is there to catch.
+                let map = unsafe { memmap2::Mmap::map(&file) }
+                    .map_err(|source| BundleError::Io { path, source })?;
+                external.insert(location.to_string(), map);
+            }
+        }
+        let tensors = g
+            .initializer
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+        Ok(Initializers {
+            onnx,
+            tensors,
+            dequant_axis,
+            external,
+        })
+    }
+
+    /// Names of the logical tensors (int8 pairs listed once, without the `.int8` suffix).
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .tensors
+            .keys()
+            .filter(|n| !n.ends_with(".scale") && !n.ends_with(".zero_point"))
+            .map(|n| n.strip_suffix(".int8").unwrap_or(n))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Tensor `name` as f32, whatever its stored precision.
+    pub fn get(&self, name: &str) -> Result<HostTensor, BundleError> {
+        if let Some(t) = self.tensors.get(name) {
+            return self.decode(t);
+        }
+        let q_name = format!("{name}.int8");
+        let Some(q) = self.tensors.get(&q_name) else {
+            return Err(bad(
+                &self.onnx,
+                format!("no initializer '{name}' (nor '{q_name}')"),
+            ));
+        };
+        let scale = self.get(&format!("{name}.scale"))?;
+        let axis = self.dequant_axis.get(&q_name).copied().unwrap_or(1);
+        let mut t = self.decode(q)?;
+        let channels = *t.dims.get(axis).ok_or_else(|| {
+            bad(
+                &self.onnx,
+                format!("{q_name}: axis {axis} outside dims {:?}", t.dims),
+            )
+        })?;
+        if scale.data.len() != channels {
+            return Err(bad(
+                &self.onnx,
+                format!(
+                    "{name}.scale has {} values, expected {channels} (dims {:?}, axis {axis})",
+                    scale.data.len(),
+                    t.dims
+                ),
+            ));
+        }
+        let inner: usize = t.dims[axis + 1..].iter().product();
+        for (i, x) in t.data.iter_mut().enumerate() {
+            *x *= scale.data[(i / inner) % channels];
+        }
+        Ok(t)
+    }
+
+    fn decode(&self, t: &TensorProto) -> Result<HostTensor, BundleError> {
+        let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
+        let n: usize = dims.iter().product();
+        let bytes = self.bytes_of(t)?;
+        let elem = match t.data_type {
+            data_type::FLOAT => 4,
+            data_type::FLOAT16 => 2,
+            data_type::INT8 => 1,
+            other => {
+                return Err(bad(
+                    &self.onnx,
+                    format!("{}: element type {other} is not a weight type", t.name),
+                ))
+            }
+        };
+        if bytes.len() != n * elem {
+            return Err(bad(
+                &self.onnx,
+                format!(
+                    "{}: {} bytes for dims {dims:?}, expected {}",
+                    t.name,
+                    bytes.len(),
+                    n * elem
+                ),
+            ));
+        }
+        let data = match t.data_type {
+            data_type::FLOAT => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            data_type::FLOAT16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            _ => bytes.iter().map(|&b| f32::from(b as i8)).collect(),
+        };
+        Ok(HostTensor { dims, data })
+    }
+
+    fn bytes_of<'a>(&'a self, t: &'a TensorProto) -> Result<&'a [u8], BundleError> {
+        if t.data_location != proto::DATA_LOCATION_EXTERNAL {
+            return Ok(&t.raw_data);
+        }
+        let field = |key: &str| -> Result<u64, BundleError> {
+            external_field(t, key)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| {
+                    bad(
+                        &self.onnx,
+                        format!("{}: external data has no {key}", t.name),
+                    )
+                })
+        };
+        let location = external_field(t, "location").unwrap_or_default();
+        let map = &self.external[location];
+        let (offset, length) = (field("offset")? as usize, field("length")? as usize);
+        map.get(offset..offset.saturating_add(length))
+            .ok_or_else(|| {
+                bad(
+                    &self.onnx,
+                    format!(
+                        "{}: bytes {offset}..{} lie outside {location} ({} bytes)",
+                        t.name,
+                        offset + length,
+                        map.len()
+                    ),
+                )
+            })
+    }
+}
+
+fn external_field<'a>(t: &'a TensorProto, key: &str) -> Option<&'a str> {
+    t.external_data
+        .iter()
+        .find(|e| e.key == key)
+        .map(|e| e.value.as_str())
+}
+
+fn bad(path: &Path, reason: String) -> BundleError {
+    BundleError::BadManifest {
+        path: path.to_path_buf(),
+        reason,
+    }
+}

@@ -1,0 +1,192 @@
+//! The `bundle.yaml` schema: everything another runtime needs to drive the graphs.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{GptConfig, VqConfig};
+use crate::tensor_type::{Dim, ElemType, TensorType};
+
+pub const MANIFEST_FILE: &str = "bundle.yaml";
+/// Bumped on any incompatible change; the runtime refuses other versions.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Precision of a bundle's weight-bearing operators (see the README's "Precision").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// f16 weights and GEMMs/convolutions between explicit casts; norms, softmax, logits f32.
+    Fp16,
+    /// Symmetric per-output-channel int8 weights behind `DequantizeLinear`.
+    Int8,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 3] = [Precision::Fp32, Precision::Fp16, Precision::Int8];
+
+    /// The name bundle.yaml and the CLI use (`fp32`, `fp16`, `int8`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("'{s}' is not one of fp32, fp16, int8"))
+    }
+}
+
+/// What a graph of the bundle does; the key of `graphs` in bundle.yaml.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphRole {
+    /// The GPT step: one token per row in, logits and the new KV slices out (c2i LlamaGen).
+    GptStep,
+    /// The VQ decoder: image tokens in, images out.
+    VqDecoder,
+}
+
+impl GraphRole {
+    /// The name bundle.yaml uses (`gpt_step`, `vq_decoder`).
+    pub fn name(self) -> &'static str {
+        match self {
+            GraphRole::GptStep => "gpt_step",
+            GraphRole::VqDecoder => "vq_decoder",
+        }
+    }
+}
+
+impl std::fmt::Display for GraphRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub schema_version: u32,
+    /// `llamagen-rs <version>` of the compiler that wrote the bundle.
+    pub tool_version: String,
+    pub precision: Precision,
+    /// Where the weights came from (checkpoint paths or `random(seed=N)`).
+    pub sources: BTreeMap<String, String>,
+    pub gpt: GptConfig,
+    pub vq: VqConfig,
+    pub generation: GenerationInfo,
+    pub graphs: BTreeMap<GraphRole, GraphEntry>,
+    /// sha256 and size of every other file in the bundle.
+    pub files: BTreeMap<String, FileEntry>,
+    /// What lower-precision bundles keep in higher precision, how they were calibrated, and
+    /// how close they came to fp32 on the calibration set.
+    #[serde(default)]
+    pub precision_details: PrecisionDetails,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PrecisionDetails {
+    /// Operator (or operator family) -> why it is not at the bundle's precision.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub higher_precision: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationInfo>,
+    /// `llamagen compare` figures against the fp32 bundle on the calibration set:
+    /// logits_cosine_min, logits_cosine_mean, logits_max_abs, token_agreement, image_psnr_db.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub accuracy_vs_fp32: BTreeMap<String, f64>,
+    /// Calibration bundles only: operator -> the graph tensor its `probe.<op>` output mirrors.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub probe_tensors: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationInfo {
+    pub set: String,
+    pub method: String,
+    pub samples: usize,
+    /// Files of the bundle holding the scales (ours as JSON, TensorRT's cache format).
+    pub files: Vec<String>,
+}
+
+/// How to drive the GPT step graph.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerationInfo {
+    /// Class label c is fed to the step graph as token id `class_token_offset + c`.
+    pub class_token_offset: usize,
+    /// The unconditional (CFG) class label: `num_classes`.
+    pub null_class: usize,
+    pub tokens_per_image: usize,
+    pub image_size: usize,
+    /// What the step graph does in each role (prefill at position 0 with the class ids,
+    /// decode one token at a time).
+    pub roles: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GraphEntry {
+    pub file: String,
+    pub weights: String,
+    pub precision: Precision,
+    pub inputs: Vec<IoSpec>,
+    pub outputs: Vec<IoSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IoSpec {
+    pub name: String,
+    pub dtype: ElemType,
+    /// Numbers are fixed sizes, strings name symbolic dimensions (`batch`, `seq`).
+    pub shape: Vec<Dim>,
+}
+
+impl IoSpec {
+    pub fn new(name: String, ty: TensorType) -> Self {
+        IoSpec {
+            name,
+            dtype: ty.dtype,
+            shape: ty.shape,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+impl Manifest {
+    /// The graph of `role`, or a [`BundleError::BadManifest`] naming the missing role.
+    pub fn graph(
+        &self,
+        dir: &std::path::Path,
+        role: GraphRole,
+    ) -> Result<&GraphEntry, crate::BundleError> {
+        self.graphs
+            .get(&role)
+            .ok_or_else(|| crate::BundleError::BadManifest {
+                path: dir.join(MANIFEST_FILE),
+                reason: format!("no graph '{role}'"),
+            })
+    }
+
+    /// Total size of the bundle's files on disk (the manifest excluded).
+    pub fn total_bytes(&self) -> u64 {
+        self.files.values().map(|f| f.bytes).sum()
+    }
+}

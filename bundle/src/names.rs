@@ -1,0 +1,81 @@
+//! Every name another program reads from a bundle, in one place: the graphs' inputs and outputs
+//! (runtimes such as ours, Python onnxruntime, trtexec and Triton drive the graphs by them;
+//! bundle.yaml records them too) and the initializers a native backend reads its weights from.
+
+/// GPT step graph: token ids `[batch, 1]` (image tokens `0..vocab`, class `c` as `vocab + c`).
+pub const INPUT_IDS: &str = "input_ids";
+/// GPT step graph: cache slot of `input_ids[:, 0]`, int64 `[1]`.
+pub const POSITION: &str = "position";
+/// GPT step graph: logits of the last input position, f32 `[batch, vocab]`.
+pub const LOGITS: &str = "logits";
+
+/// Cache input of layer `i`, f32 `[batch, heads, max_len, head_dim]`.
+pub fn past_key(i: usize) -> String {
+    format!("past_key.{i}")
+}
+pub fn past_value(i: usize) -> String {
+    format!("past_value.{i}")
+}
+/// New cache slice of layer `i`, f32 `[batch, heads, 1, head_dim]`, to be written at `position`.
+pub fn present_key(i: usize) -> String {
+    format!("present_key.{i}")
+}
+pub fn present_value(i: usize) -> String {
+    format!("present_value.{i}")
+}
+
+/// VQ decoder graph: codebook indices, int64 `[batch, grid * grid]` (row-major token order).
+pub const VQ_TOKENS: &str = "tokens";
+/// VQ decoder graph: image, f32 `[batch, 3, size, size]`, about [-1, 1].
+pub const VQ_IMAGE: &str = "image";
+
+/// Calibration bundles only: extra graph outputs `probe.<op>` carrying an operator's input.
+pub const PROBE_PREFIX: &str = "probe.";
+
+/// Initializer names of the GPT step graph. GEMM weights are stored transposed (`[in, out]`,
+/// the `.T` suffix) so the graph's `MatMul` reads them as they are; int8 bundles store
+/// `<name>.int8` with a per-channel `<name>.scale` instead (see `initializers`).
+pub mod gpt {
+    /// Image-token rows, then the class rows (`[vocab + class_rows, dim]`).
+    pub const EMBEDDINGS: &str = "embeddings";
+    /// Final RMSNorm weight `[dim]`.
+    pub const NORM: &str = "norm";
+    /// Logits projection, `[dim, vocab]`.
+    pub const OUTPUT: &str = "output.weight.T";
+
+    /// Name of the stored (transposed) weight of checkpoint linear `key` (`...weight`).
+    pub fn transposed(key: &str) -> String {
+        format!("{key}.T")
+    }
+    /// Fused q|k|v projection of layer `i`, `[dim, (heads + 2 kv_heads) * head_dim]`.
+    pub fn wqkv(i: usize) -> String {
+        transposed(&format!("layers.{i}.attention.wqkv.weight"))
+    }
+    /// Attention output projection of layer `i`, `[heads * head_dim, dim]`.
+    pub fn wo(i: usize) -> String {
+        transposed(&format!("layers.{i}.attention.wo.weight"))
+    }
+    /// Fused SwiGLU w1|w3 of layer `i`, `[dim, 2 * ffn_hidden]`.
+    pub fn w13(i: usize) -> String {
+        transposed(&format!("layers.{i}.feed_forward.w13.weight"))
+    }
+    /// SwiGLU down projection of layer `i`, `[ffn_hidden, dim]`.
+    pub fn w2(i: usize) -> String {
+        transposed(&format!("layers.{i}.feed_forward.w2.weight"))
+    }
+    /// RMSNorm before attention of layer `i`, `[dim]`.
+    pub fn attention_norm(i: usize) -> String {
+        format!("layers.{i}.attention_norm")
+    }
+    /// RMSNorm before the feed-forward of layer `i`, `[dim]`.
+    pub fn ffn_norm(i: usize) -> String {
+        format!("layers.{i}.ffn_norm")
+    }
+}
+
+/// Initializer names of the VQ decoder graph (besides the checkpoint's own decoder keys, see
+/// `vq_plan`).
+pub mod vq {
+    /// The codebook, L2-normalised at compile time, f32 `[codebook_size, embed_dim]`.
+    pub const NORMALIZED_CODEBOOK: &str = "quantize.embedding.normalized";
+}

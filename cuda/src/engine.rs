@@ -1,0 +1,224 @@
+//! A c2i LlamaGen bundle on a [`Device`]: the fused generation loop (prefill eagerly, then the
+//! captured step replayed once per token with no host synchronisation), a per-step path for
+//! teacher-forced scoring, and the VQ decoder. The runtime's CUDA backend is a thin adapter over
+//! [`Engine`].
+//!
+//! One generation runs on the device at a time (`exec`): stream capture is per stream, and a
+//! second thread's launches must not land inside another's capture. Services batch requests
+//! instead.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use llamagen_bundle::{GraphRole, Manifest};
+
+use crate::device::Device;
+use crate::error::CudaError;
+use crate::gpt::{issue_step, GptWeights, Session};
+use crate::ops::sampler::SampleParams;
+use crate::vq::VqDecoder;
+use crate::weights::BundleWeights;
+
+/// Tokens of a fused generation, `[n][tokens_per_image]`, and its timings.
+#[derive(Clone, Debug)]
+pub struct Generated {
+    pub tokens: Vec<Vec<u32>>,
+    pub prefill_ms: f64,
+    /// Prefill plus all decode steps.
+    pub gpt_ms: f64,
+}
+
+/// Fields drop in declaration order: every buffer and graph goes before the device (its
+/// context, stream and modules), which is last.
+pub struct Engine<D: Device> {
+    name: &'static str,
+    gpt: GptWeights<D>,
+    vq: VqDecoder<D>,
+    tokens_per_image: usize,
+    /// Capture the decode step into a graph (off: the same launches, issued per token).
+    use_graph: bool,
+    /// Sessions of finished generations, reused by the next one of the same shape (their
+    /// graphs included).
+    sessions: Mutex<Vec<Session<D>>>,
+    exec: Mutex<()>,
+    device: D,
+}
+
+impl<D: Device> Engine<D> {
+    /// Uploads the bundle's weights (any precision) to `device`.
+    pub fn load(
+        name: &'static str,
+        device: D,
+        dir: &Path,
+        m: &Manifest,
+        use_graph: bool,
+    ) -> Result<Self, CudaError> {
+        let t0 = Instant::now();
+        let gpt = GptWeights::load(
+            &device,
+            &BundleWeights::open(dir, m.graph(dir, GraphRole::GptStep)?)?,
+            &m.gpt,
+        )?;
+        let vq = VqDecoder::load(
+            &device,
+            &BundleWeights::open(dir, m.graph(dir, GraphRole::VqDecoder)?)?,
+            &m.vq,
+        )?;
+        tracing::info!(
+            device = %device.describe(),
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            "weights on the device"
+        );
+        Ok(Engine {
+            name,
+            device,
+            gpt,
+            vq,
+            tokens_per_image: m.generation.tokens_per_image,
+            use_graph,
+            sessions: Mutex::new(Vec::new()),
+            exec: Mutex::new(()),
+        })
+    }
+
+    fn take_session(&self, rows: usize, n: usize) -> Result<Session<D>, CudaError> {
+        let mut pool = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        match pool.iter().position(|s| s.rows == rows && s.n == n) {
+            Some(i) => Ok(pool.swap_remove(i)),
+            None => Session::new(
+                &self.device,
+                &self.gpt.config,
+                rows,
+                n,
+                self.tokens_per_image,
+            ),
+        }
+    }
+
+    /// Keeps a few sessions (each holds full-length KV caches).
+    fn return_session(&self, s: Session<D>) {
+        const POOL: usize = 2;
+        let mut pool = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() >= POOL {
+            pool.remove(0);
+        }
+        pool.push(s);
+    }
+
+    fn run_fused(
+        &self,
+        prefill_ids: &[i64],
+        params: &SampleParams,
+        s: &mut Session<D>,
+    ) -> Result<Generated, CudaError> {
+        let d = &self.device;
+        let per = self.tokens_per_image;
+        s.set_params(d, params)?;
+        let ids: Vec<i32> = prefill_ids.iter().map(|&x| x as i32).collect();
+        s.set_inputs(d, &ids, 0, 0)?;
+        let start = Instant::now();
+        // The prefill samples token 0 and advances to slot 1; it runs eagerly, which also warms
+        // up cuBLAS and module loading before any capture.
+        issue_step(d, &self.gpt, s, true)?;
+        d.synchronize()?;
+        let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
+        let decode_steps = per.saturating_sub(1);
+        if self.use_graph && decode_steps > 0 {
+            if s.graph.is_none() {
+                d.begin_capture()?;
+                let issued = issue_step(d, &self.gpt, s, true);
+                let graph = d.end_capture();
+                issued?;
+                s.graph = Some(graph?);
+            }
+            let graph = s.graph.as_ref().expect("captured above");
+            for _ in 0..decode_steps {
+                d.replay(graph)?;
+            }
+        } else {
+            for _ in 0..decode_steps {
+                issue_step(d, &self.gpt, s, true)?;
+            }
+        }
+        let tokens = s.read_tokens(d, per)?;
+        Ok(Generated {
+            tokens,
+            prefill_ms,
+            gpt_ms: start.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Image tokens each generation produces per request.
+    pub fn tokens_per_image(&self) -> usize {
+        self.tokens_per_image
+    }
+
+    /// The backend's name (`cuda`, `cuda-emu`).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// A fresh per-step session of `rows` rows (its own KV caches), for [`Self::step`].
+    pub fn new_session(&self, rows: usize) -> Result<Session<D>, CudaError> {
+        // Allocating while another thread captures could land in its graph.
+        let _exec = self.exec.lock().unwrap_or_else(|p| p.into_inner());
+        Session::new(
+            &self.device,
+            &self.gpt.config,
+            rows,
+            rows,
+            self.tokens_per_image,
+        )
+    }
+
+    /// One GPT step of session `s`: `ids` (one token per row) at cache slot `position`; writes
+    /// the logits `[rows, vocab]` into `logits`.
+    pub fn step(
+        &self,
+        s: &mut Session<D>,
+        ids: &[i64],
+        position: usize,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), CudaError> {
+        if ids.len() != s.rows {
+            return Err(CudaError::call(
+                "the GPT step",
+                format!(
+                    "{} ids for {} rows; the device step takes one token per row",
+                    ids.len(),
+                    s.rows
+                ),
+            ));
+        }
+        let _exec = self.exec.lock().unwrap_or_else(|p| p.into_inner());
+        let d = &self.device;
+        let ids: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
+        s.set_inputs(d, &ids, position as i32, 0)?;
+        issue_step(d, &self.gpt, s, false)?;
+        s.read_logits(d, self.gpt.config.vocab_size, logits)
+    }
+
+    /// VQ decode of `tokens` `[batch, tokens_per_image]` to images `[batch, 3, size, size]`.
+    pub fn vq_decode(&self, tokens: &[i64], batch: usize) -> Result<Vec<f32>, CudaError> {
+        let _exec = self.exec.lock().unwrap_or_else(|p| p.into_inner());
+        self.vq.decode(&self.device, tokens, batch)
+    }
+
+    /// A whole generation on the device: the prefill with `prefill_ids` (`[cond; uncond]` rows
+    /// with CFG), then every decode step, sampling as `params` says.
+    pub fn generate(
+        &self,
+        prefill_ids: &[i64],
+        params: &SampleParams,
+    ) -> Result<Generated, CudaError> {
+        let (n, rows) = (params.n as usize, prefill_ids.len());
+        let _exec = self.exec.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.take_session(rows, n)?;
+        let out = self.run_fused(prefill_ids, params, &mut s);
+        if out.is_ok() {
+            self.return_session(s);
+        }
+        out
+    }
+}

@@ -1,0 +1,260 @@
+//! The GPT on the device: weights from the bundle, per-batch sessions (KV caches, activations,
+//! request scalars), and the launch sequence of one decode step, which is captured once per
+//! session into a graph and replayed for every token.
+
+use llamagen_bundle::config::GptConfig;
+use llamagen_bundle::names::gpt as names;
+use llamagen_bundle::rotary;
+
+use crate::device::{DType, Device, Gemm};
+use crate::error::CudaError;
+use crate::ops::gpt::{self as k, AttnShape};
+use crate::ops::sampler::{self, SampleParams};
+use crate::weights::{upload_f16, upload_f32, BundleWeights};
+
+/// One transformer layer's weights: GEMM matrices f16 `[in, out]`, norm weights f32.
+struct Layer<D: Device> {
+    wqkv: D::Buf,
+    wo: D::Buf,
+    w13: D::Buf,
+    w2: D::Buf,
+    attention_norm: D::Buf,
+    ffn_norm: D::Buf,
+}
+
+/// The GPT's device weights and the sizes the launches need.
+pub struct GptWeights<D: Device> {
+    pub config: GptConfig,
+    /// `[vocab + class_rows, dim]` f16: image tokens, then class embeddings.
+    embeddings: D::Buf,
+    layers: Vec<Layer<D>>,
+    norm: D::Buf,
+    /// `[dim, vocab]` f16.
+    output: D::Buf,
+    /// Rotary tables f32 `[max_len, head_dim]`.
+    cos: D::Buf,
+    sin: D::Buf,
+}
+
+impl<D: Device> GptWeights<D> {
+    /// Uploads the step graph's weights (any bundle precision; GEMM weights become f16).
+    pub fn load(d: &D, w: &BundleWeights, c: &GptConfig) -> Result<Self, CudaError> {
+        let (dim, hd) = (c.dim, c.head_dim);
+        let qkv = (c.n_head + 2 * c.n_kv_head) * hd;
+        let matrix = |name: &str, dims: [usize; 2]| -> Result<D::Buf, CudaError> {
+            let t = w.get(name)?;
+            check_dims(name, &t.dims, &dims)?;
+            upload_f16(d, &t.data)
+        };
+        let vector = |name: &str, n: usize| -> Result<D::Buf, CudaError> {
+            let t = w.get(name)?;
+            check_dims(name, &t.dims, &[n])?;
+            upload_f32(d, &t.data)
+        };
+        let layers = (0..c.n_layer)
+            .map(|i| {
+                Ok(Layer {
+                    wqkv: matrix(&names::wqkv(i), [dim, qkv])?,
+                    wo: matrix(&names::wo(i), [c.n_head * hd, dim])?,
+                    w13: matrix(&names::w13(i), [dim, 2 * c.ffn_hidden])?,
+                    w2: matrix(&names::w2(i), [c.ffn_hidden, dim])?,
+                    attention_norm: vector(&names::attention_norm(i), dim)?,
+                    ffn_norm: vector(&names::ffn_norm(i), dim)?,
+                })
+            })
+            .collect::<Result<Vec<_>, CudaError>>()?;
+        let (cos, sin) = rotary::tables(c);
+        Ok(GptWeights {
+            embeddings: matrix(names::EMBEDDINGS, [c.vocab_size + c.class_rows, dim])?,
+            layers,
+            norm: vector(names::NORM, dim)?,
+            output: matrix(names::OUTPUT, [dim, c.vocab_size])?,
+            cos: upload_f32(d, &cos)?,
+            sin: upload_f32(d, &sin)?,
+            config: c.clone(),
+        })
+    }
+}
+
+fn check_dims(name: &str, got: &[usize], want: &[usize]) -> Result<(), CudaError> {
+    if got == want {
+        return Ok(());
+    }
+    Err(CudaError::WeightShape {
+        name: name.to_string(),
+        expected: want.to_vec(),
+        got: got.to_vec(),
+    })
+}
+
+/// Device buffers of one batch shape: `rows` GPT rows serving `n` requests (`rows = 2n` with
+/// CFG). Owned by one generation at a time; its graph stays valid because no buffer moves.
+pub struct Session<D: Device> {
+    pub rows: usize,
+    pub n: usize,
+    x: D::Buf,
+    normed: D::Buf,
+    qkv: D::Buf,
+    q: D::Buf,
+    attn: D::Buf,
+    h13: D::Buf,
+    act: D::Buf,
+    logits: D::Buf,
+    cache_k: Vec<D::Buf>,
+    cache_v: Vec<D::Buf>,
+    /// i32 `[rows]`: the step's input ids (written by the sampler for the next step).
+    ids: D::Buf,
+    /// i32 scalars: cache slot and sampling step of the next step.
+    pos: D::Buf,
+    step: D::Buf,
+    /// i32 `[n, tokens_per_image]`.
+    tokens: D::Buf,
+    params: D::Buf,
+    scratch: D::Buf,
+    /// The captured step, once a generation has run on this session.
+    pub graph: Option<D::Graph>,
+}
+
+impl<D: Device> Session<D> {
+    pub fn new(d: &D, c: &GptConfig, rows: usize, n: usize, per: usize) -> Result<Self, CudaError> {
+        let (f16, f32, i32) = (2, 4, 4);
+        let hd = c.head_dim;
+        let cache = rows * c.n_kv_head * c.max_len * hd * f16;
+        let layers = |_| d.alloc(cache);
+        Ok(Session {
+            rows,
+            n,
+            x: d.alloc(rows * c.dim * f32)?,
+            normed: d.alloc(rows * c.dim * f16)?,
+            qkv: d.alloc(rows * (c.n_head + 2 * c.n_kv_head) * hd * f16)?,
+            q: d.alloc(rows * c.n_head * hd * f16)?,
+            attn: d.alloc(rows * c.n_head * hd * f16)?,
+            h13: d.alloc(rows * 2 * c.ffn_hidden * f16)?,
+            act: d.alloc(rows * c.ffn_hidden * f16)?,
+            logits: d.alloc(rows * c.vocab_size * f32)?,
+            cache_k: (0..c.n_layer).map(layers).collect::<Result<_, _>>()?,
+            cache_v: (0..c.n_layer).map(layers).collect::<Result<_, _>>()?,
+            ids: d.alloc(rows * i32)?,
+            pos: d.alloc(i32)?,
+            step: d.alloc(i32)?,
+            tokens: d.alloc(n * per * i32)?,
+            params: d.alloc(std::mem::size_of::<SampleParams>())?,
+            scratch: d.alloc(sampler::scratch_bytes(n, c.vocab_size))?,
+            graph: None,
+        })
+    }
+
+    /// Sets the next step's input ids and cache slot / sampling step.
+    pub fn set_inputs(&self, d: &D, ids: &[i32], pos: i32, step: i32) -> Result<(), CudaError> {
+        let bytes: Vec<u8> = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
+        d.upload(&self.ids, 0, &bytes)?;
+        d.upload(&self.pos, 0, &pos.to_le_bytes())?;
+        d.upload(&self.step, 0, &step.to_le_bytes())
+    }
+
+    pub fn set_params(&self, d: &D, p: &SampleParams) -> Result<(), CudaError> {
+        d.upload(&self.params, 0, &p.to_bytes())
+    }
+
+    /// The logits of the last step, `[rows, vocab]` (waits for the device).
+    pub fn read_logits(&self, d: &D, vocab: usize, out: &mut Vec<f32>) -> Result<(), CudaError> {
+        let mut bytes = vec![0u8; self.rows * vocab * 4];
+        d.download(&self.logits, 0, &mut bytes)?;
+        out.clear();
+        out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        );
+        Ok(())
+    }
+
+    /// The sampled tokens, `[n][per]` (waits for the device).
+    pub fn read_tokens(&self, d: &D, per: usize) -> Result<Vec<Vec<u32>>, CudaError> {
+        let mut bytes = vec![0u8; self.n * per * 4];
+        d.download(&self.tokens, 0, &mut bytes)?;
+        let flat: Vec<u32> = bytes
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u32)
+            .collect();
+        Ok(flat.chunks(per).map(<[u32]>::to_vec).collect())
+    }
+}
+
+/// Issues one decode step on `s`: all layers and the logits; with `sample`, also CFG + sampling
+/// (writing the token and the next ids) and the position/step advance, so that replaying the
+/// captured sequence runs the whole generation loop without the host.
+pub fn issue_step<D: Device>(
+    d: &D,
+    w: &GptWeights<D>,
+    s: &Session<D>,
+    sample: bool,
+) -> Result<(), CudaError> {
+    let c = &w.config;
+    let a = |b: &D::Buf| d.addr(b);
+    let rows = s.rows;
+    let (dim, hd, hid) = (c.dim, c.head_dim, c.ffn_hidden);
+    let qkv_dim = (c.n_head + 2 * c.n_kv_head) * hd;
+    let attn_dim = c.n_head * hd;
+    let shape = AttnShape {
+        rows,
+        heads: c.n_head,
+        kv_heads: c.n_kv_head,
+        head_dim: hd,
+        max_len: c.max_len,
+    };
+    // x (+)= A . W, the residual add fused into the GEMM as beta = 1.
+    let residual = |inp: &D::Buf, k_dim: usize, wt: &D::Buf| {
+        let mut g = Gemm::dense(rows, dim, k_dim, a(inp), a(wt), a(&s.x), DType::F32);
+        g.beta = 1.0;
+        d.gemm(&g)
+    };
+
+    let norm = |w: &D::Buf| k::rms_norm(d, a(&s.normed), a(&s.x), a(w), rows, dim, c.norm_eps);
+    // out[rows, n] = normed . W (f16 out).
+    let project = |wt: &D::Buf, out: &D::Buf, n: usize| {
+        let g = Gemm::dense(rows, n, dim, a(&s.normed), a(wt), a(out), DType::F16);
+        d.gemm(&g)
+    };
+
+    k::embed_rows(d, a(&s.x), a(&w.embeddings), a(&s.ids), rows, dim)?;
+    for (l, lw) in w.layers.iter().enumerate() {
+        let (ck, cv, pos) = (a(&s.cache_k[l]), a(&s.cache_v[l]), a(&s.pos));
+        norm(&lw.attention_norm)?;
+        project(&lw.wqkv, &s.qkv, qkv_dim)?;
+        let (cos, sin) = (a(&w.cos), a(&w.sin));
+        k::rotary_kv_write(d, a(&s.q), ck, cv, a(&s.qkv), cos, sin, pos, &shape)?;
+        k::decode_attention(d, a(&s.attn), a(&s.q), ck, cv, pos, &shape)?;
+        residual(&s.attn, attn_dim, &lw.wo)?;
+        norm(&lw.ffn_norm)?;
+        project(&lw.w13, &s.h13, 2 * hid)?;
+        k::swiglu(d, a(&s.act), a(&s.h13), rows, hid)?;
+        residual(&s.act, hid, &lw.w2)?;
+    }
+    norm(&w.norm)?;
+    let logits = Gemm::dense(
+        rows,
+        c.vocab_size,
+        dim,
+        a(&s.normed),
+        a(&w.output),
+        a(&s.logits),
+        DType::F32,
+    );
+    d.gemm(&logits)?;
+    if sample {
+        sampler::sample(
+            d,
+            a(&s.tokens),
+            a(&s.ids),
+            a(&s.logits),
+            a(&s.params),
+            a(&s.step),
+            a(&s.scratch),
+            s.n,
+            c.vocab_size,
+        )?;
+        sampler::advance(d, a(&s.pos), a(&s.step))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,297 @@
+//! Launch wrappers of the GPT decode-step kernels (`kernels/gpt.cu`, `kernels/attention.cu`).
+//!
+//! Every pointer is a device address; layouts are row-major and stated per function. The decode
+//! position `pos` is an `i32` in device memory, read by the kernels, so a step captured once
+//! into a graph serves every position: grids are sized for the worst case (`max_len`) and the
+//! kernels stop at `pos`. A `pos` outside `0..max_len` makes the position-dependent kernels
+//! write nothing. Shapes are checked here, so a bad shape is an error, never an out-of-bounds
+//! launch; empty shapes launch nothing.
+
+use crate::device::{blocks_for, Device, KArg};
+use crate::error::CudaError;
+
+/// Threads per block of the elementwise kernels.
+const ELEMENTWISE_THREADS: usize = 256;
+/// `decode_attention` is specialised for this head size (LlamaGen's only one).
+const ATTN_HEAD_DIM: usize = 64;
+/// Must equal `ATTN_THREADS` in attention.cu.
+const ATTN_THREADS: u32 = 256;
+/// CUDA's limit on `gridDim.y`, where the row index goes.
+const MAX_GRID_Y: usize = 65_535;
+
+/// x[r, :] = f32(table[ids[r], :]); table f16 [num_ids, dim], ids i32 [rows], x f32 [rows, dim].
+///
+/// The ids must be valid rows of `table` (the kernel has no bound to check them against).
+pub fn embed_rows<D: Device>(
+    d: &D,
+    x: u64,
+    table: u64,
+    ids: u64,
+    rows: usize,
+    dim: usize,
+) -> Result<(), CudaError> {
+    const CTX: &str = "embed_rows";
+    if rows == 0 || dim == 0 {
+        return Ok(());
+    }
+    check_rows(CTX, rows)?;
+    let grid = [blocks_for(dim, ELEMENTWISE_THREADS), rows as u32, 1];
+    let args = [
+        KArg::Ptr(x),
+        KArg::Ptr(table),
+        KArg::Ptr(ids),
+        i32_arg(CTX, "dim", dim)?,
+    ];
+    d.launch(CTX, grid, [ELEMENTWISE_THREADS as u32, 1, 1], 0, &args)
+}
+
+/// out f16 [rows, dim] = rmsnorm(x f32 [rows, dim]) * weight f32 [dim].
+///
+/// `x / sqrt(mean(x^2) + eps) * weight` in f32, rounded once to f16. One block per row.
+pub fn rms_norm<D: Device>(
+    d: &D,
+    out: u64,
+    x: u64,
+    weight: u64,
+    rows: usize,
+    dim: usize,
+    eps: f32,
+) -> Result<(), CudaError> {
+    const CTX: &str = "rms_norm";
+    if rows == 0 || dim == 0 {
+        return Ok(());
+    }
+    let grid_x = u32::try_from(rows).map_err(|_| CudaError::call(CTX, "rows exceed u32"))?;
+    // Small rows get one warp per 32 columns; wide rows 256 threads, each striding over
+    // dim / 256 columns (a few per thread for every LlamaGen size).
+    let threads = dim.next_multiple_of(32).min(ELEMENTWISE_THREADS) as u32;
+    let args = [
+        KArg::Ptr(out),
+        KArg::Ptr(x),
+        KArg::Ptr(weight),
+        i32_arg(CTX, "dim", dim)?,
+        KArg::F32(eps),
+    ];
+    d.launch(CTX, [grid_x, 1, 1], [threads, 1, 1], 0, &args)
+}
+
+/// Shapes of one attention layer.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    /// Sequences in the batch (`[cond; uncond]` with CFG).
+    pub rows: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads; divides `heads` (GQA when smaller).
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Cache slots per (row, kv head).
+    pub max_len: usize,
+}
+
+impl AttnShape {
+    fn check(&self, ctx: &str) -> Result<(), CudaError> {
+        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+            return Err(CudaError::call(
+                ctx,
+                format!(
+                    "heads {} is not a multiple of kv_heads {}",
+                    self.heads, self.kv_heads
+                ),
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(CudaError::call(
+                ctx,
+                format!("head_dim {} is odd; rotary needs pairs", self.head_dim),
+            ));
+        }
+        check_rows(ctx, self.rows)?;
+        let width = (self.heads + 2 * self.kv_heads) * self.head_dim;
+        i32_arg(ctx, "qkv width", width)?;
+        i32_arg(ctx, "max_len", self.max_len)?;
+        Ok(())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows == 0 || self.heads == 0 || self.head_dim == 0 || self.max_len == 0
+    }
+}
+
+/// Reads `pos` (i32, device memory) and qkv f16 [rows, (heads + 2 kv_heads) * head_dim]; writes
+/// rotated q to q_out f16 [rows, heads * head_dim], rotated k and plain v into slot `pos` of the
+/// caches f16 [rows, kv_heads, max_len, head_dim]. cos/sin: f32 [max_len, head_dim].
+///
+/// Rotation of each pair `(a, b) = (x[2j], x[2j+1])`: `(a cos[2j] - b sin[2j],
+/// b cos[2j+1] + a sin[2j+1])`, as the CPU graph's `x * cos + swap(x) * sin`.
+#[allow(clippy::too_many_arguments)]
+pub fn rotary_kv_write<D: Device>(
+    d: &D,
+    q_out: u64,
+    cache_k: u64,
+    cache_v: u64,
+    qkv: u64,
+    cos: u64,
+    sin: u64,
+    pos: u64,
+    s: &AttnShape,
+) -> Result<(), CudaError> {
+    const CTX: &str = "rotary_kv_write";
+    if s.is_empty() {
+        return Ok(());
+    }
+    s.check(CTX)?;
+    // One block per (head of q|k|v, row), one thread per pair: a warp for head_dim 64.
+    let grid = [(s.heads + 2 * s.kv_heads) as u32, s.rows as u32, 1];
+    let threads = (s.head_dim / 2)
+        .next_multiple_of(32)
+        .min(ELEMENTWISE_THREADS) as u32;
+    let mut args = ptr_args(&[q_out, cache_k, cache_v, qkv, cos, sin, pos]);
+    args.extend(shape_args(CTX, s)?);
+    d.launch(CTX, grid, [threads, 1, 1], 0, &args)
+}
+
+/// out f16 [rows, heads * head_dim] = softmax(q . K[0..=pos]^T) . V[0..=pos] per (row, head);
+/// q already scaled; pos read from device memory; f32 softmax.
+///
+/// q f16 [rows, heads * head_dim]; caches f16 [rows, kv_heads, max_len, head_dim]; q head `h`
+/// reads kv head `h / (heads / kv_heads)`. head_dim 64 (every LlamaGen model) takes the fast
+/// kernel, which needs `out`, `q` and the caches 16-byte aligned (it reads 8 f16 at a time);
+/// other head sizes take a plain kernel with the scores in shared memory (max_len <= ~12000).
+pub fn decode_attention<D: Device>(
+    d: &D,
+    out: u64,
+    q: u64,
+    cache_k: u64,
+    cache_v: u64,
+    pos: u64,
+    s: &AttnShape,
+) -> Result<(), CudaError> {
+    const CTX: &str = "decode_attention";
+    if s.is_empty() {
+        return Ok(());
+    }
+    s.check(CTX)?;
+    if s.head_dim != ATTN_HEAD_DIM {
+        return decode_attention_generic(d, out, q, cache_k, cache_v, pos, s);
+    }
+    check_aligned(
+        CTX,
+        &[
+            ("out", out),
+            ("q", q),
+            ("cache_k", cache_k),
+            ("cache_v", cache_v),
+        ],
+    )?;
+    // One block per (head, row); grid sized by shape only, the kernel loops to pos.
+    let grid = [s.heads as u32, s.rows as u32, 1];
+    let mut args = ptr_args(&[out, q, cache_k, cache_v, pos]);
+    // The fast kernel is specialised for head_dim 64: it takes no head_dim argument.
+    let [heads, kv_heads, _, max_len] = shape_args(CTX, s)?;
+    args.extend([heads, kv_heads, max_len]);
+    d.launch(CTX, grid, [ATTN_THREADS, 1, 1], 0, &args)
+}
+
+/// [`decode_attention`] for any head_dim: correctness path for small test models.
+fn decode_attention_generic<D: Device>(
+    d: &D,
+    out: u64,
+    q: u64,
+    cache_k: u64,
+    cache_v: u64,
+    pos: u64,
+    s: &AttnShape,
+) -> Result<(), CudaError> {
+    const CTX: &str = "decode_attention_generic";
+    const THREADS: u32 = 128;
+    let shared = (s.max_len + s.head_dim) * 4;
+    if shared > 48 * 1024 {
+        return Err(CudaError::call(
+            CTX,
+            format!(
+                "head_dim {} with max_len {} needs {shared} bytes of shared memory (> 48 KiB)",
+                s.head_dim, s.max_len
+            ),
+        ));
+    }
+    let mut args = ptr_args(&[out, q, cache_k, cache_v, pos]);
+    args.extend(shape_args(CTX, s)?);
+    let grid = [s.heads as u32, s.rows as u32, 1];
+    d.launch(CTX, grid, [THREADS, 1, 1], shared as u32, &args)
+}
+
+/// out f16 [rows, hidden] = silu(h13[:, :hidden]) * h13[:, hidden..]; h13 f16 [rows, 2 hidden].
+///
+/// 128-bit loads when `hidden % 8 == 0` and both buffers are 16-byte aligned (every LlamaGen
+/// size), one element per thread otherwise.
+pub fn swiglu<D: Device>(
+    d: &D,
+    out: u64,
+    h13: u64,
+    rows: usize,
+    hidden: usize,
+) -> Result<(), CudaError> {
+    const CTX: &str = "swiglu";
+    if rows == 0 || hidden == 0 {
+        return Ok(());
+    }
+    check_rows(CTX, rows)?;
+    // The kernel indexes a row of h13 with i32 columns up to 2 * hidden.
+    i32_arg(CTX, "2 * hidden", 2 * hidden)?;
+    let args = [
+        KArg::Ptr(out),
+        KArg::Ptr(h13),
+        i32_arg(CTX, "hidden", hidden)?,
+    ];
+    let block = [ELEMENTWISE_THREADS as u32, 1, 1];
+    if hidden % 8 == 0 && out % 16 == 0 && h13 % 16 == 0 {
+        let grid = [blocks_for(hidden / 8, ELEMENTWISE_THREADS), rows as u32, 1];
+        d.launch("swiglu_x8", grid, block, 0, &args)
+    } else {
+        let grid = [blocks_for(hidden, ELEMENTWISE_THREADS), rows as u32, 1];
+        d.launch(CTX, grid, block, 0, &args)
+    }
+}
+
+/// `v` as an `i32` kernel argument, or an error naming `what`.
+fn ptr_args(ptrs: &[u64]) -> Vec<KArg> {
+    ptrs.iter().map(|&p| KArg::Ptr(p)).collect()
+}
+
+/// heads, kv_heads, head_dim, max_len as i32 kernel arguments.
+fn shape_args(ctx: &str, s: &AttnShape) -> Result<[KArg; 4], CudaError> {
+    Ok([
+        i32_arg(ctx, "heads", s.heads)?,
+        i32_arg(ctx, "kv_heads", s.kv_heads)?,
+        i32_arg(ctx, "head_dim", s.head_dim)?,
+        i32_arg(ctx, "max_len", s.max_len)?,
+    ])
+}
+
+fn i32_arg(ctx: &str, what: &str, v: usize) -> Result<KArg, CudaError> {
+    i32::try_from(v)
+        .map(KArg::I32)
+        .map_err(|_| CudaError::call(ctx, format!("{what} = {v} does not fit in i32")))
+}
+
+fn check_rows(ctx: &str, rows: usize) -> Result<(), CudaError> {
+    if rows > MAX_GRID_Y {
+        return Err(CudaError::call(
+            ctx,
+            format!("rows = {rows} exceeds the grid limit {MAX_GRID_Y}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_aligned(ctx: &str, ptrs: &[(&str, u64)]) -> Result<(), CudaError> {
+    match ptrs.iter().find(|(_, p)| p % 16 != 0) {
+        Some((what, p)) => Err(CudaError::call(
+            ctx,
+            format!("{what} at {p:#x} is not 16-byte aligned"),
+        )),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,186 @@
+//! Launch wrappers of the sampler kernels (`kernels/sampler.cu`): CFG + sampling of every request
+//! row on the device, returning exactly the token [`crate::sampler::sample_token`] returns on the
+//! CPU for the same logits, options and Philox draw (same order of operations and the same exactly
+//! specified arithmetic: `portable_exp`, u64 fixed-point weights, no FMA; see the module doc of
+//! [`crate::sampler`]).
+//!
+//! Everything a request changes lives in device memory ([`SampleParams`], the `step` scalar), so a
+//! captured decode step serves every request. All pointers are device addresses.
+
+use crate::device::{Device, KArg};
+use crate::error::CudaError;
+use llamagen_bundle::philox::Philox;
+use llamagen_bundle::sampling::{SamplingOptions, MAX_VOCAB};
+
+/// Threads per request row; must equal `SAMPLER_THREADS` in sampler.cu.
+const SAMPLER_THREADS: u32 = 1024;
+/// More request rows than any batch needs (CUDA's `gridDim.x` limit is far larger).
+const MAX_ROWS: usize = 65_535;
+
+/// Sampling parameters in device memory (read by the kernel at every replay of the captured
+/// step). Mirrors `struct SampleParams` in sampler.cu: ten 4-byte fields, 40 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleParams {
+    /// Raw temperature (the kernel divides by `max(temperature, 1e-5)`, as the CPU).
+    pub temperature: f32,
+    /// Top-k, 0 = off (saturated to u32; the kernel clamps it to the vocabulary).
+    pub top_k: u32,
+    /// Nucleus threshold, `>= 1` = off.
+    pub top_p: f32,
+    /// CFG `uncond + (cond - uncond) * cfg_scale`.
+    pub cfg_scale: f32,
+    /// Guidance stops after decode step `i > cfg_interval` when `cfg_interval > -1` (host rule).
+    pub cfg_interval: f32,
+    /// Philox key `[seed lo, seed hi]`.
+    pub key: [u32; 2],
+    /// Request rows; with `cfg` the logits rows `n..2n` are their uncond rows.
+    pub n: u32,
+    /// 1 when the batch is `[cond; uncond]`, else 0.
+    pub cfg: u32,
+    /// Row length of the `tokens` output `[n, tokens_per_image]`.
+    pub tokens_per_image: u32,
+}
+
+impl SampleParams {
+    /// The parameters of one request: sampling options, guidance, seed (the Philox key; stream =
+    /// request row, counter = step), `n` request rows, `cfg` (rows are `[cond; uncond]`).
+    pub fn new(
+        opts: &SamplingOptions,
+        cfg_scale: f32,
+        cfg_interval: f32,
+        seed: u64,
+        n: usize,
+        cfg: bool,
+        tokens_per_image: usize,
+    ) -> Self {
+        let sat = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        SampleParams {
+            temperature: opts.temperature,
+            top_k: sat(opts.top_k),
+            top_p: opts.top_p,
+            cfg_scale,
+            cfg_interval,
+            key: Philox::new(seed).key(),
+            n: sat(n),
+            cfg: u32::from(cfg),
+            tokens_per_image: sat(tokens_per_image),
+        }
+    }
+
+    /// The struct's bytes as the kernel reads them (little-endian fields in declaration order).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let words = [
+            self.temperature.to_bits(),
+            self.top_k,
+            self.top_p.to_bits(),
+            self.cfg_scale.to_bits(),
+            self.cfg_interval.to_bits(),
+            self.key[0],
+            self.key[1],
+            self.n,
+            self.cfg,
+            self.tokens_per_image,
+        ];
+        words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+}
+
+/// Bytes of the scratch buffer [`sample`] needs for `n` request rows: per row the fixed-point
+/// weights (u64 `[n, vocab]`) and the scaled logits (f32 `[n, vocab]`).
+pub fn scratch_bytes(n: usize, vocab: usize) -> usize {
+    n * vocab * (8 + 4)
+}
+
+/// For each request row r < n: CFG-combines logits rows r and n + r when params say so and the
+/// step is guided, then samples with u = Philox(seed).uniform(r, step); writes
+/// tokens[r * tokens_per_image + step] and the next step's input ids[r] (and ids[n + r] with CFG).
+/// logits f32 [rows, vocab] (the cond rows may be overwritten); tokens, ids, step: i32.
+///
+/// `n` is the launch's row count (one block of 1024 threads per row) and sizes `scratch`
+/// ([`scratch_bytes`]); the kernel takes the request's own count from `params.n`, which must not
+/// exceed it (rows `>= params.n` do nothing). `vocab` must be in `1..=2^20` (the fixed-point
+/// weights' limit). `tokens` is written only while `step < tokens_per_image`.
+#[allow(clippy::too_many_arguments)]
+pub fn sample<D: Device>(
+    d: &D,
+    tokens: u64,
+    ids: u64,
+    logits: u64,
+    params: u64,
+    step: u64,
+    scratch: u64,
+    n: usize,
+    vocab: usize,
+) -> Result<(), CudaError> {
+    const CTX: &str = "sample_rows";
+    if n == 0 {
+        return Ok(());
+    }
+    if n > MAX_ROWS {
+        return Err(CudaError::call(
+            CTX,
+            format!("{n} request rows exceed the sampler's limit {MAX_ROWS}"),
+        ));
+    }
+    if vocab == 0 || vocab > MAX_VOCAB {
+        return Err(CudaError::call(
+            CTX,
+            format!("vocab {vocab} is outside the sampler's range 1..={MAX_VOCAB}"),
+        ));
+    }
+    let args = [
+        KArg::Ptr(tokens),
+        KArg::Ptr(ids),
+        KArg::Ptr(logits),
+        KArg::Ptr(params),
+        KArg::Ptr(step),
+        KArg::Ptr(scratch),
+        KArg::U32(vocab as u32),
+    ];
+    d.launch(CTX, [n as u32, 1, 1], [SAMPLER_THREADS, 1, 1], 0, &args)
+}
+
+/// `*pos += 1; *step += 1` on i32 device scalars (one thread; ends every captured step).
+pub fn advance<D: Device>(d: &D, pos: u64, step: u64) -> Result<(), CudaError> {
+    d.launch(
+        "sampler_advance",
+        [1, 1, 1],
+        [32, 1, 1],
+        0,
+        &[KArg::Ptr(pos), KArg::Ptr(step)],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_bytes_follow_the_kernel_struct() {
+        let p = SampleParams::new(
+            &SamplingOptions {
+                temperature: 0.5,
+                top_k: usize::MAX,
+                top_p: 0.9,
+            },
+            4.0,
+            -1.0,
+            0x0102_0304_0506_0708,
+            3,
+            true,
+            256,
+        );
+        let b = p.to_bytes();
+        assert_eq!(b.len(), std::mem::size_of::<SampleParams>());
+        assert_eq!(b.len(), 40);
+        let word = |i: usize| u32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap());
+        assert_eq!(f32::from_bits(word(0)), 0.5);
+        assert_eq!(word(1), u32::MAX, "top_k saturates");
+        assert_eq!(f32::from_bits(word(2)), 0.9);
+        assert_eq!(f32::from_bits(word(3)), 4.0);
+        assert_eq!(f32::from_bits(word(4)), -1.0);
+        assert_eq!([word(5), word(6)], [0x0506_0708, 0x0102_0304]);
+        assert_eq!([word(7), word(8), word(9)], [3, 1, 256]);
+    }
+}

@@ -1,0 +1,502 @@
+//! Launch wrappers of the VQ decoder (kernels/vq.cu) and its convolutions as GEMMs.
+//!
+//! Layouts (NHWC, `batch` images of `h x w` positions, `C` channels):
+//! - f32 feature maps ([`MapF32`]): the residual stream (compact, pitch `w`) and every GEMM output
+//!   (a 3x3 conv writes rows of pitch `w + 2`, the last two positions junk);
+//! - f16 GEMM inputs: compact `[batch, h*w, C]`, or zero-padded `[batch, padded_rows(h, w), C]`
+//!   for a 3x3 conv (row `(y+1)(w+2) + (x+1)` holds position (y, x); see [`padded_rows`]);
+//! - conv weights f16: 3x3 as `[9, cin, cout]` (tap `ky*3 + kx`), 1x1 as `[cin, cout]`.
+//!
+//! A 3x3 conv is 9 GEMMs accumulated into one f32 output, no im2col: output row `y(w+2) + x`
+//! of tap (ky, kx) reads padded row `(y+ky)(w+2) + x+kx`, i.e. the padded buffer shifted by
+//! `ky(w+2) + kx` rows, so each tap is a plain GEMM with `lda = cin` at an address offset (`beta`
+//! 0 for the first tap, 1 after). It costs no 9x im2col buffer (2.4 GB for 16 images at 256 px)
+//! and sums the taps in f32. The price: the two junk columns per row (`2 / (w+2)` extra work)
+//! that the next kernel skips.
+
+use crate::device::{blocks_for, DType, Device, Gemm, KArg};
+use crate::error::CudaError;
+
+/// Block size of every VQ kernel (the reduction kernels assume exactly this).
+pub const THREADS: u32 = 256;
+/// Grid cap of the elementwise kernels (they loop over the rest).
+const MAX_BLOCKS: u32 = 8192;
+/// Most slices per GroupNorm group in the statistics pass (sizes the `partial` scratch).
+pub const MAX_STAT_CHUNKS: usize = 64;
+/// Values per statistics slice below which no further split is made.
+const STAT_CHUNK_VALUES: usize = 4096;
+const F16: usize = 2;
+const F32: usize = 4;
+
+/// Rows per image of the zero-padded conv input for an `h x w` map: `(h+2)(w+2)` plus 2, so the
+/// last tap (offset `2(w+2) + 2`) of the last output row stays inside the image's block.
+pub fn padded_rows(h: usize, w: usize) -> usize {
+    (h + 2) * (w + 2) + 2
+}
+
+/// An f32 NHWC feature map in device memory, read as `ptr[b*img_stride + (y*pitch + x)*c + ch]`
+/// plus `bias[ch]` when `bias` is not 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapF32 {
+    pub ptr: u64,
+    pub batch: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    /// Positions per stored row: `w`, or `w + 2` for a 3x3 conv output.
+    pub pitch: usize,
+    /// Elements between images.
+    pub img_stride: usize,
+    /// Device address of an f32 `[c]` bias added on read, or 0.
+    pub bias: u64,
+}
+
+impl MapF32 {
+    /// A compact map `[batch, h, w, c]` without bias.
+    pub fn compact(ptr: u64, batch: usize, h: usize, w: usize, c: usize) -> Self {
+        MapF32 {
+            ptr,
+            batch,
+            h,
+            w,
+            c,
+            pitch: w,
+            img_stride: h * w * c,
+            bias: 0,
+        }
+    }
+
+    /// The output of [`conv3x3`] over an `h x w` map: `[batch, h, w + 2, c]` without bias.
+    pub fn conv_out(ptr: u64, batch: usize, h: usize, w: usize, c: usize) -> Self {
+        MapF32 {
+            pitch: w + 2,
+            img_stride: h * (w + 2) * c,
+            ..Self::compact(ptr, batch, h, w, c)
+        }
+    }
+
+    /// The same map with `bias` (f32 `[c]`) added on read.
+    pub fn with_bias(self, bias: u64) -> Self {
+        MapF32 { bias, ..self }
+    }
+
+    /// The leading kernel arguments `src, bias`, and `h, w, pitch, img_stride, c`.
+    fn args(&self) -> Result<([KArg; 2], [KArg; 5]), CudaError> {
+        if self.pitch < self.w || self.img_stride < self.h * self.pitch * self.c {
+            return Err(CudaError::call(
+                "vq kernel arguments",
+                format!("inconsistent map {self:?}"),
+            ));
+        }
+        Ok((
+            [KArg::Ptr(self.ptr), KArg::Ptr(self.bias)],
+            [
+                int(self.h)?,
+                int(self.w)?,
+                int(self.pitch)?,
+                int(self.img_stride)?,
+                int(self.c)?,
+            ],
+        ))
+    }
+}
+
+/// GroupNorm parameters and scratch, all device addresses: `gamma`, `beta` f32 `[c]`, `stats`
+/// f32 `[batch, groups, 2]`, `partial` f32 `[batch, groups, MAX_STAT_CHUNKS, 3]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GroupNormArgs {
+    pub gamma: u64,
+    pub beta: u64,
+    pub groups: usize,
+    pub eps: f32,
+    pub stats: u64,
+    pub partial: u64,
+    /// Apply swish (`x * sigmoid(x)`) after the affine.
+    pub swish: bool,
+}
+
+/// Shape of a convolution: `batch` images of `h x w`, `cin -> cout` channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub batch: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cin: usize,
+    pub cout: usize,
+}
+
+fn int(v: usize) -> Result<KArg, CudaError> {
+    i32::try_from(v).map(KArg::I32).map_err(|_| {
+        CudaError::call(
+            "vq kernel arguments",
+            format!("{v} does not fit a 32-bit kernel argument"),
+        )
+    })
+}
+
+fn flag(b: bool) -> KArg {
+    KArg::I32(i32::from(b))
+}
+
+/// Grid of an elementwise kernel over `n` items (grid-stride beyond the cap).
+fn grid_for(n: usize) -> [u32; 3] {
+    [blocks_for(n, THREADS as usize).min(MAX_BLOCKS), 1, 1]
+}
+
+/// Launches an elementwise kernel over `n` items (32-bit indices in the kernel).
+fn launch_elementwise<D: Device>(
+    d: &D,
+    name: &str,
+    n: usize,
+    args: &[KArg],
+) -> Result<(), CudaError> {
+    int(n)?;
+    d.launch(name, grid_for(n), [THREADS, 1, 1], 0, args)
+}
+
+/// Launches a per-image kernel: `n_img` items of each of `batch` images (image = blockIdx.y).
+fn launch_per_image<D: Device>(
+    d: &D,
+    name: &str,
+    batch: usize,
+    n_img: usize,
+    args: &[KArg],
+) -> Result<(), CudaError> {
+    int(n_img)?;
+    let [x, ..] = grid_for(n_img);
+    d.launch(name, [x, grid_dim(batch)?, 1], [THREADS, 1, 1], 0, args)
+}
+
+/// A grid y or z extent (at most 65535).
+fn grid_dim(n: usize) -> Result<u32, CudaError> {
+    u32::try_from(n)
+        .ok()
+        .filter(|&v| v <= 65535)
+        .ok_or_else(|| {
+            CudaError::call(
+                "vq kernel arguments",
+                format!("{n} exceeds a grid's y/z extent (65535)"),
+            )
+        })
+}
+
+/// `rows` f32 `[n, dim]` divided in place by `max(||row||, 1e-12)` (`F.normalize`).
+pub fn l2_normalize_rows<D: Device>(
+    d: &D,
+    rows: u64,
+    n: usize,
+    dim: usize,
+) -> Result<(), CudaError> {
+    let args = [KArg::Ptr(rows), int(n)?, int(dim)?];
+    launch_elementwise(d, "vq_l2_normalize_rows", n, &args)
+}
+
+/// `out` f16 `[n_tokens, dim]` = `codebook` f32 `[codebook_size, dim]` rows at `tokens` i32
+/// `[n_tokens]` (ids clamped into the codebook).
+pub fn codebook_gather<D: Device>(
+    d: &D,
+    out: u64,
+    codebook: u64,
+    tokens: u64,
+    n_tokens: usize,
+    dim: usize,
+    codebook_size: usize,
+) -> Result<(), CudaError> {
+    let args = [
+        KArg::Ptr(out),
+        KArg::Ptr(codebook),
+        KArg::Ptr(tokens),
+        int(n_tokens)?,
+        int(dim)?,
+        int(codebook_size)?,
+    ];
+    launch_elementwise(d, "vq_codebook_gather", n_tokens * dim, &args)
+}
+
+/// Slices per group of the statistics pass for `map`.
+fn stat_chunks(map: &MapF32, groups: usize) -> usize {
+    let values = map.h * map.w * (map.c / groups.max(1));
+    values.div_ceil(STAT_CHUNK_VALUES).clamp(1, MAX_STAT_CHUNKS)
+}
+
+/// `out` f16 = GroupNorm(`map`) with `gn`'s affine (and swish), f32 statistics (two-pass per
+/// slice, merged with Chan's update). `pad`: write the zero-padded 3x3 conv input of the map
+/// (borders included), else compact `[batch, h*w, c]`.
+pub fn group_norm_f16<D: Device>(
+    d: &D,
+    out: u64,
+    map: &MapF32,
+    gn: &GroupNormArgs,
+    pad: bool,
+) -> Result<(), CudaError> {
+    if gn.groups == 0 || map.c % gn.groups != 0 {
+        return Err(CudaError::call(
+            "vq group norm",
+            format!("{} channels in {} groups", map.c, gn.groups),
+        ));
+    }
+    let (src, [h, w, pitch, stride, c]) = map.args()?;
+    let chunks = stat_chunks(map, gn.groups);
+    int(map.h * map.w * map.c)?; // one image's values, indexed in 32 bits
+    let grid = [chunks as u32, grid_dim(gn.groups)?, grid_dim(map.batch)?];
+    let partial_args = [
+        KArg::Ptr(gn.partial),
+        src[0],
+        src[1],
+        h,
+        w,
+        pitch,
+        stride,
+        c,
+        int(gn.groups)?,
+    ];
+    d.launch(
+        "vq_group_stats_partial",
+        grid,
+        [THREADS, 1, 1],
+        0,
+        &partial_args,
+    )?;
+    let n = map.batch * gn.groups;
+    let finalize_args = [
+        KArg::Ptr(gn.stats),
+        KArg::Ptr(gn.partial),
+        int(n)?,
+        int(chunks)?,
+        KArg::F32(gn.eps),
+    ];
+    launch_elementwise(d, "vq_group_stats_finalize", n, &finalize_args)?;
+    let rows = if pad {
+        padded_rows(map.h, map.w)
+    } else {
+        map.h * map.w
+    };
+    let args = [
+        KArg::Ptr(out),
+        src[0],
+        src[1],
+        KArg::Ptr(gn.stats),
+        KArg::Ptr(gn.gamma),
+        KArg::Ptr(gn.beta),
+        h,
+        w,
+        pitch,
+        stride,
+        c,
+        int(gn.groups)?,
+        flag(pad),
+        flag(gn.swish),
+    ];
+    launch_per_image(d, "vq_group_norm_f16", map.batch, rows * map.c, &args)
+}
+
+/// `out` f16 = `map` nearest-upsampled by `factor` (1 or 2), zero-padded for a 3x3 conv when
+/// `pad`, else compact (factor 1 without pad converts f32 to f16).
+pub fn upsample_pad_f16<D: Device>(
+    d: &D,
+    out: u64,
+    map: &MapF32,
+    factor: usize,
+    pad: bool,
+) -> Result<(), CudaError> {
+    let (src, [h, w, pitch, stride, c]) = map.args()?;
+    let (fh, fw) = (map.h * factor, map.w * factor);
+    let rows = if pad { padded_rows(fh, fw) } else { fh * fw };
+    let args = [
+        KArg::Ptr(out),
+        src[0],
+        src[1],
+        h,
+        w,
+        pitch,
+        stride,
+        c,
+        int(factor)?,
+        flag(pad),
+    ];
+    launch_per_image(d, "vq_upsample_pad_f16", map.batch, rows * map.c, &args)
+}
+
+/// `out` f32 = `map` (+ its bias) + `residual` (compact NHWC, may be `out`), compact NHWC, or
+/// NCHW `[batch, c, h, w]` when `nchw`. `out` must not overlap `map` unless `map` is compact.
+pub fn bias_residual<D: Device>(
+    d: &D,
+    out: u64,
+    map: &MapF32,
+    residual: Option<u64>,
+    nchw: bool,
+) -> Result<(), CudaError> {
+    let (src, [h, w, pitch, stride, c]) = map.args()?;
+    let args = [
+        KArg::Ptr(out),
+        src[0],
+        src[1],
+        KArg::Ptr(residual.unwrap_or(0)),
+        h,
+        w,
+        pitch,
+        stride,
+        c,
+        flag(nchw),
+    ];
+    launch_per_image(
+        d,
+        "vq_bias_residual",
+        map.batch,
+        map.h * map.w * map.c,
+        &args,
+    )
+}
+
+/// `out` f16 `[rows, cols]` = `src` f32 `[rows, cols]` + `bias` f32 `[cols]`.
+pub fn bias_f16<D: Device>(
+    d: &D,
+    out: u64,
+    src: u64,
+    bias: u64,
+    rows: usize,
+    cols: usize,
+) -> Result<(), CudaError> {
+    let args = [
+        KArg::Ptr(out),
+        KArg::Ptr(src),
+        KArg::Ptr(bias),
+        int(rows)?,
+        int(cols)?,
+    ];
+    launch_elementwise(d, "vq_bias_f16", rows * cols, &args)
+}
+
+/// `out` f16 `[rows, cols]` = row-wise softmax of `scores` f32 `[rows, cols]` (f32 math).
+pub fn softmax_rows_f16<D: Device>(
+    d: &D,
+    out: u64,
+    scores: u64,
+    rows: usize,
+    cols: usize,
+) -> Result<(), CudaError> {
+    int(rows)?; // grid.x holds up to 2^31 - 1 blocks
+    let grid = [rows as u32, 1, 1];
+    let args = [KArg::Ptr(out), KArg::Ptr(scores), int(cols)?];
+    d.launch("vq_softmax_rows_f16", grid, [THREADS, 1, 1], 0, &args)
+}
+
+/// 3x3 conv, stride 1, zero padding 1, no bias, as 9 accumulated GEMMs (module doc):
+/// `out` f32 `[batch, h, w + 2, cout]` ([`MapF32::conv_out`]) from `input` f16
+/// `[batch, padded_rows(h, w), cin]` and `weights` f16 `[9, cin, cout]`.
+pub fn conv3x3<D: Device>(
+    d: &D,
+    s: &ConvShape,
+    input: u64,
+    weights: u64,
+    out: u64,
+) -> Result<(), CudaError> {
+    let wp = s.w + 2;
+    for tap in 0..9 {
+        let (ky, kx) = (tap / 3, tap % 3);
+        let shift = (ky * wp + kx) * s.cin;
+        d.gemm(&Gemm {
+            lda: s.cin,
+            beta: if tap == 0 { 0.0 } else { 1.0 },
+            batch: s.batch,
+            stride_a: padded_rows(s.h, s.w) * s.cin,
+            stride_b: 0,
+            stride_c: s.h * wp * s.cout,
+            ..Gemm::dense(
+                s.h * wp,
+                s.cout,
+                s.cin,
+                input + (shift * F16) as u64,
+                weights + (tap * s.cin * s.cout * F16) as u64,
+                out,
+                DType::F32,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// 1x1 conv (no bias) over `rows` positions: `out` f32 `[rows, cout]` = `input` f16
+/// `[rows, cin]` . `weights` f16 `[cin, cout]`.
+pub fn conv1x1<D: Device>(
+    d: &D,
+    out: u64,
+    input: u64,
+    weights: u64,
+    rows: usize,
+    cin: usize,
+    cout: usize,
+) -> Result<(), CudaError> {
+    d.gemm(&Gemm::dense(
+        rows,
+        cout,
+        cin,
+        input,
+        weights,
+        out,
+        DType::F32,
+    ))
+}
+
+/// Attention scores per image: `scores` f32 `[batch, hw, hw]` = `scale * q . k^T`, with q and k
+/// read from `qkv` f16 `[batch, hw, 3c]` (each row q | k | v).
+pub fn attention_scores<D: Device>(
+    d: &D,
+    scores: u64,
+    qkv: u64,
+    batch: usize,
+    hw: usize,
+    c: usize,
+    scale: f32,
+) -> Result<(), CudaError> {
+    d.gemm(&Gemm {
+        lda: 3 * c,
+        ldb: 3 * c,
+        b_trans: true,
+        alpha: scale,
+        batch,
+        stride_a: hw * 3 * c,
+        stride_b: hw * 3 * c,
+        stride_c: hw * hw,
+        ..Gemm::dense(hw, hw, c, qkv, qkv + (c * F16) as u64, scores, DType::F32)
+    })
+}
+
+/// Attention output per image: `out` f16 `[batch, hw, c]` = `probs` f16 `[batch, hw, hw]` . v,
+/// with v read from `qkv` f16 `[batch, hw, 3c]`.
+pub fn attention_values<D: Device>(
+    d: &D,
+    out: u64,
+    probs: u64,
+    qkv: u64,
+    batch: usize,
+    hw: usize,
+    c: usize,
+) -> Result<(), CudaError> {
+    d.gemm(&Gemm {
+        ldb: 3 * c,
+        batch,
+        stride_a: hw * hw,
+        stride_b: hw * 3 * c,
+        stride_c: hw * c,
+        ..Gemm::dense(
+            hw,
+            c,
+            hw,
+            probs,
+            qkv + (2 * c * F16) as u64,
+            out,
+            DType::F16,
+        )
+    })
+}
+
+/// Bytes of `n` f32 values (for address arithmetic by callers).
+pub const fn f32_bytes(n: usize) -> usize {
+    n * F32
+}
+
+/// Bytes of `n` f16 values.
+pub const fn f16_bytes(n: usize) -> usize {
+    n * F16
+}

@@ -1,0 +1,35 @@
+//! Uploads of host weights to the device. The weights themselves come from the bundle's ONNX
+//! graphs through the contract's reader (`llamagen_bundle::initializers`), as f32 whatever their
+//! stored precision; the device then stores GEMM weights as f16.
+
+use crate::device::Device;
+use crate::error::CudaError;
+
+pub use llamagen_bundle::initializers::{HostTensor, Initializers as BundleWeights};
+
+/// `data` uploaded as f16 (round to nearest even).
+pub fn upload_f16<D: Device>(d: &D, data: &[f32]) -> Result<D::Buf, CudaError> {
+    let bytes: Vec<u8> = data
+        .iter()
+        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+        .collect();
+    upload_bytes(d, &bytes)
+}
+
+/// `data` uploaded as f32.
+pub fn upload_f32<D: Device>(d: &D, data: &[f32]) -> Result<D::Buf, CudaError> {
+    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    upload_bytes(d, &bytes)
+}
+
+/// `data` uploaded as i32.
+pub fn upload_i32<D: Device>(d: &D, data: &[i32]) -> Result<D::Buf, CudaError> {
+    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    upload_bytes(d, &bytes)
+}
+
+fn upload_bytes<D: Device>(d: &D, bytes: &[u8]) -> Result<D::Buf, CudaError> {
+    let buf = d.alloc(bytes.len().max(1))?;
+    d.upload(&buf, 0, bytes)?;
+    Ok(buf)
+}
