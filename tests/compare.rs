@@ -15,9 +15,14 @@ use llamagen_runtime::compare::{compare, CompareReport};
 use llamagen_runtime::{
     GenerateRequest, Observer, Pipeline, PipelineOptions, RuntimeError, SamplingOptions,
 };
+use llamagen_test_support::Tolerance;
 use support::golden::{compile_tiny, tiny_options};
 
 const LLAMAGEN: &str = env!("CARGO_BIN_EXE_llamagen");
+
+/// The cosine of identical logits is 1 up to the f64 rounding of its dot products and norms
+/// (~1e-16 relative each), far below 1e-12; a level of this file only.
+const COSINE_OF_SAME: Tolerance = Tolerance::abs("cosine of identical data (1e-12 abs)", 1e-12);
 
 /// Every logit row in arrival order, with its (step, row).
 #[derive(Default)]
@@ -55,16 +60,8 @@ fn compile_random(out: &Path, seed: u64) {
 
 fn assert_identical(what: &str, r: &CompareReport) {
     eprintln!("{what}: {r:?}");
-    assert!(
-        (r.logits_cosine_min - 1.0).abs() <= 1e-12,
-        "{what}: cosine min {}",
-        r.logits_cosine_min
-    );
-    assert!(
-        (r.logits_cosine_mean - 1.0).abs() <= 1e-12,
-        "{what}: cosine mean {}",
-        r.logits_cosine_mean
-    );
+    COSINE_OF_SAME.assert_scalar(&format!("{what}: cosine min"), r.logits_cosine_min, 1.0);
+    COSINE_OF_SAME.assert_scalar(&format!("{what}: cosine mean"), r.logits_cosine_mean, 1.0);
     assert_eq!(r.logits_max_abs, 0.0, "{what}: max abs error");
     assert_eq!(r.token_agreement, 1.0, "{what}: token agreement");
     assert_eq!(r.image_psnr_db, f64::INFINITY, "{what}: PSNR");
@@ -283,7 +280,7 @@ fn cli_compare_json_prints_the_metrics() {
     for k in keys {
         num(&same, k);
     }
-    assert!((num(&same, "logits_cosine_min") - 1.0).abs() <= 1e-12);
+    COSINE_OF_SAME.assert_scalar("CLI cosine min", num(&same, "logits_cosine_min"), 1.0);
     assert_eq!(num(&same, "token_agreement"), 1.0);
     assert_eq!(
         num(&same, "image_psnr_db"),

@@ -20,8 +20,8 @@ use llamagen_runtime::{
     BackendKind, GenerateRequest, Observer, Pipeline, PipelineOptions, RuntimeError,
     SamplingOptions,
 };
+use llamagen_test_support::FP16_VS_FP32;
 use support::golden::{compile_tiny, read_f32, read_i64, tiny_dir};
-use support::tolerance::FP16_VS_FP32;
 
 /// Loads `bundle` on `kind`, or `None` (with a message) when this machine cannot run it.
 fn load(bundle: &Path, kind: BackendKind, cuda_graph: bool) -> Option<Pipeline> {
@@ -225,8 +225,8 @@ fn images_match_cpu(kind: BackendKind) {
 /// cosine fell to 0.58 while the int8 arithmetic was right). Free-running greedy tokens are
 /// checked for fp16 (they must be the official ones) and reported for int8.
 fn lower_precision_bundles_run(kind: BackendKind) {
+    use llamagen_test_support::INT8_VS_FP32;
     use support::golden::tiny_options;
-    use support::tolerance::INT8_VS_FP32;
     let (_, want) = read_f32(&tiny_dir().join("greedy_cfg4.logits.npy"));
     let (_, want_tokens) = read_i64(&tiny_dir().join("greedy_cfg4.tokens.npy"));
     let official: Vec<Vec<u32>> = want_tokens

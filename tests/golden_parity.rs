@@ -1,12 +1,12 @@
 //! Parity with the official LlamaGen code on tests/golden/tiny-c2i: the official-format `.pt`
 //! checkpoints are compiled to a bundle and run on ONNX Runtime's CPU provider.
-//! Levels: tokens identical; logits FP32_LOGITS; VQ images FP32_IMAGE (tests/support/tolerance.rs).
+//! Levels: tokens identical; logits FP32_LOGITS; VQ images FP32_IMAGE (llamagen_test_support).
 
 mod support;
 
 use llamagen_runtime::{GenerateRequest, Observer, Pipeline, PipelineOptions, SamplingOptions};
+use llamagen_test_support::{FP32_IMAGE, FP32_LOGITS};
 use support::golden::{compile_tiny, read_f32, read_i64, tiny_dir};
-use support::tolerance::{FP32_IMAGE, FP32_LOGITS};
 
 /// Records the logits each token was sampled from: `[row][step][vocab]`.
 struct LogitsRecorder(Vec<Vec<Vec<f32>>>);

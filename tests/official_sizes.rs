@@ -32,10 +32,10 @@ use llamagen_compiler::compile::{compile, resolve_configs, CompileOptions, Weigh
 use llamagen_compiler::ir::{Dim, ElemType};
 use llamagen_compiler::models::{gpt, vq};
 use llamagen_runtime::{GenerateRequest, Observer, Pipeline, PipelineOptions, SamplingOptions};
+use llamagen_test_support::{FP32_IMAGE, FP32_LOGITS};
 use support::reference::{
     argmax, load_weights, rope_2d_table, GptArch, GptRef, VqRef, Weights as RefWeights,
 };
-use support::tolerance::{FP32_IMAGE, FP32_LOGITS};
 
 const VOCAB: usize = 16384;
 const NUM_CLASSES: usize = 1000;

@@ -1,6 +1,6 @@
 //! Every precision round-trips through compile -> generate on the golden tiny model, and the
 //! calibrated compile records what it measured. Levels: FP16_VS_FP32, INT8_VS_FP32 and
-//! INT8_QDQ_VS_FP32_TINY (tests/support/tolerance.rs).
+//! INT8_QDQ_VS_FP32_TINY (`llamagen_test_support::precision`).
 
 mod support;
 
@@ -14,8 +14,8 @@ use llamagen_compiler::bundle::{load_manifest, Manifest};
 use llamagen_compiler::compile::Weights;
 use llamagen_runtime::compare::compare;
 use llamagen_runtime::{GenerateRequest, Pipeline, PipelineOptions, SamplingOptions};
+use llamagen_test_support::{PrecisionLevel, FP16_VS_FP32, INT8_QDQ_VS_FP32_TINY, INT8_VS_FP32};
 use support::golden::{compile_tiny, tiny_dir, tiny_options};
-use support::tolerance::{PrecisionLevel, FP16_VS_FP32, INT8_QDQ_VS_FP32_TINY, INT8_VS_FP32};
 
 fn tiny_set() -> CalibSet {
     CalibSet::from_yaml(

@@ -9,14 +9,14 @@
 //!   (level `FP32_IMAGE`).
 //!
 //! Fixture paths come from `support::golden::tiny_dir` (override with `LLAMAGEN_GOLDEN`); the
-//! levels are `support::tolerance::{FP32_LOGITS, FP32_IMAGE}`.
+//! levels are `llamagen_test_support::{FP32_LOGITS, FP32_IMAGE}`.
 
 mod support;
 
 use llamagen_runtime::npy::{read_npy_f32, read_npy_i64};
+use llamagen_test_support::{range_of, FP32_IMAGE, FP32_LOGITS};
 use support::golden::tiny_dir as golden_dir;
 use support::reference::{greedy_generate, load_weights, vq_decode, GptArch, GptRef, Weights};
-use support::tolerance::{FP32_IMAGE, FP32_LOGITS};
 
 /// The tiny c2i GPT the goldens were made with (README.json: model_args).
 fn tiny_arch() -> GptArch {
@@ -95,25 +95,12 @@ fn gpt_ref_step_api_matches_official() {
     let (_, gold_logits) = read_npy_f32(&dir.join("greedy_cfg1.logits.npy")).unwrap();
     let l0 = g.prefill(&LABELS);
     let l1 = g.decode(&[gold_tokens[0] as usize, gold_tokens[16] as usize], 0);
-    let (lo, hi) = gold_logits
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| {
-            (l.min(x), h.max(x))
-        });
-    let bound = FP32_LOGITS.range_rel * (hi - lo);
+    // The bound is relative to the range of all the golden logits, as `check_greedy`'s.
+    let range = range_of(&gold_logits);
     for (step, l) in [(0usize, &l0), (1, &l1)] {
         for (b, row) in l.iter().enumerate() {
             let gold = &gold_logits[(b * 16 + step) * 512..][..512];
-            let err = row
-                .iter()
-                .zip(gold)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max);
-            assert!(
-                err <= bound,
-                "step {step} row {b}: max abs err {err} > {bound} ({})",
-                FP32_LOGITS.name
-            );
+            FP32_LOGITS.assert_close_with_range(&format!("step {step} row {b}"), row, gold, range);
         }
     }
 }

@@ -2,14 +2,21 @@
 //!
 //! Tolerance levels: thresholds from hand-made histograms are exact (f32 ==, every value is
 //! a short binary fraction); KL divergences are compared to the hand-derived closed forms at
-//! atol 1e-12 (f64 sums of a few terms); the statistical checks assert ranges in sigma.
+//! `KL` (atol 1e-12, f64 sums of a few terms) and the closed forms to their 7-digit decimals at
+//! `SEVEN_DIGITS`; the statistical checks assert ranges in sigma.
 
 use llamagen_calib::estimate::{
     entropy_divergences, entropy_threshold, entropy_threshold_with, percentile_threshold,
 };
 use llamagen_calib::{scale, threshold, CalibError, Histogram, Method};
+use llamagen_test_support::Tolerance;
 
-const KL_ATOL: f64 = 1e-12;
+/// A KL divergence vs its hand-derived closed form: both are f64 sums of a few terms, so they
+/// agree to a few ulp of values < 1; 1e-12 absolute.
+const KL: Tolerance = Tolerance::abs("KL vs closed form (1e-12 abs)", 1e-12);
+
+/// A closed form vs the 7-digit decimal written beside it in the comments (rounding <= 5e-8).
+const SEVEN_DIGITS: Tolerance = Tolerance::abs("7-digit decimal (1e-7 abs)", 1e-7);
 
 /// A histogram with `counts[j]` values at the centre of bin j, width 1: the top non-empty
 /// bin must be >= n/2 so that the range (power of two above max) is exactly n.
@@ -33,7 +40,7 @@ fn assert_kl(got: &[(usize, f64)], expected: &[(usize, f64)]) {
         if ekl.is_infinite() {
             assert!(kl.is_infinite() && kl > 0.0, "i = {i}: {kl}, expected +inf");
         } else {
-            assert!((kl - ekl).abs() <= KL_ATOL, "i = {i}: {kl}, expected {ekl}");
+            KL.assert_scalar(&format!("i = {i}"), kl, ekl);
         }
     }
 }
@@ -83,7 +90,8 @@ fn entropy_clips_a_far_outlier_by_hand() {
     //   KL = 8/17 ln(8/6) + 4/17 ln(4/6) + 0 + 0 + 1/17 ln(1/1)
     //      = (8 ln(4/3) + 4 ln(2/3)) / 17 = 0.0399762
     let kl8 = (8.0 * (4.0f64 / 3.0).ln() + 4.0 * (2.0f64 / 3.0).ln()) / 17.0;
-    assert!((kl4 - 0.0109280).abs() < 1e-7 && (kl8 - 0.0399762).abs() < 1e-7);
+    SEVEN_DIGITS.assert_scalar("kl4", kl4, 0.0109280);
+    SEVEN_DIGITS.assert_scalar("kl8", kl8, 0.0399762);
     let inf = f64::INFINITY;
     assert_kl(
         &entropy_divergences(&h, 4),
@@ -125,7 +133,7 @@ fn entropy_interior_minimum_by_hand() {
         (kl7, 0.0907972),
         (kl8, 0.0727758),
     ] {
-        assert!((kl - hand).abs() < 1e-7, "{kl} vs {hand}");
+        SEVEN_DIGITS.assert_scalar("closed form", kl, hand);
     }
     assert_kl(
         &entropy_divergences(&h, 4),
@@ -157,12 +165,14 @@ fn clipped_outliers_share_their_level_where_p_is_non_zero() {
     //   1] (SQ = 5): KL = 2/3 ln(5/6) + 2/6 ln((2/6) / (1/5)), the same value.
     // i = 16: no outliers and every level holds one non-zero bin alone: KL = 0.
     let kl = 2.0 / 3.0 * (5.0f64 / 6.0).ln() + (5.0f64 / 3.0).ln() / 3.0;
-    assert!((kl - 0.0487275).abs() < 1e-7);
+    SEVEN_DIGITS.assert_scalar("kl", kl, 0.0487275);
     let d = entropy_divergences(&h, 4);
     assert_eq!(d.len(), 13);
     for &(i, got) in &d {
         match i {
-            9 | 10 => assert!((got - kl).abs() <= KL_ATOL, "i = {i}: {got} vs {kl}"),
+            9 | 10 => {
+                KL.assert_scalar(&format!("i = {i}"), got, kl);
+            }
             16 => assert_eq!(got, 0.0),
             _ => assert!(got.is_infinite(), "i = {i}: {got}"),
         }

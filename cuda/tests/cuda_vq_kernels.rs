@@ -2,21 +2,15 @@
 //! math on the same f16-rounded inputs), on random inputs from a small deterministic generator,
 //! with odd sizes, on every available device (emulator and/or GPU).
 //!
-//! Tolerance levels (`|got - ref| <= rtol * |ref| + atol`, elementwise):
+//! Tolerance levels (`llamagen_test_support::tolerance`, `|got - ref| <= rtol * |ref| + atol`
+//! elementwise, computed in f64 against the f64 references; the reasons for each figure are
+//! documented on the levels):
 //! - `EXACT`: conversions and copies (upsample/pad of `x + bias` rounds once, like the reference).
-//! - `F32_NORMALISE`: the codebook's L2 normalisation in f32 (sum of 8 squares, sqrt, divide: a
-//!   few ulp, 1.2e-7 each; the GPU may contract the sum into FMAs).
-//! - `FP16_OUT`: one f32 -> f16 rounding of an f32 result (half an ulp is 2^-11 = 4.9e-4 of |ref|)
-//!   plus f32 arithmetic (expf, summation order: ~1e-6 relative); atol 1e-7 covers f16
-//!   subnormals (half ulp 3e-8).
-//! - `FP16_NORM`: GroupNorm output rounded to f16 (4.9e-4 relative), plus the f32 statistics: a
-//!   mean of ~5000 values of magnitude <= 4 summed in f32 is off by ~1e-6 absolute, which a
-//!   standard deviation of ~0.5 turns into ~1e-5 of the normalised value; atol 1e-4.
-//! - `GEMM_F32`: f16 x f16 products are exact in f32; a sum of k <= 9 * 16 products of magnitude
-//!   <= 1 accumulated in f32 (any order, as cuBLAS chooses) is within k * 2^-24 * sum|terms|,
-//!   below 1e-4 for these sizes.
-//! - `FP16_ATTN`: attention output, f16 probabilities (4.9e-4 relative each) times values in
-//!   [-1, 1] summed (<= 4.9e-4 absolute), then rounded to f16 (4.9e-4 relative).
+//! - `VQ_KERNEL_FP32_NORMALISE`: the codebook's L2 normalisation in f32 (rtol 1e-6, atol 1e-9).
+//! - `VQ_KERNEL_FP16_OUT`: one f32 -> f16 rounding of an f32 result (rtol 5e-4, atol 1e-7).
+//! - `VQ_KERNEL_FP16_NORM`: GroupNorm output rounded to f16 (rtol 5e-4, atol 1e-4).
+//! - `VQ_KERNEL_FP32_GEMM`: f32-accumulated GEMM convolutions (rtol 1e-6, atol 1e-4).
+//! - `VQ_KERNEL_FP16_ATTN`: attention output (rtol 5e-4, atol 6e-4).
 #![cfg(any(feature = "driver", feature = "emu"))]
 
 mod cuda_common;
@@ -31,59 +25,10 @@ use llamagen_cuda::ops::vq::{
     group_norm_f16, l2_normalize_rows, padded_rows, softmax_rows_f16, upsample_pad_f16, ConvShape,
     GroupNormArgs, MapF32, MAX_STAT_CHUNKS,
 };
-
-#[derive(Clone, Copy, Debug)]
-struct Tolerance {
-    name: &'static str,
-    rtol: f64,
-    atol: f64,
-}
-
-const EXACT: Tolerance = Tolerance {
-    name: "exact",
-    rtol: 0.0,
-    atol: 0.0,
+use llamagen_test_support::{
+    EXACT, VQ_KERNEL_FP16_ATTN, VQ_KERNEL_FP16_NORM, VQ_KERNEL_FP16_OUT, VQ_KERNEL_FP32_GEMM,
+    VQ_KERNEL_FP32_NORMALISE,
 };
-const F32_NORMALISE: Tolerance = Tolerance {
-    name: "f32 normalisation",
-    rtol: 1e-6,
-    atol: 1e-9,
-};
-const FP16_OUT: Tolerance = Tolerance {
-    name: "fp16 output rounding",
-    rtol: 5e-4,
-    atol: 1e-7,
-};
-const FP16_NORM: Tolerance = Tolerance {
-    name: "fp16 group norm",
-    rtol: 5e-4,
-    atol: 1e-4,
-};
-const GEMM_F32: Tolerance = Tolerance {
-    name: "f32-accumulated GEMM",
-    rtol: 1e-6,
-    atol: 1e-4,
-};
-const FP16_ATTN: Tolerance = Tolerance {
-    name: "fp16 attention output",
-    rtol: 5e-4,
-    atol: 6e-4,
-};
-
-impl Tolerance {
-    fn assert_close(&self, what: &str, got: &[f32], expected: &[f64]) {
-        assert_eq!(got.len(), expected.len(), "{what}: length differs");
-        for (i, (&g, &e)) in got.iter().zip(expected).enumerate() {
-            let bound = self.rtol * e.abs() + self.atol;
-            let diff = (f64::from(g) - e).abs();
-            assert!(
-                diff <= bound,
-                "{what}: index {i}: got {g}, expected {e}, |diff| {diff} > {} bound {bound}",
-                self.name
-            );
-        }
-    }
-}
 
 /// A device buffer of `bytes` bytes filled with 0xff (f16 and f32 NaN): whatever a kernel
 /// leaves unwritten shows up.
@@ -91,6 +36,7 @@ fn poisoned<D: Device>(d: &D, bytes: usize) -> D::Buf {
     upload_bytes(d, &vec![0xff; bytes])
 }
 
+/// `v` widened to f64 (exact): device results are compared with the f64 references in f64.
 fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| f64::from(x)).collect()
 }
@@ -191,7 +137,7 @@ fn check_codebook_normalise_and_gather<D: Device>(d: &D) {
         })
         .collect();
     let normalised = download_f32(d, &book_buf, n * dim);
-    F32_NORMALISE.assert_close("normalised codebook", &normalised, &want);
+    VQ_KERNEL_FP32_NORMALISE.assert_close("normalised codebook", &f64s(&normalised), &want);
 
     // Ids outside the codebook are clamped, never read out of bounds.
     let tokens: Vec<i32> = vec![0, 36, 3, 5, 17, 17, -4, 99, 1, 2, 30];
@@ -210,7 +156,7 @@ fn check_codebook_normalise_and_gather<D: Device>(d: &D) {
         .collect();
     EXACT.assert_close(
         "gathered rows",
-        &download_f16(d, &out, tokens.len() * dim),
+        &f64s(&download_f16(d, &out, tokens.len() * dim)),
         &want,
     );
 }
@@ -293,9 +239,9 @@ fn check_group_norm<D: Device>(d: &D) {
             group_norm_f16(d, d.addr(&out), &map, &gn, pad).unwrap();
             let f = group_norm_ref(&m, &bias, &gamma, &beta, groups, swish);
             let want = layout(batch, h, w, c, pad, f);
-            FP16_NORM.assert_close(
+            VQ_KERNEL_FP16_NORM.assert_close(
                 &format!("group norm {batch}x{h}x{w}x{c} pad {pad} swish {swish}"),
-                &download_f16(d, &out, n),
+                &f64s(&download_f16(d, &out, n)),
                 &want,
             );
         }
@@ -326,7 +272,7 @@ fn check_upsample_pad<D: Device>(d: &D) {
             });
             EXACT.assert_close(
                 &format!("upsample x{factor} pad {pad} of {batch}x{h}x{w}x{c}"),
-                &download_f16(d, &out, n),
+                &f64s(&download_f16(d, &out, n)),
                 &want,
             );
         }
@@ -432,9 +378,9 @@ fn check_conv3x3<D: Device>(d: &D) {
         let want: Vec<f64> = (0..n)
             .map(|i| conv[i] + f64::from(bias[i % s.cout]) + f64::from(residual[i]))
             .collect();
-        GEMM_F32.assert_close(
+        VQ_KERNEL_FP32_GEMM.assert_close(
             &format!("conv3x3 {s:?} + bias + residual"),
-            &download_f32(d, &out, n),
+            &f64s(&download_f32(d, &out, n)),
             &want,
         );
 
@@ -448,9 +394,9 @@ fn check_conv3x3<D: Device>(d: &D) {
                 conv[(b * hw + p) * s.cout + ch] + f64::from(bias[ch])
             })
             .collect();
-        GEMM_F32.assert_close(
+        VQ_KERNEL_FP32_GEMM.assert_close(
             &format!("conv3x3 {s:?} NCHW"),
-            &download_f32(d, &img, n),
+            &f64s(&download_f32(d, &img, n)),
             &want,
         );
     }
@@ -490,7 +436,11 @@ fn check_conv1x1<D: Device>(d: &D) {
     let want: Vec<f64> = (0..conv.len())
         .map(|i| conv[i] + f64::from(bias[i % s.cout]))
         .collect();
-    GEMM_F32.assert_close("conv1x1 + bias", &download_f32(d, &t, conv.len()), &want);
+    VQ_KERNEL_FP32_GEMM.assert_close(
+        "conv1x1 + bias",
+        &f64s(&download_f32(d, &t, conv.len())),
+        &want,
+    );
 }
 
 fn softmax_ref(row: &[f64]) -> Vec<f64> {
@@ -510,9 +460,9 @@ fn check_softmax<D: Device>(d: &D) {
         let out = poisoned(d, 2 * rows * cols);
         softmax_rows_f16(d, d.addr(&out), d.addr(&src), rows, cols).unwrap();
         let want: Vec<f64> = f64s(&scores).chunks(cols).flat_map(softmax_ref).collect();
-        FP16_OUT.assert_close(
+        VQ_KERNEL_FP16_OUT.assert_close(
             &format!("softmax {rows}x{cols}"),
-            &download_f16(d, &out, rows * cols),
+            &f64s(&download_f16(d, &out, rows * cols)),
             &want,
         );
     }
@@ -543,7 +493,7 @@ fn check_attention<D: Device>(d: &D) {
         .collect();
     EXACT.assert_close(
         "q|k|v + bias",
-        &download_f16(d, &qkv, rows * 3 * c),
+        &f64s(&download_f16(d, &qkv, rows * 3 * c)),
         &f64s(&qkv_ref),
     );
 
@@ -562,9 +512,9 @@ fn check_attention<D: Device>(d: &D) {
             }
         }
     }
-    GEMM_F32.assert_close(
+    VQ_KERNEL_FP32_GEMM.assert_close(
         "scores",
-        &download_f32(d, &scores, batch * hw * hw),
+        &f64s(&download_f32(d, &scores, batch * hw * hw)),
         &want_scores,
     );
 
@@ -583,7 +533,11 @@ fn check_attention<D: Device>(d: &D) {
             }
         }
     }
-    FP16_ATTN.assert_close("attention output", &download_f16(d, &out, rows * c), &want);
+    VQ_KERNEL_FP16_ATTN.assert_close(
+        "attention output",
+        &f64s(&download_f16(d, &out, rows * c)),
+        &want,
+    );
 }
 
 fn check_bad_shapes_are_errors<D: Device>(d: &D) {

@@ -1,9 +1,10 @@
 //! Sampler and Philox RNG: hand-checked filtering sets and probabilities, greedy behaviour,
 //! determinism, and a statistical check of the inverse-CDF draw.
 //!
-//! Tolerance levels: probabilities are compared at atol 1e-6 (fp32 softmax of small rows);
-//! the statistical test allows 0.02 absolute per token frequency over 20000 draws (the standard
-//! error is at most 0.0036, so this is > 5 sigma).
+//! Tolerance levels (`llamagen_test_support::tolerance`): probabilities are compared at
+//! `FP32_PROBS` (atol 1e-6, fp32 softmax of small rows); the statistical test allows
+//! `FREQUENCY`, 0.02 absolute per token frequency over 20000 draws (the standard error is at
+//! most 0.0036, so this is > 5 sigma); `portable_exp` is held to 1 ulp.
 
 use std::path::PathBuf;
 
@@ -14,8 +15,11 @@ use llamagen_runtime::sampler::{
     argmax, cfg_combine, filtered_probs, portable_exp, sample_token, weight, SamplerScratch,
     SamplingOptions, WEIGHT_ONE,
 };
+use llamagen_test_support::{Tolerance, FP32_PROBS};
 
-const PROB_ATOL: f32 = 1e-6;
+/// Token frequencies of 20000 draws vs their probabilities: the standard error is at most
+/// 0.0036, so 0.02 absolute is > 5 sigma (a statistical bound of this file only).
+const FREQUENCY: Tolerance = Tolerance::abs("token frequency of 20000 draws (0.02 abs)", 0.02);
 
 fn opts(temperature: f32, top_k: usize, top_p: f32) -> SamplingOptions {
     SamplingOptions {
@@ -37,16 +41,6 @@ fn kept(logits: &[f32], o: &SamplingOptions) -> Vec<usize> {
         .filter(|(_, &p)| p > 0.0)
         .map(|(i, _)| i)
         .collect()
-}
-
-fn assert_close(got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len());
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= PROB_ATOL,
-            "index {i}: got {g}, want {w} (atol {PROB_ATOL})\n got {got:?}\nwant {want:?}"
-        );
-    }
 }
 
 #[test]
@@ -94,7 +88,8 @@ fn top_k_keeps_exactly_the_k_largest_plus_ties() {
 fn top_k_renormalises_over_the_kept_set() {
     // exp logits 1, 2, 4, 8 (ln); top-2 keeps 4 and 8 -> 1/3, 2/3.
     let l: Vec<f32> = [1.0f32, 2.0, 4.0, 8.0].iter().map(|x| x.ln()).collect();
-    assert_close(
+    FP32_PROBS.assert_close(
+        "top-2 probabilities",
         &probs(&l, &opts(1.0, 2, 1.0)),
         &[0.0, 0.0, 1.0 / 3.0, 2.0 / 3.0],
     );
@@ -123,7 +118,11 @@ fn top_p_keeps_the_prefix_up_to_the_first_crossing() {
     let l = nucleus_row();
     // sorted cumsum 0.5, 0.8, 0.95, 1.0; top_p 0.6: remove [F,T,T,T] -> shifted [F,F,T,T].
     assert_eq!(kept(&l, &opts(1.0, 0, 0.6)), vec![0, 2]);
-    assert_close(&probs(&l, &opts(1.0, 0, 0.6)), &[0.375, 0.0, 0.625, 0.0]);
+    FP32_PROBS.assert_close(
+        "top-p 0.6 probabilities",
+        &probs(&l, &opts(1.0, 0, 0.6)),
+        &[0.375, 0.0, 0.625, 0.0],
+    );
     // top_p 0.85: remove [F,F,T,T] -> shifted [F,F,F,T].
     assert_eq!(kept(&l, &opts(1.0, 0, 0.85)), vec![0, 2, 3]);
     // top_p 0.99: nothing crosses before the last -> all kept.
@@ -136,7 +135,11 @@ fn top_p_always_keeps_the_most_likely_token() {
     // The top token alone (0.5) already exceeds 0.1 / 0.0 but survives the shift.
     assert_eq!(kept(&l, &opts(1.0, 0, 0.1)), vec![2]);
     assert_eq!(kept(&l, &opts(1.0, 0, 0.0)), vec![2]);
-    assert_close(&probs(&l, &opts(1.0, 0, 0.1)), &[0.0, 0.0, 1.0, 0.0]);
+    FP32_PROBS.assert_close(
+        "top-p 0.1 probabilities",
+        &probs(&l, &opts(1.0, 0, 0.1)),
+        &[0.0, 0.0, 1.0, 0.0],
+    );
     let mut s = SamplerScratch::new(4);
     for u in [0.0f32, 0.3, 0.999_999] {
         assert_eq!(sample_token(&l, &opts(1.0, 0, 0.1), u, &mut s), 2);
@@ -156,17 +159,30 @@ fn top_p_applies_after_top_k() {
 #[test]
 fn temperature_scales_logits() {
     let l = [0.0f32, 2f32.ln()];
-    assert_close(&probs(&l, &opts(1.0, 0, 1.0)), &[1.0 / 3.0, 2.0 / 3.0]);
+    FP32_PROBS.assert_close(
+        "T = 1 probabilities",
+        &probs(&l, &opts(1.0, 0, 1.0)),
+        &[1.0 / 3.0, 2.0 / 3.0],
+    );
     // T = 2: weights 1 and sqrt(2).
     let r2 = 2f32.sqrt();
-    assert_close(
+    FP32_PROBS.assert_close(
+        "T = 2 probabilities",
         &probs(&l, &opts(2.0, 0, 1.0)),
         &[1.0 / (1.0 + r2), r2 / (1.0 + r2)],
     );
     // T = 0.5: weights 1 and 4.
-    assert_close(&probs(&l, &opts(0.5, 0, 1.0)), &[0.2, 0.8]);
+    FP32_PROBS.assert_close(
+        "T = 0.5 probabilities",
+        &probs(&l, &opts(0.5, 0, 1.0)),
+        &[0.2, 0.8],
+    );
     // T = 0 is clamped to 1e-5: a one-hot at the max.
-    assert_close(&probs(&l, &opts(0.0, 0, 1.0)), &[0.0, 1.0]);
+    FP32_PROBS.assert_close(
+        "T = 0 probabilities",
+        &probs(&l, &opts(0.0, 0, 1.0)),
+        &[0.0, 1.0],
+    );
     // Temperature is applied before top-p: at T = 0.5 the top token has 0.8 > 0.7 alone.
     assert_eq!(kept(&l, &opts(0.5, 0, 0.7)), vec![1]);
     assert_eq!(kept(&l, &opts(1.0, 0, 0.7)), vec![0, 1]);
@@ -232,14 +248,8 @@ fn statistical_frequencies_and_determinism() {
     for &t in &a {
         counts[t as usize] += 1;
     }
-    for (i, &c) in counts.iter().enumerate() {
-        let f = c as f64 / a.len() as f64;
-        assert!(
-            (f - p_true[i]).abs() < 0.02,
-            "token {i}: frequency {f}, probability {}",
-            p_true[i]
-        );
-    }
+    let freq: Vec<f64> = counts.iter().map(|&c| c as f64 / a.len() as f64).collect();
+    FREQUENCY.assert_close("token frequencies vs probabilities", &freq, &p_true);
     assert_eq!(a, draw(1234), "same seed -> same tokens");
     assert_ne!(a, draw(1235), "another seed -> other tokens");
 }

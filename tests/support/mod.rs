@@ -2,4 +2,3 @@
 #![allow(dead_code)]
 pub mod golden;
 pub mod reference;
-pub mod tolerance;

@@ -1,6 +1,6 @@
 //! Shared helpers of the CUDA backend tests: the `device_tests!` macro that runs one generic check
-//! on every available device, a deterministic random generator, typed upload/download helpers
-//! over any [`Device`], and an error comparer that names the worst element.
+//! on every available device, a deterministic random generator and typed upload/download helpers
+//! over any [`Device`]. Values are compared with `llamagen_test_support::Tolerance` levels.
 //!
 //! Each test file uses a subset, hence `dead_code` is allowed.
 #![allow(dead_code)]
@@ -183,74 +183,4 @@ pub fn download_i32<D: Device>(d: &D, buf: &D::Buf, n: usize) -> Vec<i32> {
         .chunks_exact(4)
         .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
-}
-
-/// The largest deviation of `got` from `want`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MaxError {
-    /// Largest `|got - want|`, and where.
-    pub abs: f32,
-    pub abs_index: usize,
-    /// Largest `|got - want| / |want|` over elements with `want != 0`, and where.
-    pub rel: f32,
-    pub rel_index: usize,
-}
-
-/// Max absolute and relative errors (NaN anywhere counts as infinite error).
-pub fn max_error(got: &[f32], want: &[f32]) -> MaxError {
-    assert_eq!(got.len(), want.len(), "lengths differ");
-    let mut m = MaxError::default();
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let d = if g.is_nan() != w.is_nan() || (g.is_infinite() && g != w) {
-            f32::INFINITY
-        } else if g == w || (g.is_nan() && w.is_nan()) {
-            0.0
-        } else {
-            (g - w).abs()
-        };
-        if d > m.abs {
-            m.abs = d;
-            m.abs_index = i;
-        }
-        if w != 0.0 && d / w.abs() > m.rel {
-            m.rel = d / w.abs();
-            m.rel_index = i;
-        }
-    }
-    m
-}
-
-/// Asserts `|got - want| <= atol + rtol * |want|` elementwise; the message names the worst
-/// element (largest excess over its bound), its values and the overall max errors.
-pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "{what}: length {} != {}",
-        got.len(),
-        want.len()
-    );
-    let mut worst: Option<(usize, f32)> = None;
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let bound = atol + rtol * w.abs();
-        let ok = g == w || (g.is_nan() && w.is_nan()) || (g - w).abs() <= bound;
-        if !ok {
-            let excess = if (g - w).is_nan() {
-                f32::INFINITY
-            } else {
-                (g - w).abs() - bound
-            };
-            if worst.is_none_or(|(_, e)| excess > e) {
-                worst = Some((i, excess));
-            }
-        }
-    }
-    if let Some((i, _)) = worst {
-        let m = max_error(got, want);
-        panic!(
-            "{what}: element {i}: got {}, want {} (atol {atol}, rtol {rtol}); max abs error {} at \
-             {}, max rel error {} at {}",
-            got[i], want[i], m.abs, m.abs_index, m.rel, m.rel_index
-        );
-    }
 }
