@@ -42,6 +42,7 @@ for line in sys.stdin:
   ;;
 test)
   dir=${2:-$(mktemp -d)}
+  mkdir -p "$dir"
   tar -C "$dir" -xzf "$here/target/gpu-kit.tar.gz"
   cd "$dir/gpu-kit"
   ./bin/llamagen doctor

@@ -10,8 +10,10 @@
 //!   the f64 reference: each of the <= 5000 additions rounds by <= 2^-24 of a partial sum <= 5000,
 //!   so atol 2e-3 (observed errors are ~1e-5).
 //! - `GEMM_FP32_OUT`: f32 accumulation of k <= 300 products of f16 values in [-1, 1] (exact in
-//!   f32) vs an f64 reference: atol 1e-4 + rtol 1e-5; on a GPU cuBLAS may split k, same bound.
-//! - `GEMM_FP16_OUT`: the above plus one f16 ulp (rtol 2^-10 + 1e-5).
+//!   f32) vs an f64 reference: atol 1e-4 + rtol 1e-5 of the magnitude of the terms
+//!   (`|alpha| sum |a b| + |beta c|`, not of the result: cancellation leaves small results of
+//!   large terms); on a GPU cuBLAS may split k, same bound.
+//! - `GEMM_FP16_OUT`: the above plus one f16 ulp of the terms (rtol 2^-10 + 1e-5).
 #![cfg(any(feature = "driver", feature = "emu"))]
 
 mod cuda_common;
@@ -116,38 +118,44 @@ fn problem<D: Device>(d: &D, c: &Case, rng: &mut Rng) -> Problem<D> {
 }
 
 /// The whole C buffer after GEMM `g` on host copies `a`, `b` and `c0` of its buffers (each
-/// matrix starts `len - batch * stride` elements in), by naive f64 loops; elements outside the
-/// problem keep their values.
-fn reference(g: &Gemm, a: &[f32], b: &[f32], c0: &[f32]) -> Vec<f32> {
+/// matrix starts `len - batch * stride` elements in), by naive f64 loops, and per element the
+/// magnitude of the terms that made it, `|alpha| * sum |a b| + |beta c0|` (`None` outside the
+/// problem, where elements keep their values).
+fn reference(g: &Gemm, a: &[f32], b: &[f32], c0: &[f32]) -> (Vec<f32>, Vec<Option<f32>>) {
     let (ao, bo) = (
         a.len() - g.batch * g.stride_a,
         b.len() - g.batch * g.stride_b,
     );
     let co = c0.len() - g.batch * g.stride_c;
     let mut c = c0.to_vec();
+    let mut mag = vec![None; c0.len()];
     for q in 0..g.batch {
         for i in 0..g.m {
             for j in 0..g.n {
-                let mut acc = 0f64;
+                let (mut acc, mut abs) = (0f64, 0f64);
                 for kk in 0..g.k {
                     let bi = if g.b_trans {
                         j * g.ldb + kk
                     } else {
                         kk * g.ldb + j
                     };
-                    acc += a[ao + q * g.stride_a + i * g.lda + kk] as f64
+                    let t = a[ao + q * g.stride_a + i * g.lda + kk] as f64
                         * b[bo + q * g.stride_b + bi] as f64;
+                    acc += t;
+                    abs += t.abs();
                 }
                 let ci = co + q * g.stride_c + i * g.ldc + j;
-                c[ci] = (g.alpha as f64 * acc + g.beta as f64 * c[ci] as f64) as f32;
+                let old = g.beta as f64 * c[ci] as f64;
+                c[ci] = (g.alpha as f64 * acc + old) as f32;
+                mag[ci] = Some((g.alpha.abs() as f64 * abs + old.abs()) as f32);
             }
         }
     }
-    c
+    (c, mag)
 }
 
 /// The level of a GEMM against the f64 reference, by output type (the figures are explained on
-/// the levels).
+/// the levels; their relative term scales with the magnitude of the terms).
 fn gemm_tolerance(c_type: DType) -> Tolerance {
     match c_type {
         DType::F32 => GEMM_FP32_OUT,
@@ -158,13 +166,28 @@ fn gemm_tolerance(c_type: DType) -> Tolerance {
 fn check_gemm_case<D: Device>(d: &D, c: &Case, rng: &mut Rng) {
     let p = problem(d, c, rng);
     d.gemm(&p.gemm).expect("gemm");
-    let want = reference(&p.gemm, &p.a, &p.b, &p.c0);
-    let what = format!("{c:?}");
+    let (want, mag) = reference(&p.gemm, &p.a, &p.b, &p.c0);
     let got = match c.c_type {
         DType::F32 => download_f32(d, &p.c_buf, p.c0.len()),
         DType::F16 => download_f16(d, &p.c_buf, p.c0.len()),
     };
-    gemm_tolerance(c.c_type).assert_close(&what, &got, &want);
+    let level = gemm_tolerance(c.c_type);
+    for (i, ((&g, &w), m)) in got.iter().zip(&want).zip(&mag).enumerate() {
+        match m {
+            None => assert!(
+                g.to_bits() == w.to_bits(),
+                "{c:?}: element {i} outside the problem changed: {g} (was {w})"
+            ),
+            Some(m) => {
+                let bound = level.bound(*m, 0.0);
+                assert!(
+                    (g - w).abs() <= bound,
+                    "{c:?}: element {i}: got {g}, want {w}; terms of magnitude {m} allow {bound} \
+                     ({level})"
+                );
+            }
+        }
+    }
     let _ = (&p.a_buf, &p.b_buf);
 }
 
@@ -269,8 +292,8 @@ fn check_capture_replay_gemm<D: Device>(d: &D) {
     // C += A B twice.
     d.replay(&graph).expect("replay");
     d.replay(&graph).expect("replay");
-    let once = reference(&p.gemm, &p.a, &p.b, &p.c0);
-    let twice = reference(&p.gemm, &p.a, &p.b, &once);
+    let (once, _) = reference(&p.gemm, &p.a, &p.b, &p.c0);
+    let (twice, _) = reference(&p.gemm, &p.a, &p.b, &once);
     let got = download_f32(d, &p.c_buf, p.c0.len());
     GEMM_FP32_OUT.assert_close("two replays", &got, &twice);
 
@@ -284,7 +307,7 @@ fn check_capture_replay_gemm<D: Device>(d: &D) {
     d.upload(&p.c_buf, 0, &vec![0u8; 4 * p.c0.len()])
         .expect("upload");
     d.replay(&graph).expect("replay");
-    let want = reference(&p.gemm, &a2, &p.b, &vec![0.0; p.c0.len()]);
+    let (want, _) = reference(&p.gemm, &a2, &p.b, &vec![0.0; p.c0.len()]);
     GEMM_FP32_OUT.assert_close(
         "replay after upload",
         &download_f32(d, &p.c_buf, p.c0.len()),
