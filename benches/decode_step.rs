@@ -11,7 +11,7 @@ use std::path::Path;
 use criterion::{criterion_group, criterion_main, Criterion};
 use llamagen_compiler::bundle::load_manifest;
 use llamagen_compiler::compile::{compile, CompileOptions, Weights};
-use llamagen_runtime::backend::{self, BackendOptions};
+use llamagen_runtime::backend::{Backend, CpuOptions, OrtCpu, StepInput};
 use llamagen_runtime::sampler::{sample_token, SamplerScratch, SamplingOptions};
 
 fn sampler(c: &mut Criterion) {
@@ -29,8 +29,7 @@ fn sampler(c: &mut Criterion) {
 /// Times one step at `position` with batch 2 (one label with CFG).
 fn bench_step(c: &mut Criterion, name: &str, bundle: &Path) {
     let m = load_manifest(bundle, false).expect("bundle manifest");
-    let backend = backend::create(Default::default(), bundle, &m, &BackendOptions::default())
-        .expect("backend");
+    let backend = OrtCpu::load(bundle, &m, &CpuOptions::default()).expect("backend");
     let g = &m.gpt;
     let mut cache = backend.new_state(2).expect("step state");
     let mut logits = Vec::new();
@@ -39,7 +38,15 @@ fn bench_step(c: &mut Criterion, name: &str, bundle: &Path) {
     c.bench_function(name, |b| {
         b.iter(|| {
             backend
-                .gpt_step(&ids, 1, position, &mut cache, &mut logits, &mut |_, _| {})
+                .gpt_step(
+                    StepInput {
+                        ids: &ids,
+                        position,
+                    },
+                    &mut cache,
+                    &mut logits,
+                    &mut |_, _| {},
+                )
                 .expect("step")
         })
     });

@@ -59,6 +59,7 @@ mod emu {
         let mut exact = compiler(&emu_dir, false);
         let mut exact_files = 0;
         build.file(emu_dir.join("emu_runtime.cpp"));
+        build.file(emu_dir.join("emu_switch.cpp"));
 
         let mut registry = String::from("#include \"emu.hpp\"\n");
         let mut tables = Vec::new();
@@ -196,6 +197,17 @@ mod emu {
         if common.exists() {
             let common = common.display().to_string().replace('\\', "/");
             writeln!(s, "#include \"{common}\"").unwrap();
+        }
+        // The headers NVRTC gets before this file (kernels::SOURCES).
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        for k in kernels::SOURCES.iter().filter(|k| k.file == name) {
+            for h in k.headers {
+                let header = file.with_file_name(h.file).display().to_string();
+                writeln!(s, "#include \"{}\"", header.replace('\\', "/")).unwrap();
+            }
         }
         writeln!(s, "#include \"{path}\"").unwrap();
         writeln!(s, "}} }}").unwrap();

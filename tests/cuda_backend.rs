@@ -17,17 +17,25 @@ use std::path::Path;
 use llamagen_compiler::bundle::Precision;
 use llamagen_runtime::compare::cosine;
 use llamagen_runtime::{
-    BackendKind, GenerateRequest, Observer, Pipeline, PipelineOptions, RuntimeError,
-    SamplingOptions,
+    BackendChoice, BackendKind, CudaOptions, GenerateRequest, Observer, Pipeline, PipelineOptions,
+    RuntimeError, SamplingOptions,
 };
 use llamagen_test_support::FP16_VS_FP32;
 use support::golden::{compile_tiny, read_f32, read_i64, tiny_dir};
 
 /// Loads `bundle` on `kind`, or `None` (with a message) when this machine cannot run it.
 fn load(bundle: &Path, kind: BackendKind, cuda_graph: bool) -> Option<Pipeline> {
+    let cuda = CudaOptions {
+        graph: cuda_graph,
+        ..CudaOptions::default()
+    };
+    let backend = match kind {
+        BackendKind::Cpu => BackendChoice::default(),
+        BackendKind::Cuda => BackendChoice::Cuda(cuda),
+        BackendKind::CudaEmu => BackendChoice::CudaEmu(cuda),
+    };
     let opts = PipelineOptions {
-        backend: kind,
-        cuda_graph,
+        backend,
         ..PipelineOptions::default()
     };
     match Pipeline::load(bundle, &opts) {

@@ -45,31 +45,7 @@ extern "C" unsigned char __stop_llamagen_emu_shared[] __attribute__((weak));
 // Swaps stacks: saves the callee-saved registers on the current stack, stores its pointer in
 // *save, and resumes the stack `to` (saved the same way, or prepared by `prepare_stack`). Two
 // orders of magnitude cheaper than swapcontext, which makes a system call for the signal mask.
-extern "C" void llamagen_emu_switch_stack(void** save, void* to);
-asm(R"(
-    .text
-    .p2align 4
-    .globl llamagen_emu_switch_stack
-    .hidden llamagen_emu_switch_stack
-    .type llamagen_emu_switch_stack, @function
-llamagen_emu_switch_stack:
-    pushq %rbp
-    pushq %rbx
-    pushq %r12
-    pushq %r13
-    pushq %r14
-    pushq %r15
-    movq %rsp, (%rdi)
-    movq %rsi, %rsp
-    popq %r15
-    popq %r14
-    popq %r13
-    popq %r12
-    popq %rbx
-    popq %rbp
-    ret
-    .size llamagen_emu_switch_stack, .-llamagen_emu_switch_stack
-)");
+extern "C" void llamagen_emu_switch_stack(void** save, void* to);  // emu_switch.cpp
 #endif
 
 namespace emu {

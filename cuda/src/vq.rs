@@ -31,6 +31,7 @@ use crate::error::CudaError;
 use crate::ops::vq::{
     self as k, f16_bytes, f32_bytes, padded_rows, ConvShape, GroupNormArgs, MapF32,
 };
+use crate::ops::vq_gemm as kg;
 use crate::vq_weights::{AttnBlock, Block, Conv, Loader, Norm, ResBlock, Stage};
 use crate::weights::{upload_f32, BundleWeights};
 
@@ -296,7 +297,7 @@ impl<D: Device> VqDecoder<D> {
         let (tokens, book) = (d.addr(&s.tokens), d.addr(&self.codebook));
         k::codebook_gather(d, run.p, book, tokens, batch * g * g, e, c.codebook_size)?;
         let pq = &self.post_quant;
-        k::conv1x1(d, run.t, run.p, d.addr(&pq.w), batch * g * g, e, pq.cout)?;
+        kg::conv1x1(d, run.t, run.p, d.addr(&pq.w), batch * g * g, e, pq.cout)?;
         let z = MapF32::compact(run.t, batch, g, g, pq.cout).with_bias(d.addr(&pq.b));
         k::upsample_pad_f16(d, run.p, &z, 1, true)?;
         let mut cur = 0;
@@ -341,7 +342,7 @@ impl<D: Device> Pass<'_, D> {
                 // skip = nin_shortcut(x); its bias is folded into conv2's.
                 k::upsample_pad_f16(d, self.p, &xin, 1, false)?;
                 let rows = b * side * side;
-                k::conv1x1(d, self.x[1 - cur], self.p, d.addr(w), rows, cin, cout)?;
+                kg::conv1x1(d, self.x[1 - cur], self.p, d.addr(w), rows, cin, cout)?;
                 1 - cur
             }
             None => cur,
@@ -360,13 +361,13 @@ impl<D: Device> Pass<'_, D> {
         let (qkv, scores, probs) = (d.addr(&s.qkv), d.addr(&s.scores), d.addr(&s.probs));
         let xin = MapF32::compact(self.x[cur], b, side, side, ch);
         k::group_norm_f16(d, self.p, &xin, &self.gn(&at.norm, false), false)?;
-        k::conv1x1(d, self.t, self.p, d.addr(&at.qkv.w), b * hw, ch, 3 * ch)?;
+        kg::conv1x1(d, self.t, self.p, d.addr(&at.qkv.w), b * hw, ch, 3 * ch)?;
         k::bias_f16(d, qkv, self.t, d.addr(&at.qkv.b), b * hw, 3 * ch)?;
         let scale = 1.0 / (ch as f32).sqrt();
-        k::attention_scores(d, scores, qkv, b, hw, ch, scale)?;
+        kg::attention_scores(d, scores, qkv, b, hw, ch, scale)?;
         k::softmax_rows_f16(d, probs, scores, b * hw, hw)?;
-        k::attention_values(d, self.p, probs, qkv, b, hw, ch)?;
-        k::conv1x1(d, self.t, self.p, d.addr(&at.proj.w), b * hw, ch, ch)?;
+        kg::attention_values(d, self.p, probs, qkv, b, hw, ch)?;
+        kg::conv1x1(d, self.t, self.p, d.addr(&at.proj.w), b * hw, ch, ch)?;
         let o = MapF32::compact(self.t, b, side, side, ch).with_bias(d.addr(&at.proj.b));
         k::bias_residual(d, self.x[cur], &o, Some(self.x[cur]), false)?;
         Ok(cur)
@@ -401,7 +402,7 @@ impl<D: Device> Pass<'_, D> {
             cin: conv.cin,
             cout: conv.cout,
         };
-        k::conv3x3(self.d, &shape, self.p, self.d.addr(&conv.w), self.t)?;
+        kg::conv3x3(self.d, &shape, self.p, self.d.addr(&conv.w), self.t)?;
         let map = MapF32::conv_out(self.t, self.batch, side, side, conv.cout);
         Ok(map.with_bias(self.d.addr(&conv.b)))
     }

@@ -32,6 +32,7 @@ const TWO_KERNELS: KernelSource = KernelSource {
             if (i < n) y[i] = v;\n\
           }\n",
     options: &["--fmad=false"],
+    headers: &[],
 };
 
 #[test]
@@ -108,6 +109,7 @@ fn a_compile_error_returns_the_log_naming_the_file() {
         file: "broken.cu",
         src: "KERNEL void broken(float* y) {\n  y[0] = undefined_thing;\n}\n",
         options: &[],
+        headers: &[],
     };
     match nvrtc::compile_cubin(&broken, "sm_90") {
         Err(CudaError::Call { context, message }) => {

@@ -21,10 +21,10 @@ use cuda_common::{
 
 use llamagen_cuda::device::Device;
 use llamagen_cuda::ops::vq::{
-    attention_scores, attention_values, bias_f16, bias_residual, codebook_gather, conv1x1, conv3x3,
-    group_norm_f16, l2_normalize_rows, padded_rows, softmax_rows_f16, upsample_pad_f16, ConvShape,
-    GroupNormArgs, MapF32, MAX_STAT_CHUNKS,
+    bias_f16, bias_residual, codebook_gather, group_norm_f16, l2_normalize_rows, padded_rows,
+    softmax_rows_f16, upsample_pad_f16, ConvShape, GroupNormArgs, MapF32, MAX_STAT_CHUNKS,
 };
+use llamagen_cuda::ops::vq_gemm::{attention_scores, attention_values, conv1x1, conv3x3};
 use llamagen_test_support::{
     EXACT, VQ_KERNEL_FP16_ATTN, VQ_KERNEL_FP16_NORM, VQ_KERNEL_FP16_OUT, VQ_KERNEL_FP32_GEMM,
     VQ_KERNEL_FP32_NORMALISE,

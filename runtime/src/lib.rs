@@ -10,6 +10,7 @@
 //! ```
 
 pub mod backend;
+pub mod bench;
 pub mod compare;
 pub mod doctor;
 mod error;
@@ -19,9 +20,10 @@ pub mod npy;
 pub mod ort_env;
 mod pipeline;
 mod request;
+mod runner;
 pub mod sampler;
 
-pub use backend::BackendKind;
+pub use backend::{BackendChoice, BackendKind, CpuOptions, CudaOptions};
 pub use error::{BundleError, RuntimeError};
 /// The Philox stream both samplers draw from (the bundle contract's).
 pub use llamagen_bundle::philox as rng;

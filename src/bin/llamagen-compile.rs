@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use llamagen_calib::calibrate::{compile_calibrated, Int8Activations, Step};
 use llamagen_calib::{CalibSet, Method};
@@ -48,20 +48,20 @@ struct Args {
     cls_token_num: usize,
     /// fp32, fp16 or int8. fp16/int8 bundles are measured against fp32 on the calibration set
     /// (figures in bundle.yaml); int8 also calibrates activation scales on it.
-    #[arg(long, default_value = "fp32", value_parser = |s: &str| s.parse::<Precision>())]
-    precision: Precision,
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
+    precision: PrecisionArg,
     /// Calibration set (YAML: labels, seeds, samples, sampling); default: the 16-class set
     /// shipped in calib/imagenet-classes.yaml.
     #[arg(long)]
     calib: Option<PathBuf>,
     /// Activation-scale estimator for int8: entropy (TensorRT's KL search), percentile
     /// (99.99, or percentile:P) or max.
-    #[arg(long, default_value = "entropy")]
-    calib_method: String,
+    #[arg(long, default_value = "entropy", value_parser = |s: &str| s.parse::<Method>())]
+    calib_method: Method,
     /// int8 activations: weights-only (f32 activations; fastest and most accurate on CPU here)
     /// or qdq (calibrated Q/DQ on every GEMM/conv input: TensorRT explicit quantization).
-    #[arg(long, default_value = "weights-only")]
-    int8_activations: String,
+    #[arg(long, value_enum, default_value_t = ActivationsArg::WeightsOnly)]
+    int8_activations: ActivationsArg,
     /// Use seeded random weights instead of checkpoints (demos, latency benchmarks).
     #[arg(long, conflicts_with_all = ["gpt_ckpt", "vq_ckpt"])]
     random_weights: bool,
@@ -71,6 +71,23 @@ struct Args {
     /// Bundle directory to create (replaced atomically if it is an existing bundle).
     #[arg(long)]
     out: PathBuf,
+}
+
+/// `--precision`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PrecisionArg {
+    Fp32,
+    Fp16,
+    Int8,
+}
+
+/// `--int8-activations`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ActivationsArg {
+    /// f32 activations, int8 weights.
+    WeightsOnly,
+    /// Calibrated Q/DQ on every GEMM/conv input.
+    Qdq,
 }
 
 fn main() -> ExitCode {
@@ -119,7 +136,11 @@ fn run(a: Args) -> anyhow::Result<()> {
         codebook_embed_dim: a.codebook_embed_dim,
         num_classes: a.num_classes,
         cls_token_num: a.cls_token_num,
-        precision: a.precision,
+        precision: match a.precision {
+            PrecisionArg::Fp32 => Precision::Fp32,
+            PrecisionArg::Fp16 => Precision::Fp16,
+            PrecisionArg::Int8 => Precision::Int8,
+        },
         activation_scales: None,
         probes: false,
         out: a.out,
@@ -128,8 +149,11 @@ fn run(a: Args) -> anyhow::Result<()> {
         Some(path) => CalibSet::load(path)?,
         None => CalibSet::default_set(),
     };
-    let method: Method = a.calib_method.parse()?;
-    let activations: Int8Activations = a.int8_activations.parse()?;
+    let method = a.calib_method;
+    let activations = match a.int8_activations {
+        ActivationsArg::WeightsOnly => Int8Activations::WeightOnly,
+        ActivationsArg::Qdq => Int8Activations::Qdq,
+    };
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} ({elapsed})")

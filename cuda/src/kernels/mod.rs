@@ -10,6 +10,19 @@ pub const PRELUDE: &str = include_str!("prelude.cuh");
 /// Device helpers shared by the files, after the prelude (the emulator includes it too).
 pub const COMMON: &str = include_str!("common.cuh");
 
+/// A device-code header one or more kernel files include, after [`COMMON`].
+#[derive(Clone, Copy, Debug)]
+pub struct Header {
+    pub file: &'static str,
+    pub src: &'static str,
+}
+
+/// The sampler's exactly specified arithmetic (Philox, portable exp, fixed-point weights).
+pub const SAMPLER_MATH: Header = Header {
+    file: "sampler_math.cuh",
+    src: include_str!("sampler_math.cuh"),
+};
+
 /// One kernel file.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelSource {
@@ -18,6 +31,8 @@ pub struct KernelSource {
     /// Extra NVRTC options of this file (for example `--fmad=false` where the host must agree
     /// bit for bit).
     pub options: &'static [&'static str],
+    /// Headers placed before the file, in order.
+    pub headers: &'static [Header],
 }
 
 /// Every kernel file of the backend.
@@ -26,30 +41,39 @@ pub const SOURCES: &[KernelSource] = &[
         file: "gpt.cu",
         src: include_str!("gpt.cu"),
         options: &[],
+        headers: &[],
     },
     KernelSource {
         file: "attention.cu",
         src: include_str!("attention.cu"),
         options: &[],
+        headers: &[],
     },
     // CPU and GPU samplers must agree bit for bit: no FMA contraction.
     KernelSource {
         file: "sampler.cu",
         src: include_str!("sampler.cu"),
         options: &["--fmad=false"],
+        headers: &[SAMPLER_MATH],
     },
     KernelSource {
         file: "vq.cu",
         src: include_str!("vq.cu"),
         options: &[],
+        headers: &[],
     },
 ];
 
 impl KernelSource {
     /// The source NVRTC compiles: prelude, shared helpers, then the file.
     pub fn full_source(&self) -> String {
+        let headers: String = self
+            .headers
+            .iter()
+            .map(|h| format!("#line 1 \"{}\"\n{}\n", h.file, h.src))
+            .collect();
         format!(
-            "{PRELUDE}\n#line 1 \"common.cuh\"\n{COMMON}\n#line 1 \"{}\"\n{}",
+            "{PRELUDE}\n#line 1 \"common.cuh\"\n{COMMON}\n{headers}#line 1 \"{}\"\n{}",
             self.file, self.src
         )
     }

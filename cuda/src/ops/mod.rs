@@ -4,3 +4,4 @@
 pub mod gpt;
 pub mod sampler;
 pub mod vq;
+pub mod vq_gemm;

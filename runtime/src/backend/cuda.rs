@@ -2,16 +2,16 @@
 //! the kernel emulator (feature `cuda-emu`). Everything device-side lives in the CUDA crate;
 //! this adapter only maps the trait's calls and errors.
 
-use std::any::Any;
 use std::path::Path;
 
+use llamagen_bundle::names::PROBE_PREFIX;
 use llamagen_bundle::Manifest;
 use llamagen_cuda::device::Device;
 use llamagen_cuda::gpt::Session;
 use llamagen_cuda::ops::sampler::SampleParams;
 use llamagen_cuda::{CudaError, Engine};
 
-use super::{Backend, FusedJob, FusedTokens, StepState};
+use super::{Backend, BackendKind, FusedJob, FusedLoop, FusedTokens, StepInput};
 use crate::error::RuntimeError;
 
 impl From<CudaError> for RuntimeError {
@@ -31,58 +31,62 @@ impl From<CudaError> for RuntimeError {
     }
 }
 
-pub struct CudaBackend<D: Device>(Engine<D>);
+pub struct CudaBackend<D: Device> {
+    kind: BackendKind,
+    engine: Engine<D>,
+}
 
 impl<D: Device> CudaBackend<D> {
+    /// Loads `m`'s graphs on `device`. Calibration bundles (graphs with `probe.*` outputs) are
+    /// refused: the device step computes no probes, and calibration runs on the CPU.
     pub fn load(
-        name: &'static str,
+        kind: BackendKind,
         device: D,
         dir: &Path,
         m: &Manifest,
         use_graph: bool,
     ) -> Result<Self, RuntimeError> {
-        Ok(CudaBackend(Engine::load(name, device, dir, m, use_graph)?))
+        let probes = m
+            .graphs
+            .values()
+            .flat_map(|g| &g.outputs)
+            .any(|o| o.name.starts_with(PROBE_PREFIX));
+        if probes {
+            return Err(RuntimeError::BackendUnavailable {
+                name: kind.name().into(),
+                reason: format!(
+                    "{} is a calibration bundle ({PROBE_PREFIX}* outputs); run it on the cpu \
+                     backend",
+                    dir.display()
+                ),
+            });
+        }
+        let engine = Engine::load(kind.name(), device, dir, m, use_graph)?;
+        Ok(CudaBackend { kind, engine })
     }
 }
 
 impl<D: Device> Backend for CudaBackend<D> {
-    fn name(&self) -> &'static str {
-        self.0.name()
+    type State = Session<D>;
+
+    fn kind(&self) -> BackendKind {
+        self.kind
     }
 
-    fn new_state(&self, rows: usize) -> Result<StepState, RuntimeError> {
-        Ok(StepState::Device(Box::new(self.0.new_session(rows)?)))
+    fn new_state(&self, rows: usize) -> Result<Session<D>, RuntimeError> {
+        Ok(self.engine.new_session(rows)?)
     }
 
     fn gpt_step(
         &self,
-        ids: &[i64],
-        seq: usize,
-        position: usize,
-        state: &mut StepState,
+        input: StepInput<'_>,
+        session: &mut Session<D>,
         logits: &mut Vec<f32>,
         _probes: &mut dyn FnMut(&str, &[f32]),
     ) -> Result<(), RuntimeError> {
-        let step = "the GPT step";
-        let StepState::Device(state) = state else {
-            return Err(RuntimeError::cuda(
-                step,
-                "the step state is not a device state",
-            ));
-        };
-        let Some(s) = (state.as_mut() as &mut dyn Any).downcast_mut::<Session<D>>() else {
-            return Err(RuntimeError::cuda(
-                step,
-                "the step state belongs to another device",
-            ));
-        };
-        if seq != 1 {
-            return Err(RuntimeError::cuda(
-                step,
-                "the device step takes one token per row",
-            ));
-        }
-        Ok(self.0.step(s, ids, position, logits)?)
+        Ok(self
+            .engine
+            .step(session, input.ids, input.position, logits)?)
     }
 
     fn vq_decode(
@@ -91,11 +95,16 @@ impl<D: Device> Backend for CudaBackend<D> {
         batch: usize,
         _probes: &mut dyn FnMut(&str, &[f32]),
     ) -> Result<Vec<f32>, RuntimeError> {
-        Ok(self.0.vq_decode(tokens, batch)?)
+        Ok(self.engine.vq_decode(tokens, batch)?)
     }
 
-    fn generate_fused(&self, job: &FusedJob) -> Option<Result<FusedTokens, RuntimeError>> {
-        let per = self.0.tokens_per_image();
+    fn fused(&self) -> Option<&dyn FusedLoop> {
+        Some(self)
+    }
+}
+
+impl<D: Device> FusedLoop for CudaBackend<D> {
+    fn generate(&self, job: &FusedJob) -> Result<FusedTokens, RuntimeError> {
         let params = SampleParams::new(
             &job.sampling,
             job.cfg_scale,
@@ -103,18 +112,14 @@ impl<D: Device> Backend for CudaBackend<D> {
             job.seed,
             job.n,
             job.cfg,
-            per,
+            self.engine.tokens_per_image(),
         );
-        Some(
-            self.0
-                .generate(&job.prefill_ids, &params)
-                .map(|g| FusedTokens {
-                    tokens: g.tokens,
-                    prefill_ms: g.prefill_ms,
-                    gpt_ms: g.gpt_ms,
-                })
-                .map_err(RuntimeError::from),
-        )
+        let g = self.engine.generate(&job.prefill_ids, &params)?;
+        Ok(FusedTokens {
+            tokens: g.tokens,
+            prefill_ms: g.prefill_ms,
+            gpt_ms: g.gpt_ms,
+        })
     }
 }
 

@@ -5,23 +5,25 @@
 mod cuda;
 mod ort_cpu;
 
+pub use ort_cpu::OrtCpu;
+
 use std::path::Path;
 
 use llamagen_bundle::Manifest;
 
 use crate::error::RuntimeError;
-use crate::kv_cache::KvCache;
+use crate::runner::{Generator, Runner};
 use crate::sampler::SamplingOptions;
 
-/// Per-generation state of [`Backend::gpt_step`]: the KV caches of one batch shape, on the
-/// host (ONNX Runtime) or owned by a device backend.
-pub enum StepState {
-    Host(KvCache),
-    Device(Box<dyn std::any::Any + Send>),
+/// One GPT step's input: one token id per row (`[rows]`), fed at cache slot `position`.
+#[derive(Clone, Copy, Debug)]
+pub struct StepInput<'a> {
+    pub ids: &'a [i64],
+    pub position: usize,
 }
 
-/// One whole generation for [`Backend::generate_fused`]: prefill, sampling and every decode
-/// step on the backend, with the same semantics as the host loop in `Pipeline`.
+/// One whole generation for [`FusedLoop::generate`]: prefill, sampling and every decode step on
+/// the backend, with the same semantics as the host loop in `Pipeline`.
 #[derive(Clone, Debug)]
 pub struct FusedJob {
     /// The prefill's ids, `[cond; uncond]` with CFG (`rows` ids).
@@ -44,20 +46,28 @@ pub struct FusedTokens {
     pub gpt_ms: f64,
 }
 
+/// A backend that runs the whole generation loop itself (the CUDA backend: the decode step
+/// replayed from a captured graph with no host synchronisation per token).
+pub trait FusedLoop: Send + Sync {
+    fn generate(&self, job: &FusedJob) -> Result<FusedTokens, RuntimeError>;
+}
+
 /// Executes the bundle's graphs.
-pub trait Backend: Send + Sync {
-    fn name(&self) -> &'static str;
-    /// A fresh state (KV caches) for `rows` rows of [`Self::gpt_step`].
-    fn new_state(&self, rows: usize) -> Result<StepState, RuntimeError>;
-    /// One GPT step: `ids` `[batch, seq]` at cache slot `position`. Writes the logits of the
-    /// last position (`[batch, vocab]`) into `logits` and the new key/value slices into `state`;
-    /// extra outputs of calibration graphs (`probe.*`) go to `probes(name, data)`.
+pub trait Backend: Send + Sync + 'static {
+    /// Per-generation state of [`Backend::gpt_step`]: the KV caches of one batch shape (host
+    /// arrays, or device buffers the backend owns).
+    type State: Send;
+
+    fn kind(&self) -> BackendKind;
+    /// A fresh state for `rows` rows.
+    fn new_state(&self, rows: usize) -> Result<Self::State, RuntimeError>;
+    /// One GPT step. Writes the logits (`[rows, vocab]`) into `logits` and the new key/value
+    /// slices into `state`; extra outputs of calibration graphs (`probe.*`) go to
+    /// `probes(name, data)` (backends that refuse calibration bundles never call it).
     fn gpt_step(
         &self,
-        ids: &[i64],
-        seq: usize,
-        position: usize,
-        state: &mut StepState,
+        input: StepInput<'_>,
+        state: &mut Self::State,
         logits: &mut Vec<f32>,
         probes: &mut dyn FnMut(&str, &[f32]),
     ) -> Result<(), RuntimeError>;
@@ -68,9 +78,9 @@ pub trait Backend: Send + Sync {
         batch: usize,
         probes: &mut dyn FnMut(&str, &[f32]),
     ) -> Result<Vec<f32>, RuntimeError>;
-    /// The whole generation loop on the backend, when it has one (`None`: the caller runs the
+    /// The whole generation loop on the backend, when it has one (else the caller runs the
     /// loop with [`Self::gpt_step`] and the CPU sampler).
-    fn generate_fused(&self, _job: &FusedJob) -> Option<Result<FusedTokens, RuntimeError>> {
+    fn fused(&self) -> Option<&dyn FusedLoop> {
         None
     }
 }
@@ -87,77 +97,111 @@ pub enum BackendKind {
     CudaEmu,
 }
 
-impl std::str::FromStr for BackendKind {
-    type Err = RuntimeError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "cpu" => Ok(BackendKind::Cpu),
-            "cuda" => Ok(BackendKind::Cuda),
-            "cuda-emu" => Ok(BackendKind::CudaEmu),
-            "tensorrt" => Err(RuntimeError::BackendUnavailable {
-                name: s.into(),
-                reason: "not implemented; use --backend cuda (native kernels) or cpu".into(),
-            }),
-            other => Err(RuntimeError::BackendUnavailable {
-                name: other.into(),
-                reason: "unknown backend; known: cpu, cuda".into(),
-            }),
+impl BackendKind {
+    /// The name the CLI and reports use (`cpu`, `cuda`, `cuda-emu`).
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Cuda => "cuda",
+            BackendKind::CudaEmu => "cuda-emu",
         }
     }
 }
 
-/// Options of backend creation.
-#[derive(Clone, Debug)]
-pub struct BackendOptions {
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Options of the ONNX Runtime CPU backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CpuOptions {
     /// Intra-op threads; `None` = all available cores.
     pub threads: Option<usize>,
-    /// CUDA: capture the decode step into a CUDA graph (default on; off issues the same
-    /// launches per token, for debugging and for measuring what the graph saves).
-    pub cuda_graph: bool,
-    /// CUDA: which GPU.
-    pub device: usize,
 }
 
-impl Default for BackendOptions {
+/// Options of the CUDA backend (and its emulator).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// Which GPU (ordinal), for `Cuda`.
+    pub device: usize,
+    /// Capture the decode step into a CUDA graph (default on; off issues the same launches per
+    /// token, for debugging and for measuring what the graph saves).
+    pub graph: bool,
+}
+
+impl Default for CudaOptions {
     fn default() -> Self {
-        BackendOptions {
-            threads: None,
-            cuda_graph: true,
+        CudaOptions {
             device: 0,
+            graph: true,
         }
     }
 }
 
-pub fn create(
-    kind: BackendKind,
+/// A backend and its options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    Cpu(CpuOptions),
+    Cuda(CudaOptions),
+    CudaEmu(CudaOptions),
+}
+
+impl Default for BackendChoice {
+    fn default() -> Self {
+        BackendChoice::Cpu(CpuOptions::default())
+    }
+}
+
+impl BackendChoice {
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            BackendChoice::Cpu(_) => BackendKind::Cpu,
+            BackendChoice::Cuda(_) => BackendKind::Cuda,
+            BackendChoice::CudaEmu(_) => BackendKind::CudaEmu,
+        }
+    }
+}
+
+impl From<BackendKind> for BackendChoice {
+    /// `kind` with its default options.
+    fn from(kind: BackendKind) -> Self {
+        match kind {
+            BackendKind::Cpu => BackendChoice::Cpu(CpuOptions::default()),
+            BackendKind::Cuda => BackendChoice::Cuda(CudaOptions::default()),
+            BackendKind::CudaEmu => BackendChoice::CudaEmu(CudaOptions::default()),
+        }
+    }
+}
+
+/// Loads the bundle's graphs on the chosen backend, behind the generation loop of its model
+/// family (the only place that knows which backends this build has).
+pub(crate) fn load(
+    choice: &BackendChoice,
     dir: &Path,
     manifest: &Manifest,
-    opts: &BackendOptions,
-) -> Result<Box<dyn Backend>, RuntimeError> {
-    match kind {
-        BackendKind::Cpu => Ok(Box::new(ort_cpu::OrtCpu::load(dir, manifest, opts)?)),
-        BackendKind::Cuda => create_cuda(dir, manifest, opts),
-        BackendKind::CudaEmu => create_cuda_emu(dir, manifest, opts),
-    }
+) -> Result<Box<dyn Generator>, RuntimeError> {
+    Ok(match choice {
+        BackendChoice::Cpu(o) => Box::new(Runner::new(ort_cpu::OrtCpu::load(dir, manifest, o)?)),
+        BackendChoice::Cuda(o) => load_cuda(dir, manifest, o)?,
+        BackendChoice::CudaEmu(o) => load_cuda_emu(dir, manifest, o)?,
+    })
 }
 
 #[cfg(feature = "cuda")]
-fn create_cuda(
+fn load_cuda(
     dir: &Path,
     manifest: &Manifest,
-    opts: &BackendOptions,
-) -> Result<Box<dyn Backend>, RuntimeError> {
-    let device = llamagen_cuda::driver::CudaDevice::open(opts.device)?;
-    let b = cuda::CudaBackend::load("cuda", device, dir, manifest, opts.cuda_graph)?;
-    Ok(Box::new(b))
+    o: &CudaOptions,
+) -> Result<Box<dyn Generator>, RuntimeError> {
+    let device = llamagen_cuda::driver::CudaDevice::open(o.device)?;
+    let b = cuda::CudaBackend::load(BackendKind::Cuda, device, dir, manifest, o.graph)?;
+    Ok(Box::new(Runner::new(b)))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn create_cuda(
-    _: &Path,
-    _: &Manifest,
-    _: &BackendOptions,
-) -> Result<Box<dyn Backend>, RuntimeError> {
+fn load_cuda(_: &Path, _: &Manifest, _: &CudaOptions) -> Result<Box<dyn Generator>, RuntimeError> {
     Err(RuntimeError::BackendUnavailable {
         name: "cuda".into(),
         reason: "this build has no CUDA backend; rebuild with `--features cuda`".into(),
@@ -165,22 +209,22 @@ fn create_cuda(
 }
 
 #[cfg(feature = "cuda-emu")]
-fn create_cuda_emu(
+fn load_cuda_emu(
     dir: &Path,
     manifest: &Manifest,
-    opts: &BackendOptions,
-) -> Result<Box<dyn Backend>, RuntimeError> {
+    o: &CudaOptions,
+) -> Result<Box<dyn Generator>, RuntimeError> {
     let device = llamagen_cuda::emu::EmuDevice::new()?;
-    let b = cuda::CudaBackend::load("cuda-emu", device, dir, manifest, opts.cuda_graph)?;
-    Ok(Box::new(b))
+    let b = cuda::CudaBackend::load(BackendKind::CudaEmu, device, dir, manifest, o.graph)?;
+    Ok(Box::new(Runner::new(b)))
 }
 
 #[cfg(not(feature = "cuda-emu"))]
-fn create_cuda_emu(
+fn load_cuda_emu(
     _: &Path,
     _: &Manifest,
-    _: &BackendOptions,
-) -> Result<Box<dyn Backend>, RuntimeError> {
+    _: &CudaOptions,
+) -> Result<Box<dyn Generator>, RuntimeError> {
     Err(RuntimeError::BackendUnavailable {
         name: "cuda-emu".into(),
         reason: "this build has no CUDA emulator; rebuild with `--features cuda-emu`".into(),

@@ -16,7 +16,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
 
-use super::{Backend, BackendOptions, StepState};
+use super::{Backend, BackendKind, CpuOptions, StepInput};
 use crate::error::RuntimeError;
 use crate::kv_cache::KvCache;
 
@@ -68,7 +68,7 @@ fn session(path: &Path, threads: usize, activations: Activations) -> Result<Sess
 }
 
 impl OrtCpu {
-    pub fn load(dir: &Path, m: &Manifest, opts: &BackendOptions) -> Result<Self, RuntimeError> {
+    pub fn load(dir: &Path, m: &Manifest, opts: &CpuOptions) -> Result<Self, RuntimeError> {
         let threads = opts.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -133,36 +133,31 @@ fn report_probes(
 }
 
 impl Backend for OrtCpu {
-    fn name(&self) -> &'static str {
-        "cpu"
+    type State = KvCache;
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cpu
     }
 
-    fn new_state(&self, rows: usize) -> Result<StepState, RuntimeError> {
+    fn new_state(&self, rows: usize) -> Result<KvCache, RuntimeError> {
         let c = &self.config;
-        Ok(StepState::Host(KvCache::new(
+        Ok(KvCache::new(
             c.n_layer,
             rows,
             c.n_kv_head,
             c.max_len,
             c.head_dim,
-        )))
+        ))
     }
 
     fn gpt_step(
         &self,
-        ids: &[i64],
-        seq: usize,
-        position: usize,
-        state: &mut StepState,
+        input: StepInput<'_>,
+        cache: &mut KvCache,
         logits: &mut Vec<f32>,
         probes: &mut dyn FnMut(&str, &[f32]),
     ) -> Result<(), RuntimeError> {
-        let StepState::Host(cache) = state else {
-            return Err(RuntimeError::ort(
-                "the GPT step",
-                "the step state is a device state, not host caches",
-            ));
-        };
+        let StepInput { ids, position } = input;
         let batch = cache.batch;
         let shape = cache.shape();
         let pos = [position as i64];
@@ -170,7 +165,7 @@ impl Backend for OrtCpu {
             Vec::with_capacity(2 + 2 * self.layers);
         inputs.push((
             io_names::INPUT_IDS.into(),
-            tensor(vec![batch, seq], ids, io_names::INPUT_IDS)?,
+            tensor(vec![batch, 1], ids, io_names::INPUT_IDS)?,
         ));
         inputs.push((
             io_names::POSITION.into(),
@@ -212,12 +207,12 @@ impl Backend for OrtCpu {
         };
         logits.clear();
         logits.extend_from_slice(extract(io_names::LOGITS, vec![batch, self.vocab])?);
-        let slice_shape = vec![batch, shape[1], seq, shape[3]];
+        let slice_shape = vec![batch, shape[1], 1, shape[3]];
         for i in 0..self.layers {
             let k = extract(&self.names.present_key[i], slice_shape.clone())?;
-            KvCache::write(&mut cache.keys[i], k, shape, position, seq);
+            KvCache::write(&mut cache.keys[i], k, shape, position, 1);
             let v = extract(&self.names.present_value[i], slice_shape.clone())?;
-            KvCache::write(&mut cache.values[i], v, shape, position, seq);
+            KvCache::write(&mut cache.values[i], v, shape, position, 1);
         }
         report_probes(&outputs, &self.gpt_probes, probes)
     }

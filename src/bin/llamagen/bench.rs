@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use llamagen_compiler::config::GptConfig;
+use llamagen_runtime::bench::bench;
 
 use crate::options::RunFlags;
 
@@ -18,110 +18,16 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Value at quantile q (0..=1) of sorted data, nearest-rank.
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    quantile(&v, 0.5)
-}
-
-/// Peak resident set size of this process (VmHWM), in MB.
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
-/// Bytes one decode step of a device backend reads, averaged over the generation: the fp16 GEMM
-/// weights (every layer's qkv, wo, w1|w3, w2, and the output projection) plus the fp16 KV-cache
-/// slots `0..=pos` of every layer and row. Arithmetic, not measured: divided by the measured step
-/// time it says how close the step is to the memory-bandwidth limit.
-fn device_step_bytes(g: &GptConfig, tokens_per_image: usize, rows: usize) -> f64 {
-    let qkv = (g.n_head + 2 * g.n_kv_head) * g.head_dim;
-    let layer = g.dim * qkv + g.n_head * g.head_dim * g.dim + 3 * g.dim * g.ffn_hidden;
-    let weights = 2.0 * (g.n_layer * layer + g.dim * g.vocab_size) as f64;
-    // Decode step i (0-based) attends slots 0..=cls_token_num + i.
-    let steps = tokens_per_image.saturating_sub(1).max(1) as f64;
-    let mean_slots = g.cls_token_num as f64 + 1.0 + (steps - 1.0) / 2.0;
-    let kv_per_slot = 2.0 * 2.0 * (rows * g.n_kv_head * g.head_dim * g.n_layer) as f64;
-    weights + kv_per_slot * mean_slots
-}
-
 pub fn run(a: Args) -> anyhow::Result<()> {
     anyhow::ensure!(a.runs >= 1, "--runs must be at least 1");
     let req = a.run.request();
     let t0 = Instant::now();
     let pipeline = a.run.load()?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    req.validate(pipeline.manifest())?;
 
-    let (mut prefill, mut gpt, mut vq, mut total, mut steps, mut per_token) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let decode_steps = pipeline
-        .manifest()
-        .generation
-        .tokens_per_image
-        .saturating_sub(1)
-        .max(1) as f64;
-    for run in 0..=a.runs {
-        let t = Instant::now();
-        let out = pipeline.generate_tokens(&req, &mut |_, _| {})?;
-        let images = pipeline.decode_images(&out.tokens)?;
-        if run == 0 {
-            continue; // warm-up
-        }
-        total.push(t.elapsed().as_secs_f64() * 1e3);
-        prefill.push(out.prefill_ms);
-        gpt.push(out.gpt_ms);
-        vq.push(images.vq_ms);
-        per_token.push(out.decode_ms / decode_steps);
-        steps.extend(out.decode_step_ms);
-    }
-    steps.sort_by(f64::total_cmp);
-    let m = pipeline.manifest();
-    let per_token_ms = median(per_token);
-    let rows = req.labels.len() * if req.uses_cfg() { 2 } else { 1 };
-    let device = pipeline.backend_name() != "cpu";
-    let step_bytes = device.then(|| device_step_bytes(&m.gpt, m.generation.tokens_per_image, rows));
-    let report = serde_json::json!({
-        "bundle": a.run.bundle.display().to_string(),
-        "model": format!("{} + {}", m.gpt.name, m.vq.name),
-        "precision": m.precision,
-        "backend": pipeline.backend_name(),
-        "image_size": m.vq.image_size,
-        "batch": req.labels.len(),
-        "cfg_scale": req.cfg_scale,
-        "runs": a.runs,
-        "load_ms": load_ms,
-        "prefill_ms": median(prefill),
-        // Device backends replay the step without a host sync per token: only the mean exists.
-        "decode_ms_per_token_mean": per_token_ms,
-        // Device backends: fp16 weights + KV cache read per step (arithmetic) / step time.
-        "decode_mb_per_token": step_bytes.map(|b| b / 1e6),
-        "decode_gb_per_s": step_bytes.map(|b| b / 1e9 / (per_token_ms / 1e3)),
-        "decode_ms_per_token_p50": (!steps.is_empty()).then(|| quantile(&steps, 0.5)),
-        "decode_ms_per_token_p99": (!steps.is_empty()).then(|| quantile(&steps, 0.99)),
-        "gpt_ms": median(gpt),
-        "vq_ms": median(vq),
-        "total_ms": median(total),
-        "peak_rss_mb": peak_rss_mb(),
-        "bundle_mb": m.total_bytes() as f64 / 1e6,
-    });
+    let mut report = serde_json::to_value(bench(&pipeline, &req, a.runs, load_ms)?)?;
+    // The bundle as the user named it.
+    report["bundle"] = a.run.bundle.display().to_string().into();
     if a.json {
         println!("{report}");
     } else if let Some(obj) = report.as_object() {
@@ -140,33 +46,4 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    /// GPT-B at 384 px, 8 labels with CFG (rows 32): ~195 MB of fp16 weights and, on average,
-    /// ~341 MB of KV cache per step (docs/cuda-backend-plan.md, Step 7).
-    #[test]
-    fn gpt_b_384_step_bytes_match_the_hand_count() {
-        use llamagen_compiler::config::{gpt_arch, GptConfig};
-        let c = GptConfig::new(&gpt_arch("GPT-B").unwrap(), 16384, 1000, 1, 576).unwrap();
-        let weights = 2.0
-            * (12.0 * (768.0 * 2304.0 + 768.0 * 768.0 + 3.0 * 768.0 * 2048.0) + 768.0 * 16384.0);
-        let kv = 2.0 * 2.0 * 32.0 * 12.0 * 64.0 * 12.0 * (1.0 + 1.0 + 574.0 / 2.0);
-        let got = super::device_step_bytes(&c, 576, 32);
-        assert!(
-            (got - (weights + kv)).abs() < 1.0,
-            "{got} vs {}",
-            weights + kv
-        );
-        assert!((got / 1e6 - 536.0).abs() < 10.0, "{} MB", got / 1e6);
-    }
-
-    #[test]
-    fn quantiles_use_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(super::quantile(&v, 0.5), 50.0);
-        assert_eq!(super::quantile(&v, 0.99), 99.0);
-        assert_eq!(super::quantile(&[3.0], 0.99), 3.0);
-    }
 }

@@ -46,7 +46,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "model": format!("{} + {}", lm.gpt.name, lm.vq.name),
         "precision": lm.precision,
         "reference_precision": rm.precision,
-        "backend": low.backend_name(),
+        "backend": low.backend().name(),
         "labels": req.labels,
         "cfg_scale": req.cfg_scale,
         "seed": req.seed,

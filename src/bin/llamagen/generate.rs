@@ -23,7 +23,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let req = a.run.request();
     // Check the request and the output folder before the (slow) load and generation.
     req.validate(&load_manifest(&a.run.bundle, false)?)?;
-    a.run.backend_kind()?;
     let created = !a.out.exists();
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let pipeline = a.run.load().inspect_err(|_| {

@@ -2,8 +2,23 @@
 
 use std::path::PathBuf;
 
-use clap::Args;
-use llamagen_runtime::{BackendKind, GenerateRequest, Pipeline, PipelineOptions, SamplingOptions};
+use clap::{Args, ValueEnum};
+use llamagen_runtime::{
+    BackendChoice, CpuOptions, CudaOptions, GenerateRequest, Pipeline, PipelineOptions,
+    SamplingOptions,
+};
+
+/// `--backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// ONNX Runtime's CPU provider.
+    Cpu,
+    /// Our CUDA kernels (a build with `--features cuda`, an NVIDIA driver, and the
+    /// nvidia-cuda-nvrtc / nvidia-cublas wheels).
+    Cuda,
+    /// The CUDA backend on the host kernel emulator (`--features cuda-emu`; tests only, slow).
+    CudaEmu,
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct RunFlags {
@@ -26,14 +41,15 @@ pub struct RunFlags {
     pub top_p: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// cpu (ONNX Runtime CPU provider) or cuda (our CUDA kernels; a build with `--features
-    /// cuda`, an NVIDIA driver, and the nvidia-cuda-nvrtc / nvidia-cublas wheels).
-    #[arg(long, default_value = "cpu")]
-    pub backend: String,
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    pub backend: BackendArg,
     /// cuda: issue the decode step's launches per token instead of replaying a CUDA graph.
     #[arg(long)]
     pub no_cuda_graph: bool,
-    /// Intra-op threads (default: all cores).
+    /// cuda: which GPU (ordinal).
+    #[arg(long, default_value_t = 0)]
+    pub cuda_device: usize,
+    /// cpu: intra-op threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Skip the sha256 check of the bundle's files on load.
@@ -56,17 +72,26 @@ impl RunFlags {
         }
     }
 
-    pub fn backend_kind(&self) -> anyhow::Result<BackendKind> {
-        Ok(self.backend.parse()?)
+    /// The backend with the options its flags give.
+    pub fn backend(&self) -> BackendChoice {
+        let cuda = CudaOptions {
+            device: self.cuda_device,
+            graph: !self.no_cuda_graph,
+        };
+        match self.backend {
+            BackendArg::Cpu => BackendChoice::Cpu(CpuOptions {
+                threads: self.threads,
+            }),
+            BackendArg::Cuda => BackendChoice::Cuda(cuda),
+            BackendArg::CudaEmu => BackendChoice::CudaEmu(cuda),
+        }
     }
 
     /// Loads the bundle on the chosen backend.
     pub fn load(&self) -> anyhow::Result<Pipeline> {
         let opts = PipelineOptions {
-            backend: self.backend_kind()?,
+            backend: self.backend(),
             verify_hashes: !self.no_verify,
-            threads: self.threads,
-            cuda_graph: !self.no_cuda_graph,
         };
         Ok(Pipeline::load(&self.bundle, &opts)?)
     }

@@ -15,75 +15,23 @@ use std::time::Instant;
 
 use cudarc::cublas::sys as blas;
 use cudarc::driver::sys::{CUdevice_attribute as DevAttr, CUfunction_attribute as FnAttr};
+use cudarc::driver::DevicePtr;
 use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream};
-use cudarc::driver::{DevicePtr, DriverError};
 use cudarc::nvrtc::Ptx;
 
-use crate::device::{DType, Device, Gemm, KArg};
+use crate::device::{Device, Gemm, KArg};
 use crate::error::CudaError;
 use crate::kernels::SOURCES;
-use crate::{gemm_map, libs, nvrtc};
+use crate::{libs, nvrtc};
+
+mod cublas;
+mod gpus;
+
+use cublas::BlasHandle;
+pub use gpus::{gpus, GpuInfo};
 
 /// cuBLAS workspace: NVIDIA's figure for Hopper, and what PyTorch sets for graph capture.
 const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
-
-/// One GPU as the driver reports it.
-#[derive(Clone, Debug)]
-pub struct GpuInfo {
-    pub ordinal: usize,
-    pub name: String,
-    /// Compute capability `(major, minor)`.
-    pub cc: (i32, i32),
-    pub memory_bytes: usize,
-}
-
-impl GpuInfo {
-    /// The real architecture kernels are compiled for, `sm_<major><minor>`.
-    pub fn arch(&self) -> String {
-        format!("sm_{}{}", self.cc.0, self.cc.1)
-    }
-}
-
-impl std::fmt::Display for GpuInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} (cc {}.{}, {:.1} GiB)",
-            self.name,
-            self.cc.0,
-            self.cc.1,
-            self.memory_bytes as f64 / (1u64 << 30) as f64
-        )
-    }
-}
-
-/// The GPUs of this machine (`cuInit`, then one query per device). Fails without a driver.
-pub fn gpus() -> Result<Vec<GpuInfo>, CudaError> {
-    libs::driver()?;
-    let e = |what: &'static str| move |err: DriverError| CudaError::call(what, err);
-    result::init().map_err(e("cuInit"))?;
-    let count = result::device::get_count().map_err(e("cuDeviceGetCount"))?;
-    (0..count)
-        .map(|i| {
-            let dev = result::device::get(i).map_err(e("cuDeviceGet"))?;
-            let attr = |a| {
-                // SAFETY: `dev` comes from cuDeviceGet.
-                unsafe { result::device::get_attribute(dev, a) }.map_err(e("cuDeviceGetAttribute"))
-            };
-            Ok(GpuInfo {
-                ordinal: i as usize,
-                name: result::device::get_name(dev).map_err(e("cuDeviceGetName"))?,
-                cc: (
-                    attr(DevAttr::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
-                    attr(DevAttr::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
-                ),
-                // SAFETY: as above.
-                memory_bytes: unsafe { result::device::total_mem(dev) }
-                    .map_err(e("cuDeviceTotalMem"))?,
-            })
-        })
-        .collect()
-}
 
 /// Makes `ctx` current on this thread, for the drops below: cudarc's `CudaSlice` frees with
 /// `cuMemFreeAsync` and `CudaGraph` destroys its exec without binding their context first, and
@@ -125,23 +73,6 @@ impl Drop for CudaGraphExec {
     fn drop(&mut self) {
         // Before `graph`'s own drop (cuGraphExecDestroy, cuGraphDestroy): see make_current.
         make_current(&self.ctx);
-    }
-}
-
-/// A cuBLAS handle, destroyed on drop. Not cudarc's `CudaBlas`: its `Drop` unwraps
-/// cublasDestroy's status, which panics (aborts the process when already unwinding, e.g. a
-/// test failing after a GPU fault, hiding the real error) when the context is broken.
-struct BlasHandle(blas::cublasHandle_t);
-
-// SAFETY: cuBLAS handles may be used from any thread whose current context is theirs (`bind`
-// precedes every call); the handle's configuration is never changed after `open`.
-unsafe impl Send for BlasHandle {}
-unsafe impl Sync for BlasHandle {}
-
-impl Drop for BlasHandle {
-    fn drop(&mut self) {
-        // SAFETY: created by cublasCreate and destroyed once; an error is deliberately ignored.
-        let _ = unsafe { blas::cublasDestroy_v2(self.0) };
     }
 }
 
@@ -428,90 +359,8 @@ impl Device for CudaDevice {
         .map_err(|e| CudaError::call(format!("launching {name} grid {grid:?} block {block:?}"), e))
     }
 
-    /// Row-major `C = A . op(B)` is column-major `C^T = op(B)^T . A^T`, and a row-major matrix
-    /// read column-major is its transpose: so B goes first (transposed when `b_trans`), A
-    /// second, and the roles of m and n swap (see [`gemm_map`], which is unit-tested).
     fn gemm(&self, g: &Gemm) -> Result<(), CudaError> {
-        use blas::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-        use blas::cudaDataType::{CUDA_R_16F, CUDA_R_32F};
-        let what = || format!("cuBLAS GEMM {g:?}");
-        // None: m, n or batch is 0, nothing to do (cuBLAS would run one problem for batch 0
-        // through cublasGemmEx).
-        let Some(p) = gemm_map::to_blas(g).map_err(|e| CudaError::call(what(), e))? else {
-            return Ok(());
-        };
-        let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
-        let (alpha, beta) = (g.alpha, g.beta);
-        let c_type = match g.c_type {
-            DType::F16 => CUDA_R_16F,
-            DType::F32 => CUDA_R_32F,
-        };
-        let alpha_p = &alpha as *const f32 as *const c_void;
-        let beta_p = &beta as *const f32 as *const c_void;
-        let (a, b, c) = (
-            p.a as *const c_void,
-            p.b as *const c_void,
-            p.c as *mut c_void,
-        );
-        let compute = blas::cublasComputeType_t::CUBLAS_COMPUTE_32F;
-        let algo = blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
-        self.bind()?;
-        // SAFETY: the handle is bound to our stream; a, b, c are device addresses from
-        // `addr` whose extents the caller sized for this problem; alpha and beta are f32 on
-        // the host (cuBLAS's default pointer mode) as COMPUTE_32F requires, read during the
-        // call (so a capture freezes their values).
-        let r = unsafe {
-            if p.batch == 1 {
-                cudarc::cublas::result::gemm_ex(
-                    self.blas.0,
-                    op(p.trans_a),
-                    op(p.trans_b),
-                    p.m,
-                    p.n,
-                    p.k,
-                    alpha_p,
-                    a,
-                    CUDA_R_16F,
-                    p.lda,
-                    b,
-                    CUDA_R_16F,
-                    p.ldb,
-                    beta_p,
-                    c,
-                    c_type,
-                    p.ldc,
-                    compute,
-                    algo,
-                )
-            } else {
-                cudarc::cublas::result::gemm_strided_batched_ex(
-                    self.blas.0,
-                    op(p.trans_a),
-                    op(p.trans_b),
-                    p.m,
-                    p.n,
-                    p.k,
-                    alpha_p,
-                    a,
-                    CUDA_R_16F,
-                    p.lda,
-                    p.stride_a,
-                    b,
-                    CUDA_R_16F,
-                    p.ldb,
-                    p.stride_b,
-                    beta_p,
-                    c,
-                    c_type,
-                    p.ldc,
-                    p.stride_c,
-                    p.batch,
-                    compute,
-                    algo,
-                )
-            }
-        };
-        r.map_err(|e| CudaError::call(what(), e))
+        self.run_gemm(g)
     }
 
     fn begin_capture(&self) -> Result<(), CudaError> {
