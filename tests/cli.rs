@@ -599,3 +599,39 @@ fn failed_recompile_keeps_the_existing_bundle() {
     ok(LLAMAGEN, &["inspect", "--bundle", &s(&bundle), "--verify"]);
     assert_no_temp_dirs(tmp.path());
 }
+
+/// bundle.yaml names the model family; a bundle written before the field existed (no `family`
+/// line) is c2i LlamaGen and still generates the official greedy tokens.
+#[test]
+fn bundles_without_a_family_are_c2i() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = compile_tiny_cli(tmp.path());
+    let yaml_path = bundle.join("bundle.yaml");
+    let yaml = std::fs::read_to_string(&yaml_path).unwrap();
+    assert!(yaml.contains("\nfamily: llamagen_c2i\n"), "{yaml}");
+    std::fs::write(&yaml_path, yaml.replacen("family: llamagen_c2i\n", "", 1)).unwrap();
+    let m = llamagen_compiler::bundle::load_manifest(&bundle, true).unwrap();
+    assert_eq!(
+        m.family,
+        llamagen_compiler::bundle::ModelFamily::LlamagenC2i
+    );
+    let out = tmp.path().join("out");
+    let args = [
+        "generate",
+        "--bundle",
+        &s(&bundle),
+        "--out",
+        &s(&out),
+        "--labels",
+        "3,7",
+        "--top-k",
+        "1",
+        "--cfg-scale",
+        "4",
+    ];
+    let o = run(LLAMAGEN, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (_, got) = read_i64(&out.join("tokens.npy"));
+    let (_, want) = read_i64(&tiny_dir().join("greedy_cfg4.tokens.npy"));
+    assert_eq!(got, want);
+}

@@ -6,11 +6,11 @@ mod support;
 
 use std::path::Path;
 
-use llamagen_calib::calibrate::{
-    compile_calibrated, Int8Activations, SCALES_FILE, TENSORRT_CACHE_FILE,
-};
 use llamagen_calib::{read_scales_json, read_tensorrt_cache, CalibSet, Method};
 use llamagen_compiler::bundle::{load_manifest, Manifest};
+use llamagen_compiler::calibrated::{
+    compile_calibrated, Int8Activations, SCALES_FILE, TENSORRT_CACHE_FILE,
+};
 use llamagen_compiler::compile::Weights;
 use llamagen_runtime::compare::compare;
 use llamagen_runtime::{GenerateRequest, Pipeline, PipelineOptions, SamplingOptions};
@@ -58,12 +58,15 @@ fn check(precision: &str, activations: Int8Activations, level: PrecisionLevel) -
     compile_tiny(&fp32_dir);
 
     // The recorded figures meet the level...
-    let acc = &manifest.precision_details.accuracy_vs_fp32;
+    let acc = manifest
+        .precision_details
+        .accuracy_vs_fp32
+        .expect("accuracy figures in bundle.yaml");
     level.assert_meets(
         &format!("{precision} bundle.yaml"),
-        acc["logits_cosine_min"],
-        acc["logits_cosine_mean"],
-        acc["image_psnr_db"],
+        acc.logits_cosine_min,
+        acc.logits_cosine_mean,
+        acc.image_psnr_db,
     );
     // ...and so does a fresh comparison on other requests (labels and seed not calibrated on).
     let opts = PipelineOptions::default();

@@ -29,7 +29,8 @@ pub mod vq_plan;
 
 pub use config::{GptConfig, VqConfig};
 pub use manifest::{
-    FileEntry, GraphEntry, GraphRole, IoSpec, Manifest, Precision, MANIFEST_FILE, SCHEMA_VERSION,
+    FileEntry, GraphEntry, GraphRole, IoSpec, Manifest, ModelFamily, Precision, MANIFEST_FILE,
+    SCHEMA_VERSION,
 };
 pub use sampling::SamplingOptions;
 pub use verify::{load_manifest, BundleError};

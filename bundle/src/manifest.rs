@@ -52,6 +52,17 @@ impl std::str::FromStr for Precision {
     }
 }
 
+/// The model family a bundle holds: which graphs it has and how they are driven. Bundles
+/// written before the field existed are c2i LlamaGen (the default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelFamily {
+    /// Class-conditional LlamaGen: a GPT step graph (one token per row, KV cache) and a VQ
+    /// decoder.
+    #[default]
+    LlamagenC2i,
+}
+
 /// What a graph of the bundle does; the key of `graphs` in bundle.yaml.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -83,6 +94,8 @@ pub struct Manifest {
     pub schema_version: u32,
     /// `llamagen-rs <version>` of the compiler that wrote the bundle.
     pub tool_version: String,
+    #[serde(default)]
+    pub family: ModelFamily,
     pub precision: Precision,
     /// Where the weights came from (checkpoint paths or `random(seed=N)`).
     pub sources: BTreeMap<String, String>,
@@ -105,13 +118,38 @@ pub struct PrecisionDetails {
     pub higher_precision: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<CalibrationInfo>,
-    /// `llamagen compare` figures against the fp32 bundle on the calibration set:
-    /// logits_cosine_min, logits_cosine_mean, logits_max_abs, token_agreement, image_psnr_db.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub accuracy_vs_fp32: BTreeMap<String, f64>,
+    /// `llamagen compare` figures against the fp32 bundle on the calibration set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_vs_fp32: Option<AccuracyVsFp32>,
     /// Calibration bundles only: operator -> the graph tensor its `probe.<op>` output mirrors.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub probe_tensors: BTreeMap<String, String>,
+}
+
+/// How close a lower-precision bundle came to fp32 (`llamagen compare` on the calibration set).
+/// Fields in the order bundle.yaml has always listed them (alphabetical).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AccuracyVsFp32 {
+    /// PSNR of the two VQ decoders' images of the same tokens; `f64::MAX` when identical.
+    pub image_psnr_db: f64,
+    pub logits_cosine_mean: f64,
+    pub logits_cosine_min: f64,
+    pub logits_max_abs: f64,
+    /// Fraction of (step, row) whose argmax tokens agree.
+    pub token_agreement: f64,
+}
+
+impl AccuracyVsFp32 {
+    /// (name, value) of every figure, in the order bundle.yaml lists them.
+    pub fn figures(&self) -> [(&'static str, f64); 5] {
+        [
+            ("image_psnr_db", self.image_psnr_db),
+            ("logits_cosine_mean", self.logits_cosine_mean),
+            ("logits_cosine_min", self.logits_cosine_min),
+            ("logits_max_abs", self.logits_max_abs),
+            ("token_agreement", self.token_agreement),
+        ]
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -22,7 +22,6 @@
 //! ```
 
 pub mod cache;
-pub mod calibrate;
 pub mod error;
 pub mod estimate;
 pub mod histogram;

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use crate::bundle::manifest::GenerationInfo;
 use crate::bundle::manifest::PrecisionDetails;
-use crate::bundle::{write_bundle, BundleGraph, GraphRole, Manifest, Precision, SCHEMA_VERSION};
+use crate::bundle::{
+    write_bundle, BundleGraph, GraphRole, Manifest, ModelFamily, Precision, SCHEMA_VERSION,
+};
 use crate::checkpoint::Checkpoint;
 use crate::config::{gpt_arch, vq_arch, GptConfig, VqConfig};
 use crate::models::precision::{expose_probes, ActivationScales, Emitter, OpPrecision};
@@ -206,6 +208,7 @@ pub fn compile(
     let manifest = Manifest {
         schema_version: SCHEMA_VERSION,
         tool_version: format!("llamagen-rs {}", env!("CARGO_PKG_VERSION")),
+        family: ModelFamily::LlamagenC2i,
         precision: o.precision,
         sources,
         generation: GenerationInfo {

@@ -3,9 +3,11 @@
 //! Data flow: [`checkpoint`] reads `.pt` / `.safetensors` files without executing code,
 //! [`config`] holds the model zoo (graphs/*.yaml), [`models`] maps checkpoint keys onto graphs
 //! built with the [`ir`] builder, [`onnx`] lowers the IR to protobuf with external weights, and
-//! [`bundle`] writes the bundle directory and its `bundle.yaml` manifest atomically.
+//! [`bundle`] writes the bundle directory and its `bundle.yaml` manifest atomically;
+//! [`calibrated`] compiles lower-precision bundles, calibrated and measured against fp32.
 
 pub mod bundle;
+pub mod calibrated;
 pub mod checkpoint;
 pub mod compile;
 pub mod config;

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use llamagen_calib::calibrate::{compile_calibrated, Int8Activations, Step};
 use llamagen_calib::{CalibSet, Method};
 use llamagen_compiler::bundle::Precision;
+use llamagen_compiler::calibrated::{compile_calibrated, Int8Activations, Step};
 use llamagen_compiler::compile::{CompileOptions, Progress, Weights};
 
 #[derive(Parser, Debug)]
@@ -171,7 +171,8 @@ fn run(a: Args) -> anyhow::Result<()> {
         Step::Sample { done, total } => show("samples", done, total),
     })?;
     bar.finish_and_clear();
-    for (k, v) in &manifest.precision_details.accuracy_vs_fp32 {
+    let accuracy = manifest.precision_details.accuracy_vs_fp32;
+    for (k, v) in accuracy.iter().flat_map(|a| a.figures()) {
         println!("{k:<20} {v:.6} (vs fp32 on calibration set '{}')", set.name);
     }
     let mb = manifest.total_bytes() as f64 / 1e6;

@@ -8,8 +8,8 @@ pub use llamagen_bundle::files::{
     check_out, hash_files, parent_dir, replace_dir, write_manifest, WriteError,
 };
 pub use llamagen_bundle::{
-    load_manifest, BundleError, FileEntry, GraphEntry, GraphRole, IoSpec, Manifest, Precision,
-    MANIFEST_FILE, SCHEMA_VERSION,
+    load_manifest, BundleError, FileEntry, GraphEntry, GraphRole, IoSpec, Manifest, ModelFamily,
+    Precision, MANIFEST_FILE, SCHEMA_VERSION,
 };
 pub use llamagen_bundle::{manifest, verify};
 pub use write::{write_bundle, BundleGraph};

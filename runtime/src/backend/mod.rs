@@ -9,7 +9,7 @@ pub use ort_cpu::OrtCpu;
 
 use std::path::Path;
 
-use llamagen_bundle::Manifest;
+use llamagen_bundle::{Manifest, ModelFamily};
 
 use crate::error::RuntimeError;
 use crate::runner::{Generator, Runner};
@@ -183,10 +183,17 @@ pub(crate) fn load(
     manifest: &Manifest,
 ) -> Result<Box<dyn Generator>, RuntimeError> {
     Ok(match choice {
-        BackendChoice::Cpu(o) => Box::new(Runner::new(ort_cpu::OrtCpu::load(dir, manifest, o)?)),
+        BackendChoice::Cpu(o) => generator(manifest, ort_cpu::OrtCpu::load(dir, manifest, o)?),
         BackendChoice::Cuda(o) => load_cuda(dir, manifest, o)?,
         BackendChoice::CudaEmu(o) => load_cuda_emu(dir, manifest, o)?,
     })
+}
+
+/// The generation loop of the bundle's model family over backend `b` (one arm per family).
+fn generator<B: Backend>(manifest: &Manifest, b: B) -> Box<dyn Generator> {
+    match manifest.family {
+        ModelFamily::LlamagenC2i => Box::new(Runner::new(b)),
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -197,7 +204,7 @@ fn load_cuda(
 ) -> Result<Box<dyn Generator>, RuntimeError> {
     let device = llamagen_cuda::driver::CudaDevice::open(o.device)?;
     let b = cuda::CudaBackend::load(BackendKind::Cuda, device, dir, manifest, o.graph)?;
-    Ok(Box::new(Runner::new(b)))
+    Ok(generator(manifest, b))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -216,7 +223,7 @@ fn load_cuda_emu(
 ) -> Result<Box<dyn Generator>, RuntimeError> {
     let device = llamagen_cuda::emu::EmuDevice::new()?;
     let b = cuda::CudaBackend::load(BackendKind::CudaEmu, device, dir, manifest, o.graph)?;
-    Ok(Box::new(Runner::new(b)))
+    Ok(generator(manifest, b))
 }
 
 #[cfg(not(feature = "cuda-emu"))]

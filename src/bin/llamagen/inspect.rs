@@ -83,7 +83,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             c.files.join(", ")
         );
     }
-    for (k, v) in &d.accuracy_vs_fp32 {
+    for (k, v) in d.accuracy_vs_fp32.iter().flat_map(|a| a.figures()) {
         println!("vs fp32    {k} {v:.6}");
     }
     println!("total      {:.1} MB on disk", m.total_bytes() as f64 / 1e6);

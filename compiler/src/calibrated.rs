@@ -11,21 +11,21 @@
 
 use std::collections::BTreeMap;
 
-use llamagen_compiler::bundle::manifest::CalibrationInfo;
-use llamagen_compiler::bundle::{
+use crate::bundle::manifest::{AccuracyVsFp32, CalibrationInfo};
+use crate::bundle::{
     check_out, hash_files, load_manifest, parent_dir, replace_dir, write_manifest, Manifest,
     Precision,
 };
-use llamagen_compiler::compile::{compile, CompileOptions, Progress};
-use llamagen_compiler::models::precision::PROBE_PREFIX;
+use crate::compile::{compile, CompileOptions, Progress};
+use crate::models::precision::PROBE_PREFIX;
 use llamagen_runtime::compare::{compare, CompareReport};
 use llamagen_runtime::{
     GenerateRequest, Observer, Pipeline, PipelineOptions, RuntimeError, SamplingOptions,
 };
 
-use crate::cache::{format_tensorrt_cache, scales_json};
-use crate::estimate::{scale, Method};
-use crate::{CalibError, CalibSet, Histogram};
+use llamagen_calib::cache::{format_tensorrt_cache, scales_json};
+use llamagen_calib::estimate::{scale, Method};
+use llamagen_calib::{CalibError, CalibSet, Histogram};
 
 /// Scales of the int8 graphs, as our JSON (operator -> scale).
 pub const SCALES_FILE: &str = "calibration.json";
@@ -37,15 +37,15 @@ const TENSORRT_HEADER: &str = "TRT-8601-EntropyCalibration2";
 #[derive(Debug, thiserror::Error)]
 pub enum CalibrateError {
     #[error(transparent)]
-    Compile(#[from] llamagen_compiler::Error),
+    Compile(#[from] crate::Error),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Calib(#[from] CalibError),
     #[error(transparent)]
-    Bundle(#[from] llamagen_compiler::bundle::BundleError),
+    Bundle(#[from] crate::bundle::BundleError),
     #[error(transparent)]
-    Write(#[from] llamagen_compiler::bundle::WriteError),
+    Write(#[from] crate::bundle::WriteError),
 }
 
 /// Progress of a calibrated compile.
@@ -147,7 +147,7 @@ pub fn compile_calibrated(
         return Ok(compile(opts, &mut |p| progress(Step::Compile(p)))?);
     }
     check_out(&opts.out)?;
-    let (gpt, _) = llamagen_compiler::compile::resolve_configs(opts)?;
+    let (gpt, _) = crate::compile::resolve_configs(opts)?;
     set.validate(gpt.num_classes)?;
     if set.top_k > gpt.vocab_size {
         return Err(CalibError::InvalidSet {
@@ -170,11 +170,11 @@ pub fn compile_calibrated(
     )
     .entered();
     let parent = parent_dir(&opts.out);
-    std::fs::create_dir_all(&parent).map_err(|e| llamagen_compiler::Error::io(&parent, e))?;
+    std::fs::create_dir_all(&parent).map_err(|e| crate::Error::io(&parent, e))?;
     let staging = tempfile::Builder::new()
         .prefix(".llamagen-calibrate-")
         .tempdir_in(&parent)
-        .map_err(|e| llamagen_compiler::Error::io(&parent, e))?;
+        .map_err(|e| crate::Error::io(&parent, e))?;
 
     progress(Step::Stage("compiling the fp32 reference"));
     let reference_dir = staging.path().join("fp32");
@@ -234,7 +234,7 @@ pub fn compile_calibrated(
     compile(&low_opts, &mut |p| progress(Step::Compile(p)))?;
     for (name, text) in &extra_files {
         let path = low_opts.out.join(name);
-        std::fs::write(&path, text).map_err(|e| llamagen_compiler::Error::io(&path, e))?;
+        std::fs::write(&path, text).map_err(|e| crate::Error::io(&path, e))?;
     }
 
     progress(Step::Stage("measuring against fp32"));
@@ -243,7 +243,7 @@ pub fn compile_calibrated(
     tracing::info!(?report, "measured against fp32");
     let mut manifest = load_manifest(&low_opts.out, false)?;
     manifest.precision_details.calibration = calibration;
-    manifest.precision_details.accuracy_vs_fp32 = report_figures(&report);
+    manifest.precision_details.accuracy_vs_fp32 = Some(report_figures(&report));
     manifest.files = hash_files(&low_opts.out)?;
     write_manifest(&low_opts.out, &manifest)?;
     drop(low);
@@ -265,17 +265,16 @@ pub fn accuracy(
     Ok(compare(low, reference, &request(set, labels, seed))?)
 }
 
-fn report_figures(r: &CompareReport) -> BTreeMap<String, f64> {
-    let psnr = if r.image_psnr_db.is_finite() {
-        r.image_psnr_db
-    } else {
-        f64::MAX
-    };
-    BTreeMap::from([
-        ("logits_cosine_min".to_string(), r.logits_cosine_min),
-        ("logits_cosine_mean".to_string(), r.logits_cosine_mean),
-        ("logits_max_abs".to_string(), r.logits_max_abs),
-        ("token_agreement".to_string(), r.token_agreement),
-        ("image_psnr_db".to_string(), psnr),
-    ])
+fn report_figures(r: &CompareReport) -> AccuracyVsFp32 {
+    AccuracyVsFp32 {
+        image_psnr_db: if r.image_psnr_db.is_finite() {
+            r.image_psnr_db
+        } else {
+            f64::MAX
+        },
+        logits_cosine_mean: r.logits_cosine_mean,
+        logits_cosine_min: r.logits_cosine_min,
+        logits_max_abs: r.logits_max_abs,
+        token_agreement: r.token_agreement,
+    }
 }
