@@ -6,7 +6,135 @@
 //! [`super::emu`] (the same kernel sources compiled for the host, feature `cuda-emu`), so the
 //! kernels and the host orchestration are tested on machines without a GPU.
 
+use std::marker::PhantomData;
+
+use half::f16;
+
 use crate::error::CudaError;
+
+/// Element types that live in device buffers.
+pub trait DevElem: Copy + Send + Sync + 'static {
+    const BYTES: usize;
+    /// For error messages (`f16`, `f32`, ...).
+    const NAME: &'static str;
+}
+
+macro_rules! dev_elem {
+    ($($t:ty => $n:literal),*) => {
+        $(impl DevElem for $t {
+            const BYTES: usize = std::mem::size_of::<$t>();
+            const NAME: &'static str = $n;
+        })*
+    };
+}
+dev_elem!(f16 => "f16", f32 => "f32", i32 => "i32", u32 => "u32", u64 => "u64", u8 => "u8");
+
+/// A typed view of device memory: the address of its first element and how many elements it
+/// holds. `Copy` and borrow-free, like the pointers kernels take: the buffer it views must
+/// outlive every launch that uses it (the owners, sessions and weights, hold both).
+#[derive(Debug, PartialEq, Eq)]
+pub struct DevSlice<T> {
+    addr: u64,
+    len: usize,
+    _elem: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for DevSlice<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for DevSlice<T> {}
+
+impl<T: DevElem> DevSlice<T> {
+    /// A view of `len` elements at device address `addr` (what [`Device::slice`] returns; tests
+    /// build invalid ones on purpose).
+    pub fn from_raw(addr: u64, len: usize) -> Self {
+        DevSlice {
+            addr,
+            len,
+            _elem: PhantomData,
+        }
+    }
+
+    pub fn addr(self) -> u64 {
+        self.addr
+    }
+
+    pub fn len(self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.len == 0
+    }
+
+    /// Elements `start..start + len`, or an error naming `ctx` when they are not all inside.
+    pub fn at(self, ctx: &str, start: usize, len: usize) -> Result<Self, CudaError> {
+        match start.checked_add(len) {
+            Some(end) if end <= self.len => Ok(DevSlice::from_raw(
+                self.addr + (start * T::BYTES) as u64,
+                len,
+            )),
+            _ => Err(CudaError::call(
+                ctx,
+                format!(
+                    "elements {start}..{start}+{len} outside a {} buffer of {}",
+                    T::NAME,
+                    self.len
+                ),
+            )),
+        }
+    }
+
+    /// An error naming `ctx` and `what` unless the view holds at least `needed` elements.
+    pub fn require(self, ctx: &str, what: &str, needed: usize) -> Result<(), CudaError> {
+        if self.len >= needed {
+            return Ok(());
+        }
+        Err(CudaError::call(
+            ctx,
+            format!(
+                "{what} holds {} {} values, the shape needs {needed}",
+                self.len,
+                T::NAME
+            ),
+        ))
+    }
+}
+
+impl<T> From<DevSlice<T>> for KArg {
+    fn from(s: DevSlice<T>) -> KArg {
+        KArg::Ptr(s.addr)
+    }
+}
+
+/// Grid, block and dynamic shared memory of one kernel launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchConfig {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_bytes: u32,
+}
+
+impl LaunchConfig {
+    /// `grid` blocks of `block` threads, no dynamic shared memory.
+    pub fn new(grid: [u32; 3], block: [u32; 3]) -> Self {
+        LaunchConfig {
+            grid,
+            block,
+            shared_bytes: 0,
+        }
+    }
+
+    /// This launch with `bytes` of dynamic shared memory.
+    pub fn with_shared(self, bytes: u32) -> Self {
+        LaunchConfig {
+            shared_bytes: bytes,
+            ..self
+        }
+    }
+}
 
 /// A kernel argument, passed by value as `cuLaunchKernel` would (a pointer is its address).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -107,19 +235,18 @@ pub trait Device: Send + Sync + 'static {
     fn alloc(&self, bytes: usize) -> Result<Self::Buf, CudaError>;
     /// The device address of `buf`'s first byte.
     fn addr(&self, buf: &Self::Buf) -> u64;
+    /// The size of `buf` in bytes (as allocated).
+    fn len_bytes(&self, buf: &Self::Buf) -> usize;
+    /// `buf` viewed as elements of `T` (its whole length, rounded down).
+    fn slice<T: DevElem>(&self, buf: &Self::Buf) -> DevSlice<T> {
+        DevSlice::from_raw(self.addr(buf), self.len_bytes(buf) / T::BYTES)
+    }
     /// Copies `data` into `buf` at byte `offset`, in stream order.
     fn upload(&self, buf: &Self::Buf, offset: usize, data: &[u8]) -> Result<(), CudaError>;
     /// Waits for the stream, then copies `out.len()` bytes of `buf` from byte `offset`.
     fn download(&self, buf: &Self::Buf, offset: usize, out: &mut [u8]) -> Result<(), CudaError>;
     /// Launches kernel `name` (an `extern "C"` function of [`super::kernels`]).
-    fn launch(
-        &self,
-        name: &str,
-        grid: [u32; 3],
-        block: [u32; 3],
-        shared_bytes: u32,
-        args: &[KArg],
-    ) -> Result<(), CudaError>;
+    fn launch(&self, name: &str, cfg: &LaunchConfig, args: &[KArg]) -> Result<(), CudaError>;
     fn gemm(&self, g: &Gemm) -> Result<(), CudaError>;
     fn begin_capture(&self) -> Result<(), CudaError>;
     fn end_capture(&self) -> Result<Self::Graph, CudaError>;

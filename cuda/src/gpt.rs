@@ -2,14 +2,15 @@
 //! request scalars), and the launch sequence of one decode step, which is captured once per
 //! session into a graph and replayed for every token.
 
+use half::f16;
 use llamagen_bundle::config::GptConfig;
 use llamagen_bundle::names::gpt as names;
 use llamagen_bundle::rotary;
 
 use crate::device::{DType, Device, Gemm};
 use crate::error::CudaError;
-use crate::ops::gpt::{self as k, AttnShape};
-use crate::ops::sampler::{self, SampleParams};
+use crate::ops::gpt::{self as k, AttnShape, LayerCache, Rotary};
+use crate::ops::sampler::{self, SampleIo, SampleParams};
 use crate::weights::{upload_f16, upload_f32, BundleWeights};
 
 /// One transformer layer's weights: GEMM matrices f16 `[in, out]`, norm weights f32.
@@ -192,6 +193,9 @@ pub fn issue_step<D: Device>(
 ) -> Result<(), CudaError> {
     let c = &w.config;
     let a = |b: &D::Buf| d.addr(b);
+    let f16s = |b: &D::Buf| d.slice::<f16>(b);
+    let f32s = |b: &D::Buf| d.slice::<f32>(b);
+    let i32s = |b: &D::Buf| d.slice::<i32>(b);
     let rows = s.rows;
     let (dim, hd, hid) = (c.dim, c.head_dim, c.ffn_hidden);
     let qkv_dim = (c.n_head + 2 * c.n_kv_head) * hd;
@@ -210,25 +214,42 @@ pub fn issue_step<D: Device>(
         d.gemm(&g)
     };
 
-    let norm = |w: &D::Buf| k::rms_norm(d, a(&s.normed), a(&s.x), a(w), rows, dim, c.norm_eps);
+    let norm = |w: &D::Buf| {
+        k::rms_norm(
+            d,
+            f16s(&s.normed),
+            f32s(&s.x),
+            f32s(w),
+            rows,
+            dim,
+            c.norm_eps,
+        )
+    };
     // out[rows, n] = normed . W (f16 out).
     let project = |wt: &D::Buf, out: &D::Buf, n: usize| {
         let g = Gemm::dense(rows, n, dim, a(&s.normed), a(wt), a(out), DType::F16);
         d.gemm(&g)
     };
 
-    k::embed_rows(d, a(&s.x), a(&w.embeddings), a(&s.ids), rows, dim)?;
+    let rotary = Rotary {
+        cos: f32s(&w.cos),
+        sin: f32s(&w.sin),
+    };
+    k::embed_rows(d, f32s(&s.x), f16s(&w.embeddings), i32s(&s.ids), rows, dim)?;
     for (l, lw) in w.layers.iter().enumerate() {
-        let (ck, cv, pos) = (a(&s.cache_k[l]), a(&s.cache_v[l]), a(&s.pos));
+        let cache = LayerCache {
+            k: f16s(&s.cache_k[l]),
+            v: f16s(&s.cache_v[l]),
+            pos: i32s(&s.pos),
+        };
         norm(&lw.attention_norm)?;
         project(&lw.wqkv, &s.qkv, qkv_dim)?;
-        let (cos, sin) = (a(&w.cos), a(&w.sin));
-        k::rotary_kv_write(d, a(&s.q), ck, cv, a(&s.qkv), cos, sin, pos, &shape)?;
-        k::decode_attention(d, a(&s.attn), a(&s.q), ck, cv, pos, &shape)?;
+        k::rotary_kv_write(d, f16s(&s.q), cache, f16s(&s.qkv), rotary, &shape)?;
+        k::decode_attention(d, f16s(&s.attn), f16s(&s.q), cache, &shape)?;
         residual(&s.attn, attn_dim, &lw.wo)?;
         norm(&lw.ffn_norm)?;
         project(&lw.w13, &s.h13, 2 * hid)?;
-        k::swiglu(d, a(&s.act), a(&s.h13), rows, hid)?;
+        k::swiglu(d, f16s(&s.act), f16s(&s.h13), rows, hid)?;
         residual(&s.act, hid, &lw.w2)?;
     }
     norm(&w.norm)?;
@@ -243,18 +264,16 @@ pub fn issue_step<D: Device>(
     );
     d.gemm(&logits)?;
     if sample {
-        sampler::sample(
-            d,
-            a(&s.tokens),
-            a(&s.ids),
-            a(&s.logits),
-            a(&s.params),
-            a(&s.step),
-            a(&s.scratch),
-            s.n,
-            c.vocab_size,
-        )?;
-        sampler::advance(d, a(&s.pos), a(&s.step))?;
+        let io = SampleIo {
+            tokens: i32s(&s.tokens),
+            ids: i32s(&s.ids),
+            logits: f32s(&s.logits),
+            params: d.slice::<u8>(&s.params),
+            step: i32s(&s.step),
+            scratch: d.slice::<u64>(&s.scratch),
+        };
+        sampler::sample(d, &io, s.n, c.vocab_size)?;
+        sampler::advance(d, i32s(&s.pos), i32s(&s.step))?;
     }
     Ok(())
 }

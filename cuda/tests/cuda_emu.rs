@@ -324,7 +324,7 @@ mod emulator {
     use std::time::Instant;
 
     use half::f16;
-    use llamagen_cuda::device::{DType, Device, Gemm, KArg};
+    use llamagen_cuda::device::{DType, Device, Gemm, KArg, LaunchConfig};
     use llamagen_cuda::emu::EmuDevice;
     use llamagen_cuda::kernels::SOURCES;
 
@@ -392,9 +392,7 @@ mod emulator {
                 let out = d.alloc(4 * blocks).unwrap();
                 d.launch(
                     "emu_test_block_sum",
-                    [blocks as u32, 1, 1],
-                    [threads, 1, 1],
-                    0,
+                    &LaunchConfig::new([blocks as u32, 1, 1], [threads, 1, 1]),
                     &[
                         KArg::Ptr(d.addr(&xb)),
                         KArg::Ptr(d.addr(&out)),
@@ -420,9 +418,7 @@ mod emulator {
             let out = d.alloc(4 * 6 * threads).unwrap();
             d.launch(
                 "emu_test_shuffles",
-                [1, 1, 1],
-                [threads as u32, 1, 1],
-                0,
+                &LaunchConfig::new([1, 1, 1], [threads as u32, 1, 1]),
                 &[KArg::Ptr(d.addr(&out)), KArg::I32(arg)],
             )
             .unwrap();
@@ -458,9 +454,7 @@ mod emulator {
         let fsum = d.alloc(4).unwrap();
         d.launch(
             "emu_test_atomics",
-            [4, 1, 1],
-            [256, 1, 1],
-            0,
+            &LaunchConfig::new([4, 1, 1], [256, 1, 1]),
             &[
                 KArg::Ptr(d.addr(&xb)),
                 KArg::I32(n as i32),
@@ -495,9 +489,7 @@ mod emulator {
         let args = [KArg::Ptr(d.addr(&xb)), KArg::Ptr(d.addr(&y))];
         d.launch(
             "emu_test_reverse_dyn",
-            [3, 1, 1],
-            [128, 1, 1],
-            4 * 128,
+            &LaunchConfig::new([3, 1, 1], [128, 1, 1]).with_shared(4 * 128),
             &args,
         )
         .unwrap();
@@ -509,9 +501,7 @@ mod emulator {
         expect_err(
             d.launch(
                 "emu_test_reverse_dyn",
-                [1, 1, 1],
-                [32, 1, 1],
-                64 * 1024,
+                &LaunchConfig::new([1, 1, 1], [32, 1, 1]).with_shared(64 * 1024),
                 &args,
             ),
             "dynamic shared memory",
@@ -536,8 +526,12 @@ mod emulator {
                 KArg::Ptr(d.addr(&y)),
                 KArg::I32(sync),
             ];
-            d.launch("emu_test_rotate_shared", [2, 1, 1], [256, 1, 1], 0, &args)
-                .unwrap();
+            d.launch(
+                "emu_test_rotate_shared",
+                &LaunchConfig::new([2, 1, 1], [256, 1, 1]),
+                &args,
+            )
+            .unwrap();
             let got = download_f32(&d, &y, x.len());
             if sync == 1 {
                 assert_eq!(got, want);
@@ -554,9 +548,7 @@ mod emulator {
         for _ in 0..2 {
             d.launch(
                 "emu_test_uninit_shared",
-                [2, 1, 1],
-                [64, 1, 1],
-                4 * 64,
+                &LaunchConfig::new([2, 1, 1], [64, 1, 1]).with_shared(4 * 64),
                 &[KArg::Ptr(d.addr(&out))],
             )
             .unwrap();
@@ -572,9 +564,7 @@ mod emulator {
         let out = d.alloc(4 * 65536).unwrap();
         d.launch(
             "emu_test_f16_all",
-            [64, 1, 1],
-            [1024, 1, 1],
-            0,
+            &LaunchConfig::new([64, 1, 1], [1024, 1, 1]),
             &[KArg::Ptr(d.addr(&out))],
         )
         .unwrap();
@@ -627,9 +617,7 @@ mod emulator {
         let back = d.alloc(4 * n).unwrap();
         d.launch(
             "emu_test_f16_roundtrip",
-            [n.div_ceil(256) as u32, 1, 1],
-            [256, 1, 1],
-            0,
+            &LaunchConfig::new([n.div_ceil(256) as u32, 1, 1], [256, 1, 1]),
             &[
                 KArg::Ptr(d.addr(&xb)),
                 KArg::Ptr(d.addr(&h)),
@@ -662,9 +650,7 @@ mod emulator {
         let p = KArg::Ptr(d.addr(&x));
         let msg = err_text(d.launch(
             "emu_test_divergent_barrier",
-            [1, 1, 1],
-            [128, 1, 1],
-            0,
+            &LaunchConfig::new([1, 1, 1], [128, 1, 1]),
             &[p, KArg::I32(40), KArg::I32(0)],
         ));
         assert!(msg.contains("divergent __syncthreads"), "{msg}");
@@ -675,9 +661,7 @@ mod emulator {
         expect_err(
             d.launch(
                 "emu_test_divergent_barrier",
-                [1, 1, 1],
-                [128, 1, 1],
-                0,
+                &LaunchConfig::new([1, 1, 1], [128, 1, 1]),
                 &[p, KArg::I32(64), KArg::I32(1)],
             ),
             "exited without reaching it",
@@ -685,26 +669,30 @@ mod emulator {
         // Every thread on one side: no divergence, no error.
         d.launch(
             "emu_test_divergent_barrier",
-            [1, 1, 1],
-            [128, 1, 1],
-            0,
+            &LaunchConfig::new([1, 1, 1], [128, 1, 1]),
             &[p, KArg::I32(128), KArg::I32(1)],
         )
         .unwrap();
         expect_err(
-            d.launch("emu_test_divergent_shuffle", [1, 1, 1], [64, 1, 1], 0, &[p]),
+            d.launch(
+                "emu_test_divergent_shuffle",
+                &LaunchConfig::new([1, 1, 1], [64, 1, 1]),
+                &[p],
+            ),
             "every lane of the warp must take part",
         );
         expect_err(
-            d.launch("emu_test_partial_mask", [1, 1, 1], [32, 1, 1], 0, &[p]),
+            d.launch(
+                "emu_test_partial_mask",
+                &LaunchConfig::new([1, 1, 1], [32, 1, 1]),
+                &[p],
+            ),
             "need mask 0xffffffff",
         );
         // The emulator is usable after a failed launch.
         d.launch(
             "emu_test_divergent_barrier",
-            [1, 1, 1],
-            [128, 1, 1],
-            0,
+            &LaunchConfig::new([1, 1, 1], [128, 1, 1]),
             &[p, KArg::I32(0), KArg::I32(0)],
         )
         .unwrap();
@@ -720,7 +708,11 @@ mod emulator {
         let scale = |p: u64, args: &[KArg]| {
             let mut a = vec![KArg::Ptr(p), KArg::Ptr(pf)];
             a.extend_from_slice(args);
-            d.launch("emu_test_scale", [1, 1, 1], [64, 1, 1], 0, &a)
+            d.launch(
+                "emu_test_scale",
+                &LaunchConfig::new([1, 1, 1], [64, 1, 1]),
+                &a,
+            )
         };
         scale(px, &[KArg::I32(64)]).unwrap();
         scale(px + 4 * 64, &[KArg::I32(0)]).unwrap(); // one past the end, nothing touched
@@ -741,24 +733,24 @@ mod emulator {
         expect_err(
             d.launch(
                 "emu_test_scale",
-                [1, 1, 1],
-                [64, 1, 1],
-                0,
+                &LaunchConfig::new([1, 1, 1], [64, 1, 1]),
                 &[KArg::I32(1); 3],
             ),
             "argument 0 of kernel `emu_test_scale`",
         );
         expect_err(
-            d.launch("no_such_kernel", [1, 1, 1], [32, 1, 1], 0, &[]),
+            d.launch(
+                "no_such_kernel",
+                &LaunchConfig::new([1, 1, 1], [32, 1, 1]),
+                &[],
+            ),
             "unknown kernel `no_such_kernel`",
         );
         for block in [[33, 1, 1], [2048, 1, 1], [0, 1, 1], [32, 0, 1]] {
             expect_err(
                 d.launch(
                     "emu_test_scale",
-                    [1, 1, 1],
-                    block,
-                    0,
+                    &LaunchConfig::new([1, 1, 1], block),
                     &[KArg::Ptr(px), KArg::Ptr(pf), KArg::I32(0)],
                 ),
                 "threads",
@@ -776,18 +768,14 @@ mod emulator {
         expect_err(
             d.launch(
                 "emu_test_write_at",
-                [1, 1, 1],
-                [32, 1, 1],
-                0,
+                &LaunchConfig::new([1, 1, 1], [32, 1, 1]),
                 &[KArg::Ptr(px), KArg::I32(64), KArg::F32(1.0)],
             ),
             "wrote past the end of the 256-byte allocation",
         );
         d.launch(
             "emu_test_write_at",
-            [1, 1, 1],
-            [32, 1, 1],
-            0,
+            &LaunchConfig::new([1, 1, 1], [32, 1, 1]),
             &[KArg::Ptr(px), KArg::I32(63), KArg::F32(1.0)],
         )
         .unwrap();
@@ -844,9 +832,7 @@ mod emulator {
         let out = d.alloc(4 * n).unwrap();
         d.launch(
             "emu_test_indices",
-            grid,
-            block,
-            0,
+            &LaunchConfig::new(grid, block),
             &[KArg::Ptr(d.addr(&out))],
         )
         .unwrap();
@@ -878,9 +864,7 @@ mod emulator {
         let out = d.alloc(4 * 16 * x.len()).unwrap();
         d.launch(
             "emu_test_math",
-            [1, 1, 1],
-            [256, 1, 1],
-            0,
+            &LaunchConfig::new([1, 1, 1], [256, 1, 1]),
             &[
                 KArg::Ptr(d.addr(&xb)),
                 KArg::Ptr(d.addr(&out)),
@@ -924,9 +908,7 @@ mod emulator {
         let (y, b) = (d.alloc(16 * n4).unwrap(), d.alloc(8 * n4).unwrap());
         d.launch(
             "emu_test_vectors",
-            [1, 1, 1],
-            [128, 1, 1],
-            0,
+            &LaunchConfig::new([1, 1, 1], [128, 1, 1]),
             &[
                 KArg::Ptr(d.addr(&xb)),
                 KArg::Ptr(d.addr(&y)),
@@ -956,8 +938,12 @@ mod emulator {
         expect_err(d.end_capture(), "not capturing");
         d.begin_capture().unwrap();
         expect_err(d.begin_capture(), "already capturing");
-        d.launch("emu_test_scale", [1, 1, 1], [32, 1, 1], 0, &args)
-            .unwrap();
+        d.launch(
+            "emu_test_scale",
+            &LaunchConfig::new([1, 1, 1], [32, 1, 1]),
+            &args,
+        )
+        .unwrap();
         expect_err(d.alloc(16), "during graph capture");
         expect_err(d.upload(&factor, 0, &[0; 4]), "during graph capture");
         expect_err(d.download(&factor, 0, &mut [0; 4]), "during graph capture");
@@ -1005,9 +991,7 @@ mod emulator {
                     for _ in 0..20 {
                         d.launch(
                             "emu_test_block_sum",
-                            [1, 1, 1],
-                            [128, 1, 1],
-                            0,
+                            &LaunchConfig::new([1, 1, 1], [128, 1, 1]),
                             &[
                                 KArg::Ptr(d.addr(&x)),
                                 KArg::Ptr(d.addr(&out)),
@@ -1033,11 +1017,13 @@ mod emulator {
         let x = upload_f32(&d, &vec![1.0; 1024 * 64]);
         let y = d.alloc(4 * 1024 * 64).unwrap();
         let time = |name: &str, grid: u32, args: &[KArg]| {
-            d.launch(name, [grid, 1, 1], [1024, 1, 1], 0, args).unwrap();
+            d.launch(name, &LaunchConfig::new([grid, 1, 1], [1024, 1, 1]), args)
+                .unwrap();
             let reps = 20;
             let t = Instant::now();
             for _ in 0..reps {
-                d.launch(name, [grid, 1, 1], [1024, 1, 1], 0, args).unwrap();
+                d.launch(name, &LaunchConfig::new([grid, 1, 1], [1024, 1, 1]), args)
+                    .unwrap();
             }
             t.elapsed().as_secs_f64() / reps as f64
         };

@@ -15,9 +15,10 @@
 mod cuda_common;
 
 use cuda_common::{download_f16, download_f32, upload_f16, upload_f32, upload_i32, Rng};
-use llamagen_cuda::device::Device;
+use half::f16;
+use llamagen_cuda::device::{DevSlice, Device};
 use llamagen_cuda::ops::gpt::{
-    decode_attention, embed_rows, rms_norm, rotary_kv_write, swiglu, AttnShape,
+    decode_attention, embed_rows, rms_norm, rotary_kv_write, swiglu, AttnShape, LayerCache, Rotary,
 };
 use llamagen_test_support::{Tolerance, EXACT, GPT_KERNEL_FP16_ATTN, GPT_KERNEL_FP16_OUT};
 
@@ -36,9 +37,9 @@ fn check_embed_rows<D: Device>(d: &D) {
         let x = d.alloc(rows * dim * 4).unwrap();
         embed_rows(
             d,
-            d.addr(&x),
-            d.addr(&table_buf),
-            d.addr(&ids_buf),
+            d.slice(&x),
+            d.slice(&table_buf),
+            d.slice(&ids_buf),
             rows,
             dim,
         )
@@ -81,9 +82,9 @@ fn check_rms_norm<D: Device>(d: &D) {
         let out = d.alloc(rows * dim * 2).unwrap();
         rms_norm(
             d,
-            d.addr(&out),
-            d.addr(&x_buf),
-            d.addr(&w_buf),
+            d.slice(&out),
+            d.slice(&x_buf),
+            d.slice(&w_buf),
             rows,
             dim,
             eps,
@@ -116,7 +117,7 @@ fn check_swiglu<D: Device>(d: &D) {
         let h13 = rng.vec_f16(rows * 2 * hidden, -6.0, 6.0);
         let h13_buf = upload_f16(d, &h13);
         let out = d.alloc(rows * hidden * 2).unwrap();
-        swiglu(d, d.addr(&out), d.addr(&h13_buf), rows, hidden).unwrap();
+        swiglu(d, d.slice(&out), d.slice(&h13_buf), rows, hidden).unwrap();
         GPT_KERNEL_FP16_OUT.assert_close(
             &format!("swiglu rows {rows} hidden {hidden}"),
             &download_f16(d, &out, rows * hidden),
@@ -180,19 +181,16 @@ fn check_rotary_kv_write<D: Device>(d: &D) {
             let v_buf = upload_f16(d, &old_v);
             let q_buf = d.alloc(s.rows * s.heads * hd * 2).unwrap();
             let pos_buf = upload_i32(d, &[pos as i32]);
-            let a = |b: &D::Buf| d.addr(b);
-            rotary_kv_write(
-                d,
-                a(&q_buf),
-                a(&k_buf),
-                a(&v_buf),
-                a(&qkv_buf),
-                a(&cos_buf),
-                a(&sin_buf),
-                a(&pos_buf),
-                &s,
-            )
-            .unwrap();
+            let cache = LayerCache {
+                k: d.slice(&k_buf),
+                v: d.slice(&v_buf),
+                pos: d.slice(&pos_buf),
+            };
+            let rotary = Rotary {
+                cos: d.slice(&cos_buf),
+                sin: d.slice(&sin_buf),
+            };
+            rotary_kv_write(d, d.slice(&q_buf), cache, d.slice(&qkv_buf), rotary, &s).unwrap();
 
             let (c, sn) = (&cos[pos * hd..][..hd], &sin[pos * hd..][..hd]);
             let mut want_q = Vec::new();
@@ -325,11 +323,14 @@ fn check_decode_attention<D: Device>(d: &D) {
         let k_buf = upload_f16(d, &k);
         let v_buf = upload_f16(d, &v);
         let out = d.alloc(q.len() * 2).unwrap();
-        let a = |b: &D::Buf| d.addr(b);
         for pos in [0, 1, s.max_len / 2 - 3, s.max_len - 1] {
             let pos_buf = upload_i32(d, &[pos as i32]);
-            let (o, qp, kp, vp, pp) = (a(&out), a(&q_buf), a(&k_buf), a(&v_buf), a(&pos_buf));
-            decode_attention(d, o, qp, kp, vp, pp, &s).unwrap();
+            let cache = LayerCache {
+                k: d.slice(&k_buf),
+                v: d.slice(&v_buf),
+                pos: d.slice(&pos_buf),
+            };
+            decode_attention(d, d.slice(&out), d.slice(&q_buf), cache, &s).unwrap();
             GPT_KERNEL_FP16_ATTN.assert_close(
                 &format!("attention {s:?} {scores:?} pos {pos}"),
                 &download_f16(d, &out, q.len()),
@@ -357,20 +358,17 @@ fn check_bad_positions_and_shapes<D: Device>(d: &D) {
         let v = upload_f16(d, &sentinel);
         let q = upload_f16(d, &sentinel[..q_len]);
         let out = upload_f16(d, &sentinel[..q_len]);
-        let a = |b: &D::Buf| d.addr(b);
-        rotary_kv_write(
-            d,
-            a(&q),
-            a(&k),
-            a(&v),
-            a(&qkv),
-            a(&table),
-            a(&table),
-            a(&pos),
-            &s,
-        )
-        .unwrap();
-        decode_attention(d, a(&out), a(&q), a(&k), a(&v), a(&pos), &s).unwrap();
+        let cache = LayerCache {
+            k: d.slice(&k),
+            v: d.slice(&v),
+            pos: d.slice(&pos),
+        };
+        let rotary = Rotary {
+            cos: d.slice(&table),
+            sin: d.slice(&table),
+        };
+        rotary_kv_write(d, d.slice(&q), cache, d.slice(&qkv), rotary, &s).unwrap();
+        decode_attention(d, d.slice(&out), d.slice(&q), cache, &s).unwrap();
         let what = format!("pos {bad}");
         EXACT_COPY.assert_close(
             &format!("{what} k"),
@@ -394,21 +392,44 @@ fn check_bad_positions_and_shapes<D: Device>(d: &D) {
         );
     }
 
+    // Views that claim enough elements, so each call fails for the reason it tests; the
+    // checks run before any launch, so nothing reads them.
     let buf = d.alloc(256).unwrap();
     let p = d.addr(&buf);
+    let big = 1 << 30;
+    let f16s = |addr: u64| DevSlice::<f16>::from_raw(addr, big);
+    let cache = LayerCache {
+        k: f16s(p),
+        v: f16s(p),
+        pos: DevSlice::from_raw(p, 1),
+    };
+    let rotary = Rotary {
+        cos: DevSlice::from_raw(p, big),
+        sin: DevSlice::from_raw(p, big),
+    };
     // The generic kernel keeps max_len scores in shared memory: past 48 KiB is an error.
     let too_long = AttnShape {
         head_dim: 48,
         max_len: 20_000,
         ..s
     };
-    assert!(decode_attention(d, p, p, p, p, p, &too_long).is_err());
+    assert!(decode_attention(d, f16s(p), f16s(p), cache, &too_long).is_err());
     let bad_gqa = AttnShape { kv_heads: 3, ..s };
-    assert!(decode_attention(d, p, p, p, p, p, &bad_gqa).is_err());
-    assert!(rotary_kv_write(d, p, p, p, p, p, p, p, &bad_gqa).is_err());
+    assert!(decode_attention(d, f16s(p), f16s(p), cache, &bad_gqa).is_err());
+    assert!(rotary_kv_write(d, f16s(p), cache, f16s(p), rotary, &bad_gqa).is_err());
     assert!(
-        decode_attention(d, p + 2, p, p, p, p, &s).is_err(),
+        decode_attention(d, f16s(p + 2), f16s(p), cache, &s).is_err(),
         "misaligned out"
+    );
+    // A buffer shorter than the shape is an error, not an out-of-bounds launch.
+    let short = LayerCache {
+        k: DevSlice::from_raw(p, 128),
+        ..cache
+    };
+    let err = decode_attention(d, f16s(p), f16s(p), short, &s).unwrap_err();
+    assert!(
+        err.to_string().contains("cache_k holds 128 f16 values"),
+        "{err}"
     );
 }
 

@@ -12,8 +12,8 @@
 mod cuda_common;
 
 use cuda_common::{download_f32, download_i32, upload_bytes, upload_f32, upload_i32, Rng};
-use llamagen_cuda::device::{Device, KArg};
-use llamagen_cuda::ops::sampler::{advance, sample, scratch_bytes, SampleParams};
+use llamagen_cuda::device::{Device, KArg, LaunchConfig};
+use llamagen_cuda::ops::sampler::{advance, sample, scratch_bytes, SampleIo, SampleParams};
 use llamagen_runtime::rng::Philox;
 use llamagen_runtime::sampler::{
     cfg_combine, portable_exp, sample_token, weight, SamplerScratch, SamplingOptions,
@@ -162,18 +162,15 @@ fn run_on_device<D: Device>(d: &D, c: &Case) -> DeviceOut {
     let params = upload_bytes(d, &c.params().to_bytes());
     let step = upload_i32(d, &[c.step]);
     let scratch = d.alloc(scratch_bytes(c.n, c.vocab)).unwrap();
-    sample(
-        d,
-        d.addr(&tokens),
-        d.addr(&ids),
-        d.addr(&logits),
-        d.addr(&params),
-        d.addr(&step),
-        d.addr(&scratch),
-        c.n,
-        c.vocab,
-    )
-    .unwrap_or_else(|e| panic!("{}: launch failed: {e}", c.name));
+    let io = SampleIo {
+        tokens: d.slice(&tokens),
+        ids: d.slice(&ids),
+        logits: d.slice(&logits),
+        params: d.slice(&params),
+        step: d.slice(&step),
+        scratch: d.slice(&scratch),
+    };
+    sample(d, &io, c.n, c.vocab).unwrap_or_else(|e| panic!("{}: launch failed: {e}", c.name));
     DeviceOut {
         tokens: download_i32(d, &tokens, c.n * c.tokens_per_image),
         ids: download_i32(d, &ids, rows),
@@ -483,9 +480,7 @@ fn check_philox_known_answers<D: Device>(d: &D) {
     let out = d.alloc(vectors.len() * 16).unwrap();
     d.launch(
         "sampler_philox_blocks",
-        [1, 1, 1],
-        [32, 1, 1],
-        0,
+        &LaunchConfig::new([1, 1, 1], [32, 1, 1]),
         &[
             KArg::Ptr(d.addr(&input)),
             KArg::Ptr(d.addr(&out)),
@@ -523,9 +518,7 @@ fn check_exp_and_weights_match_cpu<D: Device>(d: &D) {
     let w = d.alloc(n * 8).unwrap();
     d.launch(
         "sampler_exp_weights",
-        [n.div_ceil(256) as u32, 1, 1],
-        [256, 1, 1],
-        0,
+        &LaunchConfig::new([n.div_ceil(256) as u32, 1, 1], [256, 1, 1]),
         &[
             KArg::Ptr(d.addr(&x)),
             KArg::Ptr(d.addr(&e)),
@@ -555,7 +548,7 @@ fn check_advance<D: Device>(d: &D) {
     let pos = upload_i32(d, &[5]);
     let step = upload_i32(d, &[0]);
     for _ in 0..3 {
-        advance(d, d.addr(&pos), d.addr(&step)).unwrap();
+        advance(d, d.slice(&pos), d.slice(&step)).unwrap();
     }
     assert_eq!(download_i32(d, &pos, 1), [8]);
     assert_eq!(download_i32(d, &step, 1), [3]);
@@ -586,19 +579,16 @@ fn check_captured_step_reads_step_from_memory<D: Device>(d: &D) {
     let step = upload_i32(d, &[0]);
     let scratch = d.alloc(scratch_bytes(c.n, c.vocab)).unwrap();
     d.begin_capture().unwrap();
-    sample(
-        d,
-        d.addr(&tokens),
-        d.addr(&ids),
-        d.addr(&logits),
-        d.addr(&params),
-        d.addr(&step),
-        d.addr(&scratch),
-        c.n,
-        c.vocab,
-    )
-    .unwrap();
-    advance(d, d.addr(&pos), d.addr(&step)).unwrap();
+    let io = SampleIo {
+        tokens: d.slice(&tokens),
+        ids: d.slice(&ids),
+        logits: d.slice(&logits),
+        params: d.slice(&params),
+        step: d.slice(&step),
+        scratch: d.slice(&scratch),
+    };
+    sample(d, &io, c.n, c.vocab).unwrap();
+    advance(d, d.slice(&pos), d.slice(&step)).unwrap();
     let graph = d.end_capture().unwrap();
     let mut want = vec![0i32; c.n * 4];
     for s in 0..4 {
@@ -620,13 +610,23 @@ fn check_captured_step_reads_step_from_memory<D: Device>(d: &D) {
 /// Shapes the kernel cannot serve are errors, not launches.
 fn check_bad_shapes_are_errors<D: Device>(d: &D) {
     let buf = d.alloc(64).unwrap();
-    let a = d.addr(&buf);
+    let io = SampleIo {
+        tokens: d.slice(&buf),
+        ids: d.slice(&buf),
+        logits: d.slice(&buf),
+        params: d.slice(&buf),
+        step: d.slice(&buf),
+        scratch: d.slice(&buf),
+    };
     for vocab in [0usize, (1 << 20) + 1] {
-        let e = sample(d, a, a, a, a, a, a, 1, vocab).unwrap_err();
+        let e = sample(d, &io, 1, vocab).unwrap_err();
         assert!(e.to_string().contains("vocab"), "{e}");
     }
+    // Buffers smaller than the shape: an error naming the buffer.
+    let e = sample(d, &io, 1, 1000).unwrap_err();
+    assert!(e.to_string().contains("logits holds 16 f32 values"), "{e}");
     // No rows: nothing to do.
-    sample(d, a, a, a, a, a, a, 0, 1000).unwrap();
+    sample(d, &io, 0, 1000).unwrap();
 }
 
 device_tests!(

@@ -19,7 +19,7 @@ use cudarc::driver::DevicePtr;
 use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream};
 use cudarc::nvrtc::Ptx;
 
-use crate::device::{Device, Gemm, KArg};
+use crate::device::{Device, Gemm, KArg, LaunchConfig};
 use crate::error::CudaError;
 use crate::kernels::SOURCES;
 use crate::{libs, nvrtc};
@@ -295,6 +295,10 @@ impl Device for CudaDevice {
         buf.slice.device_ptr(&self.stream).0
     }
 
+    fn len_bytes(&self, buf: &CudaBuf) -> usize {
+        buf.bytes
+    }
+
     fn upload(&self, buf: &CudaBuf, offset: usize, data: &[u8]) -> Result<(), CudaError> {
         let dst = self.range(buf, offset, data.len(), "upload")?;
         if data.is_empty() {
@@ -324,14 +328,12 @@ impl Device for CudaDevice {
         self.synchronize()
     }
 
-    fn launch(
-        &self,
-        name: &str,
-        grid: [u32; 3],
-        block: [u32; 3],
-        shared_bytes: u32,
-        args: &[KArg],
-    ) -> Result<(), CudaError> {
+    fn launch(&self, name: &str, cfg: &LaunchConfig, args: &[KArg]) -> Result<(), CudaError> {
+        let LaunchConfig {
+            grid,
+            block,
+            shared_bytes,
+        } = *cfg;
         let f = self
             .functions
             .get(name)

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::device::{Device, Gemm, KArg};
+use crate::device::{Device, Gemm, KArg, LaunchConfig};
 use crate::error::CudaError;
 
 mod gemm;
@@ -355,6 +355,10 @@ impl Device for EmuDevice {
         buf.ptr as u64
     }
 
+    fn len_bytes(&self, buf: &EmuBuf) -> usize {
+        buf.len
+    }
+
     fn upload(&self, buf: &EmuBuf, offset: usize, data: &[u8]) -> Result<(), CudaError> {
         self.refuse_in_capture("emulated upload")?;
         self.check_buf("emulated upload", buf, offset, data.len())?;
@@ -373,19 +377,12 @@ impl Device for EmuDevice {
         Ok(())
     }
 
-    fn launch(
-        &self,
-        name: &str,
-        grid: [u32; 3],
-        block: [u32; 3],
-        shared_bytes: u32,
-        args: &[KArg],
-    ) -> Result<(), CudaError> {
+    fn launch(&self, name: &str, cfg: &LaunchConfig, args: &[KArg]) -> Result<(), CudaError> {
         let op = Op::Launch {
             name: name.to_string(),
-            grid,
-            block,
-            shared_bytes,
+            grid: cfg.grid,
+            block: cfg.block,
+            shared_bytes: cfg.shared_bytes,
             args: args.to_vec(),
         };
         if let Some(rec) = lock(&self.capture).as_mut() {

@@ -1,13 +1,16 @@
 //! Launch wrappers of the GPT decode-step kernels (`kernels/gpt.cu`, `kernels/attention.cu`).
 //!
-//! Every pointer is a device address; layouts are row-major and stated per function. The decode
-//! position `pos` is an `i32` in device memory, read by the kernels, so a step captured once
-//! into a graph serves every position: grids are sized for the worst case (`max_len`) and the
-//! kernels stop at `pos`. A `pos` outside `0..max_len` makes the position-dependent kernels
-//! write nothing. Shapes are checked here, so a bad shape is an error, never an out-of-bounds
-//! launch; empty shapes launch nothing.
+//! Buffers are typed device slices ([`DevSlice`]); layouts are row-major and stated per
+//! function. The decode position `pos` is an `i32` in device memory, read by the kernels, so a
+//! step captured once into a graph serves every position: grids are sized for the worst case
+//! (`max_len`) and the kernels stop at `pos`. A `pos` outside `0..max_len` makes the
+//! position-dependent kernels write nothing. Shapes are checked here, against every slice's
+//! length too, so a bad shape is an error, never an out-of-bounds launch; empty shapes launch
+//! nothing.
 
-use crate::device::{blocks_for, Device, KArg};
+use half::f16;
+
+use crate::device::{blocks_for, DevSlice, Device, KArg, LaunchConfig};
 use crate::error::CudaError;
 
 /// Threads per block of the elementwise kernels.
@@ -24,9 +27,9 @@ const MAX_GRID_Y: usize = 65_535;
 /// The ids must be valid rows of `table` (the kernel has no bound to check them against).
 pub fn embed_rows<D: Device>(
     d: &D,
-    x: u64,
-    table: u64,
-    ids: u64,
+    x: DevSlice<f32>,
+    table: DevSlice<f16>,
+    ids: DevSlice<i32>,
     rows: usize,
     dim: usize,
 ) -> Result<(), CudaError> {
@@ -35,14 +38,17 @@ pub fn embed_rows<D: Device>(
         return Ok(());
     }
     check_rows(CTX, rows)?;
+    x.require(CTX, "x", rows * dim)?;
+    table.require(CTX, "table", dim)?;
+    ids.require(CTX, "ids", rows)?;
     let grid = [blocks_for(dim, ELEMENTWISE_THREADS), rows as u32, 1];
     let args = [
-        KArg::Ptr(x),
-        KArg::Ptr(table),
-        KArg::Ptr(ids),
+        x.into(),
+        table.into(),
+        ids.into(),
         i32_arg(CTX, "dim", dim)?,
     ];
-    d.launch(CTX, grid, [ELEMENTWISE_THREADS as u32, 1, 1], 0, &args)
+    d.launch(CTX, &elementwise(grid), &args)
 }
 
 /// out f16 [rows, dim] = rmsnorm(x f32 [rows, dim]) * weight f32 [dim].
@@ -50,9 +56,9 @@ pub fn embed_rows<D: Device>(
 /// `x / sqrt(mean(x^2) + eps) * weight` in f32, rounded once to f16. One block per row.
 pub fn rms_norm<D: Device>(
     d: &D,
-    out: u64,
-    x: u64,
-    weight: u64,
+    out: DevSlice<f16>,
+    x: DevSlice<f32>,
+    weight: DevSlice<f32>,
     rows: usize,
     dim: usize,
     eps: f32,
@@ -61,18 +67,25 @@ pub fn rms_norm<D: Device>(
     if rows == 0 || dim == 0 {
         return Ok(());
     }
+    out.require(CTX, "out", rows * dim)?;
+    x.require(CTX, "x", rows * dim)?;
+    weight.require(CTX, "weight", dim)?;
     let grid_x = u32::try_from(rows).map_err(|_| CudaError::call(CTX, "rows exceed u32"))?;
     // Small rows get one warp per 32 columns; wide rows 256 threads, each striding over
     // dim / 256 columns (a few per thread for every LlamaGen size).
     let threads = dim.next_multiple_of(32).min(ELEMENTWISE_THREADS) as u32;
     let args = [
-        KArg::Ptr(out),
-        KArg::Ptr(x),
-        KArg::Ptr(weight),
+        out.into(),
+        x.into(),
+        weight.into(),
         i32_arg(CTX, "dim", dim)?,
         KArg::F32(eps),
     ];
-    d.launch(CTX, [grid_x, 1, 1], [threads, 1, 1], 0, &args)
+    d.launch(
+        CTX,
+        &LaunchConfig::new([grid_x, 1, 1], [threads, 1, 1]),
+        &args,
+    )
 }
 
 /// Shapes of one attention layer.
@@ -117,6 +130,39 @@ impl AttnShape {
     fn is_empty(&self) -> bool {
         self.rows == 0 || self.heads == 0 || self.head_dim == 0 || self.max_len == 0
     }
+
+    /// Elements of one layer's cache `[rows, kv_heads, max_len, head_dim]`.
+    fn cache_len(&self) -> usize {
+        self.rows * self.kv_heads * self.max_len * self.head_dim
+    }
+
+    /// Elements of q (or the attention output) `[rows, heads * head_dim]`.
+    fn q_len(&self) -> usize {
+        self.rows * self.heads * self.head_dim
+    }
+}
+
+/// One layer's KV cache and the decode position (i32 in device memory).
+#[derive(Clone, Copy, Debug)]
+pub struct LayerCache {
+    pub k: DevSlice<f16>,
+    pub v: DevSlice<f16>,
+    pub pos: DevSlice<i32>,
+}
+
+impl LayerCache {
+    fn check(&self, ctx: &str, s: &AttnShape) -> Result<(), CudaError> {
+        self.k.require(ctx, "cache_k", s.cache_len())?;
+        self.v.require(ctx, "cache_v", s.cache_len())?;
+        self.pos.require(ctx, "pos", 1)
+    }
+}
+
+/// The rotary tables, f32 `[max_len, head_dim]` each.
+#[derive(Clone, Copy, Debug)]
+pub struct Rotary {
+    pub cos: DevSlice<f32>,
+    pub sin: DevSlice<f32>,
 }
 
 /// Reads `pos` (i32, device memory) and qkv f16 [rows, (heads + 2 kv_heads) * head_dim]; writes
@@ -125,16 +171,12 @@ impl AttnShape {
 ///
 /// Rotation of each pair `(a, b) = (x[2j], x[2j+1])`: `(a cos[2j] - b sin[2j],
 /// b cos[2j+1] + a sin[2j+1])`, as the CPU graph's `x * cos + swap(x) * sin`.
-#[allow(clippy::too_many_arguments)]
 pub fn rotary_kv_write<D: Device>(
     d: &D,
-    q_out: u64,
-    cache_k: u64,
-    cache_v: u64,
-    qkv: u64,
-    cos: u64,
-    sin: u64,
-    pos: u64,
+    q_out: DevSlice<f16>,
+    cache: LayerCache,
+    qkv: DevSlice<f16>,
+    rotary: Rotary,
     s: &AttnShape,
 ) -> Result<(), CudaError> {
     const CTX: &str = "rotary_kv_write";
@@ -142,14 +184,27 @@ pub fn rotary_kv_write<D: Device>(
         return Ok(());
     }
     s.check(CTX)?;
+    cache.check(CTX, s)?;
+    q_out.require(CTX, "q_out", s.q_len())?;
+    qkv.require(CTX, "qkv", s.rows * (s.heads + 2 * s.kv_heads) * s.head_dim)?;
+    rotary.cos.require(CTX, "cos", s.max_len * s.head_dim)?;
+    rotary.sin.require(CTX, "sin", s.max_len * s.head_dim)?;
     // One block per (head of q|k|v, row), one thread per pair: a warp for head_dim 64.
     let grid = [(s.heads + 2 * s.kv_heads) as u32, s.rows as u32, 1];
     let threads = (s.head_dim / 2)
         .next_multiple_of(32)
         .min(ELEMENTWISE_THREADS) as u32;
-    let mut args = ptr_args(&[q_out, cache_k, cache_v, qkv, cos, sin, pos]);
+    let mut args: Vec<KArg> = vec![
+        q_out.into(),
+        cache.k.into(),
+        cache.v.into(),
+        qkv.into(),
+        rotary.cos.into(),
+        rotary.sin.into(),
+        cache.pos.into(),
+    ];
     args.extend(shape_args(CTX, s)?);
-    d.launch(CTX, grid, [threads, 1, 1], 0, &args)
+    d.launch(CTX, &LaunchConfig::new(grid, [threads, 1, 1]), &args)
 }
 
 /// out f16 [rows, heads * head_dim] = softmax(q . K[0..=pos]^T) . V[0..=pos] per (row, head);
@@ -161,11 +216,9 @@ pub fn rotary_kv_write<D: Device>(
 /// other head sizes take a plain kernel with the scores in shared memory (max_len <= ~12000).
 pub fn decode_attention<D: Device>(
     d: &D,
-    out: u64,
-    q: u64,
-    cache_k: u64,
-    cache_v: u64,
-    pos: u64,
+    out: DevSlice<f16>,
+    q: DevSlice<f16>,
+    cache: LayerCache,
     s: &AttnShape,
 ) -> Result<(), CudaError> {
     const CTX: &str = "decode_attention";
@@ -173,35 +226,41 @@ pub fn decode_attention<D: Device>(
         return Ok(());
     }
     s.check(CTX)?;
+    cache.check(CTX, s)?;
+    out.require(CTX, "out", s.q_len())?;
+    q.require(CTX, "q", s.q_len())?;
+    let mut args: Vec<KArg> = vec![
+        out.into(),
+        q.into(),
+        cache.k.into(),
+        cache.v.into(),
+        cache.pos.into(),
+    ];
+    let grid = [s.heads as u32, s.rows as u32, 1];
     if s.head_dim != ATTN_HEAD_DIM {
-        return decode_attention_generic(d, out, q, cache_k, cache_v, pos, s);
+        return decode_attention_generic(d, args, s);
     }
     check_aligned(
         CTX,
         &[
-            ("out", out),
-            ("q", q),
-            ("cache_k", cache_k),
-            ("cache_v", cache_v),
+            ("out", out.addr()),
+            ("q", q.addr()),
+            ("cache_k", cache.k.addr()),
+            ("cache_v", cache.v.addr()),
         ],
     )?;
-    // One block per (head, row); grid sized by shape only, the kernel loops to pos.
-    let grid = [s.heads as u32, s.rows as u32, 1];
-    let mut args = ptr_args(&[out, q, cache_k, cache_v, pos]);
-    // The fast kernel is specialised for head_dim 64: it takes no head_dim argument.
+    // One block per (head, row); grid sized by shape only, the kernel loops to pos. The fast
+    // kernel is specialised for head_dim 64: it takes no head_dim argument.
     let [heads, kv_heads, _, max_len] = shape_args(CTX, s)?;
     args.extend([heads, kv_heads, max_len]);
-    d.launch(CTX, grid, [ATTN_THREADS, 1, 1], 0, &args)
+    d.launch(CTX, &LaunchConfig::new(grid, [ATTN_THREADS, 1, 1]), &args)
 }
 
 /// [`decode_attention`] for any head_dim: correctness path for small test models.
+/// `args` are the pointer arguments (out, q, cache_k, cache_v, pos), checked by the caller.
 fn decode_attention_generic<D: Device>(
     d: &D,
-    out: u64,
-    q: u64,
-    cache_k: u64,
-    cache_v: u64,
-    pos: u64,
+    mut args: Vec<KArg>,
     s: &AttnShape,
 ) -> Result<(), CudaError> {
     const CTX: &str = "decode_attention_generic";
@@ -216,10 +275,10 @@ fn decode_attention_generic<D: Device>(
             ),
         ));
     }
-    let mut args = ptr_args(&[out, q, cache_k, cache_v, pos]);
     args.extend(shape_args(CTX, s)?);
     let grid = [s.heads as u32, s.rows as u32, 1];
-    d.launch(CTX, grid, [THREADS, 1, 1], shared as u32, &args)
+    let cfg = LaunchConfig::new(grid, [THREADS, 1, 1]).with_shared(shared as u32);
+    d.launch(CTX, &cfg, &args)
 }
 
 /// out f16 [rows, hidden] = silu(h13[:, :hidden]) * h13[:, hidden..]; h13 f16 [rows, 2 hidden].
@@ -228,8 +287,8 @@ fn decode_attention_generic<D: Device>(
 /// size), one element per thread otherwise.
 pub fn swiglu<D: Device>(
     d: &D,
-    out: u64,
-    h13: u64,
+    out: DevSlice<f16>,
+    h13: DevSlice<f16>,
     rows: usize,
     hidden: usize,
 ) -> Result<(), CudaError> {
@@ -238,26 +297,23 @@ pub fn swiglu<D: Device>(
         return Ok(());
     }
     check_rows(CTX, rows)?;
+    out.require(CTX, "out", rows * hidden)?;
+    h13.require(CTX, "h13", rows * 2 * hidden)?;
     // The kernel indexes a row of h13 with i32 columns up to 2 * hidden.
     i32_arg(CTX, "2 * hidden", 2 * hidden)?;
-    let args = [
-        KArg::Ptr(out),
-        KArg::Ptr(h13),
-        i32_arg(CTX, "hidden", hidden)?,
-    ];
-    let block = [ELEMENTWISE_THREADS as u32, 1, 1];
-    if hidden % 8 == 0 && out % 16 == 0 && h13 % 16 == 0 {
+    let args = [out.into(), h13.into(), i32_arg(CTX, "hidden", hidden)?];
+    if hidden % 8 == 0 && out.addr() % 16 == 0 && h13.addr() % 16 == 0 {
         let grid = [blocks_for(hidden / 8, ELEMENTWISE_THREADS), rows as u32, 1];
-        d.launch("swiglu_x8", grid, block, 0, &args)
+        d.launch("swiglu_x8", &elementwise(grid), &args)
     } else {
         let grid = [blocks_for(hidden, ELEMENTWISE_THREADS), rows as u32, 1];
-        d.launch(CTX, grid, block, 0, &args)
+        d.launch(CTX, &elementwise(grid), &args)
     }
 }
 
-/// `v` as an `i32` kernel argument, or an error naming `what`.
-fn ptr_args(ptrs: &[u64]) -> Vec<KArg> {
-    ptrs.iter().map(|&p| KArg::Ptr(p)).collect()
+/// `grid` blocks of [`ELEMENTWISE_THREADS`].
+fn elementwise(grid: [u32; 3]) -> LaunchConfig {
+    LaunchConfig::new(grid, [ELEMENTWISE_THREADS as u32, 1, 1])
 }
 
 /// heads, kv_heads, head_dim, max_len as i32 kernel arguments.
@@ -270,6 +326,7 @@ fn shape_args(ctx: &str, s: &AttnShape) -> Result<[KArg; 4], CudaError> {
     ])
 }
 
+/// `v` as an `i32` kernel argument, or an error naming `what`.
 fn i32_arg(ctx: &str, what: &str, v: usize) -> Result<KArg, CudaError> {
     i32::try_from(v)
         .map(KArg::I32)

@@ -7,7 +7,7 @@
 //! Everything a request changes lives in device memory ([`SampleParams`], the `step` scalar), so a
 //! captured decode step serves every request. All pointers are device addresses.
 
-use crate::device::{Device, KArg};
+use crate::device::{DevSlice, Device, KArg, LaunchConfig};
 use crate::error::CudaError;
 use llamagen_bundle::philox::Philox;
 use llamagen_bundle::sampling::{SamplingOptions, MAX_VOCAB};
@@ -68,6 +68,9 @@ impl SampleParams {
         }
     }
 
+    /// Size of [`Self::to_bytes`]: ten 4-byte fields.
+    pub const BYTES: usize = 40;
+
     /// The struct's bytes as the kernel reads them (little-endian fields in declaration order).
     pub fn to_bytes(&self) -> Vec<u8> {
         let words = [
@@ -101,18 +104,7 @@ pub fn scratch_bytes(n: usize, vocab: usize) -> usize {
 /// ([`scratch_bytes`]); the kernel takes the request's own count from `params.n`, which must not
 /// exceed it (rows `>= params.n` do nothing). `vocab` must be in `1..=2^20` (the fixed-point
 /// weights' limit). `tokens` is written only while `step < tokens_per_image`.
-#[allow(clippy::too_many_arguments)]
-pub fn sample<D: Device>(
-    d: &D,
-    tokens: u64,
-    ids: u64,
-    logits: u64,
-    params: u64,
-    step: u64,
-    scratch: u64,
-    n: usize,
-    vocab: usize,
-) -> Result<(), CudaError> {
+pub fn sample<D: Device>(d: &D, io: &SampleIo, n: usize, vocab: usize) -> Result<(), CudaError> {
     const CTX: &str = "sample_rows";
     if n == 0 {
         return Ok(());
@@ -129,27 +121,51 @@ pub fn sample<D: Device>(
             format!("vocab {vocab} is outside the sampler's range 1..={MAX_VOCAB}"),
         ));
     }
+    io.logits.require(CTX, "logits", n * vocab)?;
+    io.ids.require(CTX, "ids", n)?;
+    io.params.require(CTX, "params", SampleParams::BYTES)?;
+    io.step.require(CTX, "step", 1)?;
+    io.scratch.require(
+        CTX,
+        "scratch",
+        scratch_bytes(n, vocab) / std::mem::size_of::<u64>(),
+    )?;
     let args = [
-        KArg::Ptr(tokens),
-        KArg::Ptr(ids),
-        KArg::Ptr(logits),
-        KArg::Ptr(params),
-        KArg::Ptr(step),
-        KArg::Ptr(scratch),
+        io.tokens.into(),
+        io.ids.into(),
+        io.logits.into(),
+        io.params.into(),
+        io.step.into(),
+        io.scratch.into(),
         KArg::U32(vocab as u32),
     ];
-    d.launch(CTX, [n as u32, 1, 1], [SAMPLER_THREADS, 1, 1], 0, &args)
+    let cfg = LaunchConfig::new([n as u32, 1, 1], [SAMPLER_THREADS, 1, 1]);
+    d.launch(CTX, &cfg, &args)
+}
+
+/// The buffers of one sampling launch.
+#[derive(Clone, Copy, Debug)]
+pub struct SampleIo {
+    /// i32 `[n, tokens_per_image]`: the token of each row is written at `step`.
+    pub tokens: DevSlice<i32>,
+    /// i32 `[rows]`: the next step's input ids (cond and, with CFG, uncond rows).
+    pub ids: DevSlice<i32>,
+    /// f32 `[rows, vocab]` (the cond rows may be overwritten by the CFG combine).
+    pub logits: DevSlice<f32>,
+    /// [`SampleParams::to_bytes`].
+    pub params: DevSlice<u8>,
+    /// i32 scalar: the sampling step.
+    pub step: DevSlice<i32>,
+    /// [`scratch_bytes`] of working memory.
+    pub scratch: DevSlice<u64>,
 }
 
 /// `*pos += 1; *step += 1` on i32 device scalars (one thread; ends every captured step).
-pub fn advance<D: Device>(d: &D, pos: u64, step: u64) -> Result<(), CudaError> {
-    d.launch(
-        "sampler_advance",
-        [1, 1, 1],
-        [32, 1, 1],
-        0,
-        &[KArg::Ptr(pos), KArg::Ptr(step)],
-    )
+pub fn advance<D: Device>(d: &D, pos: DevSlice<i32>, step: DevSlice<i32>) -> Result<(), CudaError> {
+    pos.require("sampler_advance", "pos", 1)?;
+    step.require("sampler_advance", "step", 1)?;
+    let cfg = LaunchConfig::new([1, 1, 1], [32, 1, 1]);
+    d.launch("sampler_advance", &cfg, &[pos.into(), step.into()])
 }
 
 #[cfg(test)]

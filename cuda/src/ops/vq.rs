@@ -15,7 +15,7 @@
 //! and sums the taps in f32. The price: the two junk columns per row (`2 / (w+2)` extra work)
 //! that the next kernel skips.
 
-use crate::device::{blocks_for, Device, KArg};
+use crate::device::{blocks_for, Device, KArg, LaunchConfig};
 use crate::error::CudaError;
 
 /// Block size of every VQ kernel (the reduction kernels assume exactly this).
@@ -152,7 +152,7 @@ fn launch_elementwise<D: Device>(
     args: &[KArg],
 ) -> Result<(), CudaError> {
     int(n)?;
-    d.launch(name, grid_for(n), [THREADS, 1, 1], 0, args)
+    d.launch(name, &LaunchConfig::new(grid_for(n), [THREADS, 1, 1]), args)
 }
 
 /// Launches a per-image kernel: `n_img` items of each of `batch` images (image = blockIdx.y).
@@ -165,7 +165,11 @@ fn launch_per_image<D: Device>(
 ) -> Result<(), CudaError> {
     int(n_img)?;
     let [x, ..] = grid_for(n_img);
-    d.launch(name, [x, grid_dim(batch)?, 1], [THREADS, 1, 1], 0, args)
+    d.launch(
+        name,
+        &LaunchConfig::new([x, grid_dim(batch)?, 1], [THREADS, 1, 1]),
+        args,
+    )
 }
 
 /// A grid y or z extent (at most 65535).
@@ -253,9 +257,7 @@ pub fn group_norm_f16<D: Device>(
     ];
     d.launch(
         "vq_group_stats_partial",
-        grid,
-        [THREADS, 1, 1],
-        0,
+        &LaunchConfig::new(grid, [THREADS, 1, 1]),
         &partial_args,
     )?;
     let n = map.batch * gn.groups;
@@ -379,7 +381,11 @@ pub fn softmax_rows_f16<D: Device>(
     int(rows)?; // grid.x holds up to 2^31 - 1 blocks
     let grid = [rows as u32, 1, 1];
     let args = [KArg::Ptr(out), KArg::Ptr(scores), int(cols)?];
-    d.launch("vq_softmax_rows_f16", grid, [THREADS, 1, 1], 0, &args)
+    d.launch(
+        "vq_softmax_rows_f16",
+        &LaunchConfig::new(grid, [THREADS, 1, 1]),
+        &args,
+    )
 }
 
 /// Bytes of `n` f32 values (for address arithmetic by callers).
