@@ -8,7 +8,9 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use llamagen_compiler::checkpoint::{write_torch_checkpoint, Checkpoint, DType};
+use llamagen_compiler::bundle::GraphRole;
+use llamagen_compiler::checkpoint::Checkpoint;
+use llamagen_test_support::torch::{write_torch_checkpoint, DType};
 use support::golden::{fixture, read_i64, tiny_dir};
 
 const LLAMAGEN: &str = env!("CARGO_BIN_EXE_llamagen");
@@ -255,14 +257,15 @@ fn inspect_names_both_graphs() {
     let tmp = tempfile::tempdir().unwrap();
     let bundle = compile_tiny_cli(tmp.path());
     let stdout = ok(LLAMAGEN, &["inspect", "--bundle", &s(&bundle)]);
-    for needle in ["gpt_step", "vq_decoder", "tiny-c2i", "tiny-vq"] {
+    let (gpt, vq) = (GraphRole::GptStep.name(), GraphRole::VqDecoder.name());
+    for needle in [gpt, vq, "tiny-c2i", "tiny-vq"] {
         assert!(
             stdout.contains(needle),
             "inspect does not mention {needle}:\n{stdout}"
         );
     }
     let stdout = ok(LLAMAGEN, &["inspect", "--bundle", &s(&bundle), "--verify"]);
-    assert!(stdout.contains("gpt_step"));
+    assert!(stdout.contains(GraphRole::GptStep.name()));
 }
 
 #[test]
@@ -507,7 +510,7 @@ fn edited_gpt_checkpoint(
                 .unwrap_or_else(|| panic!("golden tensor {} is not contiguous", t.name()));
             (
                 t.name().to_string(),
-                t.dtype(),
+                DType::from_name(t.dtype().name()).expect("a torch dtype"),
                 t.shape().to_vec(),
                 bytes.to_vec(),
             )

@@ -15,7 +15,6 @@ mod support;
 use std::path::Path;
 
 use llamagen_compiler::bundle::Manifest;
-use llamagen_compiler::checkpoint::{write_torch_checkpoint, DType};
 use llamagen_compiler::compile::{compile, resolve_configs, Weights};
 use llamagen_compiler::config::VqConfig;
 use llamagen_compiler::models::vq;
@@ -24,6 +23,7 @@ use llamagen_cuda::vq::VqDecoder;
 use llamagen_cuda::weights::BundleWeights;
 use llamagen_runtime::compare::psnr_db;
 use llamagen_runtime::{Pipeline, PipelineOptions};
+use llamagen_test_support::torch::{write_torch_checkpoint, DType};
 use llamagen_test_support::FP16_DEVICE_IMAGE;
 use support::golden::{compile_tiny, read_f32, read_i64, tiny_dir, tiny_options};
 

@@ -12,7 +12,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use llamagen_compiler::bundle::{IoSpec, Manifest};
+use llamagen_compiler::bundle::{GraphRole, IoSpec, Manifest};
 use llamagen_compiler::ir::{Dim, ElemType};
 use support::golden::compile_tiny;
 
@@ -62,7 +62,8 @@ fn graph_paths(bundle: &Path, m: &Manifest) -> Vec<(String, std::path::PathBuf)>
         .collect();
     v.sort();
     let roles: Vec<&str> = v.iter().map(|(r, _)| r.as_str()).collect();
-    assert_eq!(roles, ["gpt_step", "vq_decoder"], "graphs in bundle.yaml");
+    let want = [GraphRole::GptStep.name(), GraphRole::VqDecoder.name()];
+    assert_eq!(roles, want, "graphs in bundle.yaml");
     v
 }
 

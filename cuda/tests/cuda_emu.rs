@@ -16,7 +16,8 @@
 //! - `GEMM_FP16_OUT`: the above plus one f16 ulp of the terms (rtol 2^-10 + 1e-5).
 #![cfg(any(feature = "driver", feature = "emu"))]
 
-mod cuda_common;
+use llamagen_test_support::device as cuda_common;
+use llamagen_test_support::device_tests;
 
 use cuda_common::{download_f16, download_f32, upload_f16, upload_f32, Rng};
 use llamagen_cuda::device::{DType, Device, Gemm};

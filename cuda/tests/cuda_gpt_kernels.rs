@@ -12,7 +12,8 @@
 //! The reasons for each figure are documented on the levels.
 #![cfg(any(feature = "driver", feature = "emu"))]
 
-mod cuda_common;
+use llamagen_test_support::device as cuda_common;
+use llamagen_test_support::device_tests;
 
 use cuda_common::{download_f16, download_f32, upload_f16, upload_f32, upload_i32, Rng};
 use half::f16;

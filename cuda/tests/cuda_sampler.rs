@@ -9,7 +9,8 @@
 
 #![cfg(any(feature = "driver", feature = "emu"))]
 
-mod cuda_common;
+use llamagen_test_support::device as cuda_common;
+use llamagen_test_support::device_tests;
 
 use cuda_common::{download_f32, download_i32, upload_bytes, upload_f32, upload_i32, Rng};
 use llamagen_cuda::device::{Device, KArg, LaunchConfig};

@@ -13,7 +13,8 @@
 //! - `VQ_KERNEL_FP16_ATTN`: attention output (rtol 5e-4, atol 6e-4).
 #![cfg(any(feature = "driver", feature = "emu"))]
 
-mod cuda_common;
+use llamagen_test_support::device as cuda_common;
+use llamagen_test_support::device_tests;
 
 use cuda_common::{
     download_f16, download_f32, round_f16, upload_bytes, upload_f16, upload_f32, upload_i32, Rng,

@@ -1,7 +1,10 @@
 //! Dev-only helpers shared by every test crate of the workspace. Nothing here is built into a
-//! shipped binary, and the crate depends on nothing (the runtime and the compiler dev-depend on
-//! it, so it must not depend on them).
+//! shipped binary. It depends on no crate of the workspace but, behind its `cuda` feature, the
+//! CUDA crate whose tests use it: the runtime and the compiler dev-depend on it, so it must not
+//! depend on them.
 //!
+//! - `device` (feature `cuda`): the CUDA tests' `device_tests!` macro, random inputs and
+//!   typed uploads/downloads over any `llamagen_cuda::device::Device`.
 //! - [`paths`]: where the golden fixtures (`tests/golden`, copies of `shared/golden`, produced
 //!   by the official code) and the small test inputs (`tests/fixtures`) are, on a checkout or in
 //!   a carried GPU kit.
@@ -9,10 +12,17 @@
 //!   levels (`EXACT`, `FP32_LOGITS`, `FP32_IMAGE`, the kernel levels, ...).
 //! - [`precision`]: accuracy bars of lower-precision bundles vs fp32 ([`PrecisionLevel`]:
 //!   cosine and PSNR figures).
+//! - [`reference`]: an independent naive f32 reference of the official GPT and VQ decoder.
+//! - [`torch`]: a writer of official-format PyTorch checkpoints without torch, for fixtures of
+//!   any size and the checkpoint reader's round-trip tests.
 
+#[cfg(feature = "cuda")]
+pub mod device;
 pub mod paths;
 pub mod precision;
+pub mod reference;
 pub mod tolerance;
+pub mod torch;
 
 pub use paths::{fixture, golden_dir, test_data_root};
 pub use precision::{PrecisionLevel, FP16_VS_FP32, INT8_QDQ_VS_FP32_TINY, INT8_VS_FP32};

@@ -11,7 +11,8 @@
 //!
 //! Files: `error` (the error enum), `dtype` (element types), `tensor` (views and storage),
 //! `pickle` + `pickle_calls` + `pickle_value` (restricted unpickler), `torch_zip` (zip reader),
-//! `safetensors_file` (safetensors read/write), `torch_writer` (torch-format writer).
+//! `safetensors_file` (safetensors read/write). The torch-format writer of the tests is
+//! `llamagen_test_support::torch`.
 
 mod dtype;
 mod error;
@@ -20,7 +21,6 @@ mod pickle_calls;
 mod pickle_value;
 mod safetensors_file;
 mod tensor;
-mod torch_writer;
 mod torch_zip;
 
 #[cfg(test)]
@@ -35,7 +35,6 @@ pub use dtype::DType;
 pub use error::CheckpointError;
 pub use safetensors_file::write_safetensors;
 pub use tensor::TensorView;
-pub use torch_writer::write_torch_checkpoint;
 
 use pickle_value::{TensorMeta, Unpickled, Value};
 use tensor::{contiguous_strides, Backing, Storage};

@@ -1,17 +1,16 @@
-//! Shared helpers of the CUDA backend tests: the `device_tests!` macro that runs one generic check
-//! on every available device, a deterministic random generator and typed upload/download helpers
-//! over any [`Device`]. Values are compared with `llamagen_test_support::Tolerance` levels.
-//!
-//! Each test file uses a subset, hence `dead_code` is allowed.
-#![allow(dead_code)]
+//! Helpers of the CUDA backend tests (feature `cuda`): the [`device_tests!`](crate::device_tests)
+//! macro that runs one generic check on every available device, a deterministic random generator
+//! and typed upload/download helpers over any [`Device`]. Values are compared with
+//! [`Tolerance`](crate::Tolerance) levels.
 
 use half::f16;
 use llamagen_cuda::device::Device;
 
 /// `device_tests!(check_a, check_b, ...)`: for each generic `fn check_a<D: Device>(d: &D)`
 /// (returning `()` or a `Result` whose error is `Debug`), a module `check_a` with the tests
-/// `emu` (feature `cuda-emu`: on the host emulator) and `gpu` (feature `cuda`: on GPU 0, skipped
-/// with "skipped: no CUDA GPU (...)" when none can be opened). Filter with `cargo test check_a`.
+/// `emu` (the calling crate's feature `emu`: on the host emulator) and `gpu` (its feature
+/// `driver`: on GPU 0, skipped with "skipped: no CUDA GPU (...)" when none can be opened).
+/// Filter with `cargo test check_a`.
 #[macro_export]
 macro_rules! device_tests {
     ($($check:ident),+ $(,)?) => {
@@ -22,7 +21,7 @@ macro_rules! device_tests {
                 fn emu() {
                     let device = llamagen_cuda::emu::EmuDevice::new()
                         .expect("the emulator device");
-                    $crate::cuda_common::TestOutcome::check(super::$check(&device));
+                    $crate::device::TestOutcome::check(super::$check(&device));
                 }
 
                 #[cfg(feature = "driver")]
@@ -31,11 +30,11 @@ macro_rules! device_tests {
                     let device = match llamagen_cuda::driver::CudaDevice::open(0) {
                         Ok(d) => d,
                         Err(e) => {
-                            eprintln!("skipped: no CUDA GPU ({})", $crate::cuda_common::skip_reason(&e));
+                            eprintln!("skipped: no CUDA GPU ({})", $crate::device::skip_reason(&e));
                             return;
                         }
                     };
-                    $crate::cuda_common::TestOutcome::check(super::$check(&device));
+                    $crate::device::TestOutcome::check(super::$check(&device));
                 }
             }
         )+

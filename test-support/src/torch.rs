@@ -5,20 +5,85 @@
 //! ("little"), one uncompressed, 64-byte aligned `data/<i>` entry per storage and `version`.
 //! Tensors are `_rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())`
 //! calls and the state dict carries a minimal `_metadata`, so `torch.load` reads the files.
-//! Used for fixtures (GPT-B / VQ-16 sized) and round-trip tests.
+//! Used for fixtures (GPT-B / VQ-16 sized) and the reader's round-trip tests; the reader
+//! (`llamagen_compiler::checkpoint`) is what this writer's output is checked with.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
-use super::check_tensor_bytes;
-use super::dtype::DType;
-use super::error::CheckpointError;
-use super::tensor::contiguous_strides;
+/// Element types of torch storages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+    F64,
+    I64,
+    I32,
+    U8,
+    Bool,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            DType::F64 | DType::I64 => 8,
+            DType::F32 | DType::I32 => 4,
+            DType::F16 | DType::BF16 => 2,
+            DType::U8 | DType::Bool => 1,
+        }
+    }
+
+    /// The type of a safetensors-style name ("F32", "BF16", "BOOL", ...), as the checkpoint
+    /// reader's `DType::name` gives it.
+    pub fn from_name(name: &str) -> Option<DType> {
+        Some(match name {
+            "F32" => DType::F32,
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            "F64" => DType::F64,
+            "I64" => DType::I64,
+            "I32" => DType::I32,
+            "U8" => DType::U8,
+            "BOOL" => DType::Bool,
+            _ => return None,
+        })
+    }
+
+    fn torch_storage_name(self) -> &'static str {
+        match self {
+            DType::F32 => "FloatStorage",
+            DType::F16 => "HalfStorage",
+            DType::BF16 => "BFloat16Storage",
+            DType::F64 => "DoubleStorage",
+            DType::I64 => "LongStorage",
+            DType::I32 => "IntStorage",
+            DType::U8 => "ByteStorage",
+            DType::Bool => "BoolStorage",
+        }
+    }
+}
+
+/// Writing a checkpoint failed: the file and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct WriteError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+fn err(path: &Path, reason: impl std::fmt::Display) -> WriteError {
+    WriteError {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
 
 /// Entries are aligned like torch does (`.storage_alignment`).
 const ALIGNMENT: u16 = 64;
@@ -26,7 +91,7 @@ const ALIGNMENT: u16 = 64;
 const BATCH: usize = 1000;
 
 /// One tensor of a checkpoint to write: a (possibly strided) view of `storages[storage]`.
-pub(crate) struct TorchTensor<'a> {
+pub struct TorchTensor<'a> {
     pub name: &'a str,
     pub shape: &'a [usize],
     pub strides: Vec<usize>,
@@ -35,7 +100,7 @@ pub(crate) struct TorchTensor<'a> {
 }
 
 /// Raw little-endian bytes of one typed storage.
-pub(crate) struct TorchStorage<'a> {
+pub struct TorchStorage<'a> {
     pub dtype: DType,
     pub data: &'a [u8],
 }
@@ -45,11 +110,22 @@ pub fn write_torch_checkpoint(
     path: &Path,
     wrapper: Option<&str>,
     tensors: &[(String, DType, Vec<usize>, Vec<u8>)],
-) -> Result<(), CheckpointError> {
+) -> Result<(), WriteError> {
     let mut views = Vec::with_capacity(tensors.len());
     let mut storages = Vec::with_capacity(tensors.len());
     for (i, (name, dtype, shape, data)) in tensors.iter().enumerate() {
-        check_tensor_bytes(path, name, *dtype, shape, data)?;
+        let needed = shape
+            .iter()
+            .try_fold(dtype.size_in_bytes(), |a, &d| a.checked_mul(d));
+        if needed != Some(data.len()) {
+            return Err(err(
+                path,
+                format!(
+                    "tensor `{name}`: {} bytes given for shape {shape:?} of {dtype:?}",
+                    data.len()
+                ),
+            ));
+        }
         storages.push(TorchStorage {
             dtype: *dtype,
             data,
@@ -66,19 +142,19 @@ pub fn write_torch_checkpoint(
 }
 
 /// Writes `tensors` (views into `storages`) as a torch zip checkpoint.
-pub(crate) fn write_torch_zip(
+pub fn write_torch_zip(
     path: &Path,
     wrapper: Option<&str>,
     tensors: &[TorchTensor<'_>],
     storages: &[TorchStorage<'_>],
-) -> Result<(), CheckpointError> {
+) -> Result<(), WriteError> {
     let pkl = pickle_state_dict(path, wrapper, tensors, storages)?;
     let folder = archive_folder(path);
-    let file = File::create(path).map_err(|e| CheckpointError::io(path, e))?;
+    let file = File::create(path).map_err(|e| err(path, e))?;
     let mut zip = ZipWriter::new(BufWriter::new(file));
     let zip_err = |e: zip::result::ZipError| match e {
-        zip::result::ZipError::Io(source) => CheckpointError::io(path, source),
-        other => CheckpointError::malformed(path, format!("writing zip: {other}")),
+        zip::result::ZipError::Io(source) => err(path, source),
+        other => err(path, format!("writing zip: {other}")),
     };
     let put = |zip: &mut ZipWriter<BufWriter<File>>, name: &str, bytes: &[u8]| {
         let options = SimpleFileOptions::default()
@@ -87,8 +163,7 @@ pub(crate) fn write_torch_zip(
             .large_file(bytes.len() as u64 >= u64::from(u32::MAX));
         zip.start_file(format!("{folder}/{name}"), options)
             .map_err(zip_err)?;
-        zip.write_all(bytes)
-            .map_err(|e| CheckpointError::io(path, e))
+        zip.write_all(bytes).map_err(|e| err(path, e))
     };
     put(&mut zip, "data.pkl", &pkl)?;
     put(&mut zip, ".format_version", b"1")?;
@@ -103,7 +178,7 @@ pub(crate) fn write_torch_zip(
     }
     put(&mut zip, "version", b"3\n")?;
     let mut inner = zip.finish().map_err(zip_err)?;
-    inner.flush().map_err(|e| CheckpointError::io(path, e))
+    inner.flush().map_err(|e| err(path, e))
 }
 
 /// torch names the archive folder after the file stem; fall back to "archive".
@@ -125,7 +200,7 @@ fn pickle_state_dict(
     wrapper: Option<&str>,
     tensors: &[TorchTensor<'_>],
     storages: &[TorchStorage<'_>],
-) -> Result<Vec<u8>, CheckpointError> {
+) -> Result<Vec<u8>, WriteError> {
     let mut w = PickleWriter::default();
     w.buf.extend_from_slice(&[0x80, 2]); // PROTO 2
     if let Some(key) = wrapper {
@@ -138,7 +213,7 @@ fn pickle_state_dict(
         w.op(b'(');
         for t in chunk {
             let s = storages.get(t.storage).ok_or_else(|| {
-                CheckpointError::malformed(
+                err(
                     path,
                     format!("tensor `{}`: no storage {}", t.name, t.storage),
                 )
@@ -299,83 +374,17 @@ impl PickleWriter {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::checkpoint::pickle::unpickle;
-    use crate::checkpoint::pickle_value::Value;
-    use crate::checkpoint::Checkpoint;
-
-    #[test]
-    fn views_sharing_one_storage_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("views.pt");
-        let data: Vec<u8> = (0..6u8)
-            .flat_map(|i| half::bf16::from_f32(f32::from(i)).to_bits().to_le_bytes())
-            .collect();
-        let storages = [TorchStorage {
-            dtype: DType::BF16,
-            data: &data,
-        }];
-        let tensors = [
-            // [[0,1,2],[3,4,5]] and its transpose, plus the second row, all in storage 0.
-            TorchTensor {
-                name: "m",
-                shape: &[2, 3],
-                strides: vec![3, 1],
-                offset: 0,
-                storage: 0,
-            },
-            TorchTensor {
-                name: "m_t",
-                shape: &[3, 2],
-                strides: vec![1, 3],
-                offset: 0,
-                storage: 0,
-            },
-            TorchTensor {
-                name: "row1",
-                shape: &[3],
-                strides: vec![1],
-                offset: 3,
-                storage: 0,
-            },
-        ];
-        write_torch_zip(&path, Some("state_dict"), &tensors, &storages).unwrap();
-        let ck = Checkpoint::open(&path).unwrap();
-        assert_eq!(ck.get_f32("m", &[2, 3]).unwrap(), [0., 1., 2., 3., 4., 5.]);
-        assert_eq!(
-            ck.get_f32("m_t", &[3, 2]).unwrap(),
-            [0., 3., 1., 4., 2., 5.]
-        );
-        assert_eq!(ck.get_f32("row1", &[3]).unwrap(), [3., 4., 5.]);
-        assert_eq!(ck.get("row1").unwrap().storage_offset(), 3);
+/// Row-major strides of `shape`.
+fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1usize; shape.len()];
+    let mut acc = 1usize;
+    for (s, &dim) in strides.iter_mut().zip(shape).rev() {
+        *s = acc;
+        acc = acc.saturating_mul(dim);
     }
-
-    #[test]
-    fn ints_use_the_smallest_opcode_and_survive_unpickling() {
-        for v in [
-            0u64,
-            255,
-            256,
-            65535,
-            65536,
-            1 << 31,
-            (1 << 32) + 7,
-            u64::MAX >> 1,
-        ] {
-            let mut w = PickleWriter::default();
-            w.buf.extend_from_slice(&[0x80, 2]);
-            w.int(v);
-            w.op(b'.');
-            let u = unpickle(Path::new("ints"), &w.buf).unwrap();
-            assert_eq!(u.root, Value::Int(v as i64), "{v}");
-        }
-    }
-
-    #[test]
-    fn archive_folder_follows_the_stem() {
-        assert_eq!(archive_folder(Path::new("/x/gpt.pt")), "gpt");
-        assert_eq!(archive_folder(Path::new("/x/c2i B 256.pt")), "archive");
-    }
+    strides
 }
+
+#[cfg(test)]
+#[path = "tests/torch.rs"]
+mod tests;
