@@ -358,14 +358,14 @@ fn corrupted_weights_fail_the_hash_check() {
 fn unknown_schema_version_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let bundle = compile_tiny_cli(tmp.path());
-    let yaml_path = bundle.join("bundle.yaml");
-    let yaml = std::fs::read_to_string(&yaml_path).unwrap();
-    let line = yaml
-        .lines()
-        .find(|l| l.starts_with("schema_version:"))
-        .expect("bundle.yaml has a top-level schema_version")
-        .to_string();
-    std::fs::write(&yaml_path, yaml.replacen(&line, "schema_version: 99", 1)).unwrap();
+    edit_manifest(&bundle, |yaml| {
+        let line = yaml
+            .lines()
+            .find(|l| l.starts_with("schema_version:"))
+            .expect("bundle.yaml has a top-level schema_version")
+            .to_string();
+        yaml.replacen(&line, "schema_version: 99", 1)
+    });
     let b = s(&bundle);
     let o = s(&tmp.path().join("out"));
     fails(
@@ -609,10 +609,10 @@ fn failed_recompile_keeps_the_existing_bundle() {
 fn bundles_without_a_family_are_c2i() {
     let tmp = tempfile::tempdir().unwrap();
     let bundle = compile_tiny_cli(tmp.path());
-    let yaml_path = bundle.join("bundle.yaml");
-    let yaml = std::fs::read_to_string(&yaml_path).unwrap();
-    assert!(yaml.contains("\nfamily: llamagen_c2i\n"), "{yaml}");
-    std::fs::write(&yaml_path, yaml.replacen("family: llamagen_c2i\n", "", 1)).unwrap();
+    edit_manifest(&bundle, |yaml| {
+        assert!(yaml.contains("\nfamily: llamagen_c2i\n"), "{yaml}");
+        yaml.replacen("family: llamagen_c2i\n", "", 1)
+    });
     let m = llamagen_compiler::bundle::load_manifest(&bundle, true).unwrap();
     assert_eq!(
         m.family,
@@ -637,4 +637,11 @@ fn bundles_without_a_family_are_c2i() {
     let (_, got) = read_i64(&out.join("tokens.npy"));
     let (_, want) = read_i64(&tiny_dir().join("greedy_cfg4.tokens.npy"));
     assert_eq!(got, want);
+}
+
+/// Rewrites `bundle`'s bundle.yaml with `edit` (bundle.yaml is not among the hashed files).
+fn edit_manifest(bundle: &Path, edit: impl FnOnce(&str) -> String) {
+    let path = bundle.join("bundle.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, edit(&yaml)).unwrap();
 }

@@ -155,23 +155,51 @@ struct DeviceOut {
 
 const UNTOUCHED: i32 = -7;
 
+/// The device buffers of one sampling launch of case `c` (tokens and ids poisoned, the step
+/// at `step`).
+struct Buffers<D: Device> {
+    tokens: D::Buf,
+    ids: D::Buf,
+    logits: D::Buf,
+    params: D::Buf,
+    step: D::Buf,
+    scratch: D::Buf,
+}
+
+impl<D: Device> Buffers<D> {
+    fn new(d: &D, c: &Case, step: i32) -> Self {
+        Buffers {
+            tokens: upload_i32(d, &vec![UNTOUCHED; c.n * c.tokens_per_image]),
+            ids: upload_i32(d, &vec![UNTOUCHED; c.rows()]),
+            logits: upload_f32(d, &c.logits),
+            params: upload_bytes(d, &c.params().to_bytes()),
+            step: upload_i32(d, &[step]),
+            scratch: d.alloc(scratch_bytes(c.n, c.vocab)).unwrap(),
+        }
+    }
+
+    fn io(&self, d: &D) -> SampleIo {
+        SampleIo {
+            tokens: d.slice(&self.tokens),
+            ids: d.slice(&self.ids),
+            logits: d.slice(&self.logits),
+            params: d.slice(&self.params),
+            step: d.slice(&self.step),
+            scratch: d.slice(&self.scratch),
+        }
+    }
+}
+
 fn run_on_device<D: Device>(d: &D, c: &Case) -> DeviceOut {
     let rows = c.rows();
-    let tokens = upload_i32(d, &vec![UNTOUCHED; c.n * c.tokens_per_image]);
-    let ids = upload_i32(d, &vec![UNTOUCHED; rows]);
-    let logits = upload_f32(d, &c.logits);
-    let params = upload_bytes(d, &c.params().to_bytes());
-    let step = upload_i32(d, &[c.step]);
-    let scratch = d.alloc(scratch_bytes(c.n, c.vocab)).unwrap();
-    let io = SampleIo {
-        tokens: d.slice(&tokens),
-        ids: d.slice(&ids),
-        logits: d.slice(&logits),
-        params: d.slice(&params),
-        step: d.slice(&step),
-        scratch: d.slice(&scratch),
-    };
-    sample(d, &io, c.n, c.vocab).unwrap_or_else(|e| panic!("{}: launch failed: {e}", c.name));
+    let b = Buffers::new(d, c, c.step);
+    let Buffers {
+        tokens,
+        ids,
+        logits,
+        ..
+    } = &b;
+    sample(d, &b.io(d), c.n, c.vocab).unwrap_or_else(|e| panic!("{}: launch failed: {e}", c.name));
     DeviceOut {
         tokens: download_i32(d, &tokens, c.n * c.tokens_per_image),
         ids: download_i32(d, &ids, rows),
@@ -571,24 +599,16 @@ fn check_captured_step_reads_step_from_memory<D: Device>(d: &D) {
         1.0,
     );
     c.tokens_per_image = 4;
-    let rows = c.rows();
-    let tokens = upload_i32(d, &vec![UNTOUCHED; c.n * 4]);
-    let ids = upload_i32(d, &vec![UNTOUCHED; rows]);
-    let logits = upload_f32(d, &c.logits);
-    let params = upload_bytes(d, &c.params().to_bytes());
+    let b = Buffers::new(d, &c, 0);
+    let Buffers {
+        tokens,
+        logits,
+        step,
+        ..
+    } = &b;
     let pos = upload_i32(d, &[1]);
-    let step = upload_i32(d, &[0]);
-    let scratch = d.alloc(scratch_bytes(c.n, c.vocab)).unwrap();
     d.begin_capture().unwrap();
-    let io = SampleIo {
-        tokens: d.slice(&tokens),
-        ids: d.slice(&ids),
-        logits: d.slice(&logits),
-        params: d.slice(&params),
-        step: d.slice(&step),
-        scratch: d.slice(&scratch),
-    };
-    sample(d, &io, c.n, c.vocab).unwrap();
+    sample(d, &b.io(d), c.n, c.vocab).unwrap();
     advance(d, d.slice(&pos), d.slice(&step)).unwrap();
     let graph = d.end_capture().unwrap();
     let mut want = vec![0i32; c.n * 4];
