@@ -193,17 +193,11 @@ impl<D: Device> Buffers<D> {
 fn run_on_device<D: Device>(d: &D, c: &Case) -> DeviceOut {
     let rows = c.rows();
     let b = Buffers::new(d, c, c.step);
-    let Buffers {
-        tokens,
-        ids,
-        logits,
-        ..
-    } = &b;
     sample(d, &b.io(d), c.n, c.vocab).unwrap_or_else(|e| panic!("{}: launch failed: {e}", c.name));
     DeviceOut {
-        tokens: download_i32(d, &tokens, c.n * c.tokens_per_image),
-        ids: download_i32(d, &ids, rows),
-        logits: download_f32(d, &logits, rows * c.vocab),
+        tokens: download_i32(d, &b.tokens, c.n * c.tokens_per_image),
+        ids: download_i32(d, &b.ids, rows),
+        logits: download_f32(d, &b.logits, rows * c.vocab),
     }
 }
 
@@ -600,22 +594,16 @@ fn check_captured_step_reads_step_from_memory<D: Device>(d: &D) {
     );
     c.tokens_per_image = 4;
     let b = Buffers::new(d, &c, 0);
-    let Buffers {
-        tokens,
-        logits,
-        step,
-        ..
-    } = &b;
     let pos = upload_i32(d, &[1]);
     d.begin_capture().unwrap();
     sample(d, &b.io(d), c.n, c.vocab).unwrap();
-    advance(d, d.slice(&pos), d.slice(&step)).unwrap();
+    advance(d, d.slice(&pos), d.slice(&b.step)).unwrap();
     let graph = d.end_capture().unwrap();
     let mut want = vec![0i32; c.n * 4];
     for s in 0..4 {
         // The guided kernel overwrote the cond rows: restore the step's logits.
         let bytes: Vec<u8> = c.logits.iter().flat_map(|v| v.to_le_bytes()).collect();
-        d.upload(&logits, 0, &bytes).unwrap();
+        d.upload(&b.logits, 0, &bytes).unwrap();
         d.replay(&graph).unwrap();
         let mut at = c.clone();
         at.step = s;
@@ -623,9 +611,9 @@ fn check_captured_step_reads_step_from_memory<D: Device>(d: &D) {
             want[r * 4 + s as usize] = t;
         }
     }
-    assert_eq!(download_i32(d, &tokens, c.n * 4), want, "{}", c.name);
+    assert_eq!(download_i32(d, &b.tokens, c.n * 4), want, "{}", c.name);
     assert_eq!(download_i32(d, &pos, 1), [5]);
-    assert_eq!(download_i32(d, &step, 1), [4]);
+    assert_eq!(download_i32(d, &b.step, 1), [4]);
 }
 
 /// Shapes the kernel cannot serve are errors, not launches.
