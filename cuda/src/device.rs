@@ -32,7 +32,7 @@ dev_elem!(f16 => "f16", f32 => "f32", i32 => "i32", u32 => "u32", u64 => "u64", 
 /// A typed view of device memory: the address of its first element and how many elements it
 /// holds. `Copy` and borrow-free, like the pointers kernels take: the buffer it views must
 /// outlive every launch that uses it (the owners, sessions and weights, hold both).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct DevSlice<T> {
     addr: u64,
     len: usize,
@@ -45,6 +45,13 @@ impl<T> Clone for DevSlice<T> {
     }
 }
 impl<T> Copy for DevSlice<T> {}
+
+impl<T> PartialEq for DevSlice<T> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.addr, self.len) == (other.addr, other.len)
+    }
+}
+impl<T> Eq for DevSlice<T> {}
 
 impl<T: DevElem> DevSlice<T> {
     /// A view of `len` elements at device address `addr` (what [`Device::slice`] returns; tests

@@ -22,11 +22,13 @@
 
 use std::sync::Mutex;
 
+use half::f16;
+
 use llamagen_bundle::config::VqConfig;
 use llamagen_bundle::names::vq::NORMALIZED_CODEBOOK as CODEBOOK;
 use llamagen_bundle::vq_plan::DecoderPlan;
 
-use crate::device::Device;
+use crate::device::{DevSlice, Device};
 use crate::error::CudaError;
 use crate::ops::vq::{
     self as k, f16_bytes, f32_bytes, padded_rows, ConvShape, GroupNormArgs, MapF32,
@@ -188,7 +190,7 @@ impl<D: Device> VqDecoder<D> {
         let codebook = upload_f32(d, &l.tensor(CODEBOOK, &[n, e])?)?;
         // The bundle stores it normalised already; normalising again keeps this decoder right
         // for any codebook and changes a unit row by at most an ulp.
-        k::l2_normalize_rows(d, d.addr(&codebook), n, e)?;
+        k::l2_normalize_rows(d, d.slice(&codebook), n, e)?;
 
         let mid = plan.mid_ch;
         let res = |prefix: &str, side, cin, cout| -> Result<Stage<D>, CudaError> {
@@ -288,17 +290,17 @@ impl<D: Device> VqDecoder<D> {
         let run = Pass {
             d,
             batch,
-            p: d.addr(&s.p),
-            t: d.addr(&s.t),
-            x: [d.addr(&s.x[0]), d.addr(&s.x[1])],
+            p: d.slice(&s.p),
+            t: d.slice(&s.t),
+            x: [d.slice(&s.x[0]), d.slice(&s.x[1])],
             s,
         };
         let (g, e) = (c.grid, c.codebook_embed_dim);
-        let (tokens, book) = (d.addr(&s.tokens), d.addr(&self.codebook));
+        let (tokens, book) = (d.slice(&s.tokens), d.slice(&self.codebook));
         k::codebook_gather(d, run.p, book, tokens, batch * g * g, e, c.codebook_size)?;
         let pq = &self.post_quant;
-        kg::conv1x1(d, run.t, run.p, d.addr(&pq.w), batch * g * g, e, pq.cout)?;
-        let z = MapF32::compact(run.t, batch, g, g, pq.cout).with_bias(d.addr(&pq.b));
+        kg::conv1x1(d, run.t, run.p, d.slice(&pq.w), batch * g * g, e, pq.cout)?;
+        let z = MapF32::compact(run.t, batch, g, g, pq.cout).with_bias(d.slice(&pq.b));
         k::upsample_pad_f16(d, run.p, &z, 1, true)?;
         let mut cur = 0;
         run.conv3x3(&self.conv_in, g, run.x[cur], None)?;
@@ -318,16 +320,16 @@ impl<D: Device> VqDecoder<D> {
     }
 }
 
-/// One decode's launches: the device, the batch and the activation buffers' addresses (`p` the
-/// f16 GEMM input, `t` the f32 GEMM output, `x` the two residual-stream buffers). Block methods
-/// take the residual buffer in use and return the one holding their output.
+/// One decode's launches: the device, the batch and the activation buffers (`p` the f16 GEMM
+/// input, `t` the f32 GEMM output, `x` the two residual-stream buffers). Block methods take the
+/// residual buffer in use and return the one holding their output.
 struct Pass<'a, D: Device> {
     d: &'a D,
     s: &'a Scratch<D>,
     batch: usize,
-    p: u64,
-    t: u64,
-    x: [u64; 2],
+    p: DevSlice<f16>,
+    t: DevSlice<f32>,
+    x: [DevSlice<f32>; 2],
 }
 
 impl<D: Device> Pass<'_, D> {
@@ -342,7 +344,7 @@ impl<D: Device> Pass<'_, D> {
                 // skip = nin_shortcut(x); its bias is folded into conv2's.
                 k::upsample_pad_f16(d, self.p, &xin, 1, false)?;
                 let rows = b * side * side;
-                kg::conv1x1(d, self.x[1 - cur], self.p, d.addr(w), rows, cin, cout)?;
+                kg::conv1x1(d, self.x[1 - cur], self.p, d.slice(w), rows, cin, cout)?;
                 1 - cur
             }
             None => cur,
@@ -358,17 +360,17 @@ impl<D: Device> Pass<'_, D> {
     fn attn(&self, at: &AttnBlock<D>, side: usize, cur: usize) -> Result<usize, CudaError> {
         let (d, b, s) = (self.d, self.batch, self.s);
         let (ch, hw) = (at.proj.cout, side * side);
-        let (qkv, scores, probs) = (d.addr(&s.qkv), d.addr(&s.scores), d.addr(&s.probs));
+        let (qkv, scores, probs) = (d.slice(&s.qkv), d.slice(&s.scores), d.slice(&s.probs));
         let xin = MapF32::compact(self.x[cur], b, side, side, ch);
         k::group_norm_f16(d, self.p, &xin, &self.gn(&at.norm, false), false)?;
-        kg::conv1x1(d, self.t, self.p, d.addr(&at.qkv.w), b * hw, ch, 3 * ch)?;
-        k::bias_f16(d, qkv, self.t, d.addr(&at.qkv.b), b * hw, 3 * ch)?;
+        kg::conv1x1(d, self.t, self.p, d.slice(&at.qkv.w), b * hw, ch, 3 * ch)?;
+        k::bias_f16(d, qkv, self.t, d.slice(&at.qkv.b), b * hw, 3 * ch)?;
         let scale = 1.0 / (ch as f32).sqrt();
         kg::attention_scores(d, scores, qkv, b, hw, ch, scale)?;
         k::softmax_rows_f16(d, probs, scores, b * hw, hw)?;
         kg::attention_values(d, self.p, probs, qkv, b, hw, ch)?;
-        kg::conv1x1(d, self.t, self.p, d.addr(&at.proj.w), b * hw, ch, ch)?;
-        let o = MapF32::compact(self.t, b, side, side, ch).with_bias(d.addr(&at.proj.b));
+        kg::conv1x1(d, self.t, self.p, d.slice(&at.proj.w), b * hw, ch, ch)?;
+        let o = MapF32::compact(self.t, b, side, side, ch).with_bias(d.slice(&at.proj.b));
         k::bias_residual(d, self.x[cur], &o, Some(self.x[cur]), false)?;
         Ok(cur)
     }
@@ -386,8 +388,8 @@ impl<D: Device> Pass<'_, D> {
         &self,
         conv: &Conv<D>,
         side: usize,
-        out: u64,
-        residual: Option<u64>,
+        out: DevSlice<f32>,
+        residual: Option<DevSlice<f32>>,
     ) -> Result<(), CudaError> {
         let map = self.conv3x3_raw(conv, side)?;
         k::bias_residual(self.d, out, &map, residual, false)
@@ -402,20 +404,20 @@ impl<D: Device> Pass<'_, D> {
             cin: conv.cin,
             cout: conv.cout,
         };
-        kg::conv3x3(self.d, &shape, self.p, self.d.addr(&conv.w), self.t)?;
+        kg::conv3x3(self.d, &shape, self.p, self.d.slice(&conv.w), self.t)?;
         let map = MapF32::conv_out(self.t, self.batch, side, side, conv.cout);
-        Ok(map.with_bias(self.d.addr(&conv.b)))
+        Ok(map.with_bias(self.d.slice(&conv.b)))
     }
 
     /// GroupNorm arguments for `n` with the scratch statistics buffers.
     fn gn(&self, n: &Norm<D>, swish: bool) -> GroupNormArgs {
         GroupNormArgs {
-            gamma: self.d.addr(&n.gamma),
-            beta: self.d.addr(&n.beta),
+            gamma: self.d.slice(&n.gamma),
+            beta: self.d.slice(&n.beta),
             groups: GROUPS,
             eps: EPS,
-            stats: self.d.addr(&self.s.stats),
-            partial: self.d.addr(&self.s.partial),
+            stats: self.d.slice(&self.s.stats),
+            partial: self.d.slice(&self.s.partial),
             swish,
         }
     }

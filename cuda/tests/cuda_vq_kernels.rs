@@ -20,7 +20,8 @@ use cuda_common::{
     download_f16, download_f32, round_f16, upload_bytes, upload_f16, upload_f32, upload_i32, Rng,
 };
 
-use llamagen_cuda::device::Device;
+use half::f16;
+use llamagen_cuda::device::{DevSlice, Device};
 use llamagen_cuda::ops::vq::{
     bias_f16, bias_residual, codebook_gather, group_norm_f16, l2_normalize_rows, padded_rows,
     softmax_rows_f16, upsample_pad_f16, ConvShape, GroupNormArgs, MapF32, MAX_STAT_CHUNKS,
@@ -79,11 +80,11 @@ impl HostMap {
         self.data[((b * self.h + y) * self.pitch + x) * self.c + ch]
     }
 
-    fn device(&self, ptr: u64) -> MapF32 {
+    fn device(&self, data: DevSlice<f32>) -> MapF32 {
         MapF32 {
             pitch: self.pitch,
             img_stride: self.h * self.pitch * self.c,
-            ..MapF32::compact(ptr, self.batch, self.h, self.w, self.c)
+            ..MapF32::compact(data, self.batch, self.h, self.w, self.c)
         }
     }
 }
@@ -124,7 +125,7 @@ fn check_codebook_normalise_and_gather<D: Device>(d: &D) {
     book[3 * dim..4 * dim].fill(0.0); // zero row stays zero (eps, no NaN)
     book[5 * dim..6 * dim].fill(1e-20); // tiny row: divided by eps 1e-12, as F.normalize
     let book_buf = upload_f32(d, &book);
-    l2_normalize_rows(d, d.addr(&book_buf), n, dim).unwrap();
+    l2_normalize_rows(d, d.slice(&book_buf), n, dim).unwrap();
     let want: Vec<f64> = book
         .chunks(dim)
         .flat_map(|row| {
@@ -144,8 +145,8 @@ fn check_codebook_normalise_and_gather<D: Device>(d: &D) {
     let tokens: Vec<i32> = vec![0, 36, 3, 5, 17, 17, -4, 99, 1, 2, 30];
     let tok_buf = upload_i32(d, &tokens);
     let out = poisoned(d, 2 * tokens.len() * dim);
-    let (book_ptr, tok_ptr) = (d.addr(&book_buf), d.addr(&tok_buf));
-    codebook_gather(d, d.addr(&out), book_ptr, tok_ptr, tokens.len(), dim, n).unwrap();
+    let (book_ptr, tok_ptr) = (d.slice(&book_buf), d.slice(&tok_buf));
+    codebook_gather(d, d.slice(&out), book_ptr, tok_ptr, tokens.len(), dim, n).unwrap();
     let want: Vec<f64> = tokens
         .iter()
         .flat_map(|&t| {
@@ -224,20 +225,20 @@ fn check_group_norm<D: Device>(d: &D) {
         );
         let stats = d.alloc(4 * batch * groups * 2).unwrap();
         let partial = d.alloc(4 * batch * groups * MAX_STAT_CHUNKS * 3).unwrap();
-        let map = m.device(d.addr(&src)).with_bias(d.addr(&bias_b));
+        let map = m.device(d.slice(&src)).with_bias(d.slice(&bias_b));
         for (pad, swish) in [(true, true), (false, false), (true, false)] {
             let gn = GroupNormArgs {
-                gamma: d.addr(&gamma_b),
-                beta: d.addr(&beta_b),
+                gamma: d.slice(&gamma_b),
+                beta: d.slice(&beta_b),
                 groups,
                 eps: 1e-6,
-                stats: d.addr(&stats),
-                partial: d.addr(&partial),
+                stats: d.slice(&stats),
+                partial: d.slice(&partial),
                 swish,
             };
             let n = batch * c * if pad { padded_rows(h, w) } else { h * w };
             let out = poisoned(d, 2 * n);
-            group_norm_f16(d, d.addr(&out), &map, &gn, pad).unwrap();
+            group_norm_f16(d, d.slice(&out), &map, &gn, pad).unwrap();
             let f = group_norm_ref(&m, &bias, &gamma, &beta, groups, swish);
             let want = layout(batch, h, w, c, pad, f);
             VQ_KERNEL_FP16_NORM.assert_close(
@@ -257,16 +258,16 @@ fn check_upsample_pad<D: Device>(d: &D) {
         let src = upload_f32(d, &m.data);
         let bias_b = upload_f32(d, &bias);
         for (factor, pad, with_bias) in [(2, true, true), (1, true, false), (1, false, true)] {
-            let map = m.device(d.addr(&src));
+            let map = m.device(d.slice(&src));
             let map = if with_bias {
-                map.with_bias(d.addr(&bias_b))
+                map.with_bias(d.slice(&bias_b))
             } else {
                 map
             };
             let (fh, fw) = (h * factor, w * factor);
             let n = batch * c * if pad { padded_rows(fh, fw) } else { fh * fw };
             let out = poisoned(d, 2 * n);
-            upsample_pad_f16(d, d.addr(&out), &map, factor, pad).unwrap();
+            upsample_pad_f16(d, d.slice(&out), &map, factor, pad).unwrap();
             let want = layout(batch, fh, fw, c, pad, |b, y, x, ch| {
                 let v = m.at(b, y / factor, x / factor, ch);
                 f64::from(round_f16(if with_bias { v + bias[ch] } else { v }))
@@ -367,14 +368,14 @@ fn check_conv3x3<D: Device>(d: &D) {
         let weights = upload_f16(d, &gemm_layout(&w, s.cout, s.cin, 9));
         let bias_b = upload_f32(d, &bias);
         let t = poisoned(d, 4 * s.batch * s.h * (s.w + 2) * s.cout);
-        conv3x3(d, &s, d.addr(&input), d.addr(&weights), d.addr(&t)).unwrap();
+        conv3x3(d, &s, d.slice(&input), d.slice(&weights), d.slice(&t)).unwrap();
         let map =
-            MapF32::conv_out(d.addr(&t), s.batch, s.h, s.w, s.cout).with_bias(d.addr(&bias_b));
+            MapF32::conv_out(d.slice(&t), s.batch, s.h, s.w, s.cout).with_bias(d.slice(&bias_b));
         let conv = conv_ref(&x, &w, &s, 3);
 
         // Epilogue into NHWC with the residual added in place.
         let out = upload_f32(d, &residual);
-        bias_residual(d, d.addr(&out), &map, Some(d.addr(&out)), false).unwrap();
+        bias_residual(d, d.slice(&out), &map, Some(d.slice(&out)), false).unwrap();
         let n = residual.len();
         let want: Vec<f64> = (0..n)
             .map(|i| conv[i] + f64::from(bias[i % s.cout]) + f64::from(residual[i]))
@@ -387,7 +388,7 @@ fn check_conv3x3<D: Device>(d: &D) {
 
         // Epilogue into NCHW (the decoder's image), no residual.
         let img = poisoned(d, 4 * n);
-        bias_residual(d, d.addr(&img), &map, None, true).unwrap();
+        bias_residual(d, d.slice(&img), &map, None, true).unwrap();
         let hw = s.h * s.w;
         let want: Vec<f64> = (0..n)
             .map(|i| {
@@ -422,17 +423,17 @@ fn check_conv1x1<D: Device>(d: &D) {
     let t = poisoned(d, 4 * rows * s.cout);
     conv1x1(
         d,
-        d.addr(&t),
-        d.addr(&input),
-        d.addr(&weights),
+        d.slice(&t),
+        d.slice(&input),
+        d.slice(&weights),
         rows,
         s.cin,
         s.cout,
     )
     .unwrap();
     // A compact map may be its own epilogue's output.
-    let map = MapF32::compact(d.addr(&t), 1, s.h, s.w, s.cout).with_bias(d.addr(&bias_b));
-    bias_residual(d, d.addr(&t), &map, None, false).unwrap();
+    let map = MapF32::compact(d.slice(&t), 1, s.h, s.w, s.cout).with_bias(d.slice(&bias_b));
+    bias_residual(d, d.slice(&t), &map, None, false).unwrap();
     let conv = conv_ref(&x, &w, &s, 1);
     let want: Vec<f64> = (0..conv.len())
         .map(|i| conv[i] + f64::from(bias[i % s.cout]))
@@ -459,7 +460,7 @@ fn check_softmax<D: Device>(d: &D) {
         let scores = rng.vec_f32(rows * cols, -range, range);
         let src = upload_f32(d, &scores);
         let out = poisoned(d, 2 * rows * cols);
-        softmax_rows_f16(d, d.addr(&out), d.addr(&src), rows, cols).unwrap();
+        softmax_rows_f16(d, d.slice(&out), d.slice(&src), rows, cols).unwrap();
         let want: Vec<f64> = f64s(&scores).chunks(cols).flat_map(softmax_ref).collect();
         VQ_KERNEL_FP16_OUT.assert_close(
             &format!("softmax {rows}x{cols}"),
@@ -480,9 +481,9 @@ fn check_attention<D: Device>(d: &D) {
     let qkv = poisoned(d, 2 * rows * 3 * c);
     bias_f16(
         d,
-        d.addr(&qkv),
-        d.addr(&pre_b),
-        d.addr(&bias_b),
+        d.slice(&qkv),
+        d.slice(&pre_b),
+        d.slice(&bias_b),
         rows,
         3 * c,
     )
@@ -500,7 +501,7 @@ fn check_attention<D: Device>(d: &D) {
 
     let scale = 1.0 / (c as f32).sqrt();
     let scores = poisoned(d, 4 * batch * hw * hw);
-    attention_scores(d, d.addr(&scores), d.addr(&qkv), batch, hw, c, scale).unwrap();
+    attention_scores(d, d.slice(&scores), d.slice(&qkv), batch, hw, c, scale).unwrap();
     let at = |b: usize, i: usize, part: usize, ch: usize| {
         f64::from(qkv_ref[(b * hw + i) * 3 * c + part * c + ch])
     };
@@ -520,9 +521,18 @@ fn check_attention<D: Device>(d: &D) {
     );
 
     let probs = poisoned(d, 2 * batch * hw * hw);
-    softmax_rows_f16(d, d.addr(&probs), d.addr(&scores), batch * hw, hw).unwrap();
+    softmax_rows_f16(d, d.slice(&probs), d.slice(&scores), batch * hw, hw).unwrap();
     let out = poisoned(d, 2 * rows * c);
-    attention_values(d, d.addr(&out), d.addr(&probs), d.addr(&qkv), batch, hw, c).unwrap();
+    attention_values(
+        d,
+        d.slice(&out),
+        d.slice(&probs),
+        d.slice(&qkv),
+        batch,
+        hw,
+        c,
+    )
+    .unwrap();
     let p: Vec<f64> = want_scores.chunks(hw).flat_map(softmax_ref).collect();
     let mut want = vec![0f64; rows * c];
     for b in 0..batch {
@@ -542,8 +552,12 @@ fn check_attention<D: Device>(d: &D) {
 }
 
 fn check_bad_shapes_are_errors<D: Device>(d: &D) {
+    // Views that claim enough elements, so each call fails for the reason it tests (the
+    // checks run before any launch, so nothing reads them).
     let buf = d.alloc(4096).unwrap();
-    let p = d.addr(&buf);
+    let big = 1 << 40;
+    let p = DevSlice::<f32>::from_raw(d.addr(&buf), big);
+    let h = DevSlice::<f16>::from_raw(d.addr(&buf), big);
     let gn = GroupNormArgs {
         gamma: p,
         beta: p,
@@ -554,18 +568,26 @@ fn check_bad_shapes_are_errors<D: Device>(d: &D) {
         swish: true,
     };
     let map = MapF32::compact(p, 1, 2, 2, 48); // 48 channels: not a multiple of 32 groups
-    assert!(group_norm_f16(d, p, &map, &gn, true).is_err());
+    assert!(group_norm_f16(d, h, &map, &gn, true).is_err());
     let narrow = MapF32 {
         pitch: 1,
         ..MapF32::compact(p, 1, 2, 2, 32)
     };
-    assert!(upsample_pad_f16(d, p, &narrow, 2, true).is_err());
+    assert!(upsample_pad_f16(d, h, &narrow, 2, true).is_err());
     assert!(bias_residual(d, p, &narrow, None, false).is_err());
     let huge = MapF32::compact(p, 1, 1 << 16, 1 << 16, 32); // img_stride beyond i32
     assert!(bias_residual(d, p, &huge, None, false).is_err());
     let many = MapF32::compact(p, 70_000, 1, 1, 32); // more images than a grid's y extent
-    assert!(group_norm_f16(d, p, &many, &gn, false).is_err());
+    assert!(group_norm_f16(d, h, &many, &gn, false).is_err());
     assert!(bias_residual(d, p, &many, None, false).is_err());
+    // A buffer shorter than the map is an error, not an out-of-bounds launch.
+    let short = MapF32::compact(d.slice(&buf), 2, 8, 8, 32);
+    let e = bias_residual(d, p, &short, None, false).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("the feature map holds 1024 f32 values"),
+        "{e}"
+    );
 }
 
 device_tests!(

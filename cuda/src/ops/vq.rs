@@ -15,7 +15,9 @@
 //! and sums the taps in f32. The price: the two junk columns per row (`2 / (w+2)` extra work)
 //! that the next kernel skips.
 
-use crate::device::{blocks_for, Device, KArg, LaunchConfig};
+use half::f16;
+
+use crate::device::{blocks_for, DevSlice, Device, KArg, LaunchConfig};
 use crate::error::CudaError;
 
 /// Block size of every VQ kernel (the reduction kernels assume exactly this).
@@ -26,7 +28,7 @@ const MAX_BLOCKS: u32 = 8192;
 pub const MAX_STAT_CHUNKS: usize = 64;
 /// Values per statistics slice below which no further split is made.
 const STAT_CHUNK_VALUES: usize = 4096;
-pub(super) const F16: usize = 2;
+const F16: usize = 2;
 const F32: usize = 4;
 
 /// Rows per image of the zero-padded conv input for an `h x w` map: `(h+2)(w+2)` plus 2, so the
@@ -35,11 +37,11 @@ pub fn padded_rows(h: usize, w: usize) -> usize {
     (h + 2) * (w + 2) + 2
 }
 
-/// An f32 NHWC feature map in device memory, read as `ptr[b*img_stride + (y*pitch + x)*c + ch]`
-/// plus `bias[ch]` when `bias` is not 0.
+/// An f32 NHWC feature map in device memory, read as `data[b*img_stride + (y*pitch + x)*c + ch]`
+/// plus `bias[ch]` when there is a bias.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapF32 {
-    pub ptr: u64,
+    pub data: DevSlice<f32>,
     pub batch: usize,
     pub h: usize,
     pub w: usize,
@@ -48,49 +50,62 @@ pub struct MapF32 {
     pub pitch: usize,
     /// Elements between images.
     pub img_stride: usize,
-    /// Device address of an f32 `[c]` bias added on read, or 0.
-    pub bias: u64,
+    /// An f32 `[c]` bias added on read.
+    pub bias: Option<DevSlice<f32>>,
 }
 
 impl MapF32 {
     /// A compact map `[batch, h, w, c]` without bias.
-    pub fn compact(ptr: u64, batch: usize, h: usize, w: usize, c: usize) -> Self {
+    pub fn compact(data: DevSlice<f32>, batch: usize, h: usize, w: usize, c: usize) -> Self {
         MapF32 {
-            ptr,
+            data,
             batch,
             h,
             w,
             c,
             pitch: w,
             img_stride: h * w * c,
-            bias: 0,
+            bias: None,
         }
     }
 
     /// The output of [`conv3x3`] over an `h x w` map: `[batch, h, w + 2, c]` without bias.
-    pub fn conv_out(ptr: u64, batch: usize, h: usize, w: usize, c: usize) -> Self {
+    pub fn conv_out(data: DevSlice<f32>, batch: usize, h: usize, w: usize, c: usize) -> Self {
         MapF32 {
             pitch: w + 2,
             img_stride: h * (w + 2) * c,
-            ..Self::compact(ptr, batch, h, w, c)
+            ..Self::compact(data, batch, h, w, c)
         }
     }
 
     /// The same map with `bias` (f32 `[c]`) added on read.
-    pub fn with_bias(self, bias: u64) -> Self {
-        MapF32 { bias, ..self }
+    pub fn with_bias(self, bias: DevSlice<f32>) -> Self {
+        MapF32 {
+            bias: Some(bias),
+            ..self
+        }
     }
 
-    /// The leading kernel arguments `src, bias`, and `h, w, pitch, img_stride, c`.
+    /// The leading kernel arguments `src, bias` (a null bias pointer when there is none), and
+    /// `h, w, pitch, img_stride, c`; an error when the map's layout or its buffers do not add up.
     fn args(&self) -> Result<([KArg; 2], [KArg; 5]), CudaError> {
+        const CTX: &str = "vq kernel arguments";
         if self.pitch < self.w || self.img_stride < self.h * self.pitch * self.c {
-            return Err(CudaError::call(
-                "vq kernel arguments",
-                format!("inconsistent map {self:?}"),
-            ));
+            return Err(CudaError::call(CTX, format!("inconsistent map {self:?}")));
         }
+        if self.batch > 0 {
+            let last = (self.batch - 1) * self.img_stride + self.h * self.pitch * self.c;
+            self.data.require(CTX, "the feature map", last)?;
+        }
+        let bias = match self.bias {
+            Some(b) => {
+                b.require(CTX, "the bias", self.c)?;
+                b.into()
+            }
+            None => KArg::Ptr(0),
+        };
         Ok((
-            [KArg::Ptr(self.ptr), KArg::Ptr(self.bias)],
+            [self.data.into(), bias],
             [
                 int(self.h)?,
                 int(self.w)?,
@@ -102,16 +117,16 @@ impl MapF32 {
     }
 }
 
-/// GroupNorm parameters and scratch, all device addresses: `gamma`, `beta` f32 `[c]`, `stats`
-/// f32 `[batch, groups, 2]`, `partial` f32 `[batch, groups, MAX_STAT_CHUNKS, 3]`.
+/// GroupNorm parameters and scratch: `gamma`, `beta` f32 `[c]`, `stats` f32
+/// `[batch, groups, 2]`, `partial` f32 `[batch, groups, MAX_STAT_CHUNKS, 3]`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GroupNormArgs {
-    pub gamma: u64,
-    pub beta: u64,
+    pub gamma: DevSlice<f32>,
+    pub beta: DevSlice<f32>,
     pub groups: usize,
     pub eps: f32,
-    pub stats: u64,
-    pub partial: u64,
+    pub stats: DevSlice<f32>,
+    pub partial: DevSlice<f32>,
     /// Apply swish (`x * sigmoid(x)`) after the affine.
     pub swish: bool,
 }
@@ -188,11 +203,12 @@ fn grid_dim(n: usize) -> Result<u32, CudaError> {
 /// `rows` f32 `[n, dim]` divided in place by `max(||row||, 1e-12)` (`F.normalize`).
 pub fn l2_normalize_rows<D: Device>(
     d: &D,
-    rows: u64,
+    rows: DevSlice<f32>,
     n: usize,
     dim: usize,
 ) -> Result<(), CudaError> {
-    let args = [KArg::Ptr(rows), int(n)?, int(dim)?];
+    rows.require("vq_l2_normalize_rows", "rows", n * dim)?;
+    let args = [rows.into(), int(n)?, int(dim)?];
     launch_elementwise(d, "vq_l2_normalize_rows", n, &args)
 }
 
@@ -200,17 +216,21 @@ pub fn l2_normalize_rows<D: Device>(
 /// `[n_tokens]` (ids clamped into the codebook).
 pub fn codebook_gather<D: Device>(
     d: &D,
-    out: u64,
-    codebook: u64,
-    tokens: u64,
+    out: DevSlice<f16>,
+    codebook: DevSlice<f32>,
+    tokens: DevSlice<i32>,
     n_tokens: usize,
     dim: usize,
     codebook_size: usize,
 ) -> Result<(), CudaError> {
+    const CTX: &str = "vq_codebook_gather";
+    out.require(CTX, "out", n_tokens * dim)?;
+    codebook.require(CTX, "codebook", codebook_size * dim)?;
+    tokens.require(CTX, "tokens", n_tokens)?;
     let args = [
-        KArg::Ptr(out),
-        KArg::Ptr(codebook),
-        KArg::Ptr(tokens),
+        out.into(),
+        codebook.into(),
+        tokens.into(),
         int(n_tokens)?,
         int(dim)?,
         int(codebook_size)?,
@@ -229,23 +249,29 @@ fn stat_chunks(map: &MapF32, groups: usize) -> usize {
 /// (borders included), else compact `[batch, h*w, c]`.
 pub fn group_norm_f16<D: Device>(
     d: &D,
-    out: u64,
+    out: DevSlice<f16>,
     map: &MapF32,
     gn: &GroupNormArgs,
     pad: bool,
 ) -> Result<(), CudaError> {
+    const CTX: &str = "vq group norm";
     if gn.groups == 0 || map.c % gn.groups != 0 {
         return Err(CudaError::call(
-            "vq group norm",
+            CTX,
             format!("{} channels in {} groups", map.c, gn.groups),
         ));
     }
     let (src, [h, w, pitch, stride, c]) = map.args()?;
+    gn.gamma.require(CTX, "gamma", map.c)?;
+    gn.beta.require(CTX, "beta", map.c)?;
+    gn.stats.require(CTX, "stats", map.batch * gn.groups * 2)?;
+    let partial = map.batch * gn.groups * MAX_STAT_CHUNKS * 3;
+    gn.partial.require(CTX, "partial", partial)?;
     let chunks = stat_chunks(map, gn.groups);
     int(map.h * map.w * map.c)?; // one image's values, indexed in 32 bits
     let grid = [chunks as u32, grid_dim(gn.groups)?, grid_dim(map.batch)?];
     let partial_args = [
-        KArg::Ptr(gn.partial),
+        gn.partial.into(),
         src[0],
         src[1],
         h,
@@ -262,8 +288,8 @@ pub fn group_norm_f16<D: Device>(
     )?;
     let n = map.batch * gn.groups;
     let finalize_args = [
-        KArg::Ptr(gn.stats),
-        KArg::Ptr(gn.partial),
+        gn.stats.into(),
+        gn.partial.into(),
         int(n)?,
         int(chunks)?,
         KArg::F32(gn.eps),
@@ -274,13 +300,14 @@ pub fn group_norm_f16<D: Device>(
     } else {
         map.h * map.w
     };
+    out.require(CTX, "out", map.batch * rows * map.c)?;
     let args = [
-        KArg::Ptr(out),
+        out.into(),
         src[0],
         src[1],
-        KArg::Ptr(gn.stats),
-        KArg::Ptr(gn.gamma),
-        KArg::Ptr(gn.beta),
+        gn.stats.into(),
+        gn.gamma.into(),
+        gn.beta.into(),
         h,
         w,
         pitch,
@@ -297,7 +324,7 @@ pub fn group_norm_f16<D: Device>(
 /// `pad`, else compact (factor 1 without pad converts f32 to f16).
 pub fn upsample_pad_f16<D: Device>(
     d: &D,
-    out: u64,
+    out: DevSlice<f16>,
     map: &MapF32,
     factor: usize,
     pad: bool,
@@ -305,8 +332,9 @@ pub fn upsample_pad_f16<D: Device>(
     let (src, [h, w, pitch, stride, c]) = map.args()?;
     let (fh, fw) = (map.h * factor, map.w * factor);
     let rows = if pad { padded_rows(fh, fw) } else { fh * fw };
+    out.require("vq_upsample_pad_f16", "out", map.batch * rows * map.c)?;
     let args = [
-        KArg::Ptr(out),
+        out.into(),
         src[0],
         src[1],
         h,
@@ -324,17 +352,27 @@ pub fn upsample_pad_f16<D: Device>(
 /// NCHW `[batch, c, h, w]` when `nchw`. `out` must not overlap `map` unless `map` is compact.
 pub fn bias_residual<D: Device>(
     d: &D,
-    out: u64,
+    out: DevSlice<f32>,
     map: &MapF32,
-    residual: Option<u64>,
+    residual: Option<DevSlice<f32>>,
     nchw: bool,
 ) -> Result<(), CudaError> {
+    const CTX: &str = "vq_bias_residual";
     let (src, [h, w, pitch, stride, c]) = map.args()?;
+    let n = map.batch * map.h * map.w * map.c;
+    out.require(CTX, "out", n)?;
+    let residual = match residual {
+        Some(r) => {
+            r.require(CTX, "residual", n)?;
+            r.into()
+        }
+        None => KArg::Ptr(0),
+    };
     let args = [
-        KArg::Ptr(out),
+        out.into(),
         src[0],
         src[1],
-        KArg::Ptr(residual.unwrap_or(0)),
+        residual,
         h,
         w,
         pitch,
@@ -354,33 +392,34 @@ pub fn bias_residual<D: Device>(
 /// `out` f16 `[rows, cols]` = `src` f32 `[rows, cols]` + `bias` f32 `[cols]`.
 pub fn bias_f16<D: Device>(
     d: &D,
-    out: u64,
-    src: u64,
-    bias: u64,
+    out: DevSlice<f16>,
+    src: DevSlice<f32>,
+    bias: DevSlice<f32>,
     rows: usize,
     cols: usize,
 ) -> Result<(), CudaError> {
-    let args = [
-        KArg::Ptr(out),
-        KArg::Ptr(src),
-        KArg::Ptr(bias),
-        int(rows)?,
-        int(cols)?,
-    ];
+    const CTX: &str = "vq_bias_f16";
+    out.require(CTX, "out", rows * cols)?;
+    src.require(CTX, "src", rows * cols)?;
+    bias.require(CTX, "bias", cols)?;
+    let args = [out.into(), src.into(), bias.into(), int(rows)?, int(cols)?];
     launch_elementwise(d, "vq_bias_f16", rows * cols, &args)
 }
 
 /// `out` f16 `[rows, cols]` = row-wise softmax of `scores` f32 `[rows, cols]` (f32 math).
 pub fn softmax_rows_f16<D: Device>(
     d: &D,
-    out: u64,
-    scores: u64,
+    out: DevSlice<f16>,
+    scores: DevSlice<f32>,
     rows: usize,
     cols: usize,
 ) -> Result<(), CudaError> {
+    const CTX: &str = "vq_softmax_rows_f16";
     int(rows)?; // grid.x holds up to 2^31 - 1 blocks
+    out.require(CTX, "out", rows * cols)?;
+    scores.require(CTX, "scores", rows * cols)?;
     let grid = [rows as u32, 1, 1];
-    let args = [KArg::Ptr(out), KArg::Ptr(scores), int(cols)?];
+    let args = [out.into(), scores.into(), int(cols)?];
     d.launch(
         "vq_softmax_rows_f16",
         &LaunchConfig::new(grid, [THREADS, 1, 1]),

@@ -1,8 +1,10 @@
 //! The VQ decoder's convolutions and mid-block attention as cuBLAS GEMMs (see `vq.rs` for the
 //! layouts and why a 3x3 conv is 9 shifted GEMMs).
 
-use super::vq::{padded_rows, ConvShape, F16};
-use crate::device::{DType, Device, Gemm};
+use half::f16;
+
+use super::vq::{padded_rows, ConvShape};
+use crate::device::{DType, DevSlice, Device, Gemm};
 use crate::error::CudaError;
 
 /// 3x3 conv, stride 1, zero padding 1, no bias, as 9 accumulated GEMMs (module doc):
@@ -11,13 +13,19 @@ use crate::error::CudaError;
 pub fn conv3x3<D: Device>(
     d: &D,
     s: &ConvShape,
-    input: u64,
-    weights: u64,
-    out: u64,
+    input: DevSlice<f16>,
+    weights: DevSlice<f16>,
+    out: DevSlice<f32>,
 ) -> Result<(), CudaError> {
+    const CTX: &str = "conv3x3";
     let wp = s.w + 2;
+    input.require(CTX, "input", s.batch * padded_rows(s.h, s.w) * s.cin)?;
+    weights.require(CTX, "weights", 9 * s.cin * s.cout)?;
+    out.require(CTX, "out", s.batch * s.h * wp * s.cout)?;
     for tap in 0..9 {
         let (ky, kx) = (tap / 3, tap % 3);
+        // Each tap reads the padded input shifted by whole rows; the last image's last tap stays
+        // inside its block (padded_rows), so the whole shifted view lies in `input`.
         let shift = (ky * wp + kx) * s.cin;
         d.gemm(&Gemm {
             lda: s.cin,
@@ -30,9 +38,11 @@ pub fn conv3x3<D: Device>(
                 s.h * wp,
                 s.cout,
                 s.cin,
-                input + (shift * F16) as u64,
-                weights + (tap * s.cin * s.cout * F16) as u64,
-                out,
+                input.addr() + (shift * 2) as u64,
+                weights
+                    .at(CTX, tap * s.cin * s.cout, s.cin * s.cout)?
+                    .addr(),
+                out.addr(),
                 DType::F32,
             )
         })?;
@@ -44,20 +54,24 @@ pub fn conv3x3<D: Device>(
 /// `[rows, cin]` . `weights` f16 `[cin, cout]`.
 pub fn conv1x1<D: Device>(
     d: &D,
-    out: u64,
-    input: u64,
-    weights: u64,
+    out: DevSlice<f32>,
+    input: DevSlice<f16>,
+    weights: DevSlice<f16>,
     rows: usize,
     cin: usize,
     cout: usize,
 ) -> Result<(), CudaError> {
+    const CTX: &str = "conv1x1";
+    out.require(CTX, "out", rows * cout)?;
+    input.require(CTX, "input", rows * cin)?;
+    weights.require(CTX, "weights", cin * cout)?;
     d.gemm(&Gemm::dense(
         rows,
         cout,
         cin,
-        input,
-        weights,
-        out,
+        input.addr(),
+        weights.addr(),
+        out.addr(),
         DType::F32,
     ))
 }
@@ -66,13 +80,17 @@ pub fn conv1x1<D: Device>(
 /// read from `qkv` f16 `[batch, hw, 3c]` (each row q | k | v).
 pub fn attention_scores<D: Device>(
     d: &D,
-    scores: u64,
-    qkv: u64,
+    scores: DevSlice<f32>,
+    qkv: DevSlice<f16>,
     batch: usize,
     hw: usize,
     c: usize,
     scale: f32,
 ) -> Result<(), CudaError> {
+    const CTX: &str = "attention_scores";
+    scores.require(CTX, "scores", batch * hw * hw)?;
+    qkv.require(CTX, "qkv", batch * hw * 3 * c)?;
+    let (q, k) = (qkv.addr(), qkv.at(CTX, c, 0)?.addr());
     d.gemm(&Gemm {
         lda: 3 * c,
         ldb: 3 * c,
@@ -82,7 +100,7 @@ pub fn attention_scores<D: Device>(
         stride_a: hw * 3 * c,
         stride_b: hw * 3 * c,
         stride_c: hw * hw,
-        ..Gemm::dense(hw, hw, c, qkv, qkv + (c * F16) as u64, scores, DType::F32)
+        ..Gemm::dense(hw, hw, c, q, k, scores.addr(), DType::F32)
     })
 }
 
@@ -90,27 +108,24 @@ pub fn attention_scores<D: Device>(
 /// with v read from `qkv` f16 `[batch, hw, 3c]`.
 pub fn attention_values<D: Device>(
     d: &D,
-    out: u64,
-    probs: u64,
-    qkv: u64,
+    out: DevSlice<f16>,
+    probs: DevSlice<f16>,
+    qkv: DevSlice<f16>,
     batch: usize,
     hw: usize,
     c: usize,
 ) -> Result<(), CudaError> {
+    const CTX: &str = "attention_values";
+    out.require(CTX, "out", batch * hw * c)?;
+    probs.require(CTX, "probs", batch * hw * hw)?;
+    qkv.require(CTX, "qkv", batch * hw * 3 * c)?;
+    let v = qkv.at(CTX, 2 * c, 0)?.addr();
     d.gemm(&Gemm {
         ldb: 3 * c,
         batch,
         stride_a: hw * hw,
         stride_b: hw * 3 * c,
         stride_c: hw * c,
-        ..Gemm::dense(
-            hw,
-            c,
-            hw,
-            probs,
-            qkv + (2 * c * F16) as u64,
-            out,
-            DType::F16,
-        )
+        ..Gemm::dense(hw, c, hw, probs.addr(), v, out.addr(), DType::F16)
     })
 }
