@@ -66,7 +66,7 @@ mod emu {
         for (i, file) in files.iter().enumerate() {
             let src = std::fs::read_to_string(file)
                 .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
-            let names = kernel_names(&src);
+            let names = kernels::kernel_names(&src);
             for name in &names {
                 if let Some(other) = defined_in.insert(name.to_string(), file.clone()) {
                     panic!(
@@ -162,16 +162,6 @@ mod emu {
             .unwrap_or_default();
         v.sort();
         v
-    }
-
-    /// Names declared as `KERNEL void <name>(` (the rule of `kernels::kernel_names`).
-    fn kernel_names(src: &str) -> Vec<&str> {
-        src.lines()
-            .filter_map(|l| l.trim_start().strip_prefix("KERNEL void "))
-            .filter_map(|rest| rest.split('(').next())
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .collect()
     }
 
     fn ident(file: &Path) -> String {
