@@ -8,6 +8,7 @@
 //! - [`names`]: every graph input, output and initializer name, defined once;
 //! - [`onnx_proto`] and [`initializers`]: the ONNX subset we write and a reader of a graph's
 //!   initializers (any stored precision, as f32);
+//! - [`var_config`]: VAR's architecture files and resolved config;
 //! - [`rotary`] and [`vq_plan`]: derived tables and structure both sides must agree on;
 //! - [`sampling`] and [`philox`]: the sampling options and the counter-based random stream that
 //!   the CPU and device samplers share;
@@ -24,6 +25,7 @@ pub mod rotary;
 pub mod sampling;
 pub mod site_packages;
 pub mod tensor_type;
+pub mod var_config;
 pub mod verify;
 pub mod vq_plan;
 
@@ -33,4 +35,5 @@ pub use manifest::{
     SCHEMA_VERSION,
 };
 pub use sampling::SamplingOptions;
+pub use var_config::{VaeArch, VarArch, VarConfig};
 pub use verify::{load_manifest, BundleError};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{Manifest, MANIFEST_FILE, SCHEMA_VERSION};
+use crate::manifest::{Manifest, ModelFamily, MANIFEST_FILE, SCHEMA_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -77,6 +77,19 @@ pub fn load_manifest(dir: &Path, verify_hashes: bool) -> Result<Manifest, Bundle
         path: path.clone(),
         reason: e.to_string(),
     })?;
+    let section_missing = match manifest.family {
+        ModelFamily::LlamagenC2i => manifest.gpt.is_none().then_some("gpt"),
+        ModelFamily::Var => manifest.var.is_none().then_some("var"),
+    };
+    if let Some(section) = section_missing {
+        return Err(BundleError::BadManifest {
+            path,
+            reason: format!(
+                "family '{}' needs a '{section}' section",
+                manifest.family.name()
+            ),
+        });
+    }
     for (name, entry) in &manifest.files {
         let file = dir.join(name);
         if !file.is_file() {

@@ -74,10 +74,13 @@ pub fn bench(
     let per_token_ms = median(per_token);
     let rows = req.labels.len() * if req.uses_cfg() { 2 } else { 1 };
     let device = pipeline.backend() != BackendKind::Cpu;
-    let step_bytes = device.then(|| device_step_bytes(&m.gpt, m.generation.tokens_per_image, rows));
+    let step_bytes = match (&m.gpt, device) {
+        (Some(g), true) => Some(device_step_bytes(g, m.generation.tokens_per_image, rows)),
+        _ => None,
+    };
     Ok(BenchReport {
         bundle: pipeline.dir().display().to_string(),
-        model: format!("{} + {}", m.gpt.name, m.vq.name),
+        model: format!("{} + {}", m.model_name(), m.vq.name),
         precision: m.precision,
         backend: pipeline.backend().name().to_string(),
         image_size: m.vq.image_size,

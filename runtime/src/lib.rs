@@ -22,6 +22,7 @@ mod pipeline;
 mod request;
 mod runner;
 pub mod sampler;
+mod var;
 
 pub use backend::{BackendChoice, BackendKind, CpuOptions, CudaOptions};
 pub use error::{BundleError, RuntimeError};

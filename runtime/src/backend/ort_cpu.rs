@@ -42,7 +42,7 @@ struct IoNames {
 
 /// How a session plans its activation memory.
 #[derive(Clone, Copy)]
-enum Activations {
+pub(crate) enum Activations {
     /// Memory patterns on: best for the small, repeated GPT step.
     Planned,
     /// Memory patterns off: the VQ decoder's activations are ~100 MB at 256 px, and the
@@ -51,7 +51,11 @@ enum Activations {
     Arena,
 }
 
-fn session(path: &Path, threads: usize, activations: Activations) -> Result<Session, RuntimeError> {
+pub(crate) fn session(
+    path: &Path,
+    threads: usize,
+    activations: Activations,
+) -> Result<Session, RuntimeError> {
     let env = crate::ort_env::environment()?;
     let ctx = || format!("loading {}", path.display());
     let err = |e: &dyn std::fmt::Display| RuntimeError::ort(ctx(), e);
@@ -75,7 +79,8 @@ impl OrtCpu {
                 .unwrap_or(1)
         });
         let graph = |role| m.graph(dir, role).map(|g| dir.join(&g.file));
-        let layers = m.gpt.n_layer;
+        let config = m.gpt()?.clone();
+        let layers = config.n_layer;
         let gpt = session(&graph(GraphRole::GptStep)?, threads, Activations::Planned)?;
         let vq = session(&graph(GraphRole::VqDecoder)?, threads, Activations::Arena)?;
         let probes = |s: &Session| -> Vec<String> {
@@ -91,8 +96,8 @@ impl OrtCpu {
             gpt: Mutex::new(gpt),
             vq: Mutex::new(vq),
             layers,
-            vocab: m.gpt.vocab_size,
-            config: m.gpt.clone(),
+            vocab: m.vocab_size(),
+            config,
             names: IoNames {
                 past_key: (0..layers).map(io_names::past_key).collect(),
                 past_value: (0..layers).map(io_names::past_value).collect(),
@@ -103,7 +108,7 @@ impl OrtCpu {
     }
 }
 
-fn tensor<'a, T>(
+pub(crate) fn tensor<'a, T>(
     shape: Vec<usize>,
     data: &'a [T],
     what: &str,
