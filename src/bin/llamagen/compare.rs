@@ -25,7 +25,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let req = a.run.request();
+    let req = a.run.request(&a.run.manifest()?);
     // Check the request and that both bundles hold one model before the (slow) loads.
     let low_manifest = load_manifest(&a.run.bundle, false)?;
     let ref_manifest = load_manifest(&a.reference, false)?;
