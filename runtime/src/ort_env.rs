@@ -2,7 +2,8 @@
 //!
 //! Order: `ORT_DYLIB_PATH`; then `onnxruntime/capi/libonnxruntime.so*` of a pip-installed
 //! `onnxruntime` in the usual site-packages folders (virtualenv, user, system, pyenv); then the
-//! folder reported by `python3 -c "import onnxruntime"` (only to locate the file). One ONNX
+//! folder reported by `python3 -I -c "import onnxruntime"` (only to locate the file; isolated
+//! and run from the temporary folder, so no `onnxruntime.py` of the current directory runs). One ONNX
 //! Runtime environment per process, created on first use.
 
 use std::path::{Path, PathBuf};
@@ -73,11 +74,20 @@ fn lib_in_package(pkg: &Path) -> Option<PathBuf> {
 }
 
 fn python_reported_package() -> Option<PathBuf> {
+    python_reported_package_from(&std::env::temp_dir())
+}
+
+/// Asks `python3` where `onnxruntime` is, run from `cwd` in isolated mode (`-I`: neither the
+/// current directory nor PYTHON* variables nor the user site enter `sys.path`; the user site is
+/// searched directly by `site_packages::dirs`), so a planted `./onnxruntime.py` never runs.
+fn python_reported_package_from(cwd: &Path) -> Option<PathBuf> {
     let out = std::process::Command::new("python3")
         .args([
+            "-I",
             "-c",
             "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
         ])
+        .current_dir(cwd)
         .output()
         .ok()?;
     if !out.status.success() {
@@ -85,4 +95,30 @@ fn python_reported_package() -> Option<PathBuf> {
     }
     let dir = String::from_utf8(out.stdout).ok()?;
     lib_in_package(Path::new(dir.trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Issue 11: `python3 -c "import onnxruntime"` ran from the current directory, so a
+    /// planted `./onnxruntime.py` executed. Isolated mode must not import it even when run from
+    /// that very folder.
+    #[test]
+    fn python_probe_ignores_a_planted_onnxruntime_py() {
+        let dir = std::env::temp_dir().join(format!("llamagen-plant-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let marker = dir.join("planted-ran");
+        let _ = std::fs::remove_file(&marker);
+        std::fs::write(
+            dir.join("onnxruntime.py"),
+            format!(
+                "open({:?}, 'w').write('x')\n__file__ = '/nonexistent/onnxruntime/__init__.py'\n",
+                marker.display().to_string()
+            ),
+        )
+        .unwrap();
+        let _ = super::python_reported_package_from(&dir);
+        let ran = marker.exists();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!ran, "the planted onnxruntime.py was executed");
+    }
 }
