@@ -13,7 +13,9 @@
 //!   the CPU and device samplers share;
 //! - [`site_packages`]: where pip-installed native libraries live, for every backend's finder.
 
+pub mod check;
 pub mod config;
+pub mod confine;
 pub mod files;
 pub mod initializers;
 pub mod manifest;
