@@ -197,8 +197,8 @@ fn bad_request_values_are_one_line_errors() {
             &["--labels", "3", "--top-k", "100", "--top-p", "1.5"],
             &["top_p", "1.5"],
         ),
-        // The official default top-k (2000) exceeds this vocabulary.
-        (&["--labels", "3"], &["top_k", "2000", "512"]),
+        // An explicit top-k above the vocabulary (a default one is clamped to it).
+        (&["--labels", "3", "--top-k", "2000"], &["top_k", "2000", "512"]),
     ];
     for (extra, needles) in cases {
         let mut args = vec!["generate", "--bundle", &b, "--out", &o];
@@ -543,9 +543,12 @@ fn bundles_without_a_family_are_c2i() {
     assert_eq!(got, want);
 }
 
-/// Rewrites `bundle`'s bundle.yaml with `edit` (bundle.yaml is not among the hashed files).
+/// Rewrites `bundle`'s bundle.yaml with `edit` (given the body without its digest line) and
+/// seals it again, as a writer of a hostile bundle would.
 fn edit_manifest(bundle: &Path, edit: impl FnOnce(&str) -> String) {
+    use llamagen_compiler::bundle::verify::{seal_manifest, unseal_manifest};
     let path = bundle.join("bundle.yaml");
     let yaml = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, edit(&yaml)).unwrap();
+    let body = unseal_manifest(&path, &yaml).expect("a sealed manifest");
+    std::fs::write(&path, seal_manifest(&edit(body))).unwrap();
 }

@@ -42,6 +42,7 @@ fn cpu_decode(bundle: &Path, tokens: &[i64], per: usize) -> Vec<Vec<f32>> {
 fn device_decoder(d: &EmuDevice, bundle: &Path, m: &Manifest) -> VqDecoder<EmuDevice> {
     let w = BundleWeights::open(
         bundle,
+        m,
         &m.graphs[&llamagen_compiler::bundle::GraphRole::VqDecoder],
     )
     .expect("bundle weights");

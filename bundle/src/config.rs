@@ -38,6 +38,11 @@ pub struct VqArch {
     pub downsample: usize,
 }
 
+/// Largest model width (`dim`, `ch`, embedding dims) an architecture may have.
+pub const MAX_DIM: usize = 1 << 16;
+/// Most transformer layers an architecture may have.
+pub const MAX_LAYERS: usize = 1024;
+
 /// `find_multiple` of the official code: n rounded up to a multiple of k.
 pub fn find_multiple(n: usize, k: usize) -> usize {
     n.div_ceil(k) * k
@@ -76,11 +81,40 @@ impl GptConfig {
         cls_token_num: usize,
         block_size: usize,
     ) -> Result<Self, ConfigError> {
+        use crate::check::{MAX_COND_TOKENS, MAX_IMAGE_SIZE, MAX_NUM_CLASSES, MAX_VOCAB};
+        let max_tokens = (MAX_IMAGE_SIZE / 2) * (MAX_IMAGE_SIZE / 2);
+        if block_size > max_tokens {
+            return Err(ConfigError::InvalidOption {
+                option: "--image-size",
+                reason: format!("{block_size} image tokens is over the limit {max_tokens}"),
+            });
+        }
         let grid = (block_size as f64).sqrt().round() as usize;
         if grid * grid != block_size || block_size == 0 {
             return Err(ConfigError::InvalidOption {
                 option: "--image-size",
                 reason: format!("{block_size} image tokens is not a square grid"),
+            });
+        }
+        for (field, v) in [
+            ("n_layer", arch.n_layer),
+            ("n_head", arch.n_head),
+            ("dim", arch.dim),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Config {
+                    path: arch.name.clone(),
+                    reason: format!("{field} must be at least 1"),
+                });
+            }
+        }
+        if arch.dim > MAX_DIM || arch.n_layer > MAX_LAYERS {
+            return Err(ConfigError::Config {
+                path: arch.name.clone(),
+                reason: format!(
+                    "dim {} / n_layer {} over the limits {MAX_DIM} / {MAX_LAYERS}",
+                    arch.dim, arch.n_layer
+                ),
             });
         }
         if arch.dim % arch.n_head != 0 || (arch.dim / arch.n_head) % 4 != 0 {
@@ -101,6 +135,18 @@ impl GptConfig {
                 return Err(ConfigError::InvalidOption {
                     option,
                     reason: "must be at least 1".into(),
+                });
+            }
+        }
+        for (option, v, limit) in [
+            ("--codebook-size", vocab_size, MAX_VOCAB),
+            ("--num-classes", num_classes, MAX_NUM_CLASSES),
+            ("--cls-token-num", cls_token_num, MAX_COND_TOKENS),
+        ] {
+            if v > limit {
+                return Err(ConfigError::InvalidOption {
+                    option,
+                    reason: format!("{v} is over the limit {limit}"),
                 });
             }
         }
@@ -131,15 +177,63 @@ impl GptConfig {
         (self.block_size as f64).sqrt().round() as usize
     }
 
-    /// Number of weights (parameters) of the graph's initializers, for progress and sizes.
-    pub fn parameter_count(&self) -> usize {
+    /// Number of weights (parameters) of the graph's initializers, for progress and sizes;
+    /// `None` when it overflows.
+    pub fn checked_parameter_count(&self) -> Option<usize> {
         let d = self.dim;
-        let per_layer = d * (self.n_head + 2 * self.n_kv_head) * self.head_dim
-            + d * d
-            + 3 * d * self.ffn_hidden
-            + 2 * d;
-        self.n_layer * per_layer + (self.vocab_size + self.class_rows) * d + d + d * self.vocab_size
+        let qkv = d
+            .checked_mul(self.n_head.checked_add(self.n_kv_head.checked_mul(2)?)?)?
+            .checked_mul(self.head_dim)?;
+        let per_layer = qkv
+            .checked_add(d.checked_mul(d)?)?
+            .checked_add(d.checked_mul(3)?.checked_mul(self.ffn_hidden)?)?
+            .checked_add(d.checked_mul(2)?)?;
+        let embeddings = self
+            .vocab_size
+            .checked_add(self.class_rows)?
+            .checked_mul(d)?;
+        self.n_layer
+            .checked_mul(per_layer)?
+            .checked_add(embeddings)?
+            .checked_add(d)?
+            .checked_add(d.checked_mul(self.vocab_size)?)
     }
+
+    /// [`Self::checked_parameter_count`], saturating (for display).
+    pub fn parameter_count(&self) -> usize {
+        self.checked_parameter_count().unwrap_or(usize::MAX)
+    }
+}
+
+/// Most ResnetBlocks per VQ decoder level.
+pub const MAX_RES_BLOCKS: usize = 64;
+
+/// Why VQ widths are refused: a level's channels `ch * ch_mult[i]` or `z_channels` over
+/// [`MAX_DIM`] (or overflowing), or more than [`MAX_RES_BLOCKS`] blocks per level.
+pub fn vq_width_problem(
+    ch: usize,
+    ch_mult: &[usize],
+    z_channels: usize,
+    num_res_blocks: usize,
+) -> Option<String> {
+    if num_res_blocks > MAX_RES_BLOCKS {
+        return Some(format!(
+            "num_res_blocks {num_res_blocks} is over the limit {MAX_RES_BLOCKS}"
+        ));
+    }
+    if z_channels > MAX_DIM {
+        return Some(format!(
+            "z_channels {z_channels} is over the limit {MAX_DIM}"
+        ));
+    }
+    for &m in ch_mult {
+        if ch.checked_mul(m).is_none_or(|c| c > MAX_DIM) {
+            return Some(format!(
+                "ch {ch} * ch_mult {m} is over the limit {MAX_DIM} channels"
+            ));
+        }
+    }
+    None
 }
 
 /// A resolved VQ decoder.
@@ -173,6 +267,56 @@ impl VqConfig {
         codebook_embed_dim: usize,
         image_size: usize,
     ) -> Result<Self, ConfigError> {
+        if arch.downsample == 0 {
+            return Err(ConfigError::Config {
+                path: arch.name.clone(),
+                reason: "downsample must be at least 1".into(),
+            });
+        }
+        let levels = arch.ch_mult.len();
+        if levels > crate::check::MAX_VQ_LEVELS {
+            return Err(ConfigError::Config {
+                path: arch.name.clone(),
+                reason: format!(
+                    "{levels} ch_mult entries, over the limit {}",
+                    crate::check::MAX_VQ_LEVELS
+                ),
+            });
+        }
+        if arch.ch == 0 || arch.z_channels == 0 || arch.ch_mult.contains(&0) {
+            return Err(ConfigError::Config {
+                path: arch.name.clone(),
+                reason: "ch, z_channels and every ch_mult entry must be at least 1".into(),
+            });
+        }
+        if let Some(reason) =
+            vq_width_problem(arch.ch, &arch.ch_mult, arch.z_channels, arch.num_res_blocks)
+        {
+            return Err(ConfigError::Config {
+                path: arch.name.clone(),
+                reason,
+            });
+        }
+        if image_size > crate::check::MAX_IMAGE_SIZE {
+            return Err(ConfigError::InvalidOption {
+                option: "--image-size",
+                reason: format!(
+                    "{image_size} is over the limit {}",
+                    crate::check::MAX_IMAGE_SIZE
+                ),
+            });
+        }
+        for (option, v, limit) in [
+            ("--codebook-size", codebook_size, crate::check::MAX_VOCAB),
+            ("--codebook-embed-dim", codebook_embed_dim, MAX_DIM),
+        ] {
+            if v == 0 || v > limit {
+                return Err(ConfigError::InvalidOption {
+                    option,
+                    reason: format!("{v} must be in 1..={limit}"),
+                });
+            }
+        }
         if image_size == 0 {
             return Err(ConfigError::InvalidOption {
                 option: "--image-size",
@@ -188,7 +332,6 @@ impl VqConfig {
                 ),
             });
         }
-        let levels = arch.ch_mult.len();
         if levels == 0 || 1usize << (levels - 1) != arch.downsample {
             return Err(ConfigError::Config {
                 path: arch.name.clone(),

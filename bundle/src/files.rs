@@ -17,8 +17,8 @@ pub enum WriteError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid option --out: {path} exists and is not a bundle; refusing to replace it")]
-    NotABundle { path: PathBuf },
+    #[error("invalid option --out: {path} exists and is not a complete, valid bundle ({reason}); refusing to replace it")]
+    NotABundle { path: PathBuf, reason: String },
     #[error("internal error: unexpected file {path}")]
     FileName { path: PathBuf },
     #[error("internal error: manifest serialisation: {0}")]
@@ -34,12 +34,37 @@ impl WriteError {
     }
 }
 
-/// Refuses an output path that exists and is not a bundle (never overwrite user data).
+/// Refuses an output path that exists and is not a complete, valid bundle: a folder holding
+/// `bundle.yaml` and exactly the files it lists, every one verified (never overwrite user
+/// data). The refusal names the files that are not the bundle's.
 pub fn check_out(out: &Path) -> Result<(), WriteError> {
-    if out.exists() && !out.join(MANIFEST_FILE).is_file() {
-        return Err(WriteError::NotABundle {
-            path: out.to_path_buf(),
-        });
+    let refuse = |reason: String| WriteError::NotABundle {
+        path: out.to_path_buf(),
+        reason,
+    };
+    let meta = match std::fs::symlink_metadata(out) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(WriteError::io(out, e)),
+    };
+    if !meta.is_dir() {
+        return Err(refuse("not a folder".into()));
+    }
+    let mut present = Vec::new();
+    for entry in std::fs::read_dir(out).map_err(|e| WriteError::io(out, e))? {
+        let entry = entry.map_err(|e| WriteError::io(out, e))?;
+        present.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    if !present.iter().any(|n| n == MANIFEST_FILE) {
+        return Err(refuse(format!("no {MANIFEST_FILE}; it holds {present:?}")));
+    }
+    let manifest = crate::verify::load_manifest(out, true).map_err(|e| refuse(e.to_string()))?;
+    let extra: Vec<&String> = present
+        .iter()
+        .filter(|n| *n != MANIFEST_FILE && !manifest.files.contains_key(n.as_str()))
+        .collect();
+    if !extra.is_empty() {
+        return Err(refuse(format!("files not in the bundle: {extra:?}")));
     }
     Ok(())
 }
@@ -69,14 +94,16 @@ pub fn hash_files(dir: &Path) -> Result<BTreeMap<String, FileEntry>, WriteError>
             BundleError::Io { path, source } => WriteError::Io { path, source },
             other => WriteError::Serialize(other.to_string()),
         })?;
-        files.insert(name, FileEntry { sha256, bytes });
+        files.insert(name, FileEntry::new(sha256, bytes));
     }
     Ok(files)
 }
 
-/// Writes `dir/bundle.yaml` (through a temporary file and a rename).
+/// Writes `dir/bundle.yaml` (through a temporary file and a rename), sealed with its digest
+/// line (`manifest_sha256`, see [`crate::verify::seal_manifest`]).
 pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), WriteError> {
     let yaml = serde_yaml::to_string(manifest).map_err(|e| WriteError::Serialize(e.to_string()))?;
+    let yaml = crate::verify::seal_manifest(&yaml);
     let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
     std::fs::write(&tmp, yaml).map_err(|e| WriteError::io(&tmp, e))?;
     let path = dir.join(MANIFEST_FILE);

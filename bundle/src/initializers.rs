@@ -6,13 +6,11 @@
 //! dequantized along the axis its `DequantizeLinear` node names.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use prost::Message;
-
-use crate::manifest::GraphEntry;
-use crate::onnx_proto::{self as proto, data_type, ModelProto, TensorProto};
+use crate::confine::OpenedFile;
+use crate::manifest::{GraphEntry, Manifest};
+use crate::onnx_proto::{self as proto, data_type, TensorProto};
 use crate::verify::BundleError;
 
 /// A tensor on the host: row-major `dims`, f32 values.
@@ -32,19 +30,16 @@ pub struct Initializers {
 }
 
 impl Initializers {
-    /// Initializers of `graph` (an entry of the manifest's `graphs`) in bundle `dir`.
-    pub fn open(dir: &Path, graph: &GraphEntry) -> Result<Self, BundleError> {
-        let onnx = dir.join(&graph.file);
-        let io = |source| BundleError::Io {
-            path: onnx.clone(),
-            source,
-        };
-        let bytes = std::fs::read(&onnx).map_err(io)?;
-        let model = ModelProto::decode(bytes.as_slice())
-            .map_err(|e| bad(&onnx, format!("not an ONNX model: {e}")))?;
-        let g = model
-            .graph
-            .ok_or_else(|| bad(&onnx, "the model has no graph".into()))?;
+    /// Initializers of `graph` (an entry of `m.graphs`) in bundle `dir`. Every file is opened
+    /// once, confined to the bundle and listed in `m.files`, with the size (and, for a manifest
+    /// from [`crate::load_manifest`], the identity) the loader verified; the graph is read
+    /// through that handle and the weights are mapped from it.
+    pub fn open(dir: &Path, m: &Manifest, graph: &GraphEntry) -> Result<Self, BundleError> {
+        let source = dir.join(crate::manifest::MANIFEST_FILE);
+        let opened = OpenedFile::open(dir, m, &source, &graph.file)?;
+        let onnx = opened.path.clone();
+        let g = crate::verify::decode_graph(&onnx, &opened.read_all()?)?;
+        crate::verify::check_external_data(dir, m, &onnx, &g)?;
         let mut dequant_axis = HashMap::new();
         for node in g.node.iter().filter(|n| n.op_type == "DequantizeLinear") {
             let axis = node
@@ -65,15 +60,23 @@ impl Initializers {
             let location = external_field(t, "location")
                 .ok_or_else(|| bad(&onnx, format!("{}: external data without location", t.name)))?;
             if !external.contains_key(location) {
-                let path = dir.join(location);
-                let file = File::open(&path).map_err(|source| BundleError::Io {
-                    path: path.clone(),
-                    source,
+                let weights = OpenedFile::open(dir, m, &onnx, location)?;
+                // SAFETY: the map is of the handle whose size and identity were just checked
+                // against what the loader verified; a writer changing the file while it is
+                // mapped is outside what a read-only bundle promises (and changes its ctime).
+                let map = unsafe { memmap2::Mmap::map(&weights.file) }.map_err(|source| {
+                    BundleError::Io {
+                        path: weights.path.clone(),
+                        source,
+                    }
                 })?;
-                // SAFETY: the bundle's weights file is read-only input; a concurrent writer
-                // would be a user error the sha256 check on load is there to catch.
-                let map = unsafe { memmap2::Mmap::map(&file) }
-                    .map_err(|source| BundleError::Io { path, source })?;
+                if map.len() as u64 != weights.stamp.len {
+                    return Err(BundleError::SizeMismatch {
+                        file: weights.path,
+                        expected: weights.stamp.len,
+                        got: map.len() as u64,
+                    });
+                }
                 external.insert(location.to_string(), map);
             }
         }
@@ -195,8 +198,14 @@ impl Initializers {
                 })
         };
         let location = external_field(t, "location").unwrap_or_default();
-        let map = &self.external[location];
-        let (offset, length) = (field("offset")? as usize, field("length")? as usize);
+        let map = self.external.get(location).ok_or_else(|| {
+            bad(
+                &self.onnx,
+                format!("{}: no external file {location}", t.name),
+            )
+        })?;
+        let as_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        let (offset, length) = (as_usize(field("offset")?), as_usize(field("length")?));
         map.get(offset..offset.saturating_add(length))
             .ok_or_else(|| {
                 bad(
@@ -204,7 +213,7 @@ impl Initializers {
                     format!(
                         "{}: bytes {offset}..{} lie outside {location} ({} bytes)",
                         t.name,
-                        offset + length,
+                        offset.saturating_add(length),
                         map.len()
                     ),
                 )

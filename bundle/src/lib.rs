@@ -14,7 +14,10 @@
 //!   the CPU and device samplers share;
 //! - [`site_packages`]: where pip-installed native libraries live, for every backend's finder.
 
+pub mod check;
+pub mod check_var;
 pub mod config;
+pub mod confine;
 pub mod files;
 pub mod initializers;
 pub mod manifest;

@@ -229,10 +229,32 @@ impl IoSpec {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FileEntry {
     pub sha256: String,
     pub bytes: u64,
+    /// Identity of the file when [`crate::load_manifest`] checked it (never serialised):
+    /// later opens must find the same file ([`crate::confine::OpenedFile`]).
+    #[serde(skip)]
+    pub verified: Option<crate::confine::FileStamp>,
+}
+
+impl FileEntry {
+    pub fn new(sha256: String, bytes: u64) -> Self {
+        FileEntry {
+            sha256,
+            bytes,
+            verified: None,
+        }
+    }
+}
+
+/// Entries are equal when their recorded hash and size are (the load-time stamp is not part of
+/// the bundle).
+impl PartialEq for FileEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.sha256 == other.sha256 && self.bytes == other.bytes
+    }
 }
 
 impl Manifest {
@@ -294,8 +316,11 @@ impl Manifest {
         }
     }
 
-    /// Total size of the bundle's files on disk (the manifest excluded).
+    /// Total size of the bundle's files on disk (the manifest excluded); saturates (the
+    /// loader refuses manifests whose sizes overflow).
     pub fn total_bytes(&self) -> u64 {
-        self.files.values().map(|f| f.bytes).sum()
+        self.files
+            .values()
+            .fold(0u64, |acc, f| acc.saturating_add(f.bytes))
     }
 }

@@ -90,3 +90,16 @@ pub mod vq {
     /// The codebook, L2-normalised at compile time, f32 `[codebook_size, embed_dim]`.
     pub const NORMALIZED_CODEBOOK: &str = "quantize.embedding.normalized";
 }
+
+/// Initializer names of the VAR graphs that readers check or load by name. Linear weights are
+/// stored transposed (`<key>.T`) like the GPT's; the rest keep their checkpoint keys.
+pub mod var {
+    /// `class_emb.weight`, `[num_classes + 1, C]` (in `var_step` and `var_embed`).
+    pub const CLASS_EMB: &str = "class_emb.weight";
+    /// The logits projection `head.weight`, stored `[C, V]`.
+    pub const HEAD: &str = "head.weight.T";
+    /// The VQVAE codebook, `[V, Cvae]`, used raw (in `var_embed`).
+    pub const CODEBOOK: &str = "quantize.embedding.weight";
+    /// `lvl_embed(lvl_1L) + pos_1LC`, plus `pos_start` on the first scale, `[tokens, C]`.
+    pub const POSITIONS: &str = "var.positions";
+}

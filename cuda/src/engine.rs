@@ -57,12 +57,12 @@ impl<D: Device> Engine<D> {
         let t0 = Instant::now();
         let gpt = GptWeights::load(
             &device,
-            &BundleWeights::open(dir, m.graph(dir, GraphRole::GptStep)?)?,
+            &BundleWeights::open(dir, m, m.graph(dir, GraphRole::GptStep)?)?,
             m.gpt()?,
         )?;
         let vq = VqDecoder::load(
             &device,
-            &BundleWeights::open(dir, m.graph(dir, GraphRole::VqDecoder)?)?,
+            &BundleWeights::open(dir, m, m.graph(dir, GraphRole::VqDecoder)?)?,
             &m.vq,
         )?;
         tracing::info!(

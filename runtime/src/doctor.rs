@@ -52,7 +52,8 @@ pub fn report() -> Report {
         },
     };
     let (cuda_checks, cuda) = crate::backend::cuda_checks();
-    let mut checks = vec![ort];
+    let int8 = int8_speed(ort.ok);
+    let mut checks = vec![ort, int8];
     checks.extend(cuda_checks);
     Report {
         checks,
@@ -71,6 +72,31 @@ pub fn report() -> Report {
 /// (no `cuda` feature, no NVRTC); per-file failures are in the results.
 pub fn compile_kernels(archs: &[String]) -> Result<Vec<KernelCheck>, RuntimeError> {
     crate::backend::compile_cuda_kernels(archs)
+}
+
+/// Whether int8 bundles run fast on the loaded ONNX Runtime (see
+/// [`crate::ort_env::INT8_FAST_SINCE`]).
+fn int8_speed(ort_ok: bool) -> Check {
+    let name = "ort-int8";
+    let Some(version) = ort_ok.then(crate::ort_env::library_version).flatten() else {
+        return Check {
+            name,
+            ok: false,
+            detail: "ONNX Runtime version unknown".into(),
+        };
+    };
+    match crate::ort_env::slow_precision_warning(llamagen_bundle::Precision::Int8, &version) {
+        None => Check {
+            name,
+            ok: true,
+            detail: format!("ONNX Runtime {version}: int8 bundles run at full speed"),
+        },
+        Some(warning) => Check {
+            name,
+            ok: false,
+            detail: warning,
+        },
+    }
 }
 
 fn onnx_runtime() -> Check {

@@ -7,7 +7,6 @@
 //! truncate). [`make_grid`] tiles equally sized RGB images like torchvision's `make_grid`, and
 //! [`write_png`] writes 8-bit RGB PNGs.
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -163,14 +162,18 @@ pub fn write_png(path: &Path, rgb: &[u8], w: usize, h: usize) -> Result<(), Imag
         path: path.to_path_buf(),
         source,
     };
-    let mut out = BufWriter::new(File::create(path).map_err(io_err)?);
-    let mut enc = png::Encoder::new(&mut out, w32, h32);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut writer = enc.write_header().map_err(enc_err)?;
-    writer.write_image_data(rgb).map_err(enc_err)?;
-    writer.finish().map_err(enc_err)?;
-    out.flush().map_err(io_err)
+    let tmp = crate::out_file::temp_beside(path).map_err(io_err)?;
+    {
+        let mut out = BufWriter::new(tmp.as_file());
+        let mut enc = png::Encoder::new(&mut out, w32, h32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header().map_err(enc_err)?;
+        writer.write_image_data(rgb).map_err(enc_err)?;
+        writer.finish().map_err(enc_err)?;
+        out.flush().map_err(io_err)?;
+    }
+    crate::out_file::persist(tmp, path).map_err(io_err)
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod image;
 pub mod kv_cache;
 pub mod npy;
 pub mod ort_env;
+mod out_file;
 mod pipeline;
 mod request;
 mod runner;

@@ -109,7 +109,7 @@ fn write_raw(
     descr: &str,
     shape: &[usize],
     len: usize,
-    write_data: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+    write_data: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>,
 ) -> Result<(), NpyError> {
     let expected = shape_numel(shape).unwrap_or(usize::MAX);
     if expected != len {
@@ -151,11 +151,15 @@ fn write_raw(
         path: path.to_path_buf(),
         source,
     };
-    let mut out = BufWriter::new(File::create(path).map_err(io_err)?);
-    out.write_all(&pre).map_err(io_err)?;
-    out.write_all(header.as_bytes()).map_err(io_err)?;
-    write_data(&mut out).map_err(io_err)?;
-    out.flush().map_err(io_err)
+    let tmp = crate::out_file::temp_beside(path).map_err(io_err)?;
+    {
+        let mut out = BufWriter::new(tmp.as_file());
+        out.write_all(&pre).map_err(io_err)?;
+        out.write_all(header.as_bytes()).map_err(io_err)?;
+        write_data(&mut out).map_err(io_err)?;
+        out.flush().map_err(io_err)?;
+    }
+    crate::out_file::persist(tmp, path).map_err(io_err)
 }
 
 /// Write `data` (C order) with `shape` as little-endian int64 (`<i8`).

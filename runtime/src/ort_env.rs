@@ -2,7 +2,8 @@
 //!
 //! Order: `ORT_DYLIB_PATH`; then `onnxruntime/capi/libonnxruntime.so*` of a pip-installed
 //! `onnxruntime` in the usual site-packages folders (virtualenv, user, system, pyenv); then the
-//! folder reported by `python3 -c "import onnxruntime"` (only to locate the file). One ONNX
+//! folder reported by `python3 -I -c "import onnxruntime"` (only to locate the file; isolated
+//! and run from the temporary folder, so no `onnxruntime.py` of the current directory runs). One ONNX
 //! Runtime environment per process, created on first use.
 
 use std::path::{Path, PathBuf};
@@ -46,6 +47,76 @@ pub fn library_path() -> Option<PathBuf> {
     }
 }
 
+/// Version of the loaded ONNX Runtime library (`1.31.1`), from its `OrtGetApiBase`; `None`
+/// before it is loaded or when the library does not say.
+pub fn library_version() -> Option<String> {
+    static VERSION: OnceLock<Option<String>> = OnceLock::new();
+    let path = library_path()?;
+    VERSION.get_or_init(|| version_of(&path)).clone()
+}
+
+fn version_of(path: &Path) -> Option<String> {
+    #[repr(C)]
+    struct OrtApiBase {
+        get_api: unsafe extern "C" fn(u32) -> *const std::ffi::c_void,
+        get_version_string: unsafe extern "C" fn() -> *const std::ffi::c_char,
+    }
+    // SAFETY: the library is ONNX Runtime, already loaded by `environment()` (this only takes
+    // another reference); `OrtGetApiBase` is its stable C entry point returning a static
+    // struct whose second member returns a static NUL-terminated string.
+    unsafe {
+        let lib = libloading::Library::new(path).ok()?;
+        let get_base: libloading::Symbol<unsafe extern "C" fn() -> *const OrtApiBase> =
+            lib.get(b"OrtGetApiBase\0").ok()?;
+        let base = get_base();
+        if base.is_null() {
+            return None;
+        }
+        let s = ((*base).get_version_string)();
+        if s.is_null() {
+            return None;
+        }
+        Some(std::ffi::CStr::from_ptr(s).to_string_lossy().into_owned())
+    }
+}
+
+/// The oldest ONNX Runtime whose CPU int8 path (DequantizeLinear feeding MatMul/Conv) we
+/// measured fast: int8 GPT-B ran 0.45x the fp32 time on 1.31.1 and 12.8x on 1.23.2 (see the
+/// README's "Hostile input and limits"). Older versions get a warning for int8 bundles.
+pub const INT8_FAST_SINCE: (u32, u32) = (1, 31);
+
+/// (major, minor) of a version string such as `1.31.1`.
+pub fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let mut it = v.trim().split('.');
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// A warning when bundles of `precision` run slowly on ONNX Runtime `version` (int8 before
+/// [`INT8_FAST_SINCE`]), else `None`.
+pub fn slow_precision_warning(
+    precision: llamagen_bundle::Precision,
+    version: &str,
+) -> Option<String> {
+    if precision != llamagen_bundle::Precision::Int8 {
+        return None;
+    }
+    let (major, minor) = INT8_FAST_SINCE;
+    match parse_version(version) {
+        Some(v) if v >= INT8_FAST_SINCE => None,
+        Some(_) => Some(format!(
+            "ONNX Runtime {version} runs int8 bundles slowly on the CPU (measured 12.8x the fp32 \
+             time on 1.23.2, 0.45x on 1.31.1); use ONNX Runtime >= {major}.{minor} or an fp32/fp16 \
+             bundle"
+        )),
+        None => Some(format!(
+            "ONNX Runtime version '{version}' is not recognised; int8 bundles are slow before \
+             {major}.{minor}"
+        )),
+    }
+}
+
 /// Where the library would be loaded from, without loading it.
 pub fn find_library() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
@@ -73,11 +144,20 @@ fn lib_in_package(pkg: &Path) -> Option<PathBuf> {
 }
 
 fn python_reported_package() -> Option<PathBuf> {
+    python_reported_package_from(&std::env::temp_dir())
+}
+
+/// Asks `python3` where `onnxruntime` is, run from `cwd` in isolated mode (`-I`: neither the
+/// current directory nor PYTHON* variables nor the user site enter `sys.path`; the user site is
+/// searched directly by `site_packages::dirs`), so a planted `./onnxruntime.py` never runs.
+fn python_reported_package_from(cwd: &Path) -> Option<PathBuf> {
     let out = std::process::Command::new("python3")
         .args([
+            "-I",
             "-c",
             "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
         ])
+        .current_dir(cwd)
         .output()
         .ok()?;
     if !out.status.success() {
@@ -85,4 +165,53 @@ fn python_reported_package() -> Option<PathBuf> {
     }
     let dir = String::from_utf8(out.stdout).ok()?;
     lib_in_package(Path::new(dir.trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use llamagen_bundle::Precision;
+
+    #[test]
+    fn int8_is_slow_before_the_measured_floor() {
+        let w = super::slow_precision_warning;
+        assert!(w(Precision::Int8, "1.23.2").is_some_and(|m| m.contains("1.31")));
+        assert!(w(Precision::Int8, "1.30.0").is_some());
+        assert!(w(Precision::Int8, "1.31.1").is_none());
+        assert!(w(Precision::Int8, "2.0.0").is_none());
+        assert!(w(Precision::Fp32, "1.23.2").is_none());
+        assert!(w(Precision::Int8, "garbage").is_some());
+    }
+
+    #[test]
+    fn the_loaded_library_reports_its_version() {
+        if super::environment().is_err() {
+            eprintln!("skipped: no ONNX Runtime library");
+            return;
+        }
+        let v = super::library_version().expect("a version string");
+        assert!(super::parse_version(&v).is_some(), "{v}");
+    }
+
+    /// Issue 11: `python3 -c "import onnxruntime"` ran from the current directory, so a
+    /// planted `./onnxruntime.py` executed. Isolated mode must not import it even when run from
+    /// that very folder.
+    #[test]
+    fn python_probe_ignores_a_planted_onnxruntime_py() {
+        let dir = std::env::temp_dir().join(format!("llamagen-plant-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let marker = dir.join("planted-ran");
+        let _ = std::fs::remove_file(&marker);
+        std::fs::write(
+            dir.join("onnxruntime.py"),
+            format!(
+                "open({:?}, 'w').write('x')\n__file__ = '/nonexistent/onnxruntime/__init__.py'\n",
+                marker.display().to_string()
+            ),
+        )
+        .unwrap();
+        let _ = super::python_reported_package_from(&dir);
+        let ran = marker.exists();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!ran, "the planted onnxruntime.py was executed");
+    }
 }

@@ -96,6 +96,12 @@ impl Pipeline {
         let _span = tracing::info_span!("pipeline.load", bundle = %dir.display()).entered();
         let manifest = load_manifest(dir, opts.verify_hashes)?;
         let generator = backend::load(&opts.backend, dir, &manifest)?;
+        if generator.kind() == BackendKind::Cpu {
+            let version = crate::ort_env::library_version().unwrap_or_default();
+            if let Some(w) = crate::ort_env::slow_precision_warning(manifest.precision, &version) {
+                tracing::warn!(bundle = %dir.display(), "{w}");
+            }
+        }
         tracing::info!(
             gpt = %manifest.model_name(),
             vq = %manifest.vq.name,

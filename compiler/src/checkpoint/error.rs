@@ -41,6 +41,19 @@ pub enum CheckpointError {
         module: String,
         name: String,
     },
+    /// The pickle would need more memory than its size allows (see
+    /// `pickle::PICKLE_MEMORY_FACTOR`).
+    #[error(
+        "{}: data.pkl needs more than {limit} bytes of memory at byte {offset} (the limit for \
+         {input} bytes of pickle); refusing it",
+        path.display()
+    )]
+    PickleMemory {
+        path: PathBuf,
+        offset: usize,
+        input: usize,
+        limit: usize,
+    },
     /// Structurally invalid or truncated file.
     #[error("{}: malformed checkpoint: {reason}", path.display())]
     Malformed { path: PathBuf, reason: String },

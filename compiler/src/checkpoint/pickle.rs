@@ -14,6 +14,21 @@ use std::rc::Rc;
 use super::error::CheckpointError;
 use super::pickle_value::{resolve_global, value_kind, ObjId, Object, Unpickled, Value};
 
+/// The unpickler charges what it allocates (stack values, objects, memo entries, MARKs,
+/// strings) and refuses input that would need more than this many bytes per input byte
+/// (plus [`PICKLE_MEMORY_FLOOR`]). With vector growth the resident memory stays under twice
+/// the charge: at most `2 * (64 * len + 1 MiB)`. Real `data.pkl` files charge about 10-15
+/// bytes per byte.
+pub const PICKLE_MEMORY_FACTOR: usize = 64;
+/// Charge always allowed, whatever the input size.
+pub const PICKLE_MEMORY_FLOOR: usize = 1 << 20;
+
+/// The memory budget of a `data.pkl` of `len` bytes.
+pub fn memory_limit(len: usize) -> usize {
+    len.saturating_mul(PICKLE_MEMORY_FACTOR)
+        .saturating_add(PICKLE_MEMORY_FLOOR)
+}
+
 /// Highest pickle protocol accepted by PROTO.
 const MAX_PROTOCOL: u8 = 5;
 
@@ -28,6 +43,7 @@ pub(crate) fn unpickle(path: &Path, data: &[u8]) -> Result<Unpickled, Checkpoint
         metastack: Vec::new(),
         memo: HashMap::new(),
         objects: Vec::new(),
+        charged: 0,
     };
     let root = vm.run()?;
     Ok(Unpickled {
@@ -48,6 +64,9 @@ pub(super) struct Vm<'a> {
     metastack: Vec<Vec<Value>>,
     memo: HashMap<u64, Value>,
     pub(super) objects: Vec<Object>,
+    /// Bytes of memory charged so far (every push, memo entry, MARK and string): at most
+    /// [`memory_limit`] of the input.
+    charged: usize,
 }
 
 impl Vm<'_> {
@@ -107,7 +126,9 @@ impl Vm<'_> {
     }
 
     fn string(&mut self, n: usize) -> Result<Value, CheckpointError> {
-        let bytes = self.take(n)?;
+        self.take(n)?;
+        self.charge(n)?;
+        let bytes = &self.data[self.pos - n..self.pos];
         match std::str::from_utf8(bytes) {
             Ok(s) => Ok(Value::Str(Rc::from(s))),
             Err(_) => Err(self.err("string is not valid UTF-8")),
@@ -115,7 +136,9 @@ impl Vm<'_> {
     }
 
     fn bytes(&mut self, n: usize) -> Result<Value, CheckpointError> {
-        Ok(Value::Bytes(Rc::from(self.take(n)?)))
+        self.take(n)?;
+        self.charge(n)?;
+        Ok(Value::Bytes(Rc::from(&self.data[self.pos - n..self.pos])))
     }
 
     fn long(&mut self, n: usize) -> Result<Value, CheckpointError> {
@@ -138,9 +161,33 @@ impl Vm<'_> {
 
     // ---- stack ----
 
-    pub(super) fn push_obj(&mut self, o: Object) {
+    /// Charges `bytes` of memory to the VM, refusing once the budget is spent.
+    fn charge(&mut self, bytes: usize) -> Result<(), CheckpointError> {
+        self.charged = self.charged.saturating_add(bytes);
+        let limit = memory_limit(self.data.len());
+        if self.charged > limit {
+            return Err(CheckpointError::PickleMemory {
+                path: self.path.to_path_buf(),
+                offset: self.op_pos,
+                input: self.data.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Pushes `v` on the stack (charged).
+    pub(super) fn push(&mut self, v: Value) -> Result<(), CheckpointError> {
+        self.charge(std::mem::size_of::<Value>())?;
+        self.stack.push(v);
+        Ok(())
+    }
+
+    pub(super) fn push_obj(&mut self, o: Object) -> Result<(), CheckpointError> {
+        self.charge(std::mem::size_of::<Object>() + std::mem::size_of::<Value>())?;
         self.objects.push(o);
         self.stack.push(Value::Obj(self.objects.len() - 1));
+        Ok(())
     }
 
     pub(super) fn pop(&mut self) -> Result<Value, CheckpointError> {
@@ -170,6 +217,7 @@ impl Vm<'_> {
 
     fn memo_put(&mut self, idx: u64) -> Result<(), CheckpointError> {
         let v = self.top()?.clone();
+        self.charge(std::mem::size_of::<Value>() + 16)?;
         self.memo.insert(idx, v);
         Ok(())
     }
@@ -180,7 +228,7 @@ impl Vm<'_> {
             .get(&idx)
             .cloned()
             .ok_or_else(|| self.err(format!("memo entry {idx} was never stored")))?;
-        self.stack.push(v);
+        self.push(v)?;
         Ok(())
     }
 
@@ -225,7 +273,7 @@ impl Vm<'_> {
 
     fn global(&mut self, module: &str, name: &str) -> Result<(), CheckpointError> {
         let g = resolve_global(self.path, module, name)?;
-        self.push_obj(Object::Global(g));
+        self.push_obj(Object::Global(g))?;
         Ok(())
     }
 
@@ -248,26 +296,29 @@ impl Vm<'_> {
                 0x95 => {
                     self.take(8)?; // FRAME: length hint only
                 }
-                b'}' => self.push_obj(Object::Dict(Vec::new())),
-                b']' => self.push_obj(Object::List(Vec::new())),
-                b')' => self.push_obj(Object::Tuple(Vec::new())),
-                0x8f => self.push_obj(Object::Set(Vec::new())),
-                b'(' => self.metastack.push(std::mem::take(&mut self.stack)),
+                b'}' => self.push_obj(Object::Dict(Vec::new()))?,
+                b']' => self.push_obj(Object::List(Vec::new()))?,
+                b')' => self.push_obj(Object::Tuple(Vec::new()))?,
+                0x8f => self.push_obj(Object::Set(Vec::new()))?,
+                b'(' => {
+                    self.charge(std::mem::size_of::<Vec<Value>>())?;
+                    self.metastack.push(std::mem::take(&mut self.stack));
+                }
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.push_obj(Object::Tuple(items));
+                    self.push_obj(Object::Tuple(items))?;
                 }
                 0x85..=0x87 => {
                     let items = self.pop_n(usize::from(op - 0x84))?;
-                    self.push_obj(Object::Tuple(items));
+                    self.push_obj(Object::Tuple(items))?;
                 }
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.push_obj(Object::List(items));
+                    self.push_obj(Object::List(items))?;
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
-                    self.push_obj(Object::Dict(Vec::new()));
+                    self.push_obj(Object::Dict(Vec::new()))?;
                     self.set_items(items)?;
                 }
                 b'q' => {
@@ -290,62 +341,62 @@ impl Vm<'_> {
                 b'X' => {
                     let n = self.u32()? as usize;
                     let v = self.string(n)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 0x8c => {
                     let n = usize::from(self.u8()?);
                     let v = self.string(n)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 0x8d => {
                     let n = self.len_u64()?;
                     let v = self.string(n)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'B' => {
                     let n = self.u32()? as usize;
                     let v = self.bytes(n)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'C' => {
                     let n = usize::from(self.u8()?);
                     let v = self.bytes(n)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 0x8e => {
                     let n = self.len_u64()?;
                     let v = self.bytes(n)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'J' => {
                     let v = i32::from_le_bytes(self.array()?);
-                    self.stack.push(Value::Int(i64::from(v)));
+                    self.push(Value::Int(i64::from(v)))?;
                 }
                 b'K' => {
                     let v = self.u8()?;
-                    self.stack.push(Value::Int(i64::from(v)));
+                    self.push(Value::Int(i64::from(v)))?;
                 }
                 b'M' => {
                     let v = u16::from_le_bytes(self.array()?);
-                    self.stack.push(Value::Int(i64::from(v)));
+                    self.push(Value::Int(i64::from(v)))?;
                 }
                 0x8a => {
                     let n = usize::from(self.u8()?);
                     let v = self.long(n)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 0x8b => {
                     let n = self.u32()? as usize;
                     let v = self.long(n)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'G' => {
                     let v = f64::from_be_bytes(self.array()?);
-                    self.stack.push(Value::Float(v));
+                    self.push(Value::Float(v))?;
                 }
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
-                b'N' => self.stack.push(Value::None),
+                0x88 => self.push(Value::Bool(true))?,
+                0x89 => self.push(Value::Bool(false))?,
+                b'N' => self.push(Value::None)?,
                 b's' => {
                     let items = self.pop_n(2)?;
                     self.set_items(items)?;
@@ -393,7 +444,7 @@ impl Vm<'_> {
                 }
                 b'2' => {
                     let v = self.top()?.clone();
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'.' => return self.pop(),
                 _ => {

@@ -99,9 +99,8 @@ impl Vm<'_> {
         let func = self.pop()?;
         match self.call_result(op, &func, &args)? {
             Called::New(o) => self.push_obj(o),
-            Called::Same(v) => self.stack.push(v),
+            Called::Same(v) => self.push(v),
         }
-        Ok(())
     }
 
     fn call_result(&self, op: &str, func: &Value, args: &Value) -> Result<Called, CheckpointError> {
@@ -139,7 +138,7 @@ impl Vm<'_> {
     pub(super) fn persistent_load(&mut self) -> Result<(), CheckpointError> {
         let pid = self.pop()?;
         let storage = self.storage_ref(&pid)?;
-        self.push_obj(Object::Storage(storage));
+        self.push_obj(Object::Storage(storage))?;
         Ok(())
     }
 

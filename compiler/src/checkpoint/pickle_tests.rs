@@ -219,7 +219,14 @@ fn corrupted_pickles_never_panic() {
 
 #[test]
 fn deep_nesting_does_not_overflow_the_stack() {
-    let mut bytes = b"\x80\x02]".to_vec();
+    // A 1 MiB string (popped again) first, so the million tuples fit the memory budget of the
+    // pickle's size (`pickle::PICKLE_MEMORY_FACTOR`).
+    let mut bytes = b"\x80\x02".to_vec();
+    bytes.push(b'B');
+    bytes.extend_from_slice(&(1u32 << 20).to_le_bytes());
+    bytes.extend(std::iter::repeat_n(0u8, 1 << 20));
+    bytes.push(b'0');
+    bytes.push(b']');
     bytes.extend(std::iter::repeat_n(0x85u8, 1_000_000)); // TUPLE1 a million times
     bytes.push(b'.');
     let u = run(&bytes).unwrap();
@@ -330,4 +337,22 @@ fn tensor_rank_is_bounded() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// Issue 11: each byte of `}` used to cost about 114 bytes of memory, unbounded. The VM now
+/// charges what it allocates and refuses a pickle over its budget (64 bytes per input byte
+/// plus 1 MiB) with a named error, long before memory grows.
+#[test]
+fn pickle_memory_is_bounded() {
+    let mut bomb = vec![0x80, 2];
+    bomb.extend(std::iter::repeat_n(b'}', 1 << 20));
+    bomb.push(b'.');
+    let e = match unpickle(Path::new(P), &bomb) {
+        Err(e) => e,
+        Ok(_) => panic!("a 1 MiB EMPTY_DICT bomb was accepted"),
+    };
+    assert!(
+        matches!(e, CheckpointError::PickleMemory { limit, .. } if limit == super::pickle::memory_limit(bomb.len())),
+        "{e}"
+    );
 }

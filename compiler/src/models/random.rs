@@ -35,9 +35,8 @@ fn key_hash(key: &str) -> u64 {
     })
 }
 
-fn normals(seed: u64, n: usize, std: f32) -> Vec<f32> {
+fn normals(mut out: Vec<f32>, seed: u64, n: usize, std: f32) -> Vec<f32> {
     let mut s = seed;
-    let mut out = Vec::with_capacity(n);
     while out.len() < n {
         // Box-Muller on two uniforms in (0, 1].
         let u1 = ((splitmix(&mut s) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
@@ -58,15 +57,27 @@ impl WeightSource for RandomWeights {
     }
 
     fn load(&self, key: &str, shape: &[usize]) -> Result<Vec<f32>, Error> {
-        let n: usize = shape.iter().product();
+        // An allocation that cannot be made is a named error, not an abort.
+        let too_big = || Error::InvalidOption {
+            option: "--random-weights",
+            reason: format!("tensor {key} of shape {shape:?} cannot be allocated"),
+        };
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(too_big)?;
+        let mut buf: Vec<f32> = Vec::new();
+        buf.try_reserve_exact(n).map_err(|_| too_big())?;
         let seed = self.seed ^ key_hash(key);
         let is_norm = key.contains("norm") && key.ends_with(".weight");
         Ok(if is_norm {
-            vec![1.0; n]
+            buf.resize(n, 1.0);
+            buf
         } else if key.ends_with(".bias") {
-            vec![0.0; n]
+            buf.resize(n, 0.0);
+            buf
         } else if key == "quantize.embedding.weight" {
-            let mut v = normals(seed, n, 1.0);
+            let mut v = normals(buf, seed, n, 1.0);
             let dim = shape.last().copied().unwrap_or(1).max(1);
             for row in v.chunks_mut(dim) {
                 let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
@@ -75,9 +86,9 @@ impl WeightSource for RandomWeights {
             v
         } else if shape.len() == 4 {
             let fan_in: usize = shape[1..].iter().product();
-            normals(seed, n, (1.0 / fan_in as f32).sqrt())
+            normals(buf, seed, n, (1.0 / fan_in as f32).sqrt())
         } else {
-            normals(seed, n, 0.02)
+            normals(buf, seed, n, 0.02)
         })
     }
 }
@@ -107,5 +118,20 @@ mod tests {
             .unwrap()
             .iter()
             .all(|&x| x == 1.0));
+    }
+
+    /// Issue 11: a random tensor too large to allocate used to abort the process.
+    #[test]
+    fn random_weights_too_large_to_allocate_are_an_error() {
+        let r = RandomWeights::new(0);
+        for shape in [vec![usize::MAX, 2], vec![1 << 40, 1 << 22]] {
+            match r.load("layers.0.attention.wqkv.weight", &shape) {
+                Err(Error::InvalidOption { option, reason }) => {
+                    assert_eq!(option, "--random-weights");
+                    assert!(reason.contains("wqkv"), "{reason}");
+                }
+                other => panic!("{shape:?}: {:?}", other.map(|v| v.len())),
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Mutex;
 
+use llamagen_bundle::confine::OpenedFile;
 use llamagen_bundle::names as io_names;
 use llamagen_bundle::names::PROBE_PREFIX;
 use llamagen_bundle::{GraphRole, Manifest};
@@ -51,11 +52,31 @@ pub(crate) enum Activations {
     Arena,
 }
 
+/// A session of graph `role`. ONNX Runtime opens the graph and its weights by path, so both
+/// are opened here first (confined, listed, of the verified size and identity) and checked
+/// again once the session exists: a file swapped or rewritten in between is an error.
 pub(crate) fn session(
-    path: &Path,
+    dir: &Path,
+    m: &Manifest,
+    role: GraphRole,
     threads: usize,
     activations: Activations,
 ) -> Result<Session, RuntimeError> {
+    let entry = m.graph(dir, role)?;
+    let source = dir.join(llamagen_bundle::MANIFEST_FILE);
+    let onnx = OpenedFile::open(dir, m, &source, &entry.file)?;
+    let weights = OpenedFile::open(dir, m, &source, &entry.weights)?;
+    for f in [&onnx, &weights] {
+        f.check_unchanged()?;
+    }
+    let session = commit(&onnx.path, threads, activations)?;
+    for f in [&onnx, &weights] {
+        f.check_unchanged()?;
+    }
+    Ok(session)
+}
+
+fn commit(path: &Path, threads: usize, activations: Activations) -> Result<Session, RuntimeError> {
     let env = crate::ort_env::environment()?;
     let ctx = || format!("loading {}", path.display());
     let err = |e: &dyn std::fmt::Display| RuntimeError::ort(ctx(), e);
@@ -78,11 +99,10 @@ impl OrtCpu {
                 .map(|n| n.get())
                 .unwrap_or(1)
         });
-        let graph = |role| m.graph(dir, role).map(|g| dir.join(&g.file));
         let config = m.gpt()?.clone();
         let layers = config.n_layer;
-        let gpt = session(&graph(GraphRole::GptStep)?, threads, Activations::Planned)?;
-        let vq = session(&graph(GraphRole::VqDecoder)?, threads, Activations::Arena)?;
+        let gpt = session(dir, m, GraphRole::GptStep, threads, Activations::Planned)?;
+        let vq = session(dir, m, GraphRole::VqDecoder, threads, Activations::Arena)?;
         let probes = |s: &Session| -> Vec<String> {
             s.outputs()
                 .iter()

@@ -75,8 +75,7 @@ impl VarSessions {
                 .unwrap_or(1)
         });
         let open = |role, act| -> Result<Mutex<Session>, RuntimeError> {
-            let g = m.graph(dir, role)?;
-            Ok(Mutex::new(session(&dir.join(&g.file), threads, act)?))
+            Ok(Mutex::new(session(dir, m, role, threads, act)?))
         };
         let layers = c.depth;
         Ok(VarSessions {

@@ -17,7 +17,7 @@ use crate::Error;
 type Keys = Vec<(String, Vec<usize>)>;
 
 pub const WORD_EMBED: &str = "word_embed";
-pub const CLASS_EMB: &str = "class_emb.weight";
+pub const CLASS_EMB: &str = llamagen_bundle::names::var::CLASS_EMB;
 pub const POS_START: &str = "pos_start";
 pub const POS_1LC: &str = "pos_1LC";
 pub const LVL_EMBED: &str = "lvl_embed.weight";
@@ -25,7 +25,7 @@ pub const SHARED_ADA_LIN: &str = "shared_ada_lin.1";
 pub const HEAD_ADA_LIN: &str = "head_nm.ada_lin.1";
 pub const HEAD: &str = "head";
 /// The VQVAE codebook `[V, Cvae]`, used raw (VAR's quantizer does not normalise on lookup).
-pub const CODEBOOK: &str = "quantize.embedding.weight";
+pub const CODEBOOK: &str = llamagen_bundle::names::var::CODEBOOK;
 
 /// `blocks.{i}.{leaf}`.
 pub fn block(i: usize, leaf: &str) -> String {
