@@ -112,6 +112,14 @@ impl Graph {
         self.initializer(name, ElemType::F32, dims, InitData::F32(data))
     }
 
+    /// An f32 constant shared by name (the first call's data wins).
+    pub fn shared_f32(&mut self, name: &str, dims: Vec<usize>, data: Vec<f32>) -> ValueId {
+        if let Some(&id) = self.names.get(name) {
+            return id;
+        }
+        self.init_f32(name, dims, data)
+    }
+
     /// A small i64 constant (shapes, axes, indices), shared by name.
     pub fn const_i64(&mut self, name: &str, data: &[i64]) -> ValueId {
         if let Some(&id) = self.names.get(name) {

@@ -66,6 +66,11 @@ pub enum Op {
     InstanceNormalization {
         epsilon: f32,
     },
+    /// X, scale, bias (optional): normalises over the axes from `axis` on.
+    LayerNormalization {
+        axis: i64,
+        epsilon: f32,
+    },
     /// X, roi (empty), scales: nearest-neighbour upsampling as torch's `mode="nearest"`.
     ResizeNearest,
     /// x, scale, zero point: `axis` for per-channel scales (ignored for per-tensor).
@@ -110,6 +115,7 @@ impl Op {
             Op::Shape { .. } => "Shape",
             Op::Conv { .. } => "Conv",
             Op::InstanceNormalization { .. } => "InstanceNormalization",
+            Op::LayerNormalization { .. } => "LayerNormalization",
             Op::ResizeNearest => "Resize",
             Op::QuantizeLinear { .. } => "QuantizeLinear",
             Op::DequantizeLinear { .. } => "DequantizeLinear",

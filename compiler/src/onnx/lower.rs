@@ -245,6 +245,9 @@ fn attributes(op: &Op) -> Vec<proto::AttributeProto> {
             ints("strides", strides),
         ],
         Op::InstanceNormalization { epsilon } => vec![float("epsilon", *epsilon)],
+        Op::LayerNormalization { axis, epsilon } => {
+            vec![int("axis", *axis), float("epsilon", *epsilon)]
+        }
         Op::ResizeNearest => vec![
             string("mode", "nearest"),
             string("coordinate_transformation_mode", "asymmetric"),

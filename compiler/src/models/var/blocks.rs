@@ -42,26 +42,18 @@ pub fn vector(g: &mut Graph, em: &mut Emitter, key: &str, n: usize) -> ValueId {
     em.vector(g, key, vec![n], f)
 }
 
-/// `nn.LayerNorm(elementwise_affine=False)` over the last axis, in f32.
-pub fn layer_norm(g: &mut Graph, name: &str, x: ValueId, eps: f32) -> ValueId {
-    let mean = |g: &mut Graph, n: &str, v: ValueId| {
-        g.wire(
-            n,
-            Op::ReduceMean {
-                axes: vec![-1],
-                keepdims: true,
-            },
-            &[v],
-        )
-    };
-    let mu = mean(g, &format!("{name}.mean"), x);
-    let d = g.wire(&format!("{name}.center"), Op::Sub, &[x, mu]);
-    let sq = g.wire(&format!("{name}.sq"), Op::Mul, &[d, d]);
-    let var = mean(g, &format!("{name}.var"), sq);
-    let eps = g.scalar_f32(&format!("const.eps.{eps:e}"), eps);
-    let var = g.wire(&format!("{name}.add_eps"), Op::Add, &[var, eps]);
-    let sd = g.wire(&format!("{name}.sqrt"), Op::Sqrt, &[var]);
-    g.wire(&format!("{name}.div"), Op::Div, &[d, sd])
+/// `nn.LayerNorm(elementwise_affine=False)` over the last axis (of width `dim`), in f32: ONNX's
+/// LayerNormalization (opset 17) with unit scale, one kernel instead of seven elementwise passes.
+pub fn layer_norm(g: &mut Graph, name: &str, x: ValueId, dim: usize, eps: f32) -> ValueId {
+    let one = g.shared_f32(&format!("const.ln_scale.{dim}"), vec![dim], vec![1.0; dim]);
+    g.wire(
+        name,
+        Op::LayerNormalization {
+            axis: -1,
+            epsilon: eps,
+        },
+        &[x, one],
+    )
 }
 
 /// `LN(x) * (1 + scale) + shift` with `scale`, `shift` `[B, 1, C]`.
@@ -69,12 +61,12 @@ pub fn modulate(
     g: &mut Graph,
     name: &str,
     x: ValueId,
-    scale: ValueId,
-    shift: ValueId,
+    [scale, shift]: [ValueId; 2],
+    dim: usize,
     eps: f32,
 ) -> ValueId {
     let one = g.scalar_f32("const.one", 1.0);
-    let n = layer_norm(g, &format!("{name}.ln"), x, eps);
+    let n = layer_norm(g, &format!("{name}.ln"), x, dim, eps);
     let s1 = g.wire(&format!("{name}.one_plus_scale"), Op::Add, &[scale, one]);
     let y = g.wire(&format!("{name}.scale"), Op::Mul, &[n, s1]);
     g.wire(&format!("{name}.shift"), Op::Add, &[y, shift])

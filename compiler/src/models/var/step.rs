@@ -10,15 +10,16 @@
 //!   f32 `[batch, heads, tokens, head_dim]`, which the runtime writes at `position`.
 //!
 //! No mask inside the block (a scale sees itself and every earlier scale, as the official
-//! inference with `attn_bias=None`); cache slots >= `position` are masked, so the caches keep
-//! one static shape and one graph serves every scale (`tokens` is symbolic).
+//! inference with `attn_bias=None`); only cache slots < `position` are read, so the caches keep
+//! one static shape, stale slots never matter, and one graph serves every scale (`tokens` is
+//! symbolic).
 
 use std::sync::Arc;
 
 use llamagen_bundle::names as io_names;
 use llamagen_bundle::VarConfig;
 
-use crate::ir::{Dim, ElemType, Graph, InitData, Op, TensorType, ValueId};
+use crate::ir::{Dim, ElemType, Graph, Op, TensorType, ValueId};
 use crate::models::precision::{Emitter, WeightFn};
 use crate::Error;
 
@@ -71,7 +72,6 @@ pub fn build_step_graph(c: &VarConfig, em: &mut Emitter) -> Result<Graph, Error>
         .shared_aln
         .then(|| linear(&mut g, em, keys::SHARED_ADA_LIN, cond_silu, 6 * d, d, true));
 
-    let cache_bias = cache_mask(&mut g, c, position);
     let to_heads = g.const_i64(
         "const.shape.qkv_heads",
         &[0, -1, 3 * heads as i64, hd as i64],
@@ -102,7 +102,7 @@ pub fn build_step_graph(c: &VarConfig, em: &mut Emitter) -> Result<Graph, Error>
         let m = split_modulation(&mut g, &format!("{p}.ada"), ada, 6, d);
 
         let a = format!("{p}.attn");
-        let h = modulate(&mut g, &format!("{a}.norm"), x, m[2], m[4], c.norm_eps);
+        let h = modulate(&mut g, &format!("{a}.norm"), x, [m[2], m[4]], d, c.norm_eps);
         let qkv = linear(&mut g, em, &format!("{a}.mat_qkv"), h, 3 * d, d, false);
         let qkv_bias = qkv_bias(&mut g, em, i, d);
         let qkv = g.wire(&format!("{a}.add_qkv_bias"), Op::Add, &[qkv, qkv_bias]);
@@ -124,14 +124,7 @@ pub fn build_step_graph(c: &VarConfig, em: &mut Emitter) -> Result<Graph, Error>
         g.output(k, &io_names::present_key(i), slice_ty.clone());
         g.output(v, &io_names::present_value(i), slice_ty.clone());
 
-        let o = cached_attention(
-            &mut g,
-            &a,
-            [q, k, v],
-            [past_k, past_v],
-            cache_bias,
-            c.tokens,
-        );
+        let o = cached_attention(&mut g, &a, [q, k, v], [past_k, past_v], position);
         let o = g.wire(&format!("{a}.o_tokens"), perm.clone(), &[o]);
         let o = g.wire(&format!("{a}.o_merged"), Op::Reshape, &[o, merge]);
         let o = linear(&mut g, em, &format!("{a}.proj"), o, d, d, true);
@@ -139,7 +132,7 @@ pub fn build_step_graph(c: &VarConfig, em: &mut Emitter) -> Result<Graph, Error>
         x = g.wire(&format!("{a}.residual"), Op::Add, &[x, o]);
 
         let f = format!("{p}.ffn");
-        let h = modulate(&mut g, &format!("{f}.norm"), x, m[3], m[5], c.norm_eps);
+        let h = modulate(&mut g, &format!("{f}.norm"), x, [m[3], m[5]], d, c.norm_eps);
         let h = linear(&mut g, em, &format!("{f}.fc1"), h, c.ffn_hidden, d, true);
         let h = gelu_tanh(&mut g, &format!("{f}.gelu"), h);
         let h = linear(&mut g, em, &format!("{f}.fc2"), h, d, c.ffn_hidden, true);
@@ -150,7 +143,7 @@ pub fn build_step_graph(c: &VarConfig, em: &mut Emitter) -> Result<Graph, Error>
     // AdaLNBeforeHead: scale, shift = ada_lin(cond).
     let ada = linear(&mut g, em, keys::HEAD_ADA_LIN, cond_silu, 2 * d, d, true);
     let m = split_modulation(&mut g, "head_nm.ada", ada, 2, d);
-    let h = modulate(&mut g, "head_nm", x, m[0], m[1], c.norm_eps);
+    let h = modulate(&mut g, "head_nm", x, [m[0], m[1]], d, c.norm_eps);
     let logits = linear(&mut g, em, keys::HEAD, h, c.vocab_size, d, true);
     g.output(
         logits,
@@ -158,21 +151,6 @@ pub fn build_step_graph(c: &VarConfig, em: &mut Emitter) -> Result<Graph, Error>
         f32_of(vec![batch, tokens, Dim::Fixed(c.vocab_size)]),
     );
     Ok(g)
-}
-
-/// `[tokens_total]`: 0 for cache slots < position, -inf for the rest.
-fn cache_mask(g: &mut Graph, c: &VarConfig, position: ValueId) -> ValueId {
-    let zero = g.scalar_f32("const.zero", 0.0);
-    let neg_inf = g.scalar_f32("const.neg_inf", f32::NEG_INFINITY);
-    let slots: Vec<i64> = (0..c.tokens as i64).collect();
-    let slots = g.initializer(
-        "cache_slots",
-        ElemType::I64,
-        vec![c.tokens],
-        InitData::I64(slots),
-    );
-    let valid = g.wire("mask.cache_valid", Op::Less, &[slots, position]);
-    g.wire("mask.cache_bias", Op::Where, &[valid, zero, neg_inf])
 }
 
 /// `cat(q_bias, zero_k_bias, v_bias)`, `[3C]` f32 (the k bias is a zero buffer).
@@ -223,59 +201,40 @@ fn shared_modulation(
 }
 
 /// Softmax attention of `q` over the cache slots before `position` and the block's own keys
-/// (all of them: no mask), `[B, H, T, hd]` out. The cache is read, never copied or grown.
+/// (all of them: no mask), `[B, H, T, hd]` out. Only the valid slots are read: the cache is
+/// sliced to `position` and the block's keys/values appended (small copies: the scores, which
+/// are T times larger, are never concatenated or split), so stale slots are never touched.
 fn cached_attention(
     g: &mut Graph,
     name: &str,
     [q, k, v]: [ValueId; 3],
     [past_k, past_v]: [ValueId; 2],
-    cache_bias: ValueId,
-    cache_len: usize,
+    position: ValueId,
 ) -> ValueId {
-    let kt = Op::Transpose {
-        perm: vec![0, 1, 3, 2],
+    let zero = g.const_i64("const.zero_1", &[0]);
+    let axis2 = g.const_i64("const.axes.2", &[2]);
+    let kv = |g: &mut Graph, what: &str, past: ValueId, new: ValueId| {
+        let valid = g.wire(
+            &format!("{name}.{what}_valid"),
+            Op::Slice,
+            &[past, zero, position, axis2],
+        );
+        g.wire(
+            &format!("{name}.{what}_all"),
+            Op::Concat { axis: 2 },
+            &[valid, new],
+        )
     };
-    let past_kt = g.wire(&format!("{name}.past_kt"), kt.clone(), &[past_k]);
-    let s_cache = g.wire(&format!("{name}.scores_cache"), Op::MatMul, &[q, past_kt]);
-    let s_cache = g.wire(
-        &format!("{name}.scores_cache_masked"),
-        Op::Add,
-        &[s_cache, cache_bias],
-    );
-    let new_kt = g.wire(&format!("{name}.new_kt"), kt, &[k]);
-    let s_new = g.wire(&format!("{name}.scores_new"), Op::MatMul, &[q, new_kt]);
-    let s = g.wire(
-        &format!("{name}.scores"),
-        Op::Concat { axis: -1 },
-        &[s_cache, s_new],
-    );
-    let p = g.wire(&format!("{name}.probs"), Op::Softmax { axis: -1 }, &[s]);
-    // Split sizes [cache_len, T], T read from k's shape (symbolic).
-    let cache = g.const_i64(&format!("const.cache_len.{cache_len}"), &[cache_len as i64]);
-    let t = g.wire(
-        &format!("{name}.block_len"),
-        Op::Shape {
-            start: Some(2),
-            end: Some(3),
+    let k_all = kv(g, "k", past_k, k);
+    let v_all = kv(g, "v", past_v, v);
+    let kt = g.wire(
+        &format!("{name}.kt"),
+        Op::Transpose {
+            perm: vec![0, 1, 3, 2],
         },
-        &[k],
+        &[k_all],
     );
-    let sizes = g.wire(
-        &format!("{name}.split_sizes"),
-        Op::Concat { axis: 0 },
-        &[cache, t],
-    );
-    let parts = g.wire_n(
-        &format!("{name}.probs_split"),
-        Op::Split { axis: -1 },
-        &[p, sizes],
-        2,
-    );
-    let o_cache = g.wire(
-        &format!("{name}.out_cache"),
-        Op::MatMul,
-        &[parts[0], past_v],
-    );
-    let o_new = g.wire(&format!("{name}.out_new"), Op::MatMul, &[parts[1], v]);
-    g.wire(&format!("{name}.out"), Op::Add, &[o_cache, o_new])
+    let s = g.wire(&format!("{name}.scores"), Op::MatMul, &[q, kt]);
+    let p = g.wire(&format!("{name}.probs"), Op::Softmax { axis: -1 }, &[s]);
+    g.wire(&format!("{name}.out"), Op::MatMul, &[p, v_all])
 }
