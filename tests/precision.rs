@@ -48,10 +48,13 @@ fn check(precision: &str, activations: Int8Activations, level: PrecisionLevel) -
     let low_dir = tmp.path().join(precision);
     let manifest = compile_tiny_at(precision, activations, &low_dir);
     let graph = std::fs::read(low_dir.join("gpt.onnx")).unwrap();
-    let has_qdq = graph.windows(14).any(|w| w == b"QuantizeLinear");
+    let count = |pat: &[u8]| graph.windows(pat.len()).filter(|w| *w == pat).count();
+    let has_qdq = count(b"QuantizeLinear") > count(b"DynamicQuantizeLinear");
+    let int8 = precision == "int8";
+    assert_eq!(has_qdq, activations == Int8Activations::Qdq && int8);
     assert_eq!(
-        has_qdq,
-        activations == Int8Activations::Qdq && precision == "int8"
+        count(b"MatMulInteger") > 0,
+        activations == Int8Activations::Dynamic && int8
     );
     assert_eq!(manifest.precision.name(), precision);
     let fp32_dir = tmp.path().join("fp32");
@@ -179,6 +182,15 @@ fn lower_precision_bundles_are_smaller() {
     );
     assert!(fp16 / fp32 <= 0.55, "fp16 {}", fp16 / fp32);
     assert!(int8 / fp32 <= 0.35, "int8 {}", int8 / fp32);
+}
+
+/// GEMM activations quantized per tensor at run time (ONNX Runtime's int8 GEMM) stay within
+/// the int8 level too, and bundle.yaml says so.
+#[test]
+fn int8_dynamic_activations_round_trip_within_the_int8_level() {
+    let m = check("int8", Int8Activations::Dynamic, INT8_VS_FP32);
+    let note = &m.precision_details.higher_precision["activations"];
+    assert!(note.contains("DynamicQuantizeLinear"), "{note}");
 }
 
 #[test]

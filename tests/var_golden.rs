@@ -1,8 +1,9 @@
 //! Parity with the official VAR code on tests/golden/tiny-var: the official-format state dicts
 //! (`var.pth`, `vae.pth`) are compiled to a bundle and run on ONNX Runtime's CPU provider.
 //! Levels: greedy tokens identical; per-scale logits FP32_LOGITS (1e-3 of the range); images
-//! and the VQVAE decode FP32_IMAGE (1e-3 abs). fp16 and int8 bundles: the same tokens and a
-//! logits cosine >= 0.999 against the official logits.
+//! and the VQVAE decode FP32_IMAGE (1e-3 abs). fp16 and int8 (weight-only) bundles: logits
+//! cosine >= 0.999 against the official logits, teacher-forced; int8 with activations
+//! quantized at run time: the same bar.
 
 mod support;
 
@@ -10,7 +11,7 @@ use llamagen_compiler::bundle::Precision;
 use llamagen_runtime::compare::cosine;
 use llamagen_runtime::{GenerateRequest, Observer, Pipeline, PipelineOptions, SamplingOptions};
 use llamagen_test_support::{FP32_IMAGE, FP32_LOGITS};
-use support::golden::{compile_tiny_var, read_f32, read_i64, tiny_var_dir};
+use support::golden::{compile_tiny_var_with, read_f32, read_i64, tiny_var_dir};
 
 /// Tokens of all scales.
 const TOKENS: usize = 30;
@@ -45,9 +46,13 @@ fn greedy(cfg_scale: f32) -> GenerateRequest {
 }
 
 fn load(precision: Precision) -> (tempfile::TempDir, Pipeline) {
+    load_with(precision, false)
+}
+
+fn load_with(precision: Precision, dynamic_int8: bool) -> (tempfile::TempDir, Pipeline) {
     let tmp = tempfile::tempdir().unwrap();
     let bundle = tmp.path().join("bundle");
-    compile_tiny_var(&bundle, precision);
+    compile_tiny_var_with(&bundle, precision, dynamic_int8);
     let p = Pipeline::load(&bundle, &PipelineOptions::default()).unwrap();
     (tmp, p)
 }
@@ -131,8 +136,12 @@ fn fp16_and_int8_bundles_stay_close_to_the_official_logits() {
     let dir = tiny_var_dir();
     let (_, tokens) = read_i64(&dir.join("greedy_cfg4.tokens.npy"));
     let (_, want) = read_f32(&dir.join("greedy_cfg4.logits.npy"));
-    for precision in [Precision::Fp16, Precision::Int8] {
-        let (_tmp, p) = load(precision);
+    for (precision, dynamic, bar) in [
+        (Precision::Fp16, false, 0.999),
+        (Precision::Int8, false, 0.999),
+        (Precision::Int8, true, 0.999),
+    ] {
+        let (_tmp, p) = load_with(precision, dynamic);
         let acc = p.manifest().precision_details.accuracy_vs_fp32.unwrap();
         assert!(acc.logits_cosine_min > 0.99, "{precision}: {acc:?}");
         let mut rec = LogitsRecorder(Vec::new());
@@ -144,7 +153,9 @@ fn fp16_and_int8_bundles_stay_close_to_the_official_logits() {
             .zip(want.chunks(VOCAB))
             .map(|(a, b)| cosine(a, b))
             .fold(f64::INFINITY, f64::min);
-        eprintln!("{precision}: min logits cosine vs official {min:.6}");
-        assert!(min >= 0.999, "{precision}: min cosine {min}");
+        eprintln!(
+            "{precision} (dynamic activations {dynamic}): min logits cosine vs official {min:.6}"
+        );
+        assert!(min >= bar, "{precision}: min cosine {min}");
     }
 }

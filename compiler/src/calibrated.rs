@@ -117,6 +117,9 @@ pub enum Int8Activations {
     WeightOnly,
     /// Calibrated Q/DQ on every GEMM/conv input (TensorRT's explicit quantization).
     Qdq,
+    /// Every GEMM input quantized per tensor at run time (`DynamicQuantizeLinear` +
+    /// `MatMulInteger`: ONNX Runtime's int8 GEMM); convolutions weight-only.
+    Dynamic,
 }
 
 impl std::str::FromStr for Int8Activations {
@@ -125,9 +128,10 @@ impl std::str::FromStr for Int8Activations {
         match s {
             "weights-only" => Ok(Int8Activations::WeightOnly),
             "qdq" => Ok(Int8Activations::Qdq),
+            "dynamic" => Ok(Int8Activations::Dynamic),
             other => Err(CalibError::InvalidMethod {
                 value: other.to_string(),
-                reason: "int8 activations are 'weights-only' or 'qdq'".into(),
+                reason: "int8 activations are 'weights-only', 'qdq' or 'dynamic'".into(),
             }),
         }
     }
@@ -225,8 +229,10 @@ pub fn compile_calibrated(
             samples: set.requests().len(),
             files: vec![SCALES_FILE.into(), TENSORRT_CACHE_FILE.into()],
         });
-        if activations == Int8Activations::Qdq {
-            low_opts.activation_scales = Some(scales);
+        match activations {
+            Int8Activations::Qdq => low_opts.activation_scales = Some(scales),
+            Int8Activations::Dynamic => low_opts.dynamic_int8 = true,
+            Int8Activations::WeightOnly => {}
         }
     }
 

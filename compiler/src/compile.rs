@@ -41,6 +41,9 @@ pub struct CompileOptions {
     /// Expose every weight-bearing operator's input as an extra `probe.<op>` output (the fp32
     /// graphs that calibration runs).
     pub probes: bool,
+    /// int8 without scales: quantize every GEMM's activations per tensor at run time
+    /// (`DynamicQuantizeLinear` + `MatMulInteger`) instead of weight-only.
+    pub dynamic_int8: bool,
     pub out: PathBuf,
 }
 
@@ -60,6 +63,7 @@ impl Default for CompileOptions {
             precision: Precision::Fp32,
             activation_scales: None,
             probes: false,
+            dynamic_int8: false,
             out: PathBuf::from("bundle"),
         }
     }
@@ -79,7 +83,11 @@ impl CompileOptions {
 }
 
 /// What stays in higher precision than the bundle's, and why (recorded in bundle.yaml).
-fn higher_precision(p: &OpPrecision, emitters: [&Emitter; 2]) -> BTreeMap<String, String> {
+fn higher_precision(
+    p: &OpPrecision,
+    dynamic: bool,
+    emitters: [&Emitter; 2],
+) -> BTreeMap<String, String> {
     let mut kept = BTreeMap::new();
     if matches!(p, OpPrecision::Fp32) {
         return kept;
@@ -100,10 +108,7 @@ fn higher_precision(p: &OpPrecision, emitters: [&Emitter; 2]) -> BTreeMap<String
         "f16 table (a gather: nothing to compute in int8)".into(),
     );
     if let OpPrecision::Int8(None) = p {
-        kept.insert(
-            "activations".into(),
-            "f32: weight-only int8 (per-channel int8 weights, f32 activations)".into(),
-        );
+        kept.insert("activations".into(), int8_activations_note(dynamic).into());
     }
     kept.insert(
         llamagen_bundle::names::vq::NORMALIZED_CODEBOOK.into(),
@@ -183,8 +188,10 @@ pub fn compile(
     progress(Progress::Stage("building graphs"));
     let precision = o.precision_mode();
     let mut gpt_em = Emitter::new(precision.clone(), gpt_src);
+    gpt_em.dynamic_activations = o.dynamic_int8;
     let mut gpt_graph = gpt::build_step_graph(&gc, &mut gpt_em)?;
     let mut vq_em = Emitter::new(precision.clone(), vq_src);
+    vq_em.dynamic_activations = o.dynamic_int8;
     let mut vq_graph = vq::build_decoder_graph(&vqc, &mut vq_em)?;
     let mut probe_tensors = BTreeMap::new();
     if o.probes {
@@ -224,7 +231,7 @@ pub fn compile(
         graphs: BTreeMap::new(),
         files: BTreeMap::new(),
         precision_details: PrecisionDetails {
-            higher_precision: higher_precision(&precision, [&gpt_em, &vq_em]),
+            higher_precision: higher_precision(&precision, o.dynamic_int8, [&gpt_em, &vq_em]),
             probe_tensors,
             ..Default::default()
         },
@@ -245,4 +252,14 @@ pub fn compile(
     write_bundle(&o.out, &graphs, manifest, &mut |done, total| {
         progress(Progress::Weights { done, total })
     })
+}
+
+/// What bundle.yaml says of the activations of an int8 bundle without calibrated scales.
+pub fn int8_activations_note(dynamic: bool) -> &'static str {
+    if dynamic {
+        "int8 per tensor, quantized at run time (DynamicQuantizeLinear + MatMulInteger) for \
+         every GEMM; convolutions weight-only (f32 activations)"
+    } else {
+        "f32: weight-only int8 (per-channel int8 weights, f32 activations)"
+    }
 }

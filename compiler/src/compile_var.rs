@@ -50,6 +50,8 @@ pub struct VarCompileOptions {
     /// Must equal 16 x the last patch side when given.
     pub image_size: Option<usize>,
     pub precision: Precision,
+    /// int8: quantize GEMM activations per tensor at run time instead of weight-only.
+    pub dynamic_int8: bool,
     pub out: PathBuf,
 }
 
@@ -197,10 +199,12 @@ fn write_var(
         vae: Arc::clone(&vae_src),
     });
     let mut step_em = Emitter::new(precision.clone(), var_src);
+    step_em.dynamic_activations = o.dynamic_int8;
     let step = var::build_step_graph(&c, &mut step_em)?;
     let mut embed_em = Emitter::new(OpPrecision::Fp32, both);
     let embed = var::build_embed_graph(&c, &mut embed_em)?;
     let mut vq_em = Emitter::new(precision.clone(), vae_src);
+    vq_em.dynamic_activations = o.dynamic_int8;
     let decoder = var::build_decoder_graph(&vq, &mut vq_em)?;
 
     let mut roles = BTreeMap::new();
@@ -237,7 +241,7 @@ fn write_var(
         graphs: BTreeMap::new(),
         files: BTreeMap::new(),
         precision_details: PrecisionDetails {
-            higher_precision: higher_precision(&precision),
+            higher_precision: higher_precision(&precision, o.dynamic_int8),
             ..Default::default()
         },
     };
@@ -265,7 +269,7 @@ fn write_var(
 }
 
 /// What stays above the bundle's precision, and why (recorded in bundle.yaml).
-fn higher_precision(p: &OpPrecision) -> BTreeMap<String, String> {
+fn higher_precision(p: &OpPrecision, dynamic: bool) -> BTreeMap<String, String> {
     let mut kept = BTreeMap::new();
     if matches!(p, OpPrecision::Fp32) {
         return kept;
@@ -295,7 +299,7 @@ fn higher_precision(p: &OpPrecision) -> BTreeMap<String, String> {
     if let OpPrecision::Int8(None) = p {
         kept.insert(
             "activations".into(),
-            "f32: weight-only int8 (per-channel int8 weights, f32 activations)".into(),
+            crate::compile::int8_activations_note(dynamic).into(),
         );
     }
     kept

@@ -107,6 +107,9 @@ enum ActivationsArg {
     WeightsOnly,
     /// Calibrated Q/DQ on every GEMM/conv input.
     Qdq,
+    /// GEMM inputs quantized per tensor at run time (ONNX Runtime's int8 GEMM; fastest on CPUs
+    /// with int8 dot products); convolutions weight-only.
+    Dynamic,
 }
 
 fn main() -> ExitCode {
@@ -179,6 +182,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         precision: precision(a.precision),
         activation_scales: None,
         probes: false,
+        dynamic_int8: false,
         out: a.out,
     };
     let set = match &a.calib {
@@ -189,6 +193,7 @@ fn run(a: Args) -> anyhow::Result<()> {
     let activations = match a.int8_activations {
         ActivationsArg::WeightsOnly => Int8Activations::WeightOnly,
         ActivationsArg::Qdq => Int8Activations::Qdq,
+        ActivationsArg::Dynamic => Int8Activations::Dynamic,
     };
     let bar = progress_bar();
     let show = |what: &str, done: usize, total: usize| {
@@ -222,7 +227,8 @@ fn run(a: Args) -> anyhow::Result<()> {
 fn run_var(a: Args, model: String) -> anyhow::Result<()> {
     if a.calib.is_some() || matches!(a.int8_activations, ActivationsArg::Qdq) {
         anyhow::bail!(
-            "--calib / --int8-activations qdq: VAR bundles support weight-only int8 so far"
+            "--calib / --int8-activations qdq: VAR bundles support weight-only and dynamic int8 \
+             so far (no calibration set)"
         );
     }
     let weights = match (a.random_weights, a.var_ckpt, a.vae_ckpt) {
@@ -243,6 +249,7 @@ fn run_var(a: Args, model: String) -> anyhow::Result<()> {
         weights,
         image_size: a.image_size,
         precision: precision(a.precision),
+        dynamic_int8: matches!(a.int8_activations, ActivationsArg::Dynamic),
         out: a.out,
     };
     let bar = progress_bar();

@@ -73,6 +73,7 @@ pub fn tiny_var_options(
         weights,
         image_size: Some(64),
         precision,
+        dynamic_int8: false,
         out: out.to_path_buf(),
     }
 }
@@ -82,14 +83,24 @@ pub fn compile_tiny_var(
     out: &Path,
     precision: llamagen_compiler::bundle::Precision,
 ) -> llamagen_compiler::bundle::Manifest {
+    compile_tiny_var_with(out, precision, false)
+}
+
+/// [`compile_tiny_var`], with int8 activations quantized at run time when `dynamic_int8`.
+pub fn compile_tiny_var_with(
+    out: &Path,
+    precision: llamagen_compiler::bundle::Precision,
+    dynamic_int8: bool,
+) -> llamagen_compiler::bundle::Manifest {
     let dir = tiny_var_dir();
     let weights = llamagen_compiler::compile_var::VarWeights::Checkpoints {
         var: dir.join("var.pth"),
         vae: dir.join("vae.pth"),
     };
-    llamagen_compiler::compile_var::compile_var(
-        &tiny_var_options(out, weights, precision),
-        &mut |_| {},
-    )
-    .expect("compile golden tiny VAR")
+    let opts = llamagen_compiler::compile_var::VarCompileOptions {
+        dynamic_int8,
+        ..tiny_var_options(out, weights, precision)
+    };
+    llamagen_compiler::compile_var::compile_var(&opts, &mut |_| {})
+        .expect("compile golden tiny VAR")
 }

@@ -81,6 +81,10 @@ pub enum Op {
     DequantizeLinear {
         axis: i64,
     },
+    /// x (f32) -> (uint8 x, f32 scale, uint8 zero point): per-tensor, computed at run time.
+    DynamicQuantizeLinear,
+    /// a, b, a zero point, b zero point (optional) -> int32 product.
+    MatMulInteger,
 }
 
 impl Op {
@@ -119,6 +123,8 @@ impl Op {
             Op::ResizeNearest => "Resize",
             Op::QuantizeLinear { .. } => "QuantizeLinear",
             Op::DequantizeLinear { .. } => "DequantizeLinear",
+            Op::DynamicQuantizeLinear => "DynamicQuantizeLinear",
+            Op::MatMulInteger => "MatMulInteger",
         }
     }
 }

@@ -70,6 +70,12 @@ pub type WeightFn = Arc<dyn Fn(&dyn WeightSource) -> Result<Vec<f32>, Error> + S
 /// Emits weights and operators at one precision, and records probes.
 pub struct Emitter {
     pub precision: OpPrecision,
+    /// int8 only: quantize each MatMul's activations per tensor at run time
+    /// (`DynamicQuantizeLinear` + `MatMulInteger`, which ONNX Runtime fuses into one int8 GEMM)
+    /// instead of dequantizing the weights to f32. Convolutions stay weight-only.
+    pub dynamic_activations: bool,
+    /// Dynamic int8: the per-channel scale of each raw int8 MatMul weight [`Self::weight`] gave.
+    dynamic_scales: std::collections::HashMap<ValueId, ValueId>,
     pub source: Arc<dyn WeightSource>,
     pub probes: Vec<Probe>,
     /// Operators left in higher precision than the bundle's, with the reason (for the manifest).
@@ -127,6 +133,8 @@ impl Emitter {
     pub fn new(precision: OpPrecision, source: Arc<dyn WeightSource>) -> Self {
         Emitter {
             precision,
+            dynamic_activations: false,
+            dynamic_scales: Default::default(),
             source,
             probes: Vec::new(),
             kept: BTreeMap::new(),
@@ -208,6 +216,12 @@ impl Emitter {
                     vec![channels],
                     InitData::Lazy(s),
                 );
+                if self.dynamic_activations && channel_axis == 1 {
+                    // MatMulInteger reads the int8 weights as they are; the scales multiply
+                    // its int32 result (see `apply`).
+                    self.dynamic_scales.insert(wq, ws);
+                    return wq;
+                }
                 let zp = g.initializer(
                     &format!("{name}.zero_point"),
                     ElemType::I8,
@@ -255,6 +269,27 @@ impl Emitter {
                 inputs.extend_from_slice(weights);
                 let y = g.wire(&format!("{name}.f16"), op, &inputs);
                 g.wire(name, Op::Cast { to: ElemType::F32 }, &[y])
+            }
+            OpPrecision::Int8(_) if self.dynamic_scales.contains_key(&weights[0]) => {
+                let w_scale = self.dynamic_scales[&weights[0]];
+                let q = g.wire_n(
+                    &format!("{name}.act_dynamic_quant"),
+                    Op::DynamicQuantizeLinear,
+                    &[x],
+                    3,
+                );
+                let y = g.wire(
+                    &format!("{name}.int8"),
+                    Op::MatMulInteger,
+                    &[q[0], weights[0], q[2]],
+                );
+                let y = g.wire(
+                    &format!("{name}.int32_to_f32"),
+                    Op::Cast { to: ElemType::F32 },
+                    &[y],
+                );
+                let scale = g.wire(&format!("{name}.scales"), Op::Mul, &[q[1], w_scale]);
+                g.wire(name, Op::Mul, &[y, scale])
             }
             OpPrecision::Int8(scales) => {
                 let scale = scales.as_ref().and_then(|s| s.get(name));
