@@ -4,22 +4,10 @@
 
 mod support;
 
-use llamagen_runtime::{GenerateRequest, Observer, Pipeline, PipelineOptions, SamplingOptions};
+use llamagen_runtime::{GenerateRequest, Pipeline, PipelineOptions, SamplingOptions};
 use llamagen_test_support::{FP32_IMAGE, FP32_LOGITS};
 use support::golden::{compile_tiny, read_f32, read_i64, tiny_dir};
-
-/// Records the logits each token was sampled from: `[row][step][vocab]`.
-struct LogitsRecorder(Vec<Vec<Vec<f32>>>);
-
-impl Observer for LogitsRecorder {
-    fn on_logits(&mut self, step: usize, row: usize, logits: &[f32]) {
-        if self.0.len() <= row {
-            self.0.resize(row + 1, Vec::new());
-        }
-        assert_eq!(self.0[row].len(), step, "steps arrive in order");
-        self.0[row].push(logits.to_vec());
-    }
-}
+use support::recorder::LogitsRecorder;
 
 fn greedy(cfg_scale: f32) -> GenerateRequest {
     GenerateRequest {

@@ -9,26 +9,14 @@ mod support;
 
 use llamagen_compiler::bundle::Precision;
 use llamagen_runtime::compare::cosine;
-use llamagen_runtime::{GenerateRequest, Observer, Pipeline, PipelineOptions, SamplingOptions};
+use llamagen_runtime::{GenerateRequest, Pipeline, PipelineOptions, SamplingOptions};
 use llamagen_test_support::{FP32_IMAGE, FP32_LOGITS};
 use support::golden::{compile_tiny_var_with, read_f32, read_i64, tiny_var_dir};
+use support::recorder::LogitsRecorder;
 
 /// Tokens of all scales.
 const TOKENS: usize = 30;
 const VOCAB: usize = 64;
-
-/// Records the logits each token was sampled from: `[row][token][vocab]`.
-struct LogitsRecorder(Vec<Vec<Vec<f32>>>);
-
-impl Observer for LogitsRecorder {
-    fn on_logits(&mut self, step: usize, row: usize, logits: &[f32]) {
-        if self.0.len() <= row {
-            self.0.resize(row + 1, Vec::new());
-        }
-        assert_eq!(self.0[row].len(), step, "tokens arrive in order");
-        self.0[row].push(logits.to_vec());
-    }
-}
 
 /// The golden requests: labels 1 and 7, top-k 1 (top-p 0 = off).
 fn greedy(cfg_scale: f32) -> GenerateRequest {

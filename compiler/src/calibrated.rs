@@ -271,7 +271,8 @@ pub fn accuracy(
     Ok(compare(low, reference, &request(set, labels, seed))?)
 }
 
-fn report_figures(r: &CompareReport) -> AccuracyVsFp32 {
+/// The figures bundle.yaml records of a comparison (identical images as `f64::MAX` dB).
+pub(crate) fn report_figures(r: &CompareReport) -> AccuracyVsFp32 {
     AccuracyVsFp32 {
         image_psnr_db: if r.image_psnr_db.is_finite() {
             r.image_psnr_db

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use llamagen_bundle::files::{check_out, hash_files, parent_dir, replace_dir, write_manifest};
-use llamagen_bundle::manifest::{AccuracyVsFp32, GenerationInfo, PrecisionDetails};
+use llamagen_bundle::manifest::{GenerationInfo, PrecisionDetails};
 use llamagen_bundle::{
     load_manifest, GraphRole, Manifest, ModelFamily, Precision, VarConfig, VqConfig, SCHEMA_VERSION,
 };
@@ -19,6 +19,7 @@ use llamagen_runtime::compare::compare;
 use llamagen_runtime::{GenerateRequest, Pipeline, PipelineOptions, SamplingOptions};
 
 use crate::bundle::{write_bundle, BundleGraph};
+use crate::calibrated::report_figures;
 use crate::checkpoint::Checkpoint;
 use crate::compile::Progress;
 use crate::config::{vae_arch, var_arch};
@@ -123,17 +124,7 @@ pub fn compile_var(
     drop((low, reference));
     let mut manifest =
         load_manifest(&low_dir, false).map_err(llamagen_runtime::RuntimeError::from)?;
-    manifest.precision_details.accuracy_vs_fp32 = Some(AccuracyVsFp32 {
-        image_psnr_db: if report.image_psnr_db.is_finite() {
-            report.image_psnr_db
-        } else {
-            f64::MAX
-        },
-        logits_cosine_mean: report.logits_cosine_mean,
-        logits_cosine_min: report.logits_cosine_min,
-        logits_max_abs: report.logits_max_abs,
-        token_agreement: report.token_agreement,
-    });
+    manifest.precision_details.accuracy_vs_fp32 = Some(report_figures(&report));
     manifest.files = hash_files(&low_dir)?;
     write_manifest(&low_dir, &manifest)?;
     replace_dir(&low_dir, &o.out)?;

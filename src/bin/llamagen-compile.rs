@@ -131,6 +131,28 @@ fn precision(p: PrecisionArg) -> Precision {
     }
 }
 
+/// Each checkpoint flag names an existing file.
+fn require_files(files: [(&str, &PathBuf); 2]) -> anyhow::Result<()> {
+    for (flag, p) in files {
+        if !p.is_file() {
+            anyhow::bail!("{flag} {}: no such file", p.display());
+        }
+    }
+    Ok(())
+}
+
+/// The closing line: what was written where.
+fn print_written(out: &std::path::Path, m: &llamagen_compiler::bundle::Manifest) {
+    println!(
+        "wrote {} ({} + {}, {}, {:.1} MB)",
+        out.display(),
+        m.model_name(),
+        m.vq.name,
+        m.precision,
+        m.total_bytes() as f64 / 1e6
+    );
+}
+
 fn progress_bar() -> ProgressBar {
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -160,11 +182,7 @@ fn run(a: Args) -> anyhow::Result<()> {
     let weights = match (a.random_weights, a.gpt_ckpt, a.vq_ckpt) {
         (true, _, _) => Weights::Random { seed: a.seed },
         (false, Some(gpt), Some(vq)) => {
-            for (flag, p) in [("--gpt-ckpt", &gpt), ("--vq-ckpt", &vq)] {
-                if !p.is_file() {
-                    anyhow::bail!("{flag} {}: no such file", p.display());
-                }
-            }
+            require_files([("--gpt-ckpt", &gpt), ("--vq-ckpt", &vq)])?;
             Weights::Checkpoints { gpt, vq }
         }
         _ => anyhow::bail!("give --gpt-ckpt and --vq-ckpt, or --random-weights"),
@@ -211,15 +229,7 @@ fn run(a: Args) -> anyhow::Result<()> {
     for (k, v) in accuracy.iter().flat_map(|a| a.figures()) {
         println!("{k:<20} {v:.6} (vs fp32 on calibration set '{}')", set.name);
     }
-    let mb = manifest.total_bytes() as f64 / 1e6;
-    println!(
-        "wrote {} ({} + {}, {}, {:.1} MB)",
-        opts.out.display(),
-        manifest.model_name(),
-        manifest.vq.name,
-        manifest.precision,
-        mb
-    );
+    print_written(&opts.out, &manifest);
     Ok(())
 }
 
@@ -234,11 +244,7 @@ fn run_var(a: Args, model: String) -> anyhow::Result<()> {
     let weights = match (a.random_weights, a.var_ckpt, a.vae_ckpt) {
         (true, _, _) => VarWeights::Random { seed: a.seed },
         (false, Some(var), Some(vae)) => {
-            for (flag, p) in [("--var-ckpt", &var), ("--vae-ckpt", &vae)] {
-                if !p.is_file() {
-                    anyhow::bail!("{flag} {}: no such file", p.display());
-                }
-            }
+            require_files([("--var-ckpt", &var), ("--vae-ckpt", &vae)])?;
             VarWeights::Checkpoints { var, vae }
         }
         _ => anyhow::bail!("give --var-ckpt and --vae-ckpt, or --random-weights"),
@@ -270,13 +276,6 @@ fn run_var(a: Args, model: String) -> anyhow::Result<()> {
     {
         println!("{k:<20} {v:.6} (vs fp32, 2 labels, cfg 1.5)");
     }
-    println!(
-        "wrote {} ({} + {}, {}, {:.1} MB)",
-        opts.out.display(),
-        manifest.model_name(),
-        manifest.vq.name,
-        manifest.precision,
-        manifest.total_bytes() as f64 / 1e6
-    );
+    print_written(&opts.out, &manifest);
     Ok(())
 }

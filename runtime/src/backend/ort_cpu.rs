@@ -30,15 +30,67 @@ pub struct OrtCpu {
     layers: usize,
     vocab: usize,
     config: llamagen_bundle::config::GptConfig,
-    names: IoNames,
+    names: CacheNames,
 }
 
-/// Input/output names built once, not per step.
-struct IoNames {
+/// Per-layer cache input/output names, built once, and the two things every cached step does
+/// with them: pass the caches in (borrowed, no copy) and write the new slices back.
+pub(crate) struct CacheNames {
     past_key: Vec<String>,
     past_value: Vec<String>,
     present_key: Vec<String>,
     present_value: Vec<String>,
+}
+
+impl CacheNames {
+    pub(crate) fn new(layers: usize) -> Self {
+        CacheNames {
+            past_key: (0..layers).map(io_names::past_key).collect(),
+            past_value: (0..layers).map(io_names::past_value).collect(),
+            present_key: (0..layers).map(io_names::present_key).collect(),
+            present_value: (0..layers).map(io_names::present_value).collect(),
+        }
+    }
+
+    /// Appends every layer's `past_key.i` / `past_value.i` as views of `cache`.
+    pub(crate) fn push_inputs<'a>(
+        &'a self,
+        inputs: &mut Vec<(Cow<'a, str>, SessionInputValue<'a>)>,
+        cache: &'a KvCache,
+    ) -> Result<(), RuntimeError> {
+        let shape = cache.shape();
+        for (i, (k, v)) in self.past_key.iter().zip(&self.past_value).enumerate() {
+            inputs.push((
+                k.as_str().into(),
+                tensor(shape.to_vec(), &cache.keys[i], k)?,
+            ));
+            inputs.push((
+                v.as_str().into(),
+                tensor(shape.to_vec(), &cache.values[i], v)?,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes every layer's `present_*` slice of `n` tokens into `cache` at `position`.
+    pub(crate) fn write_outputs(
+        &self,
+        outputs: &ort::session::SessionOutputs<'_>,
+        role: GraphRole,
+        cache: &mut KvCache,
+        position: usize,
+        n: usize,
+    ) -> Result<(), RuntimeError> {
+        let shape = cache.shape();
+        let slice = vec![shape[0], shape[1], n, shape[3]];
+        for (i, (k, v)) in self.present_key.iter().zip(&self.present_value).enumerate() {
+            let data = output_f32(outputs, role, k, slice.clone())?;
+            KvCache::write(&mut cache.keys[i], data, shape, position, n);
+            let data = output_f32(outputs, role, v, slice.clone())?;
+            KvCache::write(&mut cache.values[i], data, shape, position, n);
+        }
+        Ok(())
+    }
 }
 
 /// How a session plans its activation memory.
@@ -118,14 +170,34 @@ impl OrtCpu {
             layers,
             vocab: m.vocab_size(),
             config,
-            names: IoNames {
-                past_key: (0..layers).map(io_names::past_key).collect(),
-                past_value: (0..layers).map(io_names::past_value).collect(),
-                present_key: (0..layers).map(io_names::present_key).collect(),
-                present_value: (0..layers).map(io_names::present_value).collect(),
-            },
+            names: CacheNames::new(layers),
         })
     }
+}
+
+/// Output `name` of a run of graph `role`, checked to have shape `expected`.
+pub(crate) fn output_f32<'a>(
+    outputs: &'a ort::session::SessionOutputs<'_>,
+    role: GraphRole,
+    name: &str,
+    expected: Vec<usize>,
+) -> Result<&'a [f32], RuntimeError> {
+    let value = outputs
+        .get(name)
+        .ok_or_else(|| RuntimeError::ort(role.name(), format!("no output {name}")))?;
+    let (s, data) = value
+        .try_extract_tensor::<f32>()
+        .map_err(|e| RuntimeError::ort(format!("output {name}"), e))?;
+    let got: Vec<usize> = s.iter().map(|&d| d as usize).collect();
+    if got != expected {
+        return Err(RuntimeError::OutputShape {
+            graph: role,
+            what: name.to_string(),
+            expected,
+            got,
+        });
+    }
+    Ok(data)
 }
 
 pub(crate) fn tensor<'a, T>(
@@ -184,7 +256,6 @@ impl Backend for OrtCpu {
     ) -> Result<(), RuntimeError> {
         let StepInput { ids, position } = input;
         let batch = cache.batch;
-        let shape = cache.shape();
         let pos = [position as i64];
         let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
             Vec::with_capacity(2 + 2 * self.layers);
@@ -196,49 +267,19 @@ impl Backend for OrtCpu {
             io_names::POSITION.into(),
             tensor(vec![1], &pos, io_names::POSITION)?,
         ));
-        for i in 0..self.layers {
-            let (k, v) = (&self.names.past_key[i], &self.names.past_value[i]);
-            inputs.push((
-                k.as_str().into(),
-                tensor(shape.to_vec(), &cache.keys[i], k)?,
-            ));
-            inputs.push((
-                v.as_str().into(),
-                tensor(shape.to_vec(), &cache.values[i], v)?,
-            ));
-        }
+        self.names.push_inputs(&mut inputs, cache)?;
         let mut session = self.gpt.lock().unwrap_or_else(|p| p.into_inner());
         let outputs = session
             .run(inputs)
             .map_err(|e| RuntimeError::ort("gpt step", e))?;
 
-        let extract = |name: &str, expected: Vec<usize>| -> Result<&[f32], RuntimeError> {
-            let value = outputs
-                .get(name)
-                .ok_or_else(|| RuntimeError::ort("gpt step", format!("no output {name}")))?;
-            let (s, data) = value
-                .try_extract_tensor::<f32>()
-                .map_err(|e| RuntimeError::ort(format!("output {name}"), e))?;
-            let got: Vec<usize> = s.iter().map(|&d| d as usize).collect();
-            if got != expected {
-                return Err(RuntimeError::OutputShape {
-                    graph: GraphRole::GptStep,
-                    what: name.to_string(),
-                    expected,
-                    got,
-                });
-            }
-            Ok(data)
+        let extract = |name: &str, expected: Vec<usize>| {
+            output_f32(&outputs, GraphRole::GptStep, name, expected)
         };
         logits.clear();
         logits.extend_from_slice(extract(io_names::LOGITS, vec![batch, self.vocab])?);
-        let slice_shape = vec![batch, shape[1], 1, shape[3]];
-        for i in 0..self.layers {
-            let k = extract(&self.names.present_key[i], slice_shape.clone())?;
-            KvCache::write(&mut cache.keys[i], k, shape, position, 1);
-            let v = extract(&self.names.present_value[i], slice_shape.clone())?;
-            KvCache::write(&mut cache.values[i], v, shape, position, 1);
-        }
+        self.names
+            .write_outputs(&outputs, GraphRole::GptStep, cache, position, 1)?;
         report_probes(&outputs, &self.gpt_probes, probes)
     }
 

@@ -8,9 +8,9 @@ use std::sync::Mutex;
 
 use llamagen_bundle::names as io_names;
 use llamagen_bundle::{GraphRole, Manifest, VarConfig};
-use ort::session::{Session, SessionInputValue, SessionOutputs};
+use ort::session::{Session, SessionInputValue};
 
-use crate::backend::ort_cpu::{session, tensor, Activations};
+use crate::backend::ort_cpu::{output_f32 as output, session, tensor, Activations, CacheNames};
 use crate::backend::CpuOptions;
 use crate::error::RuntimeError;
 use crate::kv_cache::KvCache;
@@ -22,44 +22,12 @@ pub(crate) struct VarSessions {
     names: CacheNames,
 }
 
-/// Cache input/output names, built once.
-struct CacheNames {
-    past_key: Vec<String>,
-    past_value: Vec<String>,
-    present_key: Vec<String>,
-    present_value: Vec<String>,
-}
-
 /// Outputs of the embed graph for `rows` rows.
 pub(crate) struct Embedded {
     /// `[rows, tokens_total, C]`.
     pub inputs: Vec<f32>,
     /// `[rows, Cvae, P, P]`.
     pub f_hat: Vec<f32>,
-}
-
-fn output<'a>(
-    outputs: &'a SessionOutputs<'_>,
-    role: GraphRole,
-    name: &str,
-    expected: Vec<usize>,
-) -> Result<&'a [f32], RuntimeError> {
-    let value = outputs
-        .get(name)
-        .ok_or_else(|| RuntimeError::ort(role.name(), format!("no output {name}")))?;
-    let (s, data) = value
-        .try_extract_tensor::<f32>()
-        .map_err(|e| RuntimeError::ort(format!("output {name}"), e))?;
-    let got: Vec<usize> = s.iter().map(|&d| d as usize).collect();
-    if got != expected {
-        return Err(RuntimeError::OutputShape {
-            graph: role,
-            what: name.to_string(),
-            expected,
-            got,
-        });
-    }
-    Ok(data)
 }
 
 impl VarSessions {
@@ -82,12 +50,7 @@ impl VarSessions {
             step: open(GraphRole::VarStep, Activations::Arena)?,
             embed: open(GraphRole::VarEmbed, Activations::Arena)?,
             decoder: open(GraphRole::VqDecoder, Activations::Arena)?,
-            names: CacheNames {
-                past_key: (0..layers).map(io_names::past_key).collect(),
-                past_value: (0..layers).map(io_names::past_value).collect(),
-                present_key: (0..layers).map(io_names::present_key).collect(),
-                present_value: (0..layers).map(io_names::present_value).collect(),
-            },
+            names: CacheNames::new(layers),
         })
     }
 
@@ -146,7 +109,6 @@ impl VarSessions {
     ) -> Result<(), RuntimeError> {
         let rows = labels.len();
         let n = x.len() / (rows * c.embed_dim).max(1);
-        let shape = cache.shape();
         let pos = [position as i64];
         let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
             Vec::with_capacity(3 + 2 * c.depth);
@@ -162,17 +124,7 @@ impl VarSessions {
             io_names::POSITION.into(),
             tensor(vec![1], &pos, io_names::POSITION)?,
         ));
-        for i in 0..c.depth {
-            let (k, v) = (&self.names.past_key[i], &self.names.past_value[i]);
-            inputs.push((
-                k.as_str().into(),
-                tensor(shape.to_vec(), &cache.keys[i], k)?,
-            ));
-            inputs.push((
-                v.as_str().into(),
-                tensor(shape.to_vec(), &cache.values[i], v)?,
-            ));
-        }
+        self.names.push_inputs(&mut inputs, cache)?;
         let mut session = self.step.lock().unwrap_or_else(|p| p.into_inner());
         let out = session
             .run(inputs)
@@ -185,13 +137,7 @@ impl VarSessions {
             io_names::LOGITS,
             vec![rows, n, c.vocab_size],
         )?);
-        let slice = vec![rows, c.num_heads, n, c.head_dim];
-        for i in 0..c.depth {
-            let k = output(&out, role, &self.names.present_key[i], slice.clone())?;
-            KvCache::write(&mut cache.keys[i], k, shape, position, n);
-            let v = output(&out, role, &self.names.present_value[i], slice.clone())?;
-            KvCache::write(&mut cache.values[i], v, shape, position, n);
-        }
+        self.names.write_outputs(&out, role, cache, position, n)?;
         Ok(())
     }
 
