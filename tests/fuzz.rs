@@ -407,7 +407,8 @@ fn fuzz_npy() {
 fn seed_bundle() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("llamagen-fuzz-bundle-{}", std::process::id()));
+        // One fixed folder under cargo's per-target temp dir, replaced on every run.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-seed-bundle");
         let _ = std::fs::remove_dir_all(&dir);
         let opts = support::golden::tiny_options(
             &dir,
@@ -590,7 +591,7 @@ fn regression_pickle_empty_dict_bomb_in_a_checkpoint() {
     *pkl = bomb;
     let tmp = tempfile::tempdir().unwrap();
     let p = temp_file(tmp.path(), "bomb.pt", &zip_of(&entries));
-    let e = Checkpoint::open(&p).err().expect("the bomb was accepted");
+    let e = Checkpoint::open(&p).expect_err("the bomb was accepted");
     assert!(e.to_string().contains("memory"), "{e}");
 }
 
