@@ -30,7 +30,7 @@ fn sampler(c: &mut Criterion) {
 fn bench_step(c: &mut Criterion, name: &str, bundle: &Path) {
     let m = load_manifest(bundle, false).expect("bundle manifest");
     let backend = OrtCpu::load(bundle, &m, &CpuOptions::default()).expect("backend");
-    let g = &m.gpt;
+    let g = m.gpt.as_ref().expect("a LlamaGen bundle");
     let mut cache = backend.new_state(2).expect("step state");
     let mut logits = Vec::new();
     let position = (g.max_len / 2).min(g.cls_token_num + g.block_size - 1);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the project needs besides the Rust toolchain: the ONNX Runtime shared library
-# (from the `onnxruntime` wheel on PyPI, loaded at run time), numpy + onnx for the tests that
-# cross-check our files with the official onnx checker, NVRTC (the `nvidia-cuda-nvrtc` wheel,
+# (from the `onnxruntime` wheel on PyPI, loaded at run time), numpy + onnx + pyyaml for the tests
+# that cross-check our files with the official onnx checker and drive a bundle from Python, NVRTC (the `nvidia-cuda-nvrtc` wheel,
 # ~90 MB, found in site-packages at run time: the CUDA kernels compile without a GPU) and a C++
 # compiler for the `cuda-emu` feature's kernel emulator. Idempotent and quick when already done.
 set -euo pipefail
@@ -9,8 +9,8 @@ PY=${PYTHON:-python3}
 pip_install() {
   "$PY" -m pip install --quiet --disable-pip-version-check "$@"
 }
-if ! "$PY" -c "import onnxruntime, numpy, onnx" 2>/dev/null; then
-  pip_install "onnxruntime==1.31.1" numpy onnx
+if ! "$PY" -c "import onnxruntime, numpy, onnx, yaml" 2>/dev/null; then
+  pip_install "onnxruntime==1.31.1" numpy onnx pyyaml
 fi
 "$PY" -c "import onnxruntime; print('onnxruntime', onnxruntime.__version__)"
 

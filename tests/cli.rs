@@ -6,85 +6,15 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use llamagen_compiler::bundle::GraphRole;
 use llamagen_compiler::checkpoint::Checkpoint;
 use llamagen_test_support::torch::{write_torch_checkpoint, DType};
+use support::cli::{fails, ok, png_size, refs, run, s};
 use support::golden::{fixture, read_i64, tiny_dir};
 
 const LLAMAGEN: &str = env!("CARGO_BIN_EXE_llamagen");
 const COMPILE: &str = env!("CARGO_BIN_EXE_llamagen-compile");
-
-/// Runs a binary (no tracing output, so stderr holds only what the user would see).
-fn run(bin: &str, args: &[&str]) -> Output {
-    Command::new(bin)
-        .args(args)
-        .env_remove("LLAMAGEN_LOG")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Asserts exit 0 and returns stdout.
-fn ok(bin: &str, args: &[&str]) -> String {
-    let out = run(bin, args);
-    assert!(
-        out.status.success(),
-        "{bin} {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-/// Asserts a clean failure: non-zero exit, no panic, one `error: ...` line on stderr that
-/// contains every string of `needles`. Returns that line.
-fn fails(bin: &str, args: &[&str], needles: &[&str]) -> String {
-    let out = run(bin, args);
-    let stderr = text(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "{bin} {args:?} should fail but exited 0:\nstdout: {}\nstderr: {stderr}",
-        text(&out.stdout)
-    );
-    assert_ne!(
-        out.status.code(),
-        Some(101),
-        "{bin} {args:?}: exit code 101 is a panic:\n{stderr}"
-    );
-    assert!(
-        !stderr.contains("panicked"),
-        "{bin} {args:?} panicked:\n{stderr}"
-    );
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{bin} {args:?}: expected a one-line error on stderr, got:\n{stderr}"
-    );
-    let line = lines[0];
-    eprintln!("{bin} {args:?}\n  -> {line}");
-    assert!(
-        line.starts_with("error:"),
-        "{bin} {args:?}: stderr does not start with 'error:': {line}"
-    );
-    for n in needles {
-        assert!(
-            line.contains(n),
-            "{bin} {args:?}: error does not mention '{n}': {line}"
-        );
-    }
-    line.to_string()
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
 
 /// `llamagen-compile` arguments of the golden tiny model with the given checkpoints.
 fn tiny_compile_args(gpt_ckpt: &Path, vq_ckpt: &Path, out: &Path) -> Vec<String> {
@@ -108,10 +38,6 @@ fn tiny_compile_args(gpt_ckpt: &Path, vq_ckpt: &Path, out: &Path) -> Vec<String>
     ]
 }
 
-fn refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
 /// Compiles the golden tiny model through the CLI into `dir/bundle`.
 fn compile_tiny_cli(dir: &Path) -> PathBuf {
     let bundle = dir.join("bundle");
@@ -120,28 +46,6 @@ fn compile_tiny_cli(dir: &Path) -> PathBuf {
     ok(COMPILE, &refs(&args));
     assert!(bundle.join("bundle.yaml").is_file(), "no bundle.yaml");
     bundle
-}
-
-/// (width, height) from a PNG's IHDR chunk (bytes 16..24), after checking signature and chunk.
-fn png_size(path: &Path) -> (u32, u32) {
-    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(b.len() > 33, "{}: too short for a PNG", path.display());
-    assert_eq!(
-        &b[..8],
-        b"\x89PNG\r\n\x1a\n",
-        "{}: PNG signature",
-        path.display()
-    );
-    assert_eq!(&b[8..12], &[0, 0, 0, 13], "{}: IHDR length", path.display());
-    assert_eq!(&b[12..16], b"IHDR", "{}: first chunk", path.display());
-    assert_eq!(
-        &b[b.len() - 8..b.len() - 4],
-        b"IEND",
-        "{}: IEND",
-        path.display()
-    );
-    let be = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    (be(16), be(20))
 }
 
 fn generate(bundle: &Path, out: &Path, extra: &[&str]) {
@@ -293,8 +197,8 @@ fn bad_request_values_are_one_line_errors() {
             &["--labels", "3", "--top-k", "100", "--top-p", "1.5"],
             &["top_p", "1.5"],
         ),
-        // The official default top-k (2000) exceeds this vocabulary.
-        (&["--labels", "3"], &["top_k", "2000", "512"]),
+        // An explicit top-k above the vocabulary (a default one is clamped to it).
+        (&["--labels", "3", "--top-k", "2000"], &["top_k", "2000", "512"]),
     ];
     for (extra, needles) in cases {
         let mut args = vec!["generate", "--bundle", &b, "--out", &o];

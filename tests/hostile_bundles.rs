@@ -318,7 +318,7 @@ fn manifest_values_are_cross_checked() {
         (
             "block-size-0",
             |m| {
-                m.gpt.block_size = 0;
+                m.gpt.as_mut().unwrap().block_size = 0;
                 m.generation.tokens_per_image = 0;
             },
             &["gpt.block_size"],
@@ -326,21 +326,21 @@ fn manifest_values_are_cross_checked() {
         // rotary.rs panicked on a cache shorter than the tokens.
         (
             "max-len-short",
-            |m| m.gpt.max_len = 10,
+            |m| m.gpt.as_mut().unwrap().max_len = 10,
             &["gpt.max_len", "got 10"],
         ),
         // kv_cache.rs aborted on a capacity overflow.
         (
             "max-len-huge",
-            |m| m.gpt.max_len = usize::MAX / 4,
+            |m| m.gpt.as_mut().unwrap().max_len = usize::MAX / 4,
             &["gpt.max_len"],
         ),
         // The class table has 11 rows: class 500 was an out-of-bounds device read.
         (
             "num-classes-beyond-rows",
             |m| {
-                m.gpt.num_classes = 1000;
-                m.gpt.class_rows = 1001;
+                m.gpt.as_mut().unwrap().num_classes = 1000;
+                m.gpt.as_mut().unwrap().class_rows = 1001;
                 m.generation.null_class = 1000;
             },
             &["embeddings", "1513", "523"],
@@ -369,13 +369,17 @@ fn manifest_values_are_cross_checked() {
         (
             "vocab-over-sampler-limit",
             |m| {
-                m.gpt.vocab_size = (1 << 20) + 1;
+                m.gpt.as_mut().unwrap().vocab_size = (1 << 20) + 1;
                 m.vq.codebook_size = (1 << 20) + 1;
                 m.generation.class_token_offset = (1 << 20) + 1;
             },
             &["gpt.vocab_size", "1048577", "1048576"],
         ),
-        ("n-head-0", |m| m.gpt.n_head = 0, &["gpt.n_head"]),
+        (
+            "n-head-0",
+            |m| m.gpt.as_mut().unwrap().n_head = 0,
+            &["gpt.n_head"],
+        ),
         (
             "ch-mult-65",
             |m| m.vq.ch_mult = vec![1; 65],

@@ -311,7 +311,7 @@ fn check_manifest(m: &Manifest, image_size: usize, gpt_params: usize, vq_params:
     let max_len = (1 + tokens).div_ceil(8) * 8;
     let what = format!("bundle.yaml at {image_size} px");
 
-    let g = &m.gpt;
+    let g = m.gpt.as_ref().expect("a LlamaGen bundle");
     assert_eq!(
         (g.n_layer, g.n_head, g.n_kv_head, g.dim, g.head_dim),
         (12, 12, 12, 768, 64),

@@ -16,7 +16,7 @@
 use std::path::Path;
 
 use crate::config::{find_multiple, GptConfig, VqConfig};
-use crate::manifest::{GraphRole, Manifest};
+use crate::manifest::{GraphRole, Manifest, ModelFamily};
 use crate::names;
 use crate::onnx_proto::{data_type, DimensionValue, GraphProto, TensorProto, ValueInfoProto};
 pub use crate::sampling::MAX_VOCAB;
@@ -31,7 +31,7 @@ pub const MAX_COND_TOKENS: usize = 512;
 /// Most VQ decoder levels (`ch_mult` entries): downsample 2^(levels - 1).
 pub const MAX_VQ_LEVELS: usize = 16;
 
-fn mismatch(
+pub(crate) fn mismatch(
     path: &Path,
     key: impl Into<String>,
     expected: impl ToString,
@@ -45,7 +45,7 @@ fn mismatch(
     }
 }
 
-fn over(path: &Path, key: &'static str, value: usize, limit: usize) -> BundleError {
+pub(crate) fn over(path: &Path, key: &'static str, value: usize, limit: usize) -> BundleError {
     BundleError::OverLimit {
         path: path.to_path_buf(),
         key,
@@ -54,7 +54,12 @@ fn over(path: &Path, key: &'static str, value: usize, limit: usize) -> BundleErr
     }
 }
 
-fn mul(path: &Path, key: &'static str, a: usize, b: usize) -> Result<usize, BundleError> {
+pub(crate) fn mul(
+    path: &Path,
+    key: &'static str,
+    a: usize,
+    b: usize,
+) -> Result<usize, BundleError> {
     a.checked_mul(b)
         .ok_or_else(|| over(path, key, usize::MAX, usize::MAX))
 }
@@ -214,26 +219,48 @@ pub fn vq_config(path: &Path, c: &VqConfig) -> Result<(), BundleError> {
 
 /// Configs, generation info and file sizes agree with each other (no file is read).
 pub fn manifest_values(path: &Path, m: &Manifest) -> Result<(), BundleError> {
-    gpt_config(path, &m.gpt)?;
+    let gen = &m.generation;
+    let pairs: Vec<(&str, usize, usize)> = match m.family {
+        ModelFamily::LlamagenC2i => {
+            let g = m.gpt()?;
+            gpt_config(path, g)?;
+            vec![
+                (
+                    "generation.class_token_offset",
+                    g.vocab_size,
+                    gen.class_token_offset,
+                ),
+                ("generation.null_class", g.num_classes, gen.null_class),
+                (
+                    "generation.tokens_per_image",
+                    g.block_size,
+                    gen.tokens_per_image,
+                ),
+                ("vq.codebook_size", g.vocab_size, m.vq.codebook_size),
+                ("vq.grid", g.grid(), m.vq.grid),
+            ]
+        }
+        ModelFamily::Var => {
+            let v = m.var()?;
+            crate::check_var::var_config(path, v)?;
+            vec![
+                ("generation.class_token_offset", 0, gen.class_token_offset),
+                ("generation.null_class", v.num_classes, gen.null_class),
+                (
+                    "generation.tokens_per_image",
+                    v.tokens,
+                    gen.tokens_per_image,
+                ),
+                ("vq.codebook_size", v.vocab_size, m.vq.codebook_size),
+                ("vq.codebook_embed_dim", v.cvae, m.vq.codebook_embed_dim),
+                ("vq.grid", v.last_side(), m.vq.grid),
+                ("var.image_size", m.vq.image_size, v.image_size),
+            ]
+        }
+    };
     vq_config(path, &m.vq)?;
-    let (g, gen) = (&m.gpt, &m.generation);
-    let pairs: [(&str, usize, usize); 6] = [
-        (
-            "generation.class_token_offset",
-            g.vocab_size,
-            gen.class_token_offset,
-        ),
-        ("generation.null_class", g.num_classes, gen.null_class),
-        (
-            "generation.tokens_per_image",
-            g.block_size,
-            gen.tokens_per_image,
-        ),
-        ("generation.image_size", m.vq.image_size, gen.image_size),
-        ("vq.codebook_size", g.vocab_size, m.vq.codebook_size),
-        ("vq.grid", g.grid(), m.vq.grid),
-    ];
-    for (key, expected, got) in pairs {
+    let image = ("generation.image_size", m.vq.image_size, gen.image_size);
+    for (key, expected, got) in pairs.into_iter().chain([image]) {
         if expected != got {
             return Err(mismatch(path, key, expected, got));
         }
@@ -248,10 +275,10 @@ pub fn manifest_values(path: &Path, m: &Manifest) -> Result<(), BundleError> {
 }
 
 /// What a graph input/output must look like: dtype and dims (`None`: symbolic, any size).
-struct Expect<'a> {
-    name: &'a str,
-    dtype: i32,
-    dims: Vec<Option<usize>>,
+pub(crate) struct Expect<'a> {
+    pub name: &'a str,
+    pub dtype: i32,
+    pub dims: Vec<Option<usize>>,
 }
 
 fn declared_dims(v: &ValueInfoProto) -> Option<(i32, Vec<Option<i64>>)> {
@@ -277,7 +304,11 @@ fn fmt_dims(d: &[Option<i64>]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
-fn check_io(path: &Path, list: &[ValueInfoProto], e: &Expect<'_>) -> Result<(), BundleError> {
+pub(crate) fn check_io(
+    path: &Path,
+    list: &[ValueInfoProto],
+    e: &Expect<'_>,
+) -> Result<(), BundleError> {
     let v = list
         .iter()
         .find(|v| v.name == e.name)
@@ -304,7 +335,7 @@ fn check_io(path: &Path, list: &[ValueInfoProto], e: &Expect<'_>) -> Result<(), 
 }
 
 /// The manifest's record of a graph's inputs and outputs is the graph's own declaration.
-fn manifest_io_matches(
+pub(crate) fn manifest_io_matches(
     path: &Path,
     m: &Manifest,
     role: GraphRole,
@@ -391,7 +422,7 @@ pub fn tensor_bytes(path: &Path, t: &TensorProto) -> Result<Option<usize>, Bundl
     Ok(Some(n))
 }
 
-fn initializer_dims(
+pub(crate) fn initializer_dims(
     path: &Path,
     g: &GraphProto,
     name: &str,
@@ -418,7 +449,7 @@ fn initializer_dims(
 
 /// The GPT step graph declares what the manifest's config says.
 pub fn gpt_graph(path: &Path, m: &Manifest, g: &GraphProto) -> Result<(), BundleError> {
-    let c = &m.gpt;
+    let c = m.gpt()?;
     manifest_io_matches(path, m, GraphRole::GptStep, g)?;
     check_io(
         path,
@@ -502,15 +533,20 @@ pub fn gpt_graph(path: &Path, m: &Manifest, g: &GraphProto) -> Result<(), Bundle
 pub fn vq_graph(path: &Path, m: &Manifest, g: &GraphProto) -> Result<(), BundleError> {
     let c = &m.vq;
     manifest_io_matches(path, m, GraphRole::VqDecoder, g)?;
-    check_io(
-        path,
-        &g.input,
-        &Expect {
+    let input = match m.family {
+        ModelFamily::LlamagenC2i => Expect {
             name: names::VQ_TOKENS,
             dtype: data_type::INT64,
             dims: vec![None, Some(c.grid * c.grid)],
         },
-    )?;
+        // VAR's VQVAE decodes the feature map f_hat.
+        ModelFamily::Var => Expect {
+            name: names::VQ_FEATURES,
+            dtype: data_type::FLOAT,
+            dims: vec![None, Some(c.codebook_embed_dim), Some(c.grid), Some(c.grid)],
+        },
+    };
+    check_io(path, &g.input, &input)?;
     check_io(
         path,
         &g.output,
@@ -520,6 +556,9 @@ pub fn vq_graph(path: &Path, m: &Manifest, g: &GraphProto) -> Result<(), BundleE
             dims: vec![None, Some(3), Some(c.image_size), Some(c.image_size)],
         },
     )?;
+    if m.family == ModelFamily::Var {
+        return Ok(());
+    }
     initializer_dims(
         path,
         g,

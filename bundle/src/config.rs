@@ -250,6 +250,14 @@ pub struct VqConfig {
     /// Side of the token grid the decoder takes (image_size / downsample).
     pub grid: usize,
     pub image_size: usize,
+    /// Kernel side of `post_quant_conv`: 1 in LlamaGen's VQModel, 3 in VAR's VQVAE
+    /// (`quant_conv_ks`). Bundles written before the field existed are LlamaGen's.
+    #[serde(default = "one")]
+    pub post_quant_kernel: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl VqConfig {
@@ -344,6 +352,7 @@ impl VqConfig {
             downsample: arch.downsample,
             grid: image_size / arch.downsample,
             image_size,
+            post_quant_kernel: 1,
         })
     }
 }

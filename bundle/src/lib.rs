@@ -8,12 +8,14 @@
 //! - [`names`]: every graph input, output and initializer name, defined once;
 //! - [`onnx_proto`] and [`initializers`]: the ONNX subset we write and a reader of a graph's
 //!   initializers (any stored precision, as f32);
+//! - [`var_config`]: VAR's architecture files and resolved config;
 //! - [`rotary`] and [`vq_plan`]: derived tables and structure both sides must agree on;
 //! - [`sampling`] and [`philox`]: the sampling options and the counter-based random stream that
 //!   the CPU and device samplers share;
 //! - [`site_packages`]: where pip-installed native libraries live, for every backend's finder.
 
 pub mod check;
+pub mod check_var;
 pub mod config;
 pub mod confine;
 pub mod files;
@@ -26,6 +28,7 @@ pub mod rotary;
 pub mod sampling;
 pub mod site_packages;
 pub mod tensor_type;
+pub mod var_config;
 pub mod verify;
 pub mod vq_plan;
 
@@ -35,4 +38,5 @@ pub use manifest::{
     SCHEMA_VERSION,
 };
 pub use sampling::SamplingOptions;
+pub use var_config::{VaeArch, VarArch, VarConfig};
 pub use verify::{load_manifest, BundleError};

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{GptConfig, VqConfig};
 use crate::tensor_type::{Dim, ElemType, TensorType};
+use crate::var_config::VarConfig;
 
 pub const MANIFEST_FILE: &str = "bundle.yaml";
 /// Bumped on any incompatible change; the runtime refuses other versions.
@@ -61,6 +62,19 @@ pub enum ModelFamily {
     /// decoder.
     #[default]
     LlamagenC2i,
+    /// VAR (next-scale prediction): a step graph over one scale's token block (no mask, KV
+    /// cache), an embed graph for the between-scale work, and the VQVAE decoder of `f_hat`.
+    Var,
+}
+
+impl ModelFamily {
+    /// The name bundle.yaml uses (`llamagen_c2i`, `var`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelFamily::LlamagenC2i => "llamagen_c2i",
+            ModelFamily::Var => "var",
+        }
+    }
 }
 
 /// What a graph of the bundle does; the key of `graphs` in bundle.yaml.
@@ -69,8 +83,14 @@ pub enum ModelFamily {
 pub enum GraphRole {
     /// The GPT step: one token per row in, logits and the new KV slices out (c2i LlamaGen).
     GptStep,
-    /// The VQ decoder: image tokens in, images out.
+    /// The VQ decoder: image tokens (LlamaGen) or the code feature map `f_hat` (VAR) in,
+    /// images out.
     VqDecoder,
+    /// VAR: one scale's token block in (input embeddings, labels, position, caches), its logits
+    /// and new KV slices out.
+    VarStep,
+    /// VAR: tokens of the scales done so far in, the next inputs and `f_hat` out.
+    VarEmbed,
 }
 
 impl GraphRole {
@@ -79,6 +99,8 @@ impl GraphRole {
         match self {
             GraphRole::GptStep => "gpt_step",
             GraphRole::VqDecoder => "vq_decoder",
+            GraphRole::VarStep => "var_step",
+            GraphRole::VarEmbed => "var_embed",
         }
     }
 }
@@ -99,7 +121,12 @@ pub struct Manifest {
     pub precision: Precision,
     /// Where the weights came from (checkpoint paths or `random(seed=N)`).
     pub sources: BTreeMap<String, String>,
-    pub gpt: GptConfig,
+    /// The GPT of a LlamaGen bundle (absent in other families).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpt: Option<GptConfig>,
+    /// The transformer and quantizer of a VAR bundle (absent in other families).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub var: Option<VarConfig>,
     pub vq: VqConfig,
     pub generation: GenerationInfo,
     pub graphs: BTreeMap<GraphRole, GraphEntry>,
@@ -243,6 +270,50 @@ impl Manifest {
                 path: dir.join(MANIFEST_FILE),
                 reason: format!("no graph '{role}'"),
             })
+    }
+
+    /// The GPT config of a LlamaGen bundle, or an error naming the family.
+    pub fn gpt(&self) -> Result<&GptConfig, crate::BundleError> {
+        self.gpt.as_ref().ok_or_else(|| self.wrong_family("gpt"))
+    }
+
+    /// The VAR config of a VAR bundle, or an error naming the family.
+    pub fn var(&self) -> Result<&VarConfig, crate::BundleError> {
+        self.var.as_ref().ok_or_else(|| self.wrong_family("var"))
+    }
+
+    fn wrong_family(&self, section: &str) -> crate::BundleError {
+        crate::BundleError::BadManifest {
+            path: MANIFEST_FILE.into(),
+            reason: format!("a {} bundle has no '{section}' section", self.family.name()),
+        }
+    }
+
+    /// The token vocabulary the sampler draws from (the GPT's, or the VQVAE's for VAR).
+    pub fn vocab_size(&self) -> usize {
+        match (&self.gpt, &self.var) {
+            (Some(g), _) => g.vocab_size,
+            (None, Some(v)) => v.vocab_size,
+            (None, None) => self.vq.codebook_size,
+        }
+    }
+
+    /// Class labels a request may use.
+    pub fn num_classes(&self) -> usize {
+        match (&self.gpt, &self.var) {
+            (Some(g), _) => g.num_classes,
+            (None, Some(v)) => v.num_classes,
+            (None, None) => 0,
+        }
+    }
+
+    /// Name of the generating model (GPT or VAR size).
+    pub fn model_name(&self) -> &str {
+        match (&self.gpt, &self.var) {
+            (Some(g), _) => &g.name,
+            (None, Some(v)) => &v.name,
+            (None, None) => "?",
+        }
     }
 
     /// Total size of the bundle's files on disk (the manifest excluded); saturates (the

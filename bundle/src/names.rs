@@ -26,8 +26,19 @@ pub fn present_value(i: usize) -> String {
 
 /// VQ decoder graph: codebook indices, int64 `[batch, grid * grid]` (row-major token order).
 pub const VQ_TOKENS: &str = "tokens";
+/// VQ decoder graph of a feature map (VAR's VQVAE): `f_hat` f32 `[batch, Cvae, side, side]`.
+pub const VQ_FEATURES: &str = "f_hat";
 /// VQ decoder graph: image, f32 `[batch, 3, size, size]`, about [-1, 1].
 pub const VQ_IMAGE: &str = "image";
+
+/// VAR step graph: the input embeddings of one scale's tokens, f32 `[batch, tokens, dim]`;
+/// also the VAR embed graph's output (every scale's inputs, `[batch, all tokens, dim]`).
+pub const INPUTS_EMBEDS: &str = "inputs_embeds";
+/// VAR step and embed graphs: class label per row, int64 `[batch]` (the null class
+/// `num_classes` for the unconditional CFG rows).
+pub const LABELS: &str = "labels";
+/// VAR embed graph: how many scales of `tokens` are set, int64 `[1]`.
+pub const SCALES_DONE: &str = "scales_done";
 
 /// Calibration bundles only: extra graph outputs `probe.<op>` carrying an operator's input.
 pub const PROBE_PREFIX: &str = "probe.";
@@ -78,4 +89,17 @@ pub mod gpt {
 pub mod vq {
     /// The codebook, L2-normalised at compile time, f32 `[codebook_size, embed_dim]`.
     pub const NORMALIZED_CODEBOOK: &str = "quantize.embedding.normalized";
+}
+
+/// Initializer names of the VAR graphs that readers check or load by name. Linear weights are
+/// stored transposed (`<key>.T`) like the GPT's; the rest keep their checkpoint keys.
+pub mod var {
+    /// `class_emb.weight`, `[num_classes + 1, C]` (in `var_step` and `var_embed`).
+    pub const CLASS_EMB: &str = "class_emb.weight";
+    /// The logits projection `head.weight`, stored `[C, V]`.
+    pub const HEAD: &str = "head.weight.T";
+    /// The VQVAE codebook, `[V, Cvae]`, used raw (in `var_embed`).
+    pub const CODEBOOK: &str = "quantize.embedding.weight";
+    /// `lvl_embed(lvl_1L) + pos_1LC`, plus `pos_start` on the first scale, `[tokens, C]`.
+    pub const POSITIONS: &str = "var.positions";
 }

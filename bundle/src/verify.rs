@@ -9,8 +9,9 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use crate::check;
+use crate::check_var;
 use crate::confine::{confine, OpenedFile};
-use crate::manifest::{GraphRole, Manifest, MANIFEST_FILE, SCHEMA_VERSION};
+use crate::manifest::{GraphRole, Manifest, ModelFamily, MANIFEST_FILE, SCHEMA_VERSION};
 use crate::onnx_proto::{GraphProto, DATA_LOCATION_EXTERNAL};
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +160,19 @@ pub fn load_manifest(dir: &Path, verify_hashes: bool) -> Result<Manifest, Bundle
             path: path.clone(),
             reason: e.to_string(),
         })?;
+    let section_missing = match manifest.family {
+        ModelFamily::LlamagenC2i => manifest.gpt.is_none().then_some("gpt"),
+        ModelFamily::Var => manifest.var.is_none().then_some("var"),
+    };
+    if let Some(section) = section_missing {
+        return Err(BundleError::BadManifest {
+            path,
+            reason: format!(
+                "family '{}' needs a '{section}' section",
+                manifest.family.name()
+            ),
+        });
+    }
     check::manifest_values(&path, &manifest)?;
     for graph in manifest.graphs.values() {
         for name in [&graph.file, &graph.weights] {
@@ -203,6 +217,8 @@ pub fn load_manifest(dir: &Path, verify_hashes: bool) -> Result<Manifest, Bundle
         match role {
             GraphRole::GptStep => check::gpt_graph(&opened.path, &manifest, &g)?,
             GraphRole::VqDecoder => check::vq_graph(&opened.path, &manifest, &g)?,
+            GraphRole::VarStep => check_var::step_graph(&opened.path, &manifest, &g)?,
+            GraphRole::VarEmbed => check_var::embed_graph(&opened.path, &manifest, &g)?,
         }
     }
     Ok(manifest)

@@ -7,6 +7,7 @@ use serde::Deserialize;
 pub use llamagen_bundle::config::{
     find_multiple, ConfigError, GptArch, GptConfig, VqArch, VqConfig,
 };
+pub use llamagen_bundle::var_config::{VaeArch, VarArch, VarConfig};
 
 use crate::Error;
 
@@ -22,6 +23,12 @@ const ZOO: &[(&str, &str)] = &[
     ("gpt-7b.yaml", include_str!("../../graphs/gpt-7b.yaml")),
     ("vq-16.yaml", include_str!("../../graphs/vq-16.yaml")),
     ("vq-8.yaml", include_str!("../../graphs/vq-8.yaml")),
+    ("var-d16.yaml", include_str!("../../graphs/var-d16.yaml")),
+    ("var-d20.yaml", include_str!("../../graphs/var-d20.yaml")),
+    ("var-d24.yaml", include_str!("../../graphs/var-d24.yaml")),
+    ("var-d30.yaml", include_str!("../../graphs/var-d30.yaml")),
+    ("var-d36.yaml", include_str!("../../graphs/var-d36.yaml")),
+    ("vae-var.yaml", include_str!("../../graphs/vae-var.yaml")),
 ];
 
 fn zoo_entries<T: for<'de> Deserialize<'de>>(prefix: &str) -> Result<Vec<T>, Error> {
@@ -73,6 +80,18 @@ impl Named for VqArch {
     }
 }
 
+impl Named for VarArch {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Named for VaeArch {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 /// `name` from the zoo files starting with `prefix`, or a YAML file when `name` ends in `.yaml`.
 fn lookup<T: Named + for<'de> Deserialize<'de>>(
     name: &str,
@@ -104,6 +123,37 @@ pub fn vq_arch(name: &str) -> Result<VqArch, Error> {
     lookup(name, "vq-", "VQ")
 }
 
+/// Looks up a VAR size (`VAR-d16` or `d16`, ..., `d36`), or reads a YAML file of
+/// `VAR(...)`'s argument names when `name` ends in `.yaml`.
+pub fn var_arch(name: &str) -> Result<VarArch, Error> {
+    let full = if name.starts_with('d') && !name.ends_with(".yaml") && !name.ends_with(".yml") {
+        format!("VAR-{name}")
+    } else {
+        name.to_string()
+    };
+    let mut a: VarArch = lookup(&full, "var-", "VAR")?;
+    if a.name.is_empty() {
+        a.name = file_stem(name);
+    }
+    Ok(a)
+}
+
+/// The VQVAE: the released one (`None`), or a YAML file of `VQVAE(...)`'s argument names.
+pub fn vae_arch(name: Option<&str>) -> Result<VaeArch, Error> {
+    let mut a: VaeArch = lookup(name.unwrap_or("vae_ch160v4096z32"), "vae-", "VQVAE")?;
+    if a.name.is_empty() {
+        a.name = file_stem(name.unwrap_or("VQVAE"));
+    }
+    Ok(a)
+}
+
+fn file_stem(path: &str) -> String {
+    std::path::Path::new(path)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +178,25 @@ mod tests {
             let a = vq_arch(name).unwrap();
             VqConfig::new(&a, 16384, 8, 256).unwrap();
         }
+        let vae = vae_arch(None).unwrap();
+        assert_eq!((vae.vocab_size, vae.z_channels, vae.ch), (4096, 32, 160));
+        for (name, depth, size) in [
+            ("d16", 16, 256),
+            ("VAR-d20", 20, 256),
+            ("d24", 24, 256),
+            ("d30", 30, 256),
+            ("d36", 36, 512),
+        ] {
+            let a = var_arch(name).unwrap();
+            assert_eq!(
+                (a.depth, a.embed_dim, a.num_heads),
+                (depth, 64 * depth, depth)
+            );
+            let c = VarConfig::new(&a, &vae).unwrap();
+            assert_eq!(c.image_size, size, "{name}");
+            assert_eq!(c.shared_aln, name == "d36");
+        }
+        assert!(var_arch("d17").unwrap_err().to_string().contains("VAR-d16"));
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub enum Error {
     Config { path: String, reason: String },
     #[error("internal error: {0}")]
     Internal(String),
+    /// Running a bundle this compile wrote (to measure a lower precision against fp32).
+    #[error("measuring the compiled bundle: {0}")]
+    Measure(#[from] llamagen_runtime::RuntimeError),
 }
 
 impl Error {

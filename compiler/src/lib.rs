@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod calibrated;
 pub mod checkpoint;
 pub mod compile;
+pub mod compile_var;
 pub mod config;
 mod error;
 pub mod ir;

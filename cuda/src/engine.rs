@@ -58,7 +58,7 @@ impl<D: Device> Engine<D> {
         let gpt = GptWeights::load(
             &device,
             &BundleWeights::open(dir, m, m.graph(dir, GraphRole::GptStep)?)?,
-            &m.gpt,
+            m.gpt()?,
         )?;
         let vq = VqDecoder::load(
             &device,

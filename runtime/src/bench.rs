@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use llamagen_bundle::{GptConfig, Precision};
+use llamagen_bundle::{GptConfig, ModelFamily, Precision};
 use serde::Serialize;
 
 use crate::backend::BackendKind;
@@ -36,6 +36,10 @@ pub struct BenchReport {
     /// Host loops: quantiles of the individual decode steps.
     pub decode_ms_per_token_p50: Option<f64>,
     pub decode_ms_per_token_p99: Option<f64>,
+    /// VAR: median wall time of each scale's step (embed, transformer, CFG, sampling), in
+    /// scale order; `prefill_ms` is the first. Absent for LlamaGen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_ms: Option<Vec<f64>>,
     pub gpt_ms: f64,
     pub vq_ms: f64,
     pub total_ms: f64,
@@ -55,6 +59,8 @@ pub fn bench(
     let m = pipeline.manifest();
     let (mut prefill, mut gpt, mut vq, mut total, mut steps, mut per_token) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let var = m.family == ModelFamily::Var;
+    let mut scales: Vec<Vec<f64>> = Vec::new();
     let decode_steps = m.generation.tokens_per_image.saturating_sub(1).max(1) as f64;
     for run in 0..=runs {
         let t = Instant::now();
@@ -68,16 +74,29 @@ pub fn bench(
         gpt.push(out.gpt_ms);
         vq.push(images.vq_ms);
         per_token.push(out.decode_ms / decode_steps);
-        steps.extend(out.decode_step_ms);
+        if var {
+            let this = std::iter::once(out.prefill_ms).chain(out.decode_step_ms.iter().copied());
+            for (i, ms) in this.enumerate() {
+                if scales.len() <= i {
+                    scales.push(Vec::new());
+                }
+                scales[i].push(ms);
+            }
+        } else {
+            steps.extend(out.decode_step_ms);
+        }
     }
     steps.sort_by(f64::total_cmp);
     let per_token_ms = median(per_token);
     let rows = req.labels.len() * if req.uses_cfg() { 2 } else { 1 };
     let device = pipeline.backend() != BackendKind::Cpu;
-    let step_bytes = device.then(|| device_step_bytes(&m.gpt, m.generation.tokens_per_image, rows));
+    let step_bytes = match (&m.gpt, device) {
+        (Some(g), true) => Some(device_step_bytes(g, m.generation.tokens_per_image, rows)),
+        _ => None,
+    };
     Ok(BenchReport {
         bundle: pipeline.dir().display().to_string(),
-        model: format!("{} + {}", m.gpt.name, m.vq.name),
+        model: format!("{} + {}", m.model_name(), m.vq.name),
         precision: m.precision,
         backend: pipeline.backend().name().to_string(),
         image_size: m.vq.image_size,
@@ -91,6 +110,7 @@ pub fn bench(
         decode_gb_per_s: step_bytes.map(|b| b / 1e9 / (per_token_ms / 1e3)),
         decode_ms_per_token_p50: (!steps.is_empty()).then(|| quantile(&steps, 0.5)),
         decode_ms_per_token_p99: (!steps.is_empty()).then(|| quantile(&steps, 0.99)),
+        scale_ms: var.then(|| scales.into_iter().map(median).collect()),
         gpt_ms: median(gpt),
         vq_ms: median(vq),
         total_ms: median(total),

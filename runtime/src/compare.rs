@@ -183,6 +183,7 @@ fn config_diff<T: Serialize>(prefix: &str, low: &T, reference: &T) -> Vec<String
 /// every differing field). Precision, sources and graphs may differ.
 pub fn check_same_model(low: &Manifest, reference: &Manifest) -> Result<(), RuntimeError> {
     let mut diffs = config_diff("gpt", &low.gpt, &reference.gpt);
+    diffs.extend(config_diff("var", &low.var, &reference.var));
     diffs.extend(config_diff("vq", &low.vq, &reference.vq));
     if diffs.is_empty() {
         return Ok(());
@@ -190,7 +191,8 @@ pub fn check_same_model(low: &Manifest, reference: &Manifest) -> Result<(), Runt
     Err(RuntimeError::InvalidRequest {
         field: "model",
         value: diffs.join("; "),
-        reason: "the bundle and the reference must have the same gpt and vq configs".into(),
+        reason: "the bundle and the reference must have the same gpt (or var) and vq configs"
+            .into(),
     })
 }
 
@@ -257,7 +259,7 @@ pub fn compare(
 
     let rows = req.labels.len();
     let steps = reference.manifest().generation.tokens_per_image;
-    let vocab = reference.manifest().gpt.vocab_size;
+    let vocab = reference.manifest().vocab_size();
     let mut rec = Recorder {
         rows,
         vocab,

@@ -23,12 +23,13 @@ mod pipeline;
 mod request;
 mod runner;
 pub mod sampler;
+mod var;
 
 pub use backend::{BackendChoice, BackendKind, CpuOptions, CudaOptions};
 pub use error::{BundleError, RuntimeError};
 /// The Philox stream both samplers draw from (the bundle contract's).
 pub use llamagen_bundle::philox as rng;
-pub use llamagen_bundle::Manifest;
+pub use llamagen_bundle::{load_manifest, Manifest, ModelFamily};
 pub use pipeline::{Images, Observer, Pipeline, PipelineOptions, TokenOutput};
 pub use request::GenerateRequest;
 pub use sampler::SamplingOptions;

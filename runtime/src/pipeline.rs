@@ -103,7 +103,7 @@ impl Pipeline {
             }
         }
         tracing::info!(
-            gpt = %manifest.gpt.name,
+            gpt = %manifest.model_name(),
             vq = %manifest.vq.name,
             precision = %manifest.precision,
             backend = generator.kind().name(),
@@ -142,7 +142,7 @@ impl Pipeline {
             observer.on_token(steps, steps);
             return Ok(out);
         }
-        let next = NextToken::sample(req, self.manifest.gpt.vocab_size);
+        let next = NextToken::sample(req, self.manifest.vocab_size());
         self.generator
             .run_tokens(&self.manifest, req, next, observer)
     }
@@ -161,7 +161,7 @@ impl Pipeline {
     ) -> Result<(), RuntimeError> {
         req.validate(&self.manifest)?;
         let per = self.manifest.generation.tokens_per_image;
-        let vocab = self.manifest.gpt.vocab_size;
+        let vocab = self.manifest.vocab_size();
         if tokens.len() != req.labels.len() {
             return Err(RuntimeError::InvalidRequest {
                 field: "tokens",

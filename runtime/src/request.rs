@@ -44,11 +44,11 @@ impl GenerateRequest {
         if self.labels.is_empty() {
             return Err(invalid("labels", "[]", "at least one label is needed"));
         }
-        if let Some(&l) = self.labels.iter().find(|&&l| l >= m.gpt.num_classes) {
+        if let Some(&l) = self.labels.iter().find(|&&l| l >= m.num_classes()) {
             return Err(invalid(
                 "labels",
                 l,
-                format!("must be < num_classes = {}", m.gpt.num_classes),
+                format!("must be < num_classes = {}", m.num_classes()),
             ));
         }
         if !(self.cfg_scale >= 0.0 && self.cfg_scale.is_finite()) {
@@ -73,17 +73,22 @@ impl GenerateRequest {
                 "must be a finite number >= 0",
             ));
         }
-        if s.top_k > m.gpt.vocab_size {
+        if s.top_k > m.vocab_size() {
             return Err(invalid(
                 "top_k",
                 s.top_k,
                 format!(
                     "must be <= the vocabulary size {} (0 = off)",
-                    m.gpt.vocab_size
+                    m.vocab_size()
                 ),
             ));
         }
-        if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+        // VAR's sampler takes top_p 0 as "off" (its default); LlamaGen's would keep one token.
+        if m.family == llamagen_bundle::ModelFamily::Var {
+            if !(0.0..=1.0).contains(&s.top_p) {
+                return Err(invalid("top_p", s.top_p, "must be in [0, 1] (0 = off)"));
+            }
+        } else if !(s.top_p > 0.0 && s.top_p <= 1.0) {
             return Err(invalid("top_p", s.top_p, "must be in (0, 1]"));
         }
         Ok(())

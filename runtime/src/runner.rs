@@ -182,7 +182,7 @@ impl<B: Backend> Generator for Runner<B> {
         next: NextToken<'_>,
         observer: &mut dyn Observer,
     ) -> Result<TokenOutput, RuntimeError> {
-        let g = &m.gpt;
+        let g = m.gpt()?;
         let gen = &m.generation;
         let n = req.labels.len();
         let cfg = req.uses_cfg();

@@ -1,5 +1,6 @@
-//! `llamagen-compile`: official LlamaGen checkpoints (or random weights) -> a bundle directory.
-//! Flag names and defaults mirror the official `autoregressive/sample/sample_c2i.py`.
+//! `llamagen-compile`: official LlamaGen or VAR checkpoints (or random weights) -> a bundle
+//! directory. LlamaGen flag names and defaults mirror the official
+//! `autoregressive/sample/sample_c2i.py`; `--var-model` selects a VAR model instead.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,19 +11,20 @@ use llamagen_calib::{CalibSet, Method};
 use llamagen_compiler::bundle::Precision;
 use llamagen_compiler::calibrated::{compile_calibrated, Int8Activations, Step};
 use llamagen_compiler::compile::{CompileOptions, Progress, Weights};
+use llamagen_compiler::compile_var::{compile_var, VarCompileOptions, VarWeights};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "llamagen-compile",
     version,
-    about = "Compile LlamaGen checkpoints into an ONNX bundle"
+    about = "Compile LlamaGen or VAR checkpoints into an ONNX bundle"
 )]
 struct Args {
     /// GPT size: GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-XXXL, GPT-1B, GPT-3B, GPT-7B.
     #[arg(long, default_value = "GPT-B")]
     gpt_model: String,
     /// Official GPT checkpoint (.pt or .safetensors).
-    #[arg(long, required_unless_present = "random_weights")]
+    #[arg(long, required_unless_present_any = ["random_weights", "var_model"])]
     gpt_ckpt: Option<PathBuf>,
     /// Condition type; only class-conditional (c2i) models are supported so far.
     #[arg(long, default_value = "c2i")]
@@ -31,10 +33,27 @@ struct Args {
     #[arg(long, default_value = "VQ-16")]
     vq_model: String,
     /// Official VQ checkpoint (.pt or .safetensors).
-    #[arg(long, required_unless_present = "random_weights")]
+    #[arg(long, required_unless_present_any = ["random_weights", "var_model"])]
     vq_ckpt: Option<PathBuf>,
-    #[arg(long, default_value_t = 384)]
-    image_size: usize,
+    /// Image side in pixels: 384 by default for LlamaGen; for VAR it follows from patch_nums
+    /// (16 x the last) and a different value is an error.
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// VAR instead of LlamaGen: d16, d20, d24, d30, d36 (or VAR-d16 ...), or a YAML file of
+    /// `VAR(...)`'s argument names (depth, embed_dim, num_heads, mlp_ratio, num_classes,
+    /// patch_nums, attn_l2_norm, shared_aln, norm_eps).
+    #[arg(long, conflicts_with_all = ["gpt_ckpt", "vq_ckpt"])]
+    var_model: Option<String>,
+    /// Official VAR checkpoint (var_d16.pth ...), with --var-model.
+    #[arg(long, requires = "var_model")]
+    var_ckpt: Option<PathBuf>,
+    /// Official VQVAE checkpoint (vae_ch160v4096z32.pth), with --var-model.
+    #[arg(long, requires = "var_model")]
+    vae_ckpt: Option<PathBuf>,
+    /// The VQVAE of a VAR model: default the released one, or a YAML file of `VQVAE(...)`'s
+    /// argument names (vocab_size, z_channels, ch, share_quant_resi, quant_resi, v_patch_nums).
+    #[arg(long, requires = "var_model")]
+    vae_model: Option<String>,
     /// Must match the VQ model (16 for VQ-16, 8 for VQ-8).
     #[arg(long)]
     downsample_size: Option<usize>,
@@ -63,7 +82,7 @@ struct Args {
     #[arg(long, value_enum, default_value_t = ActivationsArg::WeightsOnly)]
     int8_activations: ActivationsArg,
     /// Use seeded random weights instead of checkpoints (demos, latency benchmarks).
-    #[arg(long, conflicts_with_all = ["gpt_ckpt", "vq_ckpt"])]
+    #[arg(long, conflicts_with_all = ["gpt_ckpt", "vq_ckpt", "var_ckpt", "vae_ckpt"])]
     random_weights: bool,
     /// Seed of --random-weights.
     #[arg(long, default_value_t = 0)]
@@ -101,7 +120,28 @@ fn main() -> ExitCode {
     }
 }
 
+fn precision(p: PrecisionArg) -> Precision {
+    match p {
+        PrecisionArg::Fp32 => Precision::Fp32,
+        PrecisionArg::Fp16 => Precision::Fp16,
+        PrecisionArg::Int8 => Precision::Int8,
+    }
+}
+
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
 fn run(a: Args) -> anyhow::Result<()> {
+    if let Some(model) = a.var_model.clone() {
+        return run_var(a, model);
+    }
     if a.gpt_type != "c2i" {
         anyhow::bail!(
             "--gpt-type {}: only class-conditional (c2i) models are supported so far",
@@ -130,17 +170,13 @@ fn run(a: Args) -> anyhow::Result<()> {
         gpt_model: a.gpt_model,
         vq_model: a.vq_model,
         weights,
-        image_size: a.image_size,
+        image_size: a.image_size.unwrap_or(384),
         downsample_size: a.downsample_size,
         codebook_size: a.codebook_size,
         codebook_embed_dim: a.codebook_embed_dim,
         num_classes: a.num_classes,
         cls_token_num: a.cls_token_num,
-        precision: match a.precision {
-            PrecisionArg::Fp32 => Precision::Fp32,
-            PrecisionArg::Fp16 => Precision::Fp16,
-            PrecisionArg::Int8 => Precision::Int8,
-        },
+        precision: precision(a.precision),
         activation_scales: None,
         probes: false,
         out: a.out,
@@ -154,12 +190,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         ActivationsArg::WeightsOnly => Int8Activations::WeightOnly,
         ActivationsArg::Qdq => Int8Activations::Qdq,
     };
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} ({elapsed})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    let bar = progress_bar();
     let show = |what: &str, done: usize, total: usize| {
         bar.set_message(what.to_string());
         bar.set_length(total as u64);
@@ -179,10 +210,66 @@ fn run(a: Args) -> anyhow::Result<()> {
     println!(
         "wrote {} ({} + {}, {}, {:.1} MB)",
         opts.out.display(),
-        manifest.gpt.name,
+        manifest.model_name(),
         manifest.vq.name,
         manifest.precision,
         mb
+    );
+    Ok(())
+}
+
+/// `--var-model`: a VAR bundle (no calibration set: int8 is weight-only).
+fn run_var(a: Args, model: String) -> anyhow::Result<()> {
+    if a.calib.is_some() || matches!(a.int8_activations, ActivationsArg::Qdq) {
+        anyhow::bail!(
+            "--calib / --int8-activations qdq: VAR bundles support weight-only int8 so far"
+        );
+    }
+    let weights = match (a.random_weights, a.var_ckpt, a.vae_ckpt) {
+        (true, _, _) => VarWeights::Random { seed: a.seed },
+        (false, Some(var), Some(vae)) => {
+            for (flag, p) in [("--var-ckpt", &var), ("--vae-ckpt", &vae)] {
+                if !p.is_file() {
+                    anyhow::bail!("{flag} {}: no such file", p.display());
+                }
+            }
+            VarWeights::Checkpoints { var, vae }
+        }
+        _ => anyhow::bail!("give --var-ckpt and --vae-ckpt, or --random-weights"),
+    };
+    let opts = VarCompileOptions {
+        var_model: model,
+        vae_model: a.vae_model,
+        weights,
+        image_size: a.image_size,
+        precision: precision(a.precision),
+        out: a.out,
+    };
+    let bar = progress_bar();
+    let manifest = compile_var(&opts, &mut |p| match p {
+        Progress::Stage(s) => bar.set_message(s.to_string()),
+        Progress::Weights { done, total } => {
+            bar.set_message("writing tensors");
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }
+    })?;
+    bar.finish_and_clear();
+    for (k, v) in manifest
+        .precision_details
+        .accuracy_vs_fp32
+        .iter()
+        .flat_map(|a| a.figures())
+    {
+        println!("{k:<20} {v:.6} (vs fp32, 2 labels, cfg 1.5)");
+    }
+    println!(
+        "wrote {} ({} + {}, {}, {:.1} MB)",
+        opts.out.display(),
+        manifest.model_name(),
+        manifest.vq.name,
+        manifest.precision,
+        manifest.total_bytes() as f64 / 1e6
     );
     Ok(())
 }

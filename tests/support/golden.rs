@@ -55,3 +55,41 @@ pub fn read_i64(path: &Path) -> (Vec<usize>, Vec<i64>) {
         _ => panic!("{}: expected int64", path.display()),
     }
 }
+
+/// The official tiny VAR fixtures (`tests/golden/tiny-var`).
+pub fn tiny_var_dir() -> PathBuf {
+    llamagen_test_support::golden_dir().join("tiny-var")
+}
+
+/// Compile options of the golden tiny VAR (see its README.json) at `precision`.
+pub fn tiny_var_options(
+    out: &Path,
+    weights: llamagen_compiler::compile_var::VarWeights,
+    precision: llamagen_compiler::bundle::Precision,
+) -> llamagen_compiler::compile_var::VarCompileOptions {
+    llamagen_compiler::compile_var::VarCompileOptions {
+        var_model: fixture("tiny-var.yaml"),
+        vae_model: Some(fixture("tiny-vae.yaml")),
+        weights,
+        image_size: Some(64),
+        precision,
+        out: out.to_path_buf(),
+    }
+}
+
+/// Compiles the golden tiny VAR checkpoints into `out` at `precision`.
+pub fn compile_tiny_var(
+    out: &Path,
+    precision: llamagen_compiler::bundle::Precision,
+) -> llamagen_compiler::bundle::Manifest {
+    let dir = tiny_var_dir();
+    let weights = llamagen_compiler::compile_var::VarWeights::Checkpoints {
+        var: dir.join("var.pth"),
+        vae: dir.join("vae.pth"),
+    };
+    llamagen_compiler::compile_var::compile_var(
+        &tiny_var_options(out, weights, precision),
+        &mut |_| {},
+    )
+    .expect("compile golden tiny VAR")
+}

@@ -1,4 +1,5 @@
 //! Shared helpers for the end-to-end tests (each test binary uses a subset).
 #![allow(dead_code)]
+pub mod cli;
 pub mod golden;
 pub mod reference;

@@ -14,6 +14,9 @@ pub enum Op {
     Sqrt,
     Neg,
     Sigmoid,
+    Tanh,
+    /// x, min, max (optional scalars): clamps x.
+    Clip,
     MatMul,
     Less,
     Where,
@@ -88,6 +91,8 @@ impl Op {
             Op::Sqrt => "Sqrt",
             Op::Neg => "Neg",
             Op::Sigmoid => "Sigmoid",
+            Op::Tanh => "Tanh",
+            Op::Clip => "Clip",
             Op::MatMul => "MatMul",
             Op::Less => "Less",
             Op::Where => "Where",

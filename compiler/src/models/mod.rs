@@ -3,6 +3,7 @@
 pub mod gpt;
 pub mod precision;
 mod random;
+pub mod var;
 pub mod vq;
 mod weights;
 

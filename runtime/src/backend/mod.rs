@@ -3,7 +3,7 @@
 
 #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 mod cuda;
-mod ort_cpu;
+pub(crate) mod ort_cpu;
 
 pub use ort_cpu::OrtCpu;
 
@@ -182,18 +182,27 @@ pub(crate) fn load(
     dir: &Path,
     manifest: &Manifest,
 ) -> Result<Box<dyn Generator>, RuntimeError> {
+    if manifest.family == ModelFamily::Var {
+        return match choice {
+            BackendChoice::Cpu(o) => Ok(Box::new(crate::var::VarOrtCpu::load(dir, manifest, o)?)),
+            other => Err(RuntimeError::BackendUnavailable {
+                name: other.kind().name().into(),
+                reason: "VAR bundles run on the CPU backend so far: the CUDA VAR step is not \
+                         written yet"
+                    .into(),
+            }),
+        };
+    }
     Ok(match choice {
-        BackendChoice::Cpu(o) => generator(manifest, ort_cpu::OrtCpu::load(dir, manifest, o)?),
+        BackendChoice::Cpu(o) => generator(ort_cpu::OrtCpu::load(dir, manifest, o)?),
         BackendChoice::Cuda(o) => load_cuda(dir, manifest, o)?,
         BackendChoice::CudaEmu(o) => load_cuda_emu(dir, manifest, o)?,
     })
 }
 
-/// The generation loop of the bundle's model family over backend `b` (one arm per family).
-fn generator<B: Backend>(manifest: &Manifest, b: B) -> Box<dyn Generator> {
-    match manifest.family {
-        ModelFamily::LlamagenC2i => Box::new(Runner::new(b)),
-    }
+/// The c2i generation loop over backend `b` (VAR bundles took their own path in [`load`]).
+fn generator<B: Backend>(b: B) -> Box<dyn Generator> {
+    Box::new(Runner::new(b))
 }
 
 #[cfg(feature = "cuda")]
@@ -204,7 +213,7 @@ fn load_cuda(
 ) -> Result<Box<dyn Generator>, RuntimeError> {
     let device = llamagen_cuda::driver::CudaDevice::open(o.device)?;
     let b = cuda::CudaBackend::load(BackendKind::Cuda, device, dir, manifest, o.graph)?;
-    Ok(generator(manifest, b))
+    Ok(generator(b))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -223,7 +232,7 @@ fn load_cuda_emu(
 ) -> Result<Box<dyn Generator>, RuntimeError> {
     let device = llamagen_cuda::emu::EmuDevice::new()?;
     let b = cuda::CudaBackend::load(BackendKind::CudaEmu, device, dir, manifest, o.graph)?;
-    Ok(generator(manifest, b))
+    Ok(generator(b))
 }
 
 #[cfg(not(feature = "cuda-emu"))]

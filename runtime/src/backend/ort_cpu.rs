@@ -43,7 +43,7 @@ struct IoNames {
 
 /// How a session plans its activation memory.
 #[derive(Clone, Copy)]
-enum Activations {
+pub(crate) enum Activations {
     /// Memory patterns on: best for the small, repeated GPT step.
     Planned,
     /// Memory patterns off: the VQ decoder's activations are ~100 MB at 256 px, and the
@@ -55,7 +55,7 @@ enum Activations {
 /// A session of graph `role`. ONNX Runtime opens the graph and its weights by path, so both
 /// are opened here first (confined, listed, of the verified size and identity) and checked
 /// again once the session exists: a file swapped or rewritten in between is an error.
-fn session(
+pub(crate) fn session(
     dir: &Path,
     m: &Manifest,
     role: GraphRole,
@@ -99,7 +99,8 @@ impl OrtCpu {
                 .map(|n| n.get())
                 .unwrap_or(1)
         });
-        let layers = m.gpt.n_layer;
+        let config = m.gpt()?.clone();
+        let layers = config.n_layer;
         let gpt = session(dir, m, GraphRole::GptStep, threads, Activations::Planned)?;
         let vq = session(dir, m, GraphRole::VqDecoder, threads, Activations::Arena)?;
         let probes = |s: &Session| -> Vec<String> {
@@ -115,8 +116,8 @@ impl OrtCpu {
             gpt: Mutex::new(gpt),
             vq: Mutex::new(vq),
             layers,
-            vocab: m.gpt.vocab_size,
-            config: m.gpt.clone(),
+            vocab: m.vocab_size(),
+            config,
             names: IoNames {
                 past_key: (0..layers).map(io_names::past_key).collect(),
                 past_value: (0..layers).map(io_names::past_value).collect(),
@@ -127,7 +128,7 @@ impl OrtCpu {
     }
 }
 
-fn tensor<'a, T>(
+pub(crate) fn tensor<'a, T>(
     shape: Vec<usize>,
     data: &'a [T],
     what: &str,

@@ -20,7 +20,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     anyhow::ensure!(a.runs >= 1, "--runs must be at least 1");
-    let req = a.run.request();
+    let req = a.run.request(&a.run.manifest()?);
     let t0 = Instant::now();
     let pipeline = a.run.load()?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -41,7 +41,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 {
                     println!("{k:<26} {x:.2}")
                 }
-                _ => println!("{k:<26} {v}"),
+                _ => match v.as_array() {
+                    Some(list) => {
+                        let ms: Vec<String> = list
+                            .iter()
+                            .filter_map(|x| x.as_f64())
+                            .map(|x| format!("{x:.2}"))
+                            .collect();
+                        println!("{k:<26} [{}]", ms.join(", "))
+                    }
+                    None => println!("{k:<26} {v}"),
+                },
             }
         }
     }

@@ -25,7 +25,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let req = a.run.request();
+    let req = a.run.request(&a.run.manifest()?);
     // Check the request and that both bundles hold one model before the (slow) loads.
     let low_manifest = load_manifest(&a.run.bundle, false)?;
     let ref_manifest = load_manifest(&a.reference, false)?;
@@ -43,7 +43,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let report = serde_json::json!({
         "bundle": a.run.bundle.display().to_string(),
         "reference": a.reference.display().to_string(),
-        "model": format!("{} + {}", lm.gpt.name, lm.vq.name),
+        "model": format!("{} + {}", lm.model_name(), lm.vq.name),
         "precision": lm.precision,
         "reference_precision": rm.precision,
         "backend": low.backend().name(),
@@ -77,7 +77,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     println!(
         "{:<20} {} + {}, {} steps x {} images, cfg {}, seed {}",
-        "model", lm.gpt.name, lm.vq.name, r.steps, r.images, req.cfg_scale, req.seed
+        "model",
+        lm.model_name(),
+        lm.vq.name,
+        r.steps,
+        r.images,
+        req.cfg_scale,
+        req.seed
     );
     println!("{:<20} {:.9}", "logits_cosine_min", r.logits_cosine_min);
     println!("{:<20} {:.9}", "logits_cosine_mean", r.logits_cosine_mean);

@@ -20,7 +20,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let req = a.run.request();
+    let req = a.run.request(&a.run.manifest()?);
     // Check the request and the output folder before the (slow) load and generation.
     req.validate(&load_manifest(&a.run.bundle, false)?)?;
     let created = !a.out.exists();

@@ -15,21 +15,40 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let m = load_manifest(&a.bundle, a.verify)?;
-    let g = &m.gpt;
     println!("bundle     {}", a.bundle.display());
     println!("schema     {} ({})", m.schema_version, m.tool_version);
+    println!("family     {}", m.family.name());
     println!("precision  {}", m.precision);
-    println!(
-        "gpt        {} c2i: {} layers, {} heads, dim {}, ffn {}, vocab {}, {} classes, ~{:.0}M params",
-        g.name,
-        g.n_layer,
-        g.n_head,
-        g.dim,
-        g.ffn_hidden,
-        g.vocab_size,
-        g.num_classes,
-        g.parameter_count() as f64 / 1e6
-    );
+    if let Some(g) = &m.gpt {
+        println!(
+            "gpt        {} c2i: {} layers, {} heads, dim {}, ffn {}, vocab {}, {} classes, ~{:.0}M params",
+            g.name,
+            g.n_layer,
+            g.n_head,
+            g.dim,
+            g.ffn_hidden,
+            g.vocab_size,
+            g.num_classes,
+            g.parameter_count() as f64 / 1e6
+        );
+    }
+    if let Some(v) = &m.var {
+        println!(
+            "var        {}: depth {}, {} heads, dim {}, ffn {}, vocab {}, {} classes, ~{:.0}M params",
+            v.name,
+            v.depth,
+            v.num_heads,
+            v.embed_dim,
+            v.ffn_hidden,
+            v.vocab_size,
+            v.num_classes,
+            v.parameter_count() as f64 / 1e6
+        );
+        println!(
+            "scales     {:?}: {} tokens (the KV cache length), phi x{} (quant_resi {})",
+            v.patch_nums, v.tokens, v.phi_count, v.quant_resi
+        );
+    }
     println!(
         "vq         {}: codebook {}x{}, ch_mult {:?}, {} px from a {}x{} token grid",
         m.vq.name,
@@ -40,10 +59,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         m.vq.grid,
         m.vq.grid
     );
-    println!(
-        "kv cache   max_len {} (static), class ids offset by {}",
-        g.max_len, m.generation.class_token_offset
-    );
+    if let Some(g) = &m.gpt {
+        println!(
+            "kv cache   max_len {} (static), class ids offset by {}",
+            g.max_len, m.generation.class_token_offset
+        );
+    }
     for (k, v) in &m.sources {
         println!("source     {k}: {v}");
     }

@@ -1,11 +1,13 @@
-//! Flags shared by `generate` and `bench` (names and defaults as the official sample_c2i.py).
+//! Flags shared by `generate` and `bench` (names as the official sample_c2i.py). Sampling
+//! defaults follow the bundle's family: LlamaGen's sample_c2i.py (cfg 4, top-k 2000, top-p 1)
+//! or VAR's FID settings (cfg 1.5, top-k 900, top-p 0.96).
 
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use llamagen_runtime::{
-    BackendChoice, CpuOptions, CudaOptions, GenerateRequest, Pipeline, PipelineOptions,
-    SamplingOptions,
+    BackendChoice, CpuOptions, CudaOptions, GenerateRequest, Manifest, ModelFamily, Pipeline,
+    PipelineOptions, SamplingOptions,
 };
 
 /// `--backend`.
@@ -28,17 +30,20 @@ pub struct RunFlags {
     /// Comma-separated class labels, one image each.
     #[arg(long, value_delimiter = ',', default_value = "207")]
     pub labels: Vec<usize>,
-    #[arg(long, default_value_t = 4.0, allow_negative_numbers = true)]
-    pub cfg_scale: f32,
+    /// Guidance scale [default: 4 for LlamaGen, 1.5 for VAR].
+    #[arg(long, allow_negative_numbers = true)]
+    pub cfg_scale: Option<f32>,
     /// Guidance off for decode steps after this one; -1 = always on.
     #[arg(long, default_value_t = -1.0, allow_negative_numbers = true)]
     pub cfg_interval: f32,
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub temperature: f32,
-    #[arg(long, default_value_t = 2000)]
-    pub top_k: usize,
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    pub top_p: f32,
+    /// Top-k (0 = off) [default: 2000 for LlamaGen, 900 for VAR].
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Top-p [default: 1.0 (off) for LlamaGen, 0.96 for VAR, where 0 is also off].
+    #[arg(long, allow_negative_numbers = true)]
+    pub top_p: Option<f32>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
@@ -58,18 +63,30 @@ pub struct RunFlags {
 }
 
 impl RunFlags {
-    pub fn request(&self) -> GenerateRequest {
+    /// The request, with the sampling defaults of the bundle's family where a flag is absent
+    /// (a default top-k is clamped to the vocabulary; an explicit one is checked against it).
+    pub fn request(&self, m: &Manifest) -> GenerateRequest {
+        let (cfg, top_k, top_p) = match m.family {
+            ModelFamily::LlamagenC2i => (4.0, 2000, 1.0),
+            ModelFamily::Var => (1.5, 900, 0.96),
+        };
+        let top_k = top_k.min(m.vocab_size());
         GenerateRequest {
             labels: self.labels.clone(),
-            cfg_scale: self.cfg_scale,
+            cfg_scale: self.cfg_scale.unwrap_or(cfg),
             cfg_interval: self.cfg_interval,
             sampling: SamplingOptions {
                 temperature: self.temperature,
-                top_k: self.top_k,
-                top_p: self.top_p,
+                top_k: self.top_k.unwrap_or(top_k),
+                top_p: self.top_p.unwrap_or(top_p),
             },
             seed: self.seed,
         }
+    }
+
+    /// The bundle's manifest (no verification: loading verifies).
+    pub fn manifest(&self) -> anyhow::Result<Manifest> {
+        Ok(llamagen_runtime::load_manifest(&self.bundle, false)?)
     }
 
     /// The backend with the options its flags give.

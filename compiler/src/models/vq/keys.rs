@@ -42,17 +42,25 @@ fn attn_block(keys: &mut Keys, p: &str, ch: usize) {
 
 /// Every key `decode_code` needs, with its official shape, in state-dict order.
 pub fn required(c: &VqConfig) -> Vec<(String, Vec<usize>)> {
-    let plan = DecoderPlan::new(c);
     let mut keys = vec![(
         CODEBOOK.to_string(),
         vec![c.codebook_size, c.codebook_embed_dim],
     )];
+    keys.extend(decoder_keys(c));
+    keys
+}
+
+/// The keys from `post_quant_conv` on (what decoding a feature map needs: VAR's VQVAE decodes
+/// its `f_hat`, not tokens).
+pub fn decoder_keys(c: &VqConfig) -> Vec<(String, Vec<usize>)> {
+    let plan = DecoderPlan::new(c);
+    let mut keys = Vec::new();
     conv(
         &mut keys,
         POST_QUANT_CONV,
         c.z_channels,
         c.codebook_embed_dim,
-        1,
+        c.post_quant_kernel,
     );
     conv(&mut keys, "decoder.conv_in", plan.mid_ch, c.z_channels, 3);
     res_block(&mut keys, &plan.mid_res(0));

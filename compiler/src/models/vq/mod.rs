@@ -6,7 +6,7 @@
 //!
 //! Pipeline: codebook rows L2-normalised at compile time (`x / max(||x||, 1e-12)`, as
 //! `F.normalize`) -> Gather `[B, HW, E]` -> Reshape `[B, h, w, E]` -> Transpose `[B, E, h, w]` ->
-//! `post_quant_conv` (1x1) -> `decoder.conv_in` -> `mid` (res, attn, res) -> `conv_blocks`
+//! `post_quant_conv` (1x1; 3x3 in VAR's VQVAE) -> `decoder.conv_in` -> `mid` (res, attn, res) -> `conv_blocks`
 //! deepest first (res/attn blocks, nearest x2 upsample + conv) -> `norm_out` -> swish ->
 //! `conv_out`. The key list and structure live in [`keys`], the block builders in [`blocks`].
 
@@ -23,7 +23,7 @@ use crate::Error;
 use super::precision::{Emitter, WeightFn};
 
 use blocks::{Blocks, NORM_GROUPS};
-pub use keys::{required as required_keys, DecoderPlan};
+pub use keys::{decoder_keys, required as required_keys, DecoderPlan};
 
 /// `F.normalize`'s eps: rows are divided by `max(||row||, eps)`.
 const L2_EPS: f32 = 1e-12;
@@ -35,7 +35,6 @@ pub fn build_decoder_graph(c: &VqConfig, em: &mut Emitter) -> Result<Graph, Erro
     for (key, shape) in keys::required(c) {
         em.source.check(&key, &shape)?;
     }
-    let plan = DecoderPlan::new(c);
     let mut g = Graph::new(&format!("{}-decoder", c.name));
     let batch = Dim::sym("batch");
     let tokens = g.input(
@@ -45,15 +44,51 @@ pub fn build_decoder_graph(c: &VqConfig, em: &mut Emitter) -> Result<Graph, Erro
             vec![batch.clone(), Dim::Fixed(c.grid * c.grid)],
         ),
     );
-
     let mut b = Blocks::new(&mut g, em);
     let z = codebook_lookup(&mut b, c, tokens);
+    let image = decode_features(&mut b, c, z);
+    output_image(&mut g, c, image, batch);
+    Ok(g)
+}
+
+/// The decoder from a code feature map: input `f_hat` f32 `[batch, codebook_embed_dim, grid,
+/// grid]` (VAR's VQVAE: `fhat_to_img` without the clamp), output `image` as
+/// [`build_decoder_graph`]. Keys from `post_quant_conv` on, as [`keys::decoder_keys`].
+pub fn build_feature_decoder_graph(c: &VqConfig, em: &mut Emitter) -> Result<Graph, Error> {
+    validate(c)?;
+    for (key, shape) in keys::decoder_keys(c) {
+        em.source.check(&key, &shape)?;
+    }
+    let mut g = Graph::new(&format!("{}-decoder", c.name));
+    let batch = Dim::sym("batch");
+    let side = Dim::Fixed(c.grid);
+    let f_hat = g.input(
+        io_names::VQ_FEATURES,
+        TensorType::new(
+            ElemType::F32,
+            vec![
+                batch.clone(),
+                Dim::Fixed(c.codebook_embed_dim),
+                side.clone(),
+                side,
+            ],
+        ),
+    );
+    let mut b = Blocks::new(&mut g, em);
+    let image = decode_features(&mut b, c, f_hat);
+    output_image(&mut g, c, image, batch);
+    Ok(g)
+}
+
+/// `post_quant_conv` -> `decoder.conv_in` -> mid -> levels -> `norm_out` -> swish -> `conv_out`.
+fn decode_features(b: &mut Blocks, c: &VqConfig, z: ValueId) -> ValueId {
+    let plan = DecoderPlan::new(c);
     let z = b.conv(
         keys::POST_QUANT_CONV,
         z,
         c.z_channels,
         c.codebook_embed_dim,
-        1,
+        c.post_quant_kernel,
     );
     let mut x = b.conv("decoder.conv_in", z, plan.mid_ch, c.z_channels, 3);
 
@@ -75,7 +110,10 @@ pub fn build_decoder_graph(c: &VqConfig, em: &mut Emitter) -> Result<Graph, Erro
 
     x = b.group_norm("decoder.norm_out", x, plan.out_ch, c.image_size);
     x = b.swish("decoder.swish_out", x);
-    let image = b.conv("decoder.conv_out", x, keys::OUT_CHANNELS, plan.out_ch, 3);
+    b.conv("decoder.conv_out", x, keys::OUT_CHANNELS, plan.out_ch, 3)
+}
+
+fn output_image(g: &mut Graph, c: &VqConfig, image: ValueId, batch: Dim) {
     let side = Dim::Fixed(c.image_size);
     g.output(
         image,
@@ -85,7 +123,6 @@ pub fn build_decoder_graph(c: &VqConfig, em: &mut Emitter) -> Result<Graph, Erro
             vec![batch, Dim::Fixed(keys::OUT_CHANNELS), side.clone(), side],
         ),
     );
-    Ok(g)
 }
 
 /// Rejects configs the official decoder could not run (or that would not give `image_size`).

@@ -31,6 +31,7 @@ fn tiny() -> VqConfig {
         downsample: 2,
         grid: 4,
         image_size: 8,
+        post_quant_kernel: 1,
     }
 }
 

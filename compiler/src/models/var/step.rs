@@ -1,0 +1,281 @@
+//! The VAR transformer step over one scale's token block (`AdaLNSelfAttn` blocks with the KV
+//! cache, `AdaLNBeforeHead`, `head`).
+//!
+//! Contract (names in `llamagen_bundle::names`):
+//! - inputs: `inputs_embeds` f32 `[batch, tokens, C]` (the scale's inputs, from the embed
+//!   graph); `labels` i64 `[batch]` (the null class `num_classes` on the CFG rows); `position`
+//!   i64 `[1]`, the number of tokens already cached (the scale's first slot); per layer
+//!   `past_key.i` / `past_value.i` f32 `[batch, heads, tokens_total, head_dim]`.
+//! - outputs: `logits` f32 `[batch, tokens, V]`; per layer `present_key.i` / `present_value.i`
+//!   f32 `[batch, heads, tokens, head_dim]`, which the runtime writes at `position`.
+//!
+//! No mask inside the block (a scale sees itself and every earlier scale, as the official
+//! inference with `attn_bias=None`); cache slots >= `position` are masked, so the caches keep
+//! one static shape and one graph serves every scale (`tokens` is symbolic).
+
+use std::sync::Arc;
+
+use llamagen_bundle::names as io_names;
+use llamagen_bundle::VarConfig;
+
+use crate::ir::{Dim, ElemType, Graph, InitData, Op, TensorType, ValueId};
+use crate::models::precision::{Emitter, WeightFn};
+use crate::Error;
+
+use super::blocks::{gelu_tanh, l2_normalize, linear, modulate, silu, split_modulation};
+use super::keys;
+
+/// Checks every key, then builds the step graph (weights stay lazy).
+pub fn build_step_graph(c: &VarConfig, em: &mut Emitter) -> Result<Graph, Error> {
+    for (key, shape) in keys::step_keys(c) {
+        em.source.check(&key, &shape)?;
+    }
+    let (d, heads, hd) = (c.embed_dim, c.num_heads, c.head_dim);
+    let mut g = Graph::new(&format!("{}-step", c.name));
+    let batch = Dim::sym("batch");
+    let tokens = Dim::sym("tokens");
+    let f32_of = |dims: Vec<Dim>| TensorType::new(ElemType::F32, dims);
+    let cache_ty = f32_of(vec![
+        batch.clone(),
+        Dim::Fixed(heads),
+        Dim::Fixed(c.tokens),
+        Dim::Fixed(hd),
+    ]);
+    let slice_ty = f32_of(vec![
+        batch.clone(),
+        Dim::Fixed(heads),
+        tokens.clone(),
+        Dim::Fixed(hd),
+    ]);
+    let mut x = g.input(
+        io_names::INPUTS_EMBEDS,
+        f32_of(vec![batch.clone(), tokens.clone(), Dim::Fixed(d)]),
+    );
+    let labels = g.input(
+        io_names::LABELS,
+        TensorType::new(ElemType::I64, vec![batch.clone()]),
+    );
+    let position = g.input(
+        io_names::POSITION,
+        TensorType::new(ElemType::I64, vec![Dim::Fixed(1)]),
+    );
+
+    // cond_BD = class_emb(label); every AdaLN reads SiLU(cond_BD).
+    let (rows, cols) = (c.class_rows, d);
+    let f: WeightFn = Arc::new(move |s| s.load(keys::CLASS_EMB, &[rows, cols]));
+    let table = em.table(&mut g, keys::CLASS_EMB, vec![rows, d], f);
+    let cond = g.wire("class_emb", Op::Gather { axis: 0 }, &[table, labels]);
+    let cond = em.table_to_f32(&mut g, "class_emb_f32", cond);
+    let cond_silu = silu(&mut g, "cond_silu", cond);
+    let shared = c
+        .shared_aln
+        .then(|| linear(&mut g, em, keys::SHARED_ADA_LIN, cond_silu, 6 * d, d, true));
+
+    let cache_bias = cache_mask(&mut g, c, position);
+    let to_heads = g.const_i64(
+        "const.shape.qkv_heads",
+        &[0, -1, 3 * heads as i64, hd as i64],
+    );
+    let split_qkv = g.const_i64("const.split.qkv", &[heads as i64; 3]);
+    let merge = g.const_i64("const.shape.merge", &[0, -1, d as i64]);
+    let perm = Op::Transpose {
+        perm: vec![0, 2, 1, 3],
+    };
+
+    for i in 0..c.depth {
+        let p = format!("blocks.{i}");
+        let past_k = g.input(&io_names::past_key(i), cache_ty.clone());
+        let past_v = g.input(&io_names::past_value(i), cache_ty.clone());
+        let ada = match shared {
+            Some(gss) => shared_modulation(&mut g, em, c, i, gss),
+            None => linear(
+                &mut g,
+                em,
+                &format!("{p}.ada_lin.1"),
+                cond_silu,
+                6 * d,
+                d,
+                true,
+            ),
+        };
+        // gamma1, gamma2, scale1, scale2, shift1, shift2.
+        let m = split_modulation(&mut g, &format!("{p}.ada"), ada, 6, d);
+
+        let a = format!("{p}.attn");
+        let h = modulate(&mut g, &format!("{a}.norm"), x, m[2], m[4], c.norm_eps);
+        let qkv = linear(&mut g, em, &format!("{a}.mat_qkv"), h, 3 * d, d, false);
+        let qkv_bias = qkv_bias(&mut g, em, i, d);
+        let qkv = g.wire(&format!("{a}.add_qkv_bias"), Op::Add, &[qkv, qkv_bias]);
+        let qkv = g.wire(&format!("{a}.heads"), Op::Reshape, &[qkv, to_heads]);
+        let qkv = g.wire(&format!("{a}.heads_first"), perm.clone(), &[qkv]);
+        let parts = g.wire_n(
+            &format!("{a}.split_qkv"),
+            Op::Split { axis: 1 },
+            &[qkv, split_qkv],
+            3,
+        );
+        let (mut q, mut k, v) = (parts[0], parts[1], parts[2]);
+        if c.attn_l2_norm {
+            q = l2_normalize(&mut g, &format!("{a}.q_l2"), q, hd);
+            k = l2_normalize(&mut g, &format!("{a}.k_l2"), k, hd);
+        }
+        let q_scale = q_scale(&mut g, em, c, i);
+        q = g.wire(&format!("{a}.q_scaled"), Op::Mul, &[q, q_scale]);
+        g.output(k, &io_names::present_key(i), slice_ty.clone());
+        g.output(v, &io_names::present_value(i), slice_ty.clone());
+
+        let o = cached_attention(
+            &mut g,
+            &a,
+            [q, k, v],
+            [past_k, past_v],
+            cache_bias,
+            c.tokens,
+        );
+        let o = g.wire(&format!("{a}.o_tokens"), perm.clone(), &[o]);
+        let o = g.wire(&format!("{a}.o_merged"), Op::Reshape, &[o, merge]);
+        let o = linear(&mut g, em, &format!("{a}.proj"), o, d, d, true);
+        let o = g.wire(&format!("{a}.gamma"), Op::Mul, &[o, m[0]]);
+        x = g.wire(&format!("{a}.residual"), Op::Add, &[x, o]);
+
+        let f = format!("{p}.ffn");
+        let h = modulate(&mut g, &format!("{f}.norm"), x, m[3], m[5], c.norm_eps);
+        let h = linear(&mut g, em, &format!("{f}.fc1"), h, c.ffn_hidden, d, true);
+        let h = gelu_tanh(&mut g, &format!("{f}.gelu"), h);
+        let h = linear(&mut g, em, &format!("{f}.fc2"), h, d, c.ffn_hidden, true);
+        let h = g.wire(&format!("{f}.gamma"), Op::Mul, &[h, m[1]]);
+        x = g.wire(&format!("{f}.residual"), Op::Add, &[x, h]);
+    }
+
+    // AdaLNBeforeHead: scale, shift = ada_lin(cond).
+    let ada = linear(&mut g, em, keys::HEAD_ADA_LIN, cond_silu, 2 * d, d, true);
+    let m = split_modulation(&mut g, "head_nm.ada", ada, 2, d);
+    let h = modulate(&mut g, "head_nm", x, m[0], m[1], c.norm_eps);
+    let logits = linear(&mut g, em, keys::HEAD, h, c.vocab_size, d, true);
+    g.output(
+        logits,
+        io_names::LOGITS,
+        f32_of(vec![batch, tokens, Dim::Fixed(c.vocab_size)]),
+    );
+    Ok(g)
+}
+
+/// `[tokens_total]`: 0 for cache slots < position, -inf for the rest.
+fn cache_mask(g: &mut Graph, c: &VarConfig, position: ValueId) -> ValueId {
+    let zero = g.scalar_f32("const.zero", 0.0);
+    let neg_inf = g.scalar_f32("const.neg_inf", f32::NEG_INFINITY);
+    let slots: Vec<i64> = (0..c.tokens as i64).collect();
+    let slots = g.initializer(
+        "cache_slots",
+        ElemType::I64,
+        vec![c.tokens],
+        InitData::I64(slots),
+    );
+    let valid = g.wire("mask.cache_valid", Op::Less, &[slots, position]);
+    g.wire("mask.cache_bias", Op::Where, &[valid, zero, neg_inf])
+}
+
+/// `cat(q_bias, zero_k_bias, v_bias)`, `[3C]` f32 (the k bias is a zero buffer).
+fn qkv_bias(g: &mut Graph, em: &mut Emitter, i: usize, d: usize) -> ValueId {
+    let (qk, vk) = (keys::block(i, "attn.q_bias"), keys::block(i, "attn.v_bias"));
+    let f: WeightFn = Arc::new(move |s| {
+        let mut b = s.load(&qk, &[d])?;
+        b.extend(std::iter::repeat_n(0.0, d));
+        b.extend(s.load(&vk, &[d])?);
+        Ok(b)
+    });
+    em.vector(g, &keys::block(i, "attn.qkv_bias"), vec![3 * d], f)
+}
+
+/// The per-head multiplier of q, `[1, H, 1, 1]`: `exp(min(scale_mul_1H11, ln 100))` with the
+/// L2-normalised attention (whose softmax scale is then 1), else `0.25 / sqrt(head_dim)`.
+fn q_scale(g: &mut Graph, em: &mut Emitter, c: &VarConfig, i: usize) -> ValueId {
+    let heads = c.num_heads;
+    let f: WeightFn = if c.attn_l2_norm {
+        let key = keys::block(i, "attn.scale_mul_1H11");
+        Arc::new(move |s| {
+            let max = (100f32).ln();
+            Ok(s.load(&key, &[1, heads, 1, 1])?
+                .into_iter()
+                .map(|v| v.min(max).exp())
+                .collect())
+        })
+    } else {
+        let v = 0.25 / (c.head_dim as f32).sqrt();
+        Arc::new(move |_| Ok(vec![v; heads]))
+    };
+    em.vector(g, &keys::block(i, "attn.q_scale"), vec![1, heads, 1, 1], f)
+}
+
+/// `shared_aln`: `ada_gss + shared_ada_lin(cond)` of block i, as `[B, 6C]`.
+fn shared_modulation(
+    g: &mut Graph,
+    em: &mut Emitter,
+    c: &VarConfig,
+    i: usize,
+    gss: ValueId,
+) -> ValueId {
+    let d = c.embed_dim;
+    let key = keys::block(i, "ada_gss");
+    let f: WeightFn = Arc::new(move |s| s.load(&key, &[1, 1, 6, d]));
+    let own = em.vector(g, &keys::block(i, "ada_gss"), vec![1, 6 * d], f);
+    g.wire(&format!("blocks.{i}.ada_gss_add"), Op::Add, &[gss, own])
+}
+
+/// Softmax attention of `q` over the cache slots before `position` and the block's own keys
+/// (all of them: no mask), `[B, H, T, hd]` out. The cache is read, never copied or grown.
+fn cached_attention(
+    g: &mut Graph,
+    name: &str,
+    [q, k, v]: [ValueId; 3],
+    [past_k, past_v]: [ValueId; 2],
+    cache_bias: ValueId,
+    cache_len: usize,
+) -> ValueId {
+    let kt = Op::Transpose {
+        perm: vec![0, 1, 3, 2],
+    };
+    let past_kt = g.wire(&format!("{name}.past_kt"), kt.clone(), &[past_k]);
+    let s_cache = g.wire(&format!("{name}.scores_cache"), Op::MatMul, &[q, past_kt]);
+    let s_cache = g.wire(
+        &format!("{name}.scores_cache_masked"),
+        Op::Add,
+        &[s_cache, cache_bias],
+    );
+    let new_kt = g.wire(&format!("{name}.new_kt"), kt, &[k]);
+    let s_new = g.wire(&format!("{name}.scores_new"), Op::MatMul, &[q, new_kt]);
+    let s = g.wire(
+        &format!("{name}.scores"),
+        Op::Concat { axis: -1 },
+        &[s_cache, s_new],
+    );
+    let p = g.wire(&format!("{name}.probs"), Op::Softmax { axis: -1 }, &[s]);
+    // Split sizes [cache_len, T], T read from k's shape (symbolic).
+    let cache = g.const_i64(&format!("const.cache_len.{cache_len}"), &[cache_len as i64]);
+    let t = g.wire(
+        &format!("{name}.block_len"),
+        Op::Shape {
+            start: Some(2),
+            end: Some(3),
+        },
+        &[k],
+    );
+    let sizes = g.wire(
+        &format!("{name}.split_sizes"),
+        Op::Concat { axis: 0 },
+        &[cache, t],
+    );
+    let parts = g.wire_n(
+        &format!("{name}.probs_split"),
+        Op::Split { axis: -1 },
+        &[p, sizes],
+        2,
+    );
+    let o_cache = g.wire(
+        &format!("{name}.out_cache"),
+        Op::MatMul,
+        &[parts[0], past_v],
+    );
+    let o_new = g.wire(&format!("{name}.out_new"), Op::MatMul, &[parts[1], v]);
+    g.wire(&format!("{name}.out"), Op::Add, &[o_cache, o_new])
+}

@@ -1,0 +1,184 @@
+//! The VAR generation loop (official `VAR.autoregressive_infer_cfg`) over its three graphs.
+//!
+//! Per scale s of S: the embed graph turns the tokens of scales `< s` into the scale's inputs
+//! (block s of `inputs_embeds`); the step graph runs the block at cache slot `begin(s)` and its
+//! keys/values are written there; the logits are CFG-combined as
+//! `(1 + t) cond - t uncond` with `t = cfg * s / (S - 1)` (VAR always guides; cfg 0 drops the
+//! unconditional rows); each token is sampled. After the last scale the embed graph gives
+//! `f_hat` and the VQVAE decoder the images (`Pipeline::decode_images`).
+//!
+//! Sampling: top-k as LlamaGen's (ties with the k-th kept), then VAR's top-p (ascending
+//! cumulative probability `<= 1 - top_p` removed, the most likely token always kept; off for
+//! top_p <= 0 or >= 1), through the shared fixed-point sampler. VAR's rule keeps the sorted
+//! prefix whose preceding mass is `< top_p` where LlamaGen's keeps `<= top_p`: the two differ
+//! only when a cumulative weight equals the threshold exactly. The draw uses the Philox stream
+//! (row r, counter = token index), not torch's generator, so sampled tokens are ours; greedy
+//! (top-k 1) tokens are the official ones.
+
+mod sessions;
+
+use std::path::Path;
+use std::time::Instant;
+
+use llamagen_bundle::{Manifest, VarConfig};
+
+use crate::backend::{BackendKind, CpuOptions};
+use crate::error::RuntimeError;
+use crate::kv_cache::KvCache;
+use crate::pipeline::{Images, Observer, TokenOutput};
+use crate::request::GenerateRequest;
+use crate::runner::{Generator, NextToken};
+use crate::sampler::{sample_token, SamplingOptions};
+
+use sessions::VarSessions;
+
+/// A VAR bundle on ONNX Runtime's CPU provider.
+pub(crate) struct VarOrtCpu {
+    config: VarConfig,
+    sessions: VarSessions,
+}
+
+impl VarOrtCpu {
+    pub(crate) fn load(dir: &Path, m: &Manifest, opts: &CpuOptions) -> Result<Self, RuntimeError> {
+        let config = m.var()?.clone();
+        let sessions = VarSessions::load(dir, m, &config, opts)?;
+        Ok(VarOrtCpu { config, sessions })
+    }
+}
+
+/// VAR's sampling options from the request's: top-p off outside (0, 1).
+fn var_sampling(s: &SamplingOptions) -> SamplingOptions {
+    let mut o = s.clone();
+    if !(o.top_p > 0.0 && o.top_p < 1.0) {
+        o.top_p = 1.0;
+    }
+    o
+}
+
+/// Whether the request runs the unconditional rows (VAR guides at every cfg but 0).
+pub(crate) fn guided(req: &GenerateRequest) -> bool {
+    req.cfg_scale != 0.0
+}
+
+impl Generator for VarOrtCpu {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cpu
+    }
+
+    fn run_tokens(
+        &self,
+        _m: &Manifest,
+        req: &GenerateRequest,
+        mut next: NextToken<'_>,
+        observer: &mut dyn Observer,
+    ) -> Result<TokenOutput, RuntimeError> {
+        let c = &self.config;
+        let n = req.labels.len();
+        let cfg = guided(req);
+        let rows = if cfg { 2 * n } else { n };
+        let (total, vocab) = (c.tokens, c.vocab_size);
+        let _span = tracing::debug_span!("var.generate", rows, scales = c.scales()).entered();
+        let mut labels: Vec<i64> = req.labels.iter().map(|&l| l as i64).collect();
+        if cfg {
+            labels.extend(std::iter::repeat_n(c.num_classes as i64, n));
+        }
+        // Fresh zeroed caches: masked slots are multiplied by probability 0, so stale values
+        // must never be NaN.
+        let mut cache = KvCache::new(c.depth, rows, c.num_heads, total, c.head_dim);
+        let mut token_ids = vec![0i64; rows * total];
+        let mut tokens = vec![vec![0u32; total]; n];
+        let mut logits = Vec::new();
+        let opts = var_sampling(&req.sampling);
+        let start = Instant::now();
+        let mut scale_ms = Vec::with_capacity(c.scales());
+        for si in 0..c.scales() {
+            let t0 = Instant::now();
+            let range = c.scale_range(si);
+            let embedded = self.sessions.embed(c, &token_ids, &labels, si)?;
+            let d = c.embed_dim;
+            let mut x = Vec::with_capacity(rows * range.len() * d);
+            for r in 0..rows {
+                let row = &embedded.inputs[r * total * d..(r + 1) * total * d];
+                x.extend_from_slice(&row[range.start * d..range.end * d]);
+            }
+            self.sessions
+                .step(c, &x, &labels, range.start, &mut cache, &mut logits)?;
+            let t = c.guidance(req.cfg_scale, si);
+            let per_row = range.len() * vocab;
+            let (cond, uncond) = logits.split_at_mut(n * per_row);
+            for r in 0..n {
+                for (j, pos) in range.clone().enumerate() {
+                    let at = r * per_row + j * vocab;
+                    let row = &mut cond[at..at + vocab];
+                    if cfg {
+                        let u = &uncond[at..at + vocab];
+                        row.iter_mut()
+                            .zip(u)
+                            .for_each(|(x, &u)| *x = (1.0 + t) * *x - t * u);
+                    }
+                    observer.on_logits(pos, r, row);
+                    let token = match &mut next {
+                        NextToken::Sample { rng, scratch } => {
+                            let u = rng.uniform(r as u64, pos as u64);
+                            sample_token(row, &opts, u, scratch)
+                        }
+                        NextToken::Feed(fed) => fed[r][pos],
+                    };
+                    tokens[r][pos] = token;
+                    token_ids[r * total + pos] = token as i64;
+                    if cfg {
+                        token_ids[(n + r) * total + pos] = token as i64;
+                    }
+                }
+            }
+            scale_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            observer.on_token(range.end, total);
+        }
+        let decode_step_ms = scale_ms[1..].to_vec();
+        Ok(TokenOutput {
+            tokens,
+            prefill_ms: scale_ms[0],
+            decode_ms: decode_step_ms.iter().sum(),
+            decode_step_ms,
+            gpt_ms: start.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    fn has_fused_loop(&self) -> bool {
+        false
+    }
+
+    fn generate_fused(
+        &self,
+        _m: &Manifest,
+        _req: &GenerateRequest,
+    ) -> Result<TokenOutput, RuntimeError> {
+        Err(RuntimeError::BackendUnavailable {
+            name: "cpu".into(),
+            reason: "the CPU backend runs VAR's loop scale by scale".into(),
+        })
+    }
+
+    fn decode(
+        &self,
+        m: &Manifest,
+        tokens: &[Vec<u32>],
+        _observer: &mut dyn Observer,
+    ) -> Result<Images, RuntimeError> {
+        let c = &self.config;
+        let t0 = Instant::now();
+        let rows = tokens.len();
+        let ids: Vec<i64> = tokens.iter().flatten().map(|&t| t as i64).collect();
+        // Any valid label: block 0 of the inputs is not used here.
+        let labels = vec![0i64; rows];
+        let embedded = self.sessions.embed(c, &ids, &labels, c.scales())?;
+        let size = m.vq.image_size;
+        let data = self.sessions.decode(c, &embedded.f_hat, rows, size)?;
+        let per_image = 3 * size * size;
+        Ok(Images {
+            size,
+            pixels: data.chunks(per_image).map(<[f32]>::to_vec).collect(),
+            vq_ms: t0.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}

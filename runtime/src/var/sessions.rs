@@ -1,0 +1,220 @@
+//! VAR's three graphs on ONNX Runtime's CPU execution provider: the step (one scale's token
+//! block with the KV cache), the embed graph (tokens -> next inputs and `f_hat`) and the VQVAE
+//! decoder. Shapes are checked on every output.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::Mutex;
+
+use llamagen_bundle::names as io_names;
+use llamagen_bundle::{GraphRole, Manifest, VarConfig};
+use ort::session::{Session, SessionInputValue, SessionOutputs};
+
+use crate::backend::ort_cpu::{session, tensor, Activations};
+use crate::backend::CpuOptions;
+use crate::error::RuntimeError;
+use crate::kv_cache::KvCache;
+
+pub(crate) struct VarSessions {
+    step: Mutex<Session>,
+    embed: Mutex<Session>,
+    decoder: Mutex<Session>,
+    names: CacheNames,
+}
+
+/// Cache input/output names, built once.
+struct CacheNames {
+    past_key: Vec<String>,
+    past_value: Vec<String>,
+    present_key: Vec<String>,
+    present_value: Vec<String>,
+}
+
+/// Outputs of the embed graph for `rows` rows.
+pub(crate) struct Embedded {
+    /// `[rows, tokens_total, C]`.
+    pub inputs: Vec<f32>,
+    /// `[rows, Cvae, P, P]`.
+    pub f_hat: Vec<f32>,
+}
+
+fn output<'a>(
+    outputs: &'a SessionOutputs<'_>,
+    role: GraphRole,
+    name: &str,
+    expected: Vec<usize>,
+) -> Result<&'a [f32], RuntimeError> {
+    let value = outputs
+        .get(name)
+        .ok_or_else(|| RuntimeError::ort(role.name(), format!("no output {name}")))?;
+    let (s, data) = value
+        .try_extract_tensor::<f32>()
+        .map_err(|e| RuntimeError::ort(format!("output {name}"), e))?;
+    let got: Vec<usize> = s.iter().map(|&d| d as usize).collect();
+    if got != expected {
+        return Err(RuntimeError::OutputShape {
+            graph: role,
+            what: name.to_string(),
+            expected,
+            got,
+        });
+    }
+    Ok(data)
+}
+
+impl VarSessions {
+    pub(crate) fn load(
+        dir: &Path,
+        m: &Manifest,
+        c: &VarConfig,
+        opts: &CpuOptions,
+    ) -> Result<Self, RuntimeError> {
+        let threads = opts.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        let open = |role, act| -> Result<Mutex<Session>, RuntimeError> {
+            Ok(Mutex::new(session(dir, m, role, threads, act)?))
+        };
+        let layers = c.depth;
+        Ok(VarSessions {
+            step: open(GraphRole::VarStep, Activations::Arena)?,
+            embed: open(GraphRole::VarEmbed, Activations::Arena)?,
+            decoder: open(GraphRole::VqDecoder, Activations::Arena)?,
+            names: CacheNames {
+                past_key: (0..layers).map(io_names::past_key).collect(),
+                past_value: (0..layers).map(io_names::past_value).collect(),
+                present_key: (0..layers).map(io_names::present_key).collect(),
+                present_value: (0..layers).map(io_names::present_value).collect(),
+            },
+        })
+    }
+
+    /// The embed graph on `tokens` `[rows, tokens_total]` with `scales_done` scales set.
+    pub(crate) fn embed(
+        &self,
+        c: &VarConfig,
+        tokens: &[i64],
+        labels: &[i64],
+        scales_done: usize,
+    ) -> Result<Embedded, RuntimeError> {
+        let rows = labels.len();
+        let done = [scales_done as i64];
+        let inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![
+            (
+                io_names::VQ_TOKENS.into(),
+                tensor(vec![rows, c.tokens], tokens, io_names::VQ_TOKENS)?,
+            ),
+            (
+                io_names::SCALES_DONE.into(),
+                tensor(vec![1], &done, io_names::SCALES_DONE)?,
+            ),
+            (
+                io_names::LABELS.into(),
+                tensor(vec![rows], labels, io_names::LABELS)?,
+            ),
+        ];
+        let mut session = self.embed.lock().unwrap_or_else(|p| p.into_inner());
+        let out = session
+            .run(inputs)
+            .map_err(|e| RuntimeError::ort("var embed", e))?;
+        let p = c.last_side();
+        let role = GraphRole::VarEmbed;
+        Ok(Embedded {
+            inputs: output(
+                &out,
+                role,
+                io_names::INPUTS_EMBEDS,
+                vec![rows, c.tokens, c.embed_dim],
+            )?
+            .to_vec(),
+            f_hat: output(&out, role, io_names::VQ_FEATURES, vec![rows, c.cvae, p, p])?.to_vec(),
+        })
+    }
+
+    /// One scale: `x` `[rows, n, C]` at cache slot `position`; writes the new keys and values
+    /// into `cache` and the logits `[rows, n, V]` into `logits`.
+    pub(crate) fn step(
+        &self,
+        c: &VarConfig,
+        x: &[f32],
+        labels: &[i64],
+        position: usize,
+        cache: &mut KvCache,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), RuntimeError> {
+        let rows = labels.len();
+        let n = x.len() / (rows * c.embed_dim).max(1);
+        let shape = cache.shape();
+        let pos = [position as i64];
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            Vec::with_capacity(3 + 2 * c.depth);
+        inputs.push((
+            io_names::INPUTS_EMBEDS.into(),
+            tensor(vec![rows, n, c.embed_dim], x, io_names::INPUTS_EMBEDS)?,
+        ));
+        inputs.push((
+            io_names::LABELS.into(),
+            tensor(vec![rows], labels, io_names::LABELS)?,
+        ));
+        inputs.push((
+            io_names::POSITION.into(),
+            tensor(vec![1], &pos, io_names::POSITION)?,
+        ));
+        for i in 0..c.depth {
+            let (k, v) = (&self.names.past_key[i], &self.names.past_value[i]);
+            inputs.push((
+                k.as_str().into(),
+                tensor(shape.to_vec(), &cache.keys[i], k)?,
+            ));
+            inputs.push((
+                v.as_str().into(),
+                tensor(shape.to_vec(), &cache.values[i], v)?,
+            ));
+        }
+        let mut session = self.step.lock().unwrap_or_else(|p| p.into_inner());
+        let out = session
+            .run(inputs)
+            .map_err(|e| RuntimeError::ort("var step", e))?;
+        let role = GraphRole::VarStep;
+        logits.clear();
+        logits.extend_from_slice(output(
+            &out,
+            role,
+            io_names::LOGITS,
+            vec![rows, n, c.vocab_size],
+        )?);
+        let slice = vec![rows, c.num_heads, n, c.head_dim];
+        for i in 0..c.depth {
+            let k = output(&out, role, &self.names.present_key[i], slice.clone())?;
+            KvCache::write(&mut cache.keys[i], k, shape, position, n);
+            let v = output(&out, role, &self.names.present_value[i], slice.clone())?;
+            KvCache::write(&mut cache.values[i], v, shape, position, n);
+        }
+        Ok(())
+    }
+
+    /// The VQVAE decoder on `f_hat` `[rows, Cvae, P, P]`: images `[rows, 3, size, size]`.
+    pub(crate) fn decode(
+        &self,
+        c: &VarConfig,
+        f_hat: &[f32],
+        rows: usize,
+        size: usize,
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let p = c.last_side();
+        let input = tensor(vec![rows, c.cvae, p, p], f_hat, io_names::VQ_FEATURES)?;
+        let mut session = self.decoder.lock().unwrap_or_else(|p| p.into_inner());
+        let out = session
+            .run(vec![(Cow::from(io_names::VQ_FEATURES), input)])
+            .map_err(|e| RuntimeError::ort("vq decode", e))?;
+        Ok(output(
+            &out,
+            GraphRole::VqDecoder,
+            io_names::VQ_IMAGE,
+            vec![rows, 3, size, size],
+        )?
+        .to_vec())
+    }
+}
