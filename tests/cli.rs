@@ -198,7 +198,10 @@ fn bad_request_values_are_one_line_errors() {
             &["top_p", "1.5"],
         ),
         // An explicit top-k above the vocabulary (a default one is clamped to it).
-        (&["--labels", "3", "--top-k", "2000"], &["top_k", "2000", "512"]),
+        (
+            &["--labels", "3", "--top-k", "2000"],
+            &["top_k", "2000", "512"],
+        ),
     ];
     for (extra, needles) in cases {
         let mut args = vec!["generate", "--bundle", &b, "--out", &o];

@@ -432,19 +432,22 @@ const NUMBER_FIELDS: usize = 16;
 
 fn set_number(m: &mut Manifest, field: usize, v: u64) {
     let v = usize::try_from(v).unwrap_or(usize::MAX);
+    let Some(gpt) = m.gpt.as_mut() else {
+        return;
+    };
     match field % NUMBER_FIELDS {
         0 => m.generation.tokens_per_image = v,
-        1 => m.gpt.max_len = v,
-        2 => m.gpt.num_classes = v,
-        3 => m.gpt.class_rows = v,
+        1 => gpt.max_len = v,
+        2 => gpt.num_classes = v,
+        3 => gpt.class_rows = v,
         4 => m.generation.class_token_offset = v,
         5 => m.generation.null_class = v,
-        6 => m.gpt.vocab_size = v,
-        7 => m.gpt.block_size = v,
-        8 => m.gpt.n_layer = v,
-        9 => m.gpt.n_head = v,
-        10 => m.gpt.head_dim = v,
-        11 => m.gpt.dim = v,
+        6 => gpt.vocab_size = v,
+        7 => gpt.block_size = v,
+        8 => gpt.n_layer = v,
+        9 => gpt.n_head = v,
+        10 => gpt.head_dim = v,
+        11 => gpt.dim = v,
         12 => m.vq.image_size = v,
         13 => m.vq.grid = v,
         14 => m.vq.downsample = v,
