@@ -240,6 +240,8 @@ fn generate_never_writes_through_a_symlink() {
         );
         let meta = std::fs::symlink_metadata(out.join(name)).unwrap();
         assert!(meta.file_type().is_file(), "{name} is still a symlink");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644, "{name}: mode");
     }
     let stray: Vec<String> = std::fs::read_dir(&out)
         .unwrap()

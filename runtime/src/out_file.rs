@@ -13,9 +13,15 @@ pub(crate) fn temp_beside(path: &Path) -> io::Result<NamedTempFile> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    tempfile::Builder::new()
-        .prefix(".llamagen-out-")
-        .tempfile_in(dir)
+    let mut b = tempfile::Builder::new();
+    b.prefix(".llamagen-out-");
+    // Outputs keep the permissions a plain create would give (tempfile's default is 0600).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    b.tempfile_in(dir)
 }
 
 /// Renames the finished temporary file onto `path`.
