@@ -29,5 +29,5 @@ pub use error::{BundleError, RuntimeError};
 pub use llamagen_bundle::philox as rng;
 pub use llamagen_bundle::Manifest;
 pub use pipeline::{Images, Observer, Pipeline, PipelineOptions, TokenOutput};
-pub use request::GenerateRequest;
+pub use request::{GenerateRequest, RowSeed, RunOptions};
 pub use sampler::SamplingOptions;

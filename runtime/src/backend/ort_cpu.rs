@@ -150,6 +150,21 @@ impl Backend for OrtCpu {
         ))
     }
 
+    /// The step graph reads every slot (masked ones with probability 0, which times a stale NaN
+    /// is NaN), so all of them are zeroed: a memset of the caches, measured at about
+    /// 1% of a GPT-B 256 px generation (see `kv_cache.rs`).
+    fn reset_state(&self, cache: &mut KvCache) -> Result<(), RuntimeError> {
+        cache.clear();
+        Ok(())
+    }
+
+    #[cfg(feature = "test-hooks")]
+    fn poison_state(&self, cache: &mut KvCache, value: f32) {
+        for c in cache.keys.iter_mut().chain(cache.values.iter_mut()) {
+            c.fill(value);
+        }
+    }
+
     fn gpt_step(
         &self,
         input: StepInput<'_>,
