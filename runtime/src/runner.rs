@@ -79,9 +79,9 @@ pub(crate) trait Generator: Send + Sync {
         tokens: &[Vec<u32>],
         observer: &mut dyn Observer,
     ) -> Result<Images, RuntimeError>;
-    /// Test hook: every pooled state's caches filled with `value`.
+    /// Test hook: every pooled state's caches filled with `value` (default: nothing pooled).
     #[cfg(feature = "test-hooks")]
-    fn poison_pooled(&self, value: f32);
+    fn poison_pooled(&self, _value: f32) {}
 }
 
 /// [`Generator`] on backend `B`, with a pool of its step states.
