@@ -262,6 +262,43 @@ pub trait Device: Send + Sync + 'static {
     fn synchronize(&self) -> Result<(), CudaError>;
 }
 
+/// A stream capture in progress: [`CaptureGuard::end`] returns the graph; dropped before that
+/// (an early return, or a panic between the two) it ends the capture and discards what was
+/// recorded, so the stream is never left capturing (where every later upload, download and
+/// synchronize would fail).
+pub struct CaptureGuard<'a, D: Device> {
+    device: &'a D,
+    active: bool,
+}
+
+impl<'a, D: Device> CaptureGuard<'a, D> {
+    /// Begins a capture on `device`.
+    pub fn begin(device: &'a D) -> Result<Self, CudaError> {
+        device.begin_capture()?;
+        Ok(CaptureGuard {
+            device,
+            active: true,
+        })
+    }
+
+    /// Ends the capture and returns the recorded graph.
+    pub fn end(mut self) -> Result<D::Graph, CudaError> {
+        self.active = false;
+        self.device.end_capture()
+    }
+}
+
+impl<D: Device> Drop for CaptureGuard<'_, D> {
+    fn drop(&mut self) {
+        if self.active {
+            tracing::warn!("a stream capture was abandoned; ending it");
+            if let Err(e) = self.device.end_capture() {
+                tracing::warn!(error = %e, "ending the abandoned capture failed");
+            }
+        }
+    }
+}
+
 /// Grid size for `n` items in blocks of `per_block`.
 pub fn blocks_for(n: usize, per_block: usize) -> u32 {
     n.div_ceil(per_block).max(1) as u32

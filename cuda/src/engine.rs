@@ -13,10 +13,10 @@ use std::time::Instant;
 
 use llamagen_bundle::{GraphRole, Manifest};
 
-use crate::device::Device;
+use crate::device::{CaptureGuard, Device};
 use crate::error::CudaError;
 use crate::gpt::{issue_step, GptWeights, Session};
-use crate::ops::sampler::SampleParams;
+use crate::ops::sampler::{RowKey, SampleParams};
 use crate::vq::VqDecoder;
 use crate::weights::BundleWeights;
 
@@ -110,11 +110,15 @@ impl<D: Device> Engine<D> {
         &self,
         prefill_ids: &[i64],
         params: &SampleParams,
+        rows: Option<&[RowKey]>,
         s: &mut Session<D>,
     ) -> Result<Generated, CudaError> {
         let d = &self.device;
         let per = self.tokens_per_image;
-        s.set_params(d, params)?;
+        match rows {
+            Some(rows) => s.set_params_rows(d, params, rows)?,
+            None => s.set_params(d, params)?,
+        }
         let ids: Vec<i32> = prefill_ids.iter().map(|&x| x as i32).collect();
         s.set_inputs(d, &ids, 0, 0)?;
         let start = Instant::now();
@@ -126,9 +130,9 @@ impl<D: Device> Engine<D> {
         let decode_steps = per.saturating_sub(1);
         if self.use_graph && decode_steps > 0 {
             if s.graph.is_none() {
-                d.begin_capture()?;
+                let capture = CaptureGuard::begin(d)?;
                 let issued = issue_step(d, &self.gpt, s, true);
-                let graph = d.end_capture();
+                let graph = capture.end();
                 issued?;
                 s.graph = Some(graph?);
             }
@@ -212,10 +216,22 @@ impl<D: Device> Engine<D> {
         prefill_ids: &[i64],
         params: &SampleParams,
     ) -> Result<Generated, CudaError> {
+        self.generate_rows(prefill_ids, params, None)
+    }
+
+    /// [`Self::generate`] where request row r draws from `row_keys[r]` (its own seed and
+    /// stream: a service's merged batch) instead of (the params' seed, stream r). The captured
+    /// step is the same: the table sits in the parameter buffer it reads.
+    pub fn generate_rows(
+        &self,
+        prefill_ids: &[i64],
+        params: &SampleParams,
+        row_keys: Option<&[RowKey]>,
+    ) -> Result<Generated, CudaError> {
         let (n, rows) = (params.n as usize, prefill_ids.len());
         let _exec = self.exec.lock().unwrap_or_else(|p| p.into_inner());
         let mut s = self.take_session(rows, n)?;
-        let out = self.run_fused(prefill_ids, params, &mut s);
+        let out = self.run_fused(prefill_ids, params, row_keys, &mut s);
         if out.is_ok() {
             self.return_session(s);
         }

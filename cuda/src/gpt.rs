@@ -139,7 +139,7 @@ impl<D: Device> Session<D> {
             pos: d.alloc(i32)?,
             step: d.alloc(i32)?,
             tokens: d.alloc(n * per * i32)?,
-            params: d.alloc(std::mem::size_of::<SampleParams>())?,
+            params: d.alloc(sampler::params_bytes(n))?,
             scratch: d.alloc(sampler::scratch_bytes(n, c.vocab_size))?,
             graph: None,
         })
@@ -155,6 +155,16 @@ impl<D: Device> Session<D> {
 
     pub fn set_params(&self, d: &D, p: &SampleParams) -> Result<(), CudaError> {
         d.upload(&self.params, 0, &p.to_bytes())
+    }
+
+    /// [`Self::set_params`] with one random stream per request row (`n` of them).
+    pub fn set_params_rows(
+        &self,
+        d: &D,
+        p: &SampleParams,
+        rows: &[sampler::RowKey],
+    ) -> Result<(), CudaError> {
+        d.upload(&self.params, 0, &p.bytes_with_rows(rows)?)
     }
 
     /// The logits of the last step, `[rows, vocab]` (waits for the device).

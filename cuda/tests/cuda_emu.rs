@@ -20,7 +20,7 @@ use llamagen_test_support::device as cuda_common;
 use llamagen_test_support::device_tests;
 
 use cuda_common::{download_f16, download_f32, upload_f16, upload_f32, Rng};
-use llamagen_cuda::device::{DType, Device, Gemm};
+use llamagen_cuda::device::{CaptureGuard, DType, Device, Gemm};
 use llamagen_test_support::{Tolerance, GEMM_FP16_OUT, GEMM_FP32_OUT};
 
 /// One GEMM problem of the checks, with everything that can vary.
@@ -317,7 +317,47 @@ fn check_capture_replay_gemm<D: Device>(d: &D) {
     let _ = &p.b_buf;
 }
 
-device_tests!(check_gemm, check_capture_replay_gemm);
+/// A capture abandoned by a panic or an early return (its guard dropped before `end`) is ended:
+/// the stream works normally afterwards, and a new capture can begin.
+fn check_capture_guard_ends_an_abandoned_capture<D: Device>(d: &D) {
+    let mut rng = Rng(13);
+    let p = problem(d, &Case::dense(4, 5, 6), &mut rng);
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _capture = CaptureGuard::begin(d).expect("begin_capture");
+        d.gemm(&p.gemm).expect("captured gemm");
+        panic!("a panic between begin and end");
+    }));
+    assert!(panicked.is_err());
+    // Not capturing any more: synchronize, upload and download work, and nothing ran.
+    d.synchronize()
+        .expect("synchronize after the abandoned capture");
+    assert_eq!(
+        download_f32(d, &p.c_buf, p.c0.len()),
+        p.c0,
+        "the abandoned capture ran"
+    );
+    // An early return (error path) is the same.
+    let early = || -> Result<(), llamagen_cuda::CudaError> {
+        let _capture = CaptureGuard::begin(d)?;
+        d.upload(&p.c_buf, 0, &[0; 4])?; // refused during a capture: returns early
+        Ok(())
+    };
+    assert!(early().is_err(), "an upload during a capture must fail");
+    d.synchronize().expect("synchronize after the early return");
+    // And a guarded capture that ends normally records and replays.
+    let capture = CaptureGuard::begin(d).expect("begin_capture");
+    d.gemm(&p.gemm).expect("captured gemm");
+    let graph = capture.end().expect("end_capture");
+    d.replay(&graph).expect("replay");
+    d.synchronize().expect("synchronize");
+    let _ = (&p.a_buf, &p.b_buf);
+}
+
+device_tests!(
+    check_gemm,
+    check_capture_replay_gemm,
+    check_capture_guard_ends_an_abandoned_capture
+);
 
 /// Tests of the emulator alone (its self-test kernels exist only there).
 #[cfg(feature = "emu")]

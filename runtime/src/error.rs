@@ -18,6 +18,19 @@ pub enum RuntimeError {
         value: String,
         reason: String,
     },
+    /// More labels in one request than `PipelineOptions::max_labels` allows.
+    #[error(
+        "too many labels: {got} in one request, the limit is {max} (PipelineOptions::max_labels)"
+    )]
+    TooManyLabels { got: usize, max: usize },
+    /// The observer asked to stop ([`crate::Observer::should_stop`]) after `done` of `steps`
+    /// tokens.
+    #[error("generation cancelled after {done} of {steps} tokens")]
+    Cancelled { done: usize, steps: usize },
+    /// The call's deadline ([`crate::RunOptions::deadline`]) passed after `done` of `steps`
+    /// tokens.
+    #[error("generation deadline exceeded after {done} of {steps} tokens")]
+    DeadlineExceeded { done: usize, steps: usize },
     #[error("backend '{name}' is not available: {reason}")]
     BackendUnavailable { name: String, reason: String },
     /// A CUDA driver, NVRTC, cuBLAS or kernel-emulator call failed.

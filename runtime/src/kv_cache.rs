@@ -25,6 +25,14 @@ impl KvCache {
         }
     }
 
+    /// Zeroes every slot of every layer (a pooled cache before its next request: a stale slot
+    /// is masked with probability 0, and 0 times a stale NaN or Inf is NaN).
+    pub fn clear(&mut self) {
+        for c in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            c.fill(0.0);
+        }
+    }
+
     pub fn shape(&self) -> [usize; 4] {
         [self.batch, self.heads, self.max_len, self.head_dim]
     }

@@ -31,5 +31,5 @@ pub use error::{BundleError, RuntimeError};
 pub use llamagen_bundle::philox as rng;
 pub use llamagen_bundle::{load_manifest, Manifest, ModelFamily};
 pub use pipeline::{Images, Observer, Pipeline, PipelineOptions, TokenOutput};
-pub use request::GenerateRequest;
+pub use request::{GenerateRequest, RowSeed, RunOptions};
 pub use sampler::SamplingOptions;

@@ -5,12 +5,13 @@
 //! `llamagen compare` measures).
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use llamagen_bundle::{load_manifest, Manifest};
 
 use crate::backend::{self, BackendChoice, BackendKind};
 use crate::error::RuntimeError;
-use crate::request::GenerateRequest;
+use crate::request::{GenerateRequest, RunOptions};
 use crate::runner::{Generator, NextToken};
 
 /// How to load a bundle.
@@ -20,6 +21,16 @@ pub struct PipelineOptions {
     pub backend: BackendChoice,
     /// Check the sha256 of every bundle file on load (default on).
     pub verify_hashes: bool,
+    /// The most labels (images) one request may ask for (default
+    /// [`PipelineOptions::DEFAULT_MAX_LABELS`]); more is [`RuntimeError::TooManyLabels`], not an
+    /// allocation that kills the process. Each label holds KV caches for its rows (two with
+    /// CFG): about 38 MB for GPT-B at 256 px, 0.2 GB for GPT-XXL at 384 px.
+    pub max_labels: usize,
+}
+
+impl PipelineOptions {
+    /// 64 labels: GPT-B at 256 px with CFG then needs about 2.4 GB of KV caches on the CPU.
+    pub const DEFAULT_MAX_LABELS: usize = 64;
 }
 
 impl Default for PipelineOptions {
@@ -27,6 +38,7 @@ impl Default for PipelineOptions {
         PipelineOptions {
             backend: BackendChoice::default(),
             verify_hashes: true,
+            max_labels: Self::DEFAULT_MAX_LABELS,
         }
     }
 }
@@ -35,6 +47,7 @@ impl Default for PipelineOptions {
 pub struct Pipeline {
     dir: PathBuf,
     manifest: Manifest,
+    max_labels: usize,
     generator: Box<dyn Generator>,
 }
 
@@ -57,6 +70,14 @@ pub trait Observer {
     /// An extra graph output (a calibration probe `probe.<op>`, present only in calibration
     /// bundles) after every GPT step and VQ decode.
     fn on_probe(&mut self, _name: &str, _data: &[f32]) {}
+    /// Asked after every token of the host loop (after [`Observer::on_token`]): true ends the
+    /// generation there with [`RuntimeError::Cancelled`], so a stop takes effect within one
+    /// step. Default false. A backend's fused loop (CUDA) asks only before it starts and after
+    /// it ends; an observer that must stop mid-generation there says
+    /// [`Observer::wants_logits`] true, which runs the host loop.
+    fn should_stop(&mut self) -> bool {
+        false
+    }
 }
 
 impl<F: FnMut(usize, usize)> Observer for F {
@@ -112,6 +133,7 @@ impl Pipeline {
         Ok(Pipeline {
             dir: dir.to_path_buf(),
             manifest,
+            max_labels: opts.max_labels,
             generator,
         })
     }
@@ -129,22 +151,69 @@ impl Pipeline {
         self.generator.kind()
     }
 
+    /// The most labels one request may carry ([`PipelineOptions::max_labels`]).
+    pub fn max_labels(&self) -> usize {
+        self.max_labels
+    }
+
+    /// Checks `req` against the bundle and the label limit (what every generation does first).
+    pub fn validate(&self, req: &GenerateRequest) -> Result<(), RuntimeError> {
+        req.validate_with_limit(&self.manifest, self.max_labels)
+    }
+
     /// Generates the image tokens, reporting progress (and logits) to `observer`.
     pub fn generate_tokens(
         &self,
         req: &GenerateRequest,
         observer: &mut dyn Observer,
     ) -> Result<TokenOutput, RuntimeError> {
-        req.validate(&self.manifest)?;
-        if !observer.wants_logits() && self.generator.has_fused_loop() {
-            let out = self.generator.generate_fused(&self.manifest, req)?;
-            let steps = self.manifest.generation.tokens_per_image;
-            observer.on_token(steps, steps);
-            return Ok(out);
+        self.generate_tokens_with(req, &RunOptions::default(), observer)
+    }
+
+    /// [`Self::generate_tokens`] with per-call options: each row's random stream (a service's
+    /// merged batch) and a deadline. A stop asked by the observer is
+    /// [`RuntimeError::Cancelled`], a passed deadline [`RuntimeError::DeadlineExceeded`].
+    pub fn generate_tokens_with(
+        &self,
+        req: &GenerateRequest,
+        run: &RunOptions,
+        observer: &mut dyn Observer,
+    ) -> Result<TokenOutput, RuntimeError> {
+        self.validate(req)?;
+        let seeds = run.seeds_for(req)?;
+        let steps = self.manifest.generation.tokens_per_image;
+        let mut guarded = Guarded {
+            inner: observer,
+            deadline: run.deadline,
+            expired: false,
+        };
+        if guarded.should_stop() {
+            return Err(guarded.stopped(0, steps));
         }
-        let next = NextToken::sample(req, self.manifest.vocab_size());
-        self.generator
-            .run_tokens(&self.manifest, req, next, observer)
+        let out = if !guarded.wants_logits() && self.generator.has_fused_loop() {
+            let out = self.generator.generate_fused(&self.manifest, req, &seeds)?;
+            if guarded.should_stop() {
+                return Err(guarded.stopped(steps, steps));
+            }
+            guarded.on_token(steps, steps);
+            Ok(out)
+        } else {
+            let next = NextToken::sample(&seeds, self.manifest.vocab_size());
+            self.generator
+                .run_tokens(&self.manifest, req, next, &mut guarded)
+        };
+        match out {
+            Err(RuntimeError::Cancelled { done, steps }) => Err(guarded.stopped(done, steps)),
+            out => out,
+        }
+    }
+
+    /// Test hook (feature `test-hooks`): fills the KV caches the pipeline keeps for reuse with
+    /// `value`, as a request that left NaN or Inf in them would.
+    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
+    pub fn poison_pooled_caches(&self, value: f32) {
+        self.generator.poison_pooled(value)
     }
 
     /// Teacher-forced scoring: runs the prefill and the decode loop of [`Self::generate_tokens`]
@@ -159,7 +228,7 @@ impl Pipeline {
         tokens: &[Vec<u32>],
         observer: &mut dyn Observer,
     ) -> Result<(), RuntimeError> {
-        req.validate(&self.manifest)?;
+        self.validate(req)?;
         let per = self.manifest.generation.tokens_per_image;
         let vocab = self.manifest.vocab_size();
         if tokens.len() != req.labels.len() {
@@ -188,8 +257,54 @@ impl Pipeline {
     ) -> Result<Images, RuntimeError> {
         let per = self.manifest.generation.tokens_per_image;
         let codebook = self.manifest.vq.codebook_size;
+        if tokens.len() > self.max_labels {
+            return Err(RuntimeError::TooManyLabels {
+                got: tokens.len(),
+                max: self.max_labels,
+            });
+        }
         check_token_rows(tokens, per, codebook, "codebook size")?;
         self.generator.decode(&self.manifest, tokens, observer)
+    }
+}
+
+/// An observer with a deadline: stops once it has passed, and remembers that it did.
+struct Guarded<'a> {
+    inner: &'a mut dyn Observer,
+    deadline: Option<Instant>,
+    expired: bool,
+}
+
+impl Guarded<'_> {
+    /// The error of a stop after `done` of `steps` tokens: the deadline's when it had passed.
+    fn stopped(&self, done: usize, steps: usize) -> RuntimeError {
+        if self.expired {
+            RuntimeError::DeadlineExceeded { done, steps }
+        } else {
+            RuntimeError::Cancelled { done, steps }
+        }
+    }
+}
+
+impl Observer for Guarded<'_> {
+    fn wants_logits(&self) -> bool {
+        self.inner.wants_logits()
+    }
+    fn on_token(&mut self, done: usize, total: usize) {
+        self.inner.on_token(done, total)
+    }
+    fn on_logits(&mut self, step: usize, row: usize, logits: &[f32]) {
+        self.inner.on_logits(step, row, logits)
+    }
+    fn on_probe(&mut self, name: &str, data: &[f32]) {
+        self.inner.on_probe(name, data)
+    }
+    fn should_stop(&mut self) -> bool {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.expired = true;
+            return true;
+        }
+        self.inner.should_stop()
     }
 }
 

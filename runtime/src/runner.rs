@@ -15,15 +15,16 @@ use llamagen_bundle::{GraphRole, Manifest};
 use crate::backend::{Backend, BackendKind, FusedJob, StepInput};
 use crate::error::RuntimeError;
 use crate::pipeline::{Images, Observer, TokenOutput};
-use crate::request::GenerateRequest;
+use crate::request::{GenerateRequest, RowSeed};
 use crate::rng::Philox;
 use crate::sampler::{cfg_combine, sample_token, SamplerScratch};
 
 /// How the decode loop picks each row's next token.
 pub(crate) enum NextToken<'a> {
-    /// Sample from the (CFG-combined) logits with the request's options and seed.
+    /// Sample from the (CFG-combined) logits with the request's options; row r draws from
+    /// `rows[r]` = (Philox keyed by its seed, its stream).
     Sample {
-        rng: Philox,
+        rows: Vec<(Philox, u64)>,
         scratch: SamplerScratch,
     },
     /// Teacher forcing: feed the given tokens, `[labels.len()][tokens_per_image]`.
@@ -31,10 +32,13 @@ pub(crate) enum NextToken<'a> {
 }
 
 impl NextToken<'_> {
-    /// Sampling with `req`'s seed over a vocabulary of `vocab`.
-    pub(crate) fn sample(req: &GenerateRequest, vocab: usize) -> Self {
+    /// Sampling with one random stream per request row over a vocabulary of `vocab`.
+    pub(crate) fn sample(seeds: &[RowSeed], vocab: usize) -> Self {
         NextToken::Sample {
-            rng: Philox::new(req.seed),
+            rows: seeds
+                .iter()
+                .map(|s| (Philox::new(s.seed), s.stream))
+                .collect(),
             scratch: SamplerScratch::new(vocab),
         }
     }
@@ -66,6 +70,7 @@ pub(crate) trait Generator: Send + Sync {
         &self,
         m: &Manifest,
         req: &GenerateRequest,
+        row_seeds: &[RowSeed],
     ) -> Result<TokenOutput, RuntimeError>;
     /// VQ decode of `tokens` `[batch, tokens_per_image]` to images.
     fn decode(
@@ -74,6 +79,9 @@ pub(crate) trait Generator: Send + Sync {
         tokens: &[Vec<u32>],
         observer: &mut dyn Observer,
     ) -> Result<Images, RuntimeError>;
+    /// Test hook: every pooled state's caches filled with `value` (default: nothing pooled).
+    #[cfg(feature = "test-hooks")]
+    fn poison_pooled(&self, _value: f32) {}
 }
 
 /// [`Generator`] on backend `B`, with a pool of its step states.
@@ -81,8 +89,8 @@ pub(crate) struct Runner<B: Backend> {
     backend: B,
     /// States (KV caches) of finished requests, reused by the next one of the same batch size:
     /// a service then allocates its caches once instead of growing the heap request after
-    /// request. Stale slots need no clearing: slots >= position are masked and hold finite
-    /// values.
+    /// request. Each is reset ([`Backend::reset_state`]) when it is taken: a masked slot still
+    /// enters the attention with probability 0, and 0 times a stale NaN or Inf is NaN.
     states: Mutex<Vec<(usize, B::State)>>,
 }
 
@@ -97,7 +105,12 @@ impl<B: Backend> Runner<B> {
     fn take_state(&self, rows: usize) -> Result<B::State, RuntimeError> {
         let mut pool = self.states.lock().unwrap_or_else(|p| p.into_inner());
         match pool.iter().position(|(r, _)| *r == rows) {
-            Some(i) => Ok(pool.swap_remove(i).1),
+            Some(i) => {
+                let mut state = pool.swap_remove(i).1;
+                drop(pool);
+                self.backend.reset_state(&mut state)?;
+                Ok(state)
+            }
             None => {
                 drop(pool);
                 self.backend.new_state(rows)
@@ -139,6 +152,14 @@ impl<B: Backend> Generator for Runner<B> {
         self.backend.kind()
     }
 
+    #[cfg(feature = "test-hooks")]
+    fn poison_pooled(&self, value: f32) {
+        let mut pool = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, state) in pool.iter_mut() {
+            self.backend.poison_state(state, value);
+        }
+    }
+
     fn has_fused_loop(&self) -> bool {
         self.backend.fused().is_some()
     }
@@ -147,6 +168,7 @@ impl<B: Backend> Generator for Runner<B> {
         &self,
         m: &Manifest,
         req: &GenerateRequest,
+        row_seeds: &[RowSeed],
     ) -> Result<TokenOutput, RuntimeError> {
         let Some(fused) = self.backend.fused() else {
             return Err(RuntimeError::BackendUnavailable {
@@ -163,6 +185,7 @@ impl<B: Backend> Generator for Runner<B> {
             cfg_interval: req.cfg_interval,
             sampling: req.sampling.clone(),
             seed: req.seed,
+            row_seeds: row_seeds.to_vec(),
         };
         let _span = tracing::debug_span!("generate_fused", n, cfg).entered();
         let f = fused.generate(&job)?;
@@ -212,6 +235,10 @@ impl<B: Backend> Generator for Runner<B> {
         sample_rows(vocab, &mut sampling, &mut logits, true, 0, &mut tokens);
         let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
         sampling.observer.on_token(1, steps);
+        if 1 < steps && sampling.observer.should_stop() {
+            self.return_state(rows, state);
+            return Err(RuntimeError::Cancelled { done: 1, steps });
+        }
 
         let mut decode_step_ms = Vec::with_capacity(steps.saturating_sub(1));
         for i in 0..steps.saturating_sub(1) {
@@ -241,6 +268,10 @@ impl<B: Backend> Generator for Runner<B> {
             );
             decode_step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
             sampling.observer.on_token(i + 2, steps);
+            if i + 2 < steps && sampling.observer.should_stop() {
+                self.return_state(rows, state);
+                return Err(RuntimeError::Cancelled { done: i + 2, steps });
+            }
         }
         self.return_state(rows, state);
         Ok(TokenOutput {
@@ -302,8 +333,9 @@ fn sample_rows(
         }
         s.observer.on_logits(step, r, row);
         let token = match &mut s.next {
-            NextToken::Sample { rng, scratch } => {
-                let u = rng.uniform(r as u64, step as u64);
+            NextToken::Sample { rows, scratch } => {
+                let (rng, stream) = rows[r];
+                let u = rng.uniform(stream, step as u64);
                 sample_token(row, &s.req.sampling, u, scratch)
             }
             NextToken::Feed(fed) => fed[r][step],

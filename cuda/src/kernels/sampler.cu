@@ -36,7 +36,9 @@
 #define FULL_MASK 0xffffffffu
 #define NO_INDEX 0xffffffffu
 
-// Mirrors `SampleParams` in ops/sampler.rs (repr(C), 40 bytes).
+// Mirrors `SampleParams` in ops/sampler.rs (repr(C), 44 bytes). With row_keys != 0 a table of
+// n entries [seed lo, seed hi, stream] (u32 each) follows the struct: row r draws from
+// Philox(seed).uniform(stream, step) instead of (key, r) (a service's merged batch).
 struct SampleParams {
     float temperature;  // raw; max(T, 1e-5) is applied here as on the CPU
     u32 top_k;          // 0 = off
@@ -47,6 +49,7 @@ struct SampleParams {
     u32 n;              // request rows; rows n..2n are their uncond rows when cfg != 0
     u32 cfg;
     u32 tokens_per_image;
+    u32 row_keys;       // 1 = a per-row [seed lo, seed hi, stream] table follows
 };
 
 // ---- block-wide helpers (SAMPLER_THREADS threads; results in every thread) ----
@@ -364,7 +367,9 @@ KERNEL void sample_rows(i32* tokens, i32* ids, float* logits, const SampleParams
     }
 
     // 6. Inverse CDF in index order over contiguous id chunks, one per thread.
-    const float u = philox_uniform(p->key, r, (u32)step);
+    const u32* rk = p->row_keys != 0 ? reinterpret_cast<const u32*>(p + 1) + 3 * (u64)r : nullptr;
+    const float u = rk != nullptr ? philox_uniform(rk, rk[2], (u32)step)
+                                  : philox_uniform(p->key, r, (u32)step);
     const u64 target = mass_threshold(u, kept);
     const u32 chunk = (vocab + blockDim.x - 1) / blockDim.x;
     const u32 lo = min(tid * chunk, vocab), hi = min(lo + chunk, vocab);

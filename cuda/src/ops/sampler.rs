@@ -18,7 +18,8 @@ const SAMPLER_THREADS: u32 = 1024;
 const MAX_ROWS: usize = 65_535;
 
 /// Sampling parameters in device memory (read by the kernel at every replay of the captured
-/// step). Mirrors `struct SampleParams` in sampler.cu: ten 4-byte fields, 40 bytes.
+/// step). Mirrors `struct SampleParams` in sampler.cu: eleven 4-byte fields, 44 bytes, followed
+/// (when `row_keys` is 1) by one [`RowKey`] per request row ([`SampleParams::bytes_with_rows`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SampleParams {
@@ -40,6 +41,24 @@ pub struct SampleParams {
     pub cfg: u32,
     /// Row length of the `tokens` output `[n, tokens_per_image]`.
     pub tokens_per_image: u32,
+    /// 1 when a [`RowKey`] table follows the struct (row r draws from its own seed and stream),
+    /// 0 when row r draws from (`key`, stream r).
+    pub row_keys: u32,
+}
+
+/// One request row's random stream on the device: `[seed lo, seed hi, stream]` (the stream is
+/// 32-bit on the device, as the row index it replaces).
+pub type RowKey = [u32; 3];
+
+/// The [`RowKey`] of Philox `seed`, stream `stream`.
+pub fn row_key(seed: u64, stream: u32) -> RowKey {
+    let [lo, hi] = Philox::new(seed).key();
+    [lo, hi, stream]
+}
+
+/// Bytes of the parameter buffer for `n` request rows: the struct and a [`RowKey`] per row.
+pub fn params_bytes(n: usize) -> usize {
+    SampleParams::BYTES + n * std::mem::size_of::<RowKey>()
 }
 
 impl SampleParams {
@@ -65,11 +84,30 @@ impl SampleParams {
             n: sat(n),
             cfg: u32::from(cfg),
             tokens_per_image: sat(tokens_per_image),
+            row_keys: 0,
         }
     }
 
-    /// Size of [`Self::to_bytes`]: ten 4-byte fields.
-    pub const BYTES: usize = 40;
+    /// Size of [`Self::to_bytes`]: eleven 4-byte fields.
+    pub const BYTES: usize = 44;
+
+    /// The struct with `row_keys` = 1 followed by `rows` (one per request row, `n` of them), as
+    /// the kernel reads them; an error when the count differs from `n`.
+    pub fn bytes_with_rows(&self, rows: &[RowKey]) -> Result<Vec<u8>, CudaError> {
+        if rows.len() != self.n as usize {
+            return Err(CudaError::call(
+                "sampler params",
+                format!("{} row keys for {} request rows", rows.len(), self.n),
+            ));
+        }
+        let mut bytes = SampleParams {
+            row_keys: 1,
+            ..*self
+        }
+        .to_bytes();
+        bytes.extend(rows.iter().flatten().flat_map(|w| w.to_le_bytes()));
+        Ok(bytes)
+    }
 
     /// The struct's bytes as the kernel reads them (little-endian fields in declaration order).
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -84,6 +122,7 @@ impl SampleParams {
             self.n,
             self.cfg,
             self.tokens_per_image,
+            self.row_keys,
         ];
         words.iter().flat_map(|w| w.to_le_bytes()).collect()
     }
@@ -189,7 +228,7 @@ mod tests {
         );
         let b = p.to_bytes();
         assert_eq!(b.len(), std::mem::size_of::<SampleParams>());
-        assert_eq!(b.len(), 40);
+        assert_eq!(b.len(), 44);
         let word = |i: usize| u32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap());
         assert_eq!(f32::from_bits(word(0)), 0.5);
         assert_eq!(word(1), u32::MAX, "top_k saturates");
@@ -197,6 +236,14 @@ mod tests {
         assert_eq!(f32::from_bits(word(3)), 4.0);
         assert_eq!(f32::from_bits(word(4)), -1.0);
         assert_eq!([word(5), word(6)], [0x0506_0708, 0x0102_0304]);
-        assert_eq!([word(7), word(8), word(9)], [3, 1, 256]);
+        assert_eq!([word(7), word(8), word(9), word(10)], [3, 1, 256, 0]);
+        let rows = [row_key(7, 0), row_key(1 << 33, 5), row_key(0, 1)];
+        let b = p.bytes_with_rows(&rows).unwrap();
+        assert_eq!(b.len(), params_bytes(3));
+        let word = |i: usize| u32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap());
+        assert_eq!(word(10), 1, "row_keys flag");
+        assert_eq!([word(11), word(12), word(13)], [7, 0, 0]);
+        assert_eq!([word(14), word(15), word(16)], [0, 2, 5]);
+        assert!(p.bytes_with_rows(&rows[..2]).is_err());
     }
 }

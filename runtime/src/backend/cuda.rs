@@ -8,7 +8,7 @@ use llamagen_bundle::names::PROBE_PREFIX;
 use llamagen_bundle::Manifest;
 use llamagen_cuda::device::Device;
 use llamagen_cuda::gpt::Session;
-use llamagen_cuda::ops::sampler::SampleParams;
+use llamagen_cuda::ops::sampler::{row_key, RowKey, SampleParams};
 use llamagen_cuda::{CudaError, Engine};
 
 use super::{Backend, BackendKind, FusedJob, FusedLoop, FusedTokens, StepInput};
@@ -77,6 +77,12 @@ impl<D: Device> Backend for CudaBackend<D> {
         Ok(self.engine.new_session(rows)?)
     }
 
+    /// Nothing to clear: the device attention reads slots `0..=position` only (never a stale
+    /// one), and every one of them is written by this request before it is read.
+    fn reset_state(&self, _session: &mut Session<D>) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
     fn gpt_step(
         &self,
         input: StepInput<'_>,
@@ -114,7 +120,32 @@ impl<D: Device> FusedLoop for CudaBackend<D> {
             job.cfg,
             self.engine.tokens_per_image(),
         );
-        let g = self.engine.generate(&job.prefill_ids, &params)?;
+        // A request alone keeps today's stream (key = its seed, stream = row) bit for bit; a
+        // merged batch uploads one (seed, stream) per row.
+        let alone = job
+            .row_seeds
+            .iter()
+            .enumerate()
+            .all(|(r, s)| s.seed == job.seed && s.stream == r as u64);
+        let g = if alone {
+            self.engine.generate(&job.prefill_ids, &params)?
+        } else {
+            let keys = job
+                .row_seeds
+                .iter()
+                .map(|s| {
+                    u32::try_from(s.stream)
+                        .map(|stream| row_key(s.seed, stream))
+                        .map_err(|_| RuntimeError::InvalidRequest {
+                            field: "row_seeds",
+                            value: s.stream.to_string(),
+                            reason: "the CUDA sampler's streams are 32-bit".into(),
+                        })
+                })
+                .collect::<Result<Vec<RowKey>, _>>()?;
+            self.engine
+                .generate_rows(&job.prefill_ids, &params, Some(&keys))?
+        };
         Ok(FusedTokens {
             tokens: g.tokens,
             prefill_ms: g.prefill_ms,

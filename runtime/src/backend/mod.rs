@@ -35,6 +35,8 @@ pub struct FusedJob {
     pub cfg_interval: f32,
     pub sampling: SamplingOptions,
     pub seed: u64,
+    /// Each request row's random stream (`n` entries).
+    pub row_seeds: Vec<crate::request::RowSeed>,
 }
 
 /// Tokens of a fused generation, `[n][tokens_per_image]`, and its timings.
@@ -61,6 +63,13 @@ pub trait Backend: Send + Sync + 'static {
     fn kind(&self) -> BackendKind;
     /// A fresh state for `rows` rows.
     fn new_state(&self, rows: usize) -> Result<Self::State, RuntimeError>;
+    /// Makes a pooled state (one a finished or failed request used) as clean as a fresh one,
+    /// before the next request: every slot the step reads must hold what [`Self::new_state`]
+    /// put there, so that nothing a request left (NaN, Inf) can leak into another.
+    fn reset_state(&self, state: &mut Self::State) -> Result<(), RuntimeError>;
+    /// Test hook: fills every cache slot of `state` with `value` (a request that left NaN).
+    #[cfg(feature = "test-hooks")]
+    fn poison_state(&self, _state: &mut Self::State, _value: f32) {}
     /// One GPT step. Writes the logits (`[rows, vocab]`) into `logits` and the new key/value
     /// slices into `state`; extra outputs of calibration graphs (`probe.*`) go to
     /// `probes(name, data)` (backends that refuse calibration bundles never call it).

@@ -12,7 +12,7 @@
 //! top_p <= 0 or >= 1), through the shared fixed-point sampler. VAR's rule keeps the sorted
 //! prefix whose preceding mass is `< top_p` where LlamaGen's keeps `<= top_p`: the two differ
 //! only when a cumulative weight equals the threshold exactly. The draw uses the Philox stream
-//! (row r, counter = token index), not torch's generator, so sampled tokens are ours; greedy
+//! (the row's stream, counter = token index), not torch's generator, so sampled tokens are ours; greedy
 //! (top-k 1) tokens are the official ones.
 
 mod sessions;
@@ -118,8 +118,9 @@ impl Generator for VarOrtCpu {
                     }
                     observer.on_logits(pos, r, row);
                     let token = match &mut next {
-                        NextToken::Sample { rng, scratch } => {
-                            let u = rng.uniform(r as u64, pos as u64);
+                        NextToken::Sample { rows, scratch } => {
+                            let (rng, stream) = &rows[r];
+                            let u = rng.uniform(*stream, pos as u64);
                             sample_token(row, &opts, u, scratch)
                         }
                         NextToken::Feed(fed) => fed[r][pos],
@@ -133,6 +134,13 @@ impl Generator for VarOrtCpu {
             }
             scale_ms.push(t0.elapsed().as_secs_f64() * 1e3);
             observer.on_token(range.end, total);
+            // A stop (or a passed deadline) ends the generation at the next scale boundary.
+            if range.end < total && observer.should_stop() {
+                return Err(RuntimeError::Cancelled {
+                    done: range.end,
+                    steps: total,
+                });
+            }
         }
         let decode_step_ms = scale_ms[1..].to_vec();
         Ok(TokenOutput {
@@ -152,6 +160,7 @@ impl Generator for VarOrtCpu {
         &self,
         _m: &Manifest,
         _req: &GenerateRequest,
+        _row_seeds: &[crate::request::RowSeed],
     ) -> Result<TokenOutput, RuntimeError> {
         Err(RuntimeError::BackendUnavailable {
             name: "cpu".into(),

@@ -1,4 +1,4 @@
-//! `llamagen`: generate images from a bundle, benchmark it, or inspect it.
+//! `llamagen`: generate images from a bundle, benchmark it, inspect it, or serve it.
 
 mod bench;
 mod compare;
@@ -6,6 +6,7 @@ mod doctor;
 mod generate;
 mod inspect;
 mod options;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -35,6 +36,9 @@ enum Command {
     Doctor(doctor::Args),
     /// Show what a bundle holds: model, precision, graphs and their inputs/outputs, sizes.
     Inspect(inspect::Args),
+    /// Serve the bundle over HTTP: POST /v1/generate (batched), /healthz, /metrics,
+    /// /openapi.json. SIGTERM drains and exits.
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         Command::Compare(a) => compare::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Doctor(a) => doctor::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -109,6 +109,7 @@ impl RunFlags {
         let opts = PipelineOptions {
             backend: self.backend(),
             verify_hashes: !self.no_verify,
+            ..PipelineOptions::default()
         };
         Ok(Pipeline::load(&self.bundle, &opts)?)
     }
