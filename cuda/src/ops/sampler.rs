@@ -10,7 +10,7 @@
 use crate::device::{DevSlice, Device, KArg, LaunchConfig};
 use crate::error::CudaError;
 use llamagen_bundle::philox::Philox;
-use llamagen_bundle::sampling::{SamplingOptions, MAX_VOCAB};
+use llamagen_bundle::sampling::{SamplingOptions, TopPRule, MAX_VOCAB};
 
 /// Threads per request row; must equal `SAMPLER_THREADS` in sampler.cu.
 const SAMPLER_THREADS: u32 = 1024;
@@ -18,7 +18,7 @@ const SAMPLER_THREADS: u32 = 1024;
 const MAX_ROWS: usize = 65_535;
 
 /// Sampling parameters in device memory (read by the kernel at every replay of the captured
-/// step). Mirrors `struct SampleParams` in sampler.cu: ten 4-byte fields, 40 bytes.
+/// step). Mirrors `struct SampleParams` in sampler.cu: twelve 4-byte fields, 48 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SampleParams {
@@ -40,6 +40,11 @@ pub struct SampleParams {
     pub cfg: u32,
     /// Row length of the `tokens` output `[n, tokens_per_image]`.
     pub tokens_per_image: u32,
+    /// Top-p's rule: 0 LlamaGen's, 1 VAR's ([`TopPRule`]).
+    pub top_p_rule: u32,
+    /// Sampling rows per request row: 1 for LlamaGen; a scale's token count for VAR, where
+    /// sampling row `r` is request row `r / block` at token position `step + r % block`.
+    pub block: u32,
 }
 
 impl SampleParams {
@@ -65,11 +70,30 @@ impl SampleParams {
             n: sat(n),
             cfg: u32::from(cfg),
             tokens_per_image: sat(tokens_per_image),
+            top_p_rule: 0,
+            block: 1,
         }
     }
 
-    /// Size of [`Self::to_bytes`]: ten 4-byte fields.
-    pub const BYTES: usize = 40;
+    /// These parameters sampling blocks of `block` tokens per request row (`n` request rows
+    /// become `n * block` sampling rows, `cfg` combines nothing: the caller combines first) with
+    /// top-p's `rule`: one VAR scale.
+    pub fn token_blocks(self, block: usize, rule: TopPRule) -> Self {
+        let sat = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        SampleParams {
+            n: self.n.saturating_mul(sat(block)),
+            cfg: 0,
+            block: sat(block),
+            top_p_rule: match rule {
+                TopPRule::LlamaGen => 0,
+                TopPRule::Var => 1,
+            },
+            ..self
+        }
+    }
+
+    /// Size of [`Self::to_bytes`]: twelve 4-byte fields.
+    pub const BYTES: usize = 48;
 
     /// The struct's bytes as the kernel reads them (little-endian fields in declaration order).
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -84,6 +108,8 @@ impl SampleParams {
             self.n,
             self.cfg,
             self.tokens_per_image,
+            self.top_p_rule,
+            self.block,
         ];
         words.iter().flat_map(|w| w.to_le_bytes()).collect()
     }
@@ -189,7 +215,7 @@ mod tests {
         );
         let b = p.to_bytes();
         assert_eq!(b.len(), std::mem::size_of::<SampleParams>());
-        assert_eq!(b.len(), 40);
+        assert_eq!(b.len(), 48);
         let word = |i: usize| u32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap());
         assert_eq!(f32::from_bits(word(0)), 0.5);
         assert_eq!(word(1), u32::MAX, "top_k saturates");
@@ -198,5 +224,13 @@ mod tests {
         assert_eq!(f32::from_bits(word(4)), -1.0);
         assert_eq!([word(5), word(6)], [0x0506_0708, 0x0102_0304]);
         assert_eq!([word(7), word(8), word(9)], [3, 1, 256]);
+        assert_eq!(
+            [word(10), word(11)],
+            [0, 1],
+            "LlamaGen's rule, one token per row"
+        );
+        let v = p.token_blocks(9, TopPRule::Var).to_bytes();
+        let word = |i: usize| u32::from_le_bytes(v[4 * i..4 * i + 4].try_into().unwrap());
+        assert_eq!([word(7), word(8), word(10), word(11)], [27, 0, 1, 9]);
     }
 }
