@@ -16,9 +16,9 @@ use llamagen_test_support::device_tests;
 use cuda_common::{download_f16, download_f32, upload_f16, upload_f32, upload_i32, Rng};
 use llamagen_cuda::device::Device;
 use llamagen_cuda::ops::var::{
-    adaln, add_positions, area_tokens, attention, bias_rows, cond_silu, embed_resize, first_inputs,
-    gate_residual, gelu_bias, head_cfg, phi_accumulate, qkv, zero, Ada, AttnShape, Block, Cache,
-    MapShape, ScaleTokens,
+    adaln, add_positions, area_tokens, attention, attention_per_token, bias_rows, cond_silu,
+    embed_resize, first_inputs, gate_residual, gelu_bias, head_cfg, phi_accumulate, qkv, zero, Ada,
+    AttnShape, Block, Cache, MapShape, ScaleTokens,
 };
 use llamagen_test_support::{
     EXACT, GPT_KERNEL_FP16_ATTN, GPT_KERNEL_FP16_OUT, VAR_KERNEL_FP32, VQ_KERNEL_FP16_NORM,
@@ -159,6 +159,7 @@ fn check_qkv_and_attention<D: Device>(d: &D) {
         (2, 4, 16, 1, 0, 30, true),
         (2, 4, 16, 9, 5, 30, true),
         (3, 2, 64, 16, 14, 40, false),
+        (2, 2, 64, 36, 40, 80, true),
     ] {
         let s = AttnShape {
             rows,
@@ -222,9 +223,11 @@ fn check_qkv_and_attention<D: Device>(d: &D) {
         GPT_KERNEL_FP16_OUT.assert_close(&format!("qkv k, {name}"), &got_k, &exp_k);
         GPT_KERNEL_FP16_OUT.assert_close(&format!("qkv v, {name}"), &got_v, &exp_v);
 
-        // Attention over slots 0..pos + tokens of what the caches now hold.
+        // Attention over slots 0..pos + tokens of what the caches now hold, both kernels.
         let out = d.alloc(rows * tokens * heads * hd * 2).unwrap();
+        let out_simple = d.alloc(rows * tokens * heads * hd * 2).unwrap();
         attention(d, d.slice(&out), d.slice(&q), cache, &s).unwrap();
+        attention_per_token(d, d.slice(&out_simple), d.slice(&q), cache, &s).unwrap();
         let q_dev = download_f32(d, &q, want_q.len());
         let len = pos + tokens;
         let mut want = vec![0f32; rows * tokens * heads * hd];
@@ -253,8 +256,13 @@ fn check_qkv_and_attention<D: Device>(d: &D) {
             }
         }
         GPT_KERNEL_FP16_ATTN.assert_close(
-            &format!("attention, {name}"),
+            &format!("attention (tiled), {name}"),
             &download_f16(d, &out, want.len()),
+            &want,
+        );
+        GPT_KERNEL_FP16_ATTN.assert_close(
+            &format!("attention (per token), {name}"),
+            &download_f16(d, &out_simple, want.len()),
             &want,
         );
     }

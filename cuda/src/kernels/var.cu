@@ -148,6 +148,105 @@ KERNEL void var_attention(f16* out, const float* q, const f16* cache_k, const f1
     }
 }
 
+// The same contract, flash-style: one block per (tile of VAR_TILE_Q tokens, head, row) walks the
+// slots in chunks of VAR_TILE_K (= one warp) with an online softmax per token, so each K/V row
+// is read once per tile instead of once per token. Dynamic shared memory (floats): q [TQ][hd],
+// k [TK][hd + 1] (padded: the score loop reads one row per lane), v [TK][hd], acc [TQ][hd],
+// scores [TQ][TK], then m, l and the rescale factor [TQ] each. Grid (ceil(T / TQ), H, rows),
+// block VAR_ATTN_THREADS.
+#define VAR_TILE_Q 16
+#define VAR_TILE_K 32
+KERNEL void var_attention_tiled(f16* out, const float* q, const f16* cache_k, const f16* cache_v, i32 tokens,
+                                i32 heads, i32 head_dim, i32 cache_len, i32 len) {
+    DYN_SHARED(float, smem);
+    const i32 kst = head_dim + 1;
+    float* qs = smem;
+    float* ks = qs + VAR_TILE_Q * head_dim;
+    float* vs = ks + VAR_TILE_K * kst;
+    float* acc = vs + VAR_TILE_K * head_dim;
+    float* sc = acc + VAR_TILE_Q * head_dim;
+    float* m_s = sc + VAR_TILE_Q * VAR_TILE_K;
+    float* l_s = m_s + VAR_TILE_Q;
+    float* corr = l_s + VAR_TILE_Q;
+    const float neg_inf = -__int_as_float(0x7f800000);
+    i32 t0 = blockIdx.x * VAR_TILE_Q;
+    i32 h = blockIdx.y;
+    i32 r = blockIdx.z;
+    i32 tid = threadIdx.x;
+    i32 nth = blockDim.x;
+    i32 lane = tid & 31;
+    i32 warp = tid >> 5;
+    i32 warps = nth >> 5;
+    i64 head_base = ((i64)r * heads + h) * cache_len * head_dim;
+    const float* qh = q + ((i64)r * heads + h) * tokens * head_dim;
+    for (i32 i = tid; i < VAR_TILE_Q * head_dim; i += nth) {
+        i32 qi = i / head_dim;
+        qs[i] = t0 + qi < tokens ? qh[(i64)(t0 + qi) * head_dim + i % head_dim] : 0.0f;
+        acc[i] = 0.0f;
+    }
+    if (tid < VAR_TILE_Q) {
+        m_s[tid] = neg_inf;
+        l_s[tid] = 0.0f;
+    }
+    for (i32 k0 = 0; k0 < len; k0 += VAR_TILE_K) {
+        __syncthreads();  // the previous chunk is no longer read
+        for (i32 i = tid; i < VAR_TILE_K * head_dim; i += nth) {
+            i32 kj = i / head_dim;
+            i32 e = i % head_dim;
+            bool ok = k0 + kj < len;
+            i64 at = head_base + (i64)k0 * head_dim + i;
+            ks[kj * kst + e] = ok ? f16_to_f32(cache_k[at]) : 0.0f;
+            vs[i] = ok ? f16_to_f32(cache_v[at]) : 0.0f;
+        }
+        __syncthreads();
+        for (i32 i = tid; i < VAR_TILE_Q * VAR_TILE_K; i += nth) {
+            i32 qi = i / VAR_TILE_K;
+            i32 kj = i % VAR_TILE_K;
+            float s = neg_inf;
+            if (k0 + kj < len) {
+                s = 0.0f;
+                for (i32 e = 0; e < head_dim; e++) s += qs[qi * head_dim + e] * ks[kj * kst + e];
+            }
+            sc[i] = s;
+        }
+        __syncthreads();
+        // Online softmax: warp w folds tokens w, w + warps, ...; lane j holds slot k0 + j (every
+        // chunk has slot k0 < len, so the new max is finite and exp(-inf) weighs 0).
+        for (i32 qi = warp; qi < VAR_TILE_Q; qi += warps) {
+            float s = sc[qi * VAR_TILE_K + lane];
+            float mx = s;
+            for (i32 o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+            float m_old = m_s[qi];
+            float m_new = fmaxf(m_old, mx);
+            float p = expf(s - m_new);
+            sc[qi * VAR_TILE_K + lane] = p;
+            float sum = var_warp_sum(p);
+            if (lane == 0) {
+                float c = expf(m_old - m_new);
+                corr[qi] = c;
+                l_s[qi] = l_s[qi] * c + sum;
+                m_s[qi] = m_new;
+            }
+        }
+        __syncthreads();
+        for (i32 i = tid; i < VAR_TILE_Q * head_dim; i += nth) {
+            i32 qi = i / head_dim;
+            i32 e = i % head_dim;
+            const float* p = sc + qi * VAR_TILE_K;
+            float a = acc[i] * corr[qi];
+            for (i32 j = 0; j < VAR_TILE_K; j++) a += p[j] * vs[j * head_dim + e];
+            acc[i] = a;
+        }
+    }
+    __syncthreads();
+    for (i32 i = tid; i < VAR_TILE_Q * head_dim; i += nth) {
+        i32 qi = i / head_dim;
+        if (t0 + qi >= tokens) continue;
+        i64 o = (((i64)r * tokens + t0 + qi) * heads + h) * head_dim + i % head_dim;
+        out[o] = f32_to_f16(acc[i] / l_s[qi]);
+    }
+}
+
 // x f32 [rows * T, dim] += ada[b, gamma_off + c] * (y + bias[c]), b = the token row / T (the
 // gated residual of an AdaLN block; y the f32 GEMM output). Grid (ceil(dim / 256), rows * T).
 KERNEL void var_gate_residual(float* x, const float* y, const float* bias, const float* ada, i32 ada_width,
