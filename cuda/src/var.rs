@@ -74,14 +74,29 @@ pub struct VarSession<D: Device> {
 }
 
 impl<D: Device> VarSession<D> {
+    /// A session for generations of `n` requests (`2n` rows with `cfg`).
     pub fn new(d: &D, c: &VarConfig, n: usize, cfg: bool) -> Result<Self, CudaError> {
+        Self::alloc(d, c, n, cfg, true)
+    }
+
+    /// A session that only turns `n` rows of tokens into `f_hat` ([`issue_f_hat`]): no KV
+    /// caches or activations (their one-element stand-ins fail every other launch's shape
+    /// check).
+    pub fn for_decode(d: &D, c: &VarConfig, n: usize) -> Result<Self, CudaError> {
+        Self::alloc(d, c, n, false, false)
+    }
+
+    fn alloc(d: &D, c: &VarConfig, n: usize, cfg: bool, full: bool) -> Result<Self, CudaError> {
         let rows = if cfg { 2 * n } else { n };
         let (dim, hid, l) = (c.embed_dim, c.ffn_hidden, c.tokens);
         let p = c.last_side();
         let tmax = p * p;
         let (f16b, f32b) = (2, 4);
-        let cache = rows * c.num_heads * l * c.head_dim * f16b;
-        let f32s = |elems: usize| d.alloc(elems.max(1) * f32b);
+        // Elements of a buffer the step needs (one for a decode-only session).
+        let sz = |elems: usize| if full { elems.max(1) } else { 1 };
+        let cache = sz(rows * c.num_heads * l * c.head_dim) * f16b;
+        let f32s = |elems: usize| d.alloc(sz(elems) * f32b);
+        let f16s = |elems: usize| d.alloc(sz(elems) * f16b);
         let begins: Vec<u8> = (0..c.scales())
             .flat_map(|s| (c.scale_range(s).start as i32).to_le_bytes())
             .collect();
@@ -90,13 +105,13 @@ impl<D: Device> VarSession<D> {
             cfg,
             rows,
             labels: d.alloc(rows * 4)?,
-            cond: d.alloc(rows * dim * f16b)?,
+            cond: f16s(rows * dim)?,
             ada: (0..c.depth)
                 .map(|_| f32s(rows * 6 * dim))
                 .collect::<Result<_, _>>()?,
             head_ada: f32s(rows * 2 * dim)?,
             x: f32s(rows * tmax * dim)?,
-            h: d.alloc(rows * tmax * dim.max(hid) * f16b)?,
+            h: f16s(rows * tmax * dim.max(hid))?,
             t: f32s(rows * tmax * (3 * dim).max(hid))?,
             q: f32s(rows * tmax * dim)?,
             logits: f32s(rows * tmax * c.vocab_size)?,
@@ -107,14 +122,15 @@ impl<D: Device> VarSession<D> {
                 .map(|_| d.alloc(cache))
                 .collect::<Result<_, _>>()?,
             tokens: d.alloc(n * l * 4)?,
-            ids: d.alloc(n * tmax * 4)?,
+            ids: d.alloc(sz(n * tmax) * 4)?,
             params: d.alloc(c.scales() * SampleParams::BYTES)?,
             begins: d.alloc(begins.len())?,
             guidance: f32s(c.scales())?,
-            scratch: d.alloc(sampler::scratch_bytes(n * tmax, c.vocab_size))?,
-            fmap: f32s(rows * p * p * c.cvae)?,
-            f_hat: f32s(rows * p * p * c.cvae)?,
-            next: d.alloc(rows * tmax * c.cvae * f16b)?,
+            scratch: d.alloc(sz(sampler::scratch_bytes(n * tmax, c.vocab_size)))?,
+            // The maps serve decode-only sessions too.
+            fmap: d.alloc(rows * p * p * c.cvae * f32b)?,
+            f_hat: d.alloc(rows * p * p * c.cvae * f32b)?,
+            next: f16s(rows * tmax * c.cvae)?,
             graphs: Vec::new(),
         };
         d.upload(&s.begins, 0, &begins)?;

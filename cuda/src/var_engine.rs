@@ -32,6 +32,8 @@ pub struct VarEngine<D: Device> {
     /// Capture each scale into a graph (off: the same launches, issued per scale).
     use_graph: bool,
     sessions: Mutex<Vec<VarSession<D>>>,
+    /// The decode-only session of the last decode (tokens and `f_hat` buffers only).
+    decode_session: Mutex<Option<VarSession<D>>>,
     exec: Mutex<()>,
     device: D,
 }
@@ -80,6 +82,7 @@ impl<D: Device> VarEngine<D> {
             vq,
             use_graph,
             sessions: Mutex::new(Vec::new()),
+            decode_session: Mutex::new(None),
             exec: Mutex::new(()),
             device,
         })
@@ -219,11 +222,19 @@ impl<D: Device> VarEngine<D> {
     pub fn decode(&self, tokens: &[Vec<u32>]) -> Result<Vec<f32>, CudaError> {
         let _exec = self.exec.lock().unwrap_or_else(|p| p.into_inner());
         let (d, c) = (&self.device, self.config());
-        let s = self.take_session(tokens.len(), false)?;
+        let mut slot = self
+            .decode_session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_none_or(|s| s.n != tokens.len()) {
+            *slot = None; // free the other size first
+            *slot = Some(VarSession::for_decode(d, c, tokens.len())?);
+        }
+        let s = slot
+            .as_ref()
+            .ok_or_else(|| CudaError::call("VAR decode", "no session"))?;
         s.set_tokens(d, c, tokens)?;
-        issue_f_hat(d, &self.weights, &s)?;
-        let out = self.vq.decode_features(d, s.f_hat(d, c), tokens.len());
-        self.return_session(s);
-        out
+        issue_f_hat(d, &self.weights, s)?;
+        self.vq.decode_features(d, s.f_hat(d, c), tokens.len())
     }
 }
