@@ -130,6 +130,10 @@ pub fn scratch_bytes(n: usize, vocab: usize) -> usize {
 /// ([`scratch_bytes`]); the kernel takes the request's own count from `params.n`, which must not
 /// exceed it (rows `>= params.n` do nothing). `vocab` must be in `1..=2^20` (the fixed-point
 /// weights' limit). `tokens` is written only while `step < tokens_per_image`.
+///
+/// With `params.block = B > 1` (VAR, [`SampleParams::token_blocks`]) sampling row `r` is token
+/// `j = r % B` of request row `q = r / B`: u = Philox(seed).uniform(q, step + j), written to
+/// tokens[q * tokens_per_image + step + j] (and ids[r]).
 pub fn sample<D: Device>(d: &D, io: &SampleIo, n: usize, vocab: usize) -> Result<(), CudaError> {
     const CTX: &str = "sample_rows";
     if n == 0 {
