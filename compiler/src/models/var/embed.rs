@@ -241,5 +241,5 @@ fn positions(g: &mut Graph, em: &mut Emitter, c: &VarConfig) -> ValueId {
         }
         Ok(t)
     });
-    em.vector(g, "var.positions", vec![l, d], f)
+    em.vector(g, io_names::var::POSITIONS, vec![l, d], f)
 }
