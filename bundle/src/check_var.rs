@@ -164,7 +164,12 @@ pub fn step_graph(path: &Path, m: &Manifest, g: &GraphProto) -> Result<(), Bundl
         }
     }
     initializer_dims(path, g, names::var::CLASS_EMB, &[c.class_rows, c.embed_dim])?;
-    initializer_dims(path, g, names::var::HEAD, &[c.embed_dim, c.vocab_size])
+    initializer_dims(
+        path,
+        g,
+        &names::var::weight(names::var::HEAD),
+        &[c.embed_dim, c.vocab_size],
+    )
 }
 
 /// The VAR embed graph declares what the manifest's `var` section says.

@@ -24,6 +24,7 @@ pub mod manifest;
 pub mod names;
 pub mod onnx_proto;
 pub mod philox;
+pub mod resample;
 pub mod rotary;
 pub mod sampling;
 pub mod site_packages;
@@ -37,6 +38,6 @@ pub use manifest::{
     FileEntry, GraphEntry, GraphRole, IoSpec, Manifest, ModelFamily, Precision, MANIFEST_FILE,
     SCHEMA_VERSION,
 };
-pub use sampling::SamplingOptions;
+pub use sampling::{SamplingOptions, TopPRule};
 pub use var_config::{VaeArch, VarArch, VarConfig};
 pub use verify::{load_manifest, BundleError};

@@ -91,15 +91,63 @@ pub mod vq {
     pub const NORMALIZED_CODEBOOK: &str = "quantize.embedding.normalized";
 }
 
-/// Initializer names of the VAR graphs that readers check or load by name. Linear weights are
-/// stored transposed (`<key>.T`) like the GPT's; the rest keep their checkpoint keys.
+/// Initializer names of the VAR graphs (`var_step`, `var_embed`) that a native backend reads.
+/// Linear weights are stored transposed (`<prefix>.weight.T`, `[in, out]`, at the bundle's
+/// precision) with f32 biases `<prefix>.bias`; the compiler's graph builders
+/// (`compiler/src/models/var`) store them under these names.
 pub mod var {
-    /// `class_emb.weight`, `[num_classes + 1, C]` (in `var_step` and `var_embed`).
+    use super::gpt::transposed;
+    use crate::var_config::PhiSharing;
+
+    /// `[class_rows, dim]` (both graphs; the null class last).
     pub const CLASS_EMB: &str = "class_emb.weight";
-    /// The logits projection `head.weight`, stored `[C, V]`.
-    pub const HEAD: &str = "head.weight.T";
-    /// The VQVAE codebook, `[V, Cvae]`, used raw (in `var_embed`).
+    /// `shared_aln` models: the shared AdaLN linear `[dim, 6 dim]`.
+    pub const SHARED_ADA_LIN: &str = "shared_ada_lin.1";
+    /// The head's AdaLN linear `[dim, 2 dim]` (scale, shift).
+    pub const HEAD_ADA_LIN: &str = "head_nm.ada_lin.1";
+    /// The logits linear `[dim, vocab]`.
+    pub const HEAD: &str = "head";
+    /// Embed graph: the VQVAE codebook `[V, Cvae]`, raw (not normalised).
     pub const CODEBOOK: &str = "quantize.embedding.weight";
-    /// `lvl_embed(lvl_1L) + pos_1LC`, plus `pos_start` on the first scale, `[tokens, C]`.
+    /// Embed graph: `word_embed` linear `[Cvae, dim]`.
+    pub const WORD_EMBED: &str = "word_embed";
+    /// Embed graph: `pos_1LC + lvl_embed(scale) (+ pos_start on the first scale)`, f32
+    /// `[tokens, dim]`.
     pub const POSITIONS: &str = "var.positions";
+
+    /// The stored weight of linear `prefix` (`[in, out]`).
+    pub fn weight(prefix: &str) -> String {
+        transposed(&format!("{prefix}.weight"))
+    }
+    /// The f32 bias of linear `prefix`.
+    pub fn bias(prefix: &str) -> String {
+        format!("{prefix}.bias")
+    }
+    /// Linear `leaf` of block `i` (`attn.mat_qkv`, `attn.proj`, `ffn.fc1`, `ffn.fc2`,
+    /// `ada_lin.1`).
+    pub fn block(i: usize, leaf: &str) -> String {
+        format!("blocks.{i}.{leaf}")
+    }
+    /// `cat(q_bias, 0, v_bias)` of block `i`, f32 `[3 dim]`.
+    pub fn qkv_bias(i: usize) -> String {
+        block(i, "attn.qkv_bias")
+    }
+    /// Per-head q multiplier of block `i`, f32 `[1, heads, 1, 1]` (already `exp(min(., ln
+    /// 100))` with L2-normalised attention, else `0.25 / sqrt(head_dim)`).
+    pub fn q_scale(i: usize) -> String {
+        block(i, "attn.q_scale")
+    }
+    /// `shared_aln` models: block `i`'s `ada_gss`, f32 `[1, 6 dim]`.
+    pub fn ada_gss(i: usize) -> String {
+        block(i, "ada_gss")
+    }
+    /// Embed graph: prefix of phi convolution `k` (`<prefix>.weight` f32 `[Cvae, Cvae, 3, 3]`,
+    /// `<prefix>.bias` f32 `[Cvae]`), as the checkpoint names it under `sharing`.
+    pub fn phi(sharing: PhiSharing, k: usize) -> String {
+        match sharing {
+            PhiSharing::NonShared => format!("quantize.quant_resi.{k}"),
+            PhiSharing::Shared => "quantize.quant_resi.qresi".into(),
+            PhiSharing::PartiallyShared => format!("quantize.quant_resi.qresi_ls.{k}"),
+        }
+    }
 }

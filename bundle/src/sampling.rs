@@ -28,6 +28,32 @@ impl Default for SamplingOptions {
     }
 }
 
+/// Which sorted prefix top-p keeps (tokens sorted by descending probability, ties by id). Both
+/// rules always keep the most likely token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TopPRule {
+    /// LlamaGen's `top_k_top_p_filtering`: a token is kept while the mass before it is
+    /// `<= top_p` (keep up to the first position whose cumulative mass exceeds the threshold).
+    #[default]
+    LlamaGen,
+    /// VAR's `sample_with_top_k_top_p_` (ascending cumulative probability `<= 1 - top_p`
+    /// removed): a token is kept while the mass before it is `< top_p` (keep up to the first
+    /// position whose cumulative mass reaches the threshold).
+    Var,
+}
+
+impl TopPRule {
+    /// The fixed-point threshold the shared `cum > thr` search uses for `thr`, the trunc of
+    /// `top_p` times the total weight: `cum >= thr` is `cum > thr - 1` on integers, and at
+    /// `thr = 0` both rules keep the first token only.
+    pub fn strict_threshold(self, thr: u64) -> u64 {
+        match self {
+            TopPRule::LlamaGen => thr,
+            TopPRule::Var => thr.saturating_sub(1),
+        }
+    }
+}
+
 impl SamplingOptions {
     /// Greedy decoding (top-k 1): every sampler returns the argmax of the logits.
     pub fn greedy() -> Self {

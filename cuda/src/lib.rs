@@ -13,6 +13,10 @@
 //! Everything a request changes (ids, position, step, sampling parameters, seed) lives in device
 //! memory, because kernel arguments are frozen when the graph is captured.
 //!
+//! VAR bundles run on [`var_engine::VarEngine`]: each scale's token block through AdaLN blocks
+//! over the KV cache with no mask, VAR's guidance and the same device sampler, the between-scale
+//! work (codebook lookup, resampling, phi, `word_embed`) on the device, one graph per scale.
+//!
 //! The code is generic over [`device::Device`]: [`driver`] (feature `driver`) runs it on a GPU
 //! through cudarc, [`emu`] (feature `emu`) runs the same kernel sources on the host so the whole
 //! backend is tested without a GPU. [`engine::Engine`] is what a runtime drives; [`doctor`] says
@@ -25,6 +29,9 @@ mod error;
 pub mod gpt;
 pub mod kernels;
 pub mod ops;
+pub mod var;
+pub mod var_engine;
+mod var_weights;
 pub mod vq;
 mod vq_weights;
 pub mod weights;
@@ -43,3 +50,4 @@ pub mod emu;
 
 pub use engine::{Engine, Generated};
 pub use error::CudaError;
+pub use var_engine::VarEngine;

@@ -68,6 +68,9 @@ impl Needs {
             ..Needs::default()
         };
         let mid = stages.first().map_or(0, |s| s.channels_in());
+        if cfg.post_quant_kernel == 3 {
+            n.conv3(g, e, z);
+        }
         n.conv3(g, z, mid);
         n.map(g, mid);
         for st in stages {
@@ -146,8 +149,9 @@ impl<D: Device> Scratch<D> {
 /// The VQ decoder's device weights and reusable activation buffers.
 pub struct VqDecoder<D: Device> {
     cfg: VqConfig,
-    /// f32 `[codebook_size, embed_dim]`, L2-normalised on the device at load.
-    codebook: D::Buf,
+    /// f32 `[codebook_size, embed_dim]`, L2-normalised on the device at load; absent from a
+    /// decoder of feature maps (VAR's, whose graph takes `f_hat`).
+    codebook: Option<D::Buf>,
     post_quant: Conv<D>,
     conv_in: Conv<D>,
     stages: Vec<Stage<D>>,
@@ -187,10 +191,22 @@ impl<D: Device> VqDecoder<D> {
         }
         let l = Loader { d, w: weights };
         let (n, e, z) = (cfg.codebook_size, cfg.codebook_embed_dim, cfg.z_channels);
-        let codebook = upload_f32(d, &l.tensor(CODEBOOK, &[n, e])?)?;
-        // The bundle stores it normalised already; normalising again keeps this decoder right
-        // for any codebook and changes a unit row by at most an ulp.
-        k::l2_normalize_rows(d, d.slice(&codebook), n, e)?;
+        let codebook = if weights.names().contains(&CODEBOOK) {
+            let book = upload_f32(d, &l.tensor(CODEBOOK, &[n, e])?)?;
+            // The bundle stores it normalised already; normalising again keeps this decoder
+            // right for any codebook and changes a unit row by at most an ulp.
+            k::l2_normalize_rows(d, d.slice(&book), n, e)?;
+            Some(book)
+        } else {
+            None
+        };
+        let pq = cfg.post_quant_kernel;
+        if pq != 1 && pq != 3 {
+            return Err(config_error(
+                cfg,
+                format!("post_quant_conv of kernel {pq}; the device decoder has 1 and 3"),
+            ));
+        }
 
         let mid = plan.mid_ch;
         let res = |prefix: &str, side, cin, cout| -> Result<Stage<D>, CudaError> {
@@ -228,7 +244,7 @@ impl<D: Device> VqDecoder<D> {
         let c = plan.out_ch;
         Ok(VqDecoder {
             codebook,
-            post_quant: l.conv("post_quant_conv", e, z, 1, None)?,
+            post_quant: l.conv("post_quant_conv", e, z, pq, None)?,
             conv_in: l.conv("decoder.conv_in", z, mid, 3, None)?,
             norm_out: l.norm("decoder.norm_out", c)?,
             conv_out: l.conv("decoder.conv_out", c, IMAGE_CHANNELS, 3, None)?,
@@ -264,17 +280,70 @@ impl<D: Device> VqDecoder<D> {
                     })
             })
             .collect::<Result<Vec<i32>, _>>()?;
-        let mut guard = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.as_ref().is_none_or(|s| s.batch < batch) {
-            *guard = None; // free the smaller set first
-            *guard = Some(Scratch::new(d, &self.needs, batch, per)?);
+        if self.codebook.is_none() {
+            return Err(config_error(
+                c,
+                "this decoder takes feature maps (its graph has no codebook)".into(),
+            ));
         }
-        let s = guard
-            .as_ref()
-            .ok_or_else(|| config_error(c, "no activation buffers".into()))?;
+        let mut guard = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let s = self.scratch_for(d, &mut guard, batch)?;
         let ids_bytes: Vec<u8> = ids.iter().flat_map(|t| t.to_le_bytes()).collect();
         d.upload(&s.tokens, 0, &ids_bytes)?;
-        let out = self.issue(d, s, batch)?;
+        let out = self.issue(d, s, batch, Input::Tokens)?;
+        self.read_image(d, s, out, batch)
+    }
+
+    /// A feature map `f_hat` f32 NHWC `[batch, grid, grid, embed_dim]` on the device (VAR's
+    /// accumulated codes) -> images f32 NCHW `[batch, 3, size, size]`, as the `vq_decoder` graph
+    /// of `f_hat` computes them.
+    pub fn decode_features(
+        &self,
+        d: &D,
+        f_hat: DevSlice<f32>,
+        batch: usize,
+    ) -> Result<Vec<f32>, CudaError> {
+        let c = &self.cfg;
+        if batch == 0 {
+            return Err(config_error(c, "no images to decode".into()));
+        }
+        f_hat.require(
+            "decoding a feature map",
+            "f_hat",
+            batch * c.grid * c.grid * c.codebook_embed_dim,
+        )?;
+        let mut guard = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let s = self.scratch_for(d, &mut guard, batch)?;
+        let out = self.issue(d, s, batch, Input::Features(f_hat))?;
+        self.read_image(d, s, out, batch)
+    }
+
+    /// Activation buffers for `batch` images (grown when smaller).
+    fn scratch_for<'g>(
+        &self,
+        d: &D,
+        guard: &'g mut Option<Scratch<D>>,
+        batch: usize,
+    ) -> Result<&'g Scratch<D>, CudaError> {
+        let c = &self.cfg;
+        if guard.as_ref().is_none_or(|s| s.batch < batch) {
+            *guard = None; // free the smaller set first
+            *guard = Some(Scratch::new(d, &self.needs, batch, c.grid * c.grid)?);
+        }
+        guard
+            .as_ref()
+            .ok_or_else(|| config_error(c, "no activation buffers".into()))
+    }
+
+    /// The NCHW image of `batch` images from `x[out]` (waits for the device).
+    fn read_image(
+        &self,
+        d: &D,
+        s: &Scratch<D>,
+        out: usize,
+        batch: usize,
+    ) -> Result<Vec<f32>, CudaError> {
+        let c = &self.cfg;
         let n = batch * IMAGE_CHANNELS * c.image_size * c.image_size;
         let mut bytes = vec![0u8; f32_bytes(n)];
         d.download(&s.x[out], 0, &mut bytes)?;
@@ -285,7 +354,7 @@ impl<D: Device> VqDecoder<D> {
     }
 
     /// Issues the whole decode; returns which `x` buffer holds the NCHW image.
-    fn issue(&self, d: &D, s: &Scratch<D>, batch: usize) -> Result<usize, CudaError> {
+    fn issue(&self, d: &D, s: &Scratch<D>, batch: usize, input: Input) -> Result<usize, CudaError> {
         let c = &self.cfg;
         let run = Pass {
             d,
@@ -296,11 +365,37 @@ impl<D: Device> VqDecoder<D> {
             s,
         };
         let (g, e) = (c.grid, c.codebook_embed_dim);
-        let (tokens, book) = (d.slice(&s.tokens), d.slice(&self.codebook));
-        k::codebook_gather(d, run.p, book, tokens, batch * g * g, e, c.codebook_size)?;
         let pq = &self.post_quant;
-        kg::conv1x1(d, run.t, run.p, d.slice(&pq.w), batch * g * g, e, pq.cout)?;
-        let z = MapF32::compact(run.t, batch, g, g, pq.cout).with_bias(d.slice(&pq.b));
+        let z = match (input, &self.codebook) {
+            (Input::Tokens, Some(book)) => {
+                let tokens = d.slice(&s.tokens);
+                k::codebook_gather(
+                    d,
+                    run.p,
+                    d.slice(book),
+                    tokens,
+                    batch * g * g,
+                    e,
+                    c.codebook_size,
+                )?;
+                kg::conv1x1(d, run.t, run.p, d.slice(&pq.w), batch * g * g, e, pq.cout)?;
+                MapF32::compact(run.t, batch, g, g, pq.cout).with_bias(d.slice(&pq.b))
+            }
+            (Input::Tokens, None) => {
+                return Err(config_error(c, "no codebook to look tokens up in".into()));
+            }
+            (Input::Features(f_hat), _) => {
+                let map = MapF32::compact(f_hat, batch, g, g, e);
+                if c.post_quant_kernel == 3 {
+                    k::upsample_pad_f16(d, run.p, &map, 1, true)?;
+                    run.conv3x3_raw(pq, g)?
+                } else {
+                    k::upsample_pad_f16(d, run.p, &map, 1, false)?;
+                    kg::conv1x1(d, run.t, run.p, d.slice(&pq.w), batch * g * g, e, pq.cout)?;
+                    MapF32::compact(run.t, batch, g, g, pq.cout).with_bias(d.slice(&pq.b))
+                }
+            }
+        };
         k::upsample_pad_f16(d, run.p, &z, 1, true)?;
         let mut cur = 0;
         run.conv3x3(&self.conv_in, g, run.x[cur], None)?;
@@ -318,6 +413,15 @@ impl<D: Device> VqDecoder<D> {
         k::bias_residual(d, run.x[1 - cur], &img, None, true)?;
         Ok(1 - cur)
     }
+}
+
+/// What a decode starts from.
+#[derive(Clone, Copy, Debug)]
+enum Input {
+    /// Codebook ids in the scratch's `tokens`.
+    Tokens,
+    /// A feature map f32 NHWC `[batch, grid, grid, embed_dim]`.
+    Features(DevSlice<f32>),
 }
 
 /// One decode's launches: the device, the batch and the activation buffers (`p` the f16 GEMM

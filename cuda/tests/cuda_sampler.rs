@@ -17,7 +17,8 @@ use llamagen_cuda::device::{Device, KArg, LaunchConfig};
 use llamagen_cuda::ops::sampler::{advance, sample, scratch_bytes, SampleIo, SampleParams};
 use llamagen_runtime::rng::Philox;
 use llamagen_runtime::sampler::{
-    cfg_combine, portable_exp, sample_token, weight, SamplerScratch, SamplingOptions,
+    cfg_combine, portable_exp, sample_token, sample_token_with, weight, SamplerScratch,
+    SamplingOptions, TopPRule,
 };
 
 /// Kinds of logit rows.
@@ -616,6 +617,119 @@ fn check_captured_step_reads_step_from_memory<D: Device>(d: &D) {
     assert_eq!(download_i32(d, &b.step, 1), [4]);
 }
 
+/// VAR's scale blocks: `n` request rows of `block` tokens each, one sampling row per token,
+/// sampled with VAR's top-p rule at Philox (request row, token index `begin + j`); returns the
+/// device's tokens `[n, total]` (untouched slots keep [`UNTOUCHED`]).
+fn var_block_on_device<D: Device>(
+    d: &D,
+    logits: &[f32],
+    o: &SamplingOptions,
+    [n, block, begin, total, vocab]: [usize; 5],
+    seed: u64,
+) -> Vec<i32> {
+    let params =
+        SampleParams::new(o, 0.0, -1.0, seed, n, false, total).token_blocks(block, TopPRule::Var);
+    let tokens = upload_i32(d, &vec![UNTOUCHED; n * total]);
+    let ids = upload_i32(d, &vec![UNTOUCHED; n * block]);
+    let lb = upload_f32(d, logits);
+    let pb = upload_bytes(d, &params.to_bytes());
+    let step = upload_i32(d, &[begin as i32]);
+    let scratch = d.alloc(scratch_bytes(n * block, vocab)).unwrap();
+    let io = SampleIo {
+        tokens: d.slice(&tokens),
+        ids: d.slice(&ids),
+        logits: d.slice(&lb),
+        params: d.slice(&pb),
+        step: d.slice(&step),
+        scratch: d.slice(&scratch),
+    };
+    sample(d, &io, n * block, vocab).unwrap();
+    download_i32(d, &tokens, n * total)
+}
+
+/// The CPU loop of `runtime::var` on the same rows: `sample_token_with(.., TopPRule::Var, ..)`.
+fn var_block_on_cpu(
+    logits: &[f32],
+    o: &SamplingOptions,
+    [n, block, begin, total, vocab]: [usize; 5],
+    seed: u64,
+) -> Vec<i32> {
+    let rng = Philox::new(seed);
+    let mut scratch = SamplerScratch::new(vocab);
+    let mut want = vec![UNTOUCHED; n * total];
+    for r in 0..n {
+        for j in 0..block {
+            let row = &logits[(r * block + j) * vocab..][..vocab];
+            let u = rng.uniform(r as u64, (begin + j) as u64);
+            want[r * total + begin + j] =
+                sample_token_with(row, o, TopPRule::Var, u, &mut scratch) as i32;
+        }
+    }
+    want
+}
+
+/// VAR's token blocks with VAR's top-p rule: every token equals the CPU's, at its own Philox
+/// counter, written at its own slot, for many settings (ties at the top-p boundary included).
+fn check_var_blocks_match_cpu<D: Device>(d: &D) {
+    let mut rng = Rng(23);
+    let kinds = [
+        RowKind::Uniform,
+        RowKind::Ties,
+        RowKind::SomeNegInf,
+        RowKind::Peaked,
+        RowKind::Flat,
+        RowKind::WithNan,
+    ];
+    let (n, block, begin, total, vocab) = (2, 9, 5, 30, 700);
+    let logits: Vec<f32> = (0..n * block)
+        .flat_map(|i| make_row(kinds[i % kinds.len()], vocab, &mut rng))
+        .collect();
+    for (t, k, p) in [
+        (1.0, 0, 0.5),
+        (1.0, 20, 0.8),
+        (0.7, 0, 0.95),
+        (1.3, 100, 0.3),
+        (1.0, 0, 1.0),
+        (1.0, 1, 1.0),
+    ] {
+        let o = opts(t, k, p);
+        for seed in [0, 9] {
+            let shape = [n, block, begin, total, vocab];
+            let got = var_block_on_device(d, &logits, &o, shape, seed);
+            let want = var_block_on_cpu(&logits, &o, shape, seed);
+            assert_eq!(
+                got, want,
+                "VAR blocks: T {t} top_k {k} top_p {p} seed {seed}"
+            );
+        }
+    }
+}
+
+/// Where the rules differ: two equal top tokens and top_p 0.5 put the cumulative weight exactly
+/// on the threshold. LlamaGen's rule keeps both; VAR's keeps the first only, so every draw is
+/// token 0 on both VAR samplers, while LlamaGen's sampler draws token 1 for u >= 0.5.
+fn check_var_rule_differs_at_the_threshold<D: Device>(d: &D) {
+    let vocab = 50;
+    let mut row = vec![-100.0f32; vocab];
+    row[0] = 5.0;
+    row[1] = 5.0;
+    let (n, block, total) = (1, 16, 16);
+    let logits: Vec<f32> = (0..block).flat_map(|_| row.clone()).collect();
+    let o = opts(1.0, 0, 0.5);
+    let got = var_block_on_device(d, &logits, &o, [n, block, 0, total, vocab], 4);
+    assert_eq!(got, vec![0; block], "VAR's rule keeps token 0 only");
+    assert_eq!(
+        var_block_on_cpu(&logits, &o, [n, block, 0, total, vocab], 4),
+        got
+    );
+    let mut scratch = SamplerScratch::new(vocab);
+    assert_eq!(
+        sample_token(&row, &o, 0.75, &mut scratch),
+        1,
+        "LlamaGen's keeps both"
+    );
+}
+
 /// Shapes the kernel cannot serve are errors, not launches.
 fn check_bad_shapes_are_errors<D: Device>(d: &D) {
     let buf = d.alloc(64).unwrap();
@@ -649,4 +763,6 @@ device_tests!(
     check_advance,
     check_captured_step_reads_step_from_memory,
     check_bad_shapes_are_errors,
+    check_var_blocks_match_cpu,
+    check_var_rule_differs_at_the_threshold,
 );

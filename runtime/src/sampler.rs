@@ -19,7 +19,8 @@
 //!   `2^-40` of the max weigh 0 and are never drawn. With vocab <= 2^20 every sum fits in u64,
 //!   and integer sums do not depend on the order (or parallelism) of the accumulation;
 //! - top-p keeps sorted positions `0..=j`, `j` the first whose cumulative weight exceeds
-//!   `thr = trunc(f64(top_p) * f64(total))` (top_p < 0 counts as 0);
+//!   `thr = trunc(f64(top_p) * f64(total))` (top_p < 0 counts as 0); VAR's rule
+//!   ([`TopPRule::Var`]) takes the first that reaches it (`thr - 1` in the same search);
 //! - the draw returns the first kept id (index order) whose cumulative weight exceeds
 //!   `target = trunc(f64(u) * f64(kept total))`. f64 products of u64-to-f64 conversions are
 //!   correctly rounded on both sides.
@@ -28,7 +29,7 @@
 
 use std::cmp::Ordering;
 
-pub use llamagen_bundle::sampling::{SamplingOptions, MAX_VOCAB};
+pub use llamagen_bundle::sampling::{SamplingOptions, TopPRule, MAX_VOCAB};
 
 /// Classifier-free guidance as the official `generate()`: `uncond + (cond - uncond) * scale`,
 /// written in place into `cond`.
@@ -194,7 +195,12 @@ fn mass_threshold(fraction: f32, total: u64) -> u64 {
 /// fixed-point softmax weights in `s.weights` (0 for tokens top-p removed). Returns the kept
 /// weight total, or `None` for a degenerate row (NaN, +inf after scaling, no finite logit, or a
 /// vocabulary over [`MAX_VOCAB`]), where the callers fall back to argmax.
-fn weights(logits: &[f32], opts: &SamplingOptions, s: &mut SamplerScratch) -> Option<u64> {
+fn weights(
+    logits: &[f32],
+    opts: &SamplingOptions,
+    rule: TopPRule,
+    s: &mut SamplerScratch,
+) -> Option<u64> {
     let n = logits.len();
     if n == 0 || n > MAX_VOCAB || logits.iter().any(|x| x.is_nan()) {
         return None;
@@ -239,7 +245,7 @@ fn weights(logits: &[f32], opts: &SamplingOptions, s: &mut SamplerScratch) -> Op
     // sorted positions 0..=j, j the first whose cumulative weight exceeds top_p of the total
     // (torch's removal mask `cumsum > top_p` shifted right by one).
     if opts.top_p < 1.0 {
-        let thr = mass_threshold(opts.top_p.max(0.0), total);
+        let thr = rule.strict_threshold(mass_threshold(opts.top_p.max(0.0), total));
         s.perm.clear();
         s.perm.extend(0..s.ids.len() as u32);
         let v = &s.vals;
@@ -270,7 +276,7 @@ pub fn filtered_probs<'a>(
     opts: &SamplingOptions,
     scratch: &'a mut SamplerScratch,
 ) -> &'a [f32] {
-    let total = weights(logits, opts, scratch);
+    let total = weights(logits, opts, TopPRule::LlamaGen, scratch);
     let s = scratch;
     s.dense.clear();
     s.dense.resize(logits.len(), 0.0);
@@ -299,10 +305,21 @@ pub fn sample_token(
     u: f32,
     scratch: &mut SamplerScratch,
 ) -> u32 {
+    sample_token_with(logits, opts, TopPRule::LlamaGen, u, scratch)
+}
+
+/// [`sample_token`] with top-p's `rule` (VAR's loop passes [`TopPRule::Var`]).
+pub fn sample_token_with(
+    logits: &[f32],
+    opts: &SamplingOptions,
+    rule: TopPRule,
+    u: f32,
+    scratch: &mut SamplerScratch,
+) -> u32 {
     if opts.top_k == 1 {
         return argmax(logits);
     }
-    let Some(total) = weights(logits, opts, scratch) else {
+    let Some(total) = weights(logits, opts, rule, scratch) else {
         return argmax(logits);
     };
     // u < 1 makes target < total, so some kept token crosses it.

@@ -144,6 +144,12 @@ pub const VQ_KERNEL_FP32_GEMM: Tolerance = Tolerance::rel(
 pub const VQ_KERNEL_FP16_ATTN: Tolerance =
     Tolerance::rel("VQ kernel fp16 attention (6e-4 abs + 5e-4 rel)", 6e-4, 5e-4);
 
+/// VAR kernels with f32 outputs (L2-normalised q, gated residuals, resampled code maps, phi)
+/// vs an f64 reference: sums of <= 300 f32 products of terms <= ~10 accumulated in another order
+/// (and FMA-contracted on the GPU), ~1e-6 of the terms' magnitude: atol 1e-5 + rtol 1e-5.
+pub const VAR_KERNEL_FP32: Tolerance =
+    Tolerance::rel("VAR kernel f32 output (1e-5 abs + 1e-5 rel)", 1e-5, 1e-5);
+
 // --- The type -----------------------------------------------------------------------------------
 
 impl Tolerance {

@@ -62,6 +62,12 @@ pub const SOURCES: &[KernelSource] = &[
         options: &[],
         headers: &[],
     },
+    KernelSource {
+        file: "var.cu",
+        src: include_str!("var.cu"),
+        options: &[],
+        headers: &[],
+    },
 ];
 
 impl KernelSource {

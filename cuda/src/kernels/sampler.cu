@@ -1,6 +1,9 @@
 // CFG + sampling on the device: one block of SAMPLER_THREADS threads per request row, returning
-// exactly the token `sampler::sample_token` (runtime/src/sampler.rs) returns on the CPU for the
-// same logits, options and Philox (seed, stream = row, counter = step). Philox and the exactly
+// exactly the token `sampler::sample_token_with` (runtime/src/sampler.rs) returns on the CPU for
+// the same logits, options, top-p rule and Philox (seed, stream = request row, counter = token
+// position). LlamaGen samples one token per request row (block 1, position = step); VAR samples a
+// scale's whole token block: sampling row r is request row r / block at position
+// step + r % block. Philox and the exactly
 // specified arithmetic are in sampler_math.cuh, included before this file.
 //
 // Bit-identity rests on the same exactly specified arithmetic on both sides (see the module doc
@@ -17,7 +20,8 @@
 //     made unsigned), 8 bits per pass; candidates are y >= kth and y != -inf;
 //  3. m = max candidate (+-inf -> argmax); 4. weights and their total;
 //  5. top-p: the same radix descent over weights finds the sorted position whose cumulative
-//     weight first exceeds thr = trunc(f64(top_p) * f64(total)): every candidate with a larger
+//     weight first exceeds thr = trunc(f64(top_p) * f64(total)) (VAR's rule: first reaches it,
+//     i.e. exceeds thr - 1; TopPRule::strict_threshold): every candidate with a larger
 //     key is kept, and of the candidates equal to it (equal weight) the first ones by id;
 //  6. draw: first kept id (index order) whose cumulative weight exceeds
 //     trunc(f64(u) * f64(kept total)), by a block scan over contiguous id chunks.
@@ -36,9 +40,9 @@
 #define FULL_MASK 0xffffffffu
 #define NO_INDEX 0xffffffffu
 
-// Mirrors `SampleParams` in ops/sampler.rs (repr(C), 44 bytes). With row_keys != 0 a table of
-// n entries [seed lo, seed hi, stream] (u32 each) follows the struct: row r draws from
-// Philox(seed).uniform(stream, step) instead of (key, r) (a service's merged batch).
+// Mirrors `SampleParams` in ops/sampler.rs (repr(C), 52 bytes). With row_keys != 0 a table of
+// n entries [seed lo, seed hi, stream] (u32 each) follows the struct: request row r draws from
+// Philox(seed).uniform(stream, pos) instead of (key, r) (a service's merged batch).
 struct SampleParams {
     float temperature;  // raw; max(T, 1e-5) is applied here as on the CPU
     u32 top_k;          // 0 = off
@@ -50,6 +54,8 @@ struct SampleParams {
     u32 cfg;
     u32 tokens_per_image;
     u32 row_keys;       // 1 = a per-row [seed lo, seed hi, stream] table follows
+    u32 top_p_rule;     // 0: LlamaGen's (cum > thr), 1: VAR's (cum >= thr)
+    u32 block;          // sampling rows per request row (VAR: a scale's tokens); 0 counts as 1
 };
 
 // ---- block-wide helpers (SAMPLER_THREADS threads; results in every thread) ----
@@ -247,11 +253,12 @@ DEVICE void radix_descend(const float* y, const u64* weights, u32 vocab, u64 thr
     }
 }
 
-// Writes the row's token: tokens[r, step] (when step < tokens_per_image) and the next step's ids.
-DEVICE void emit_token(i32* tokens, i32* ids, const SampleParams* p, u32 r, i32 step, u32 token) {
+// Writes the row's token: tokens[req, pos] (when pos < tokens_per_image) and the next step's
+// ids. Sampling row r is request row req = r / block at token pos = step + r % block.
+DEVICE void emit_token(i32* tokens, i32* ids, const SampleParams* p, u32 r, u32 req, i32 pos, u32 token) {
     if (threadIdx.x != 0) return;
-    if (step >= 0 && (u32)step < p->tokens_per_image) {
-        tokens[(u64)r * p->tokens_per_image + (u32)step] = (i32)token;
+    if (pos >= 0 && (u32)pos < p->tokens_per_image) {
+        tokens[(u64)req * p->tokens_per_image + (u32)pos] = (i32)token;
     }
     ids[r] = (i32)token;
     if (p->cfg != 0) ids[p->n + r] = (i32)token;
@@ -284,6 +291,9 @@ KERNEL void sample_rows(i32* tokens, i32* ids, float* logits, const SampleParams
     if (r >= p->n) return;
     const u32 tid = threadIdx.x;
     const i32 step = *step_ptr;
+    const u32 block = p->block > 0 ? p->block : 1u;
+    const u32 req = r / block;
+    const i32 pos = step + (i32)(r % block);
     float* cond = logits + (u64)r * vocab;
     const float* uncond = logits + (u64)(p->n + r) * vocab;
     u64* w = scratch + (u64)r * vocab;
@@ -315,7 +325,7 @@ KERNEL void sample_rows(i32* tokens, i32* ids, float* logits, const SampleParams
     const u32 argmax = block_argmax(best_v, best_i, red_f32, red_u32);
     nan = (u32)block_sum_u64(nan, red_u64);
     if (p->top_k == 1 || nan != 0) {
-        emit_token(tokens, ids, p, r, step, argmax);
+        emit_token(tokens, ids, p, r, req, pos, argmax);
         return;
     }
 
@@ -337,7 +347,7 @@ KERNEL void sample_rows(i32* tokens, i32* ids, float* logits, const SampleParams
     }
     m = block_max_f32(m, red_f32);
     if (m == neg_inf || m == pos_inf) {
-        emit_token(tokens, ids, p, r, step, argmax);
+        emit_token(tokens, ids, p, r, req, pos, argmax);
         return;
     }
 
@@ -357,7 +367,8 @@ KERNEL void sample_rows(i32* tokens, i32* ids, float* logits, const SampleParams
     u32 cut_key = 0;
     u64 cut_rank = 0, cut_w = 0, kept = total;
     if (nucleus) {
-        const u64 thr = mass_threshold(fmaxf(p->top_p, 0.0f), total);
+        const u64 thr0 = mass_threshold(fmaxf(p->top_p, 0.0f), total);
+        const u64 thr = (p->top_p_rule != 0 && thr0 > 0) ? thr0 - 1 : thr0;
         radix_descend(y, w, vocab, thr, hist_lo, hist_hi, bucket, row_key, row_above);
         cut_key = row_key[0];
         const u64 above = row_above[0];
@@ -367,9 +378,9 @@ KERNEL void sample_rows(i32* tokens, i32* ids, float* logits, const SampleParams
     }
 
     // 6. Inverse CDF in index order over contiguous id chunks, one per thread.
-    const u32* rk = p->row_keys != 0 ? reinterpret_cast<const u32*>(p + 1) + 3 * (u64)r : nullptr;
-    const float u = rk != nullptr ? philox_uniform(rk, rk[2], (u32)step)
-                                  : philox_uniform(p->key, r, (u32)step);
+    const u32* rk = p->row_keys != 0 ? reinterpret_cast<const u32*>(p + 1) + 3 * (u64)req : nullptr;
+    const float u = rk != nullptr ? philox_uniform(rk, rk[2], (u32)pos)
+                                  : philox_uniform(p->key, req, (u32)pos);
     const u64 target = mass_threshold(u, kept);
     const u32 chunk = (vocab + blockDim.x - 1) / blockDim.x;
     const u32 lo = min(tid * chunk, vocab), hi = min(lo + chunk, vocab);
@@ -406,7 +417,7 @@ KERNEL void sample_rows(i32* tokens, i32* ids, float* logits, const SampleParams
         }
     }
     __syncthreads();
-    emit_token(tokens, ids, p, r, step, row_token[0]);
+    emit_token(tokens, ids, p, r, req, pos, row_token[0]);
 }
 
 // *pos += 1; *step += 1 (one thread; ends every captured decode step).

@@ -3,5 +3,6 @@
 
 pub mod gpt;
 pub mod sampler;
+pub mod var;
 pub mod vq;
 pub mod vq_gemm;

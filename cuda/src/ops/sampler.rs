@@ -10,7 +10,7 @@
 use crate::device::{DevSlice, Device, KArg, LaunchConfig};
 use crate::error::CudaError;
 use llamagen_bundle::philox::Philox;
-use llamagen_bundle::sampling::{SamplingOptions, MAX_VOCAB};
+use llamagen_bundle::sampling::{SamplingOptions, TopPRule, MAX_VOCAB};
 
 /// Threads per request row; must equal `SAMPLER_THREADS` in sampler.cu.
 const SAMPLER_THREADS: u32 = 1024;
@@ -18,8 +18,9 @@ const SAMPLER_THREADS: u32 = 1024;
 const MAX_ROWS: usize = 65_535;
 
 /// Sampling parameters in device memory (read by the kernel at every replay of the captured
-/// step). Mirrors `struct SampleParams` in sampler.cu: eleven 4-byte fields, 44 bytes, followed
-/// (when `row_keys` is 1) by one [`RowKey`] per request row ([`SampleParams::bytes_with_rows`]).
+/// step). Mirrors `struct SampleParams` in sampler.cu: thirteen 4-byte fields, 52 bytes,
+/// followed (when `row_keys` is 1) by one [`RowKey`] per request row
+/// ([`SampleParams::bytes_with_rows`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SampleParams {
@@ -44,6 +45,11 @@ pub struct SampleParams {
     /// 1 when a [`RowKey`] table follows the struct (row r draws from its own seed and stream),
     /// 0 when row r draws from (`key`, stream r).
     pub row_keys: u32,
+    /// Top-p's rule: 0 LlamaGen's, 1 VAR's ([`TopPRule`]).
+    pub top_p_rule: u32,
+    /// Sampling rows per request row: 1 for LlamaGen; a scale's token count for VAR, where
+    /// sampling row `r` is request row `r / block` at token position `step + r % block`.
+    pub block: u32,
 }
 
 /// One request row's random stream on the device: `[seed lo, seed hi, stream]` (the stream is
@@ -85,19 +91,39 @@ impl SampleParams {
             cfg: u32::from(cfg),
             tokens_per_image: sat(tokens_per_image),
             row_keys: 0,
+            top_p_rule: 0,
+            block: 1,
         }
     }
 
-    /// Size of [`Self::to_bytes`]: eleven 4-byte fields.
-    pub const BYTES: usize = 44;
+    /// These parameters sampling blocks of `block` tokens per request row (`n` request rows
+    /// become `n * block` sampling rows, `cfg` combines nothing: the caller combines first) with
+    /// top-p's `rule`: one VAR scale.
+    pub fn token_blocks(self, block: usize, rule: TopPRule) -> Self {
+        let sat = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        SampleParams {
+            n: self.n.saturating_mul(sat(block)),
+            cfg: 0,
+            block: sat(block),
+            top_p_rule: match rule {
+                TopPRule::LlamaGen => 0,
+                TopPRule::Var => 1,
+            },
+            ..self
+        }
+    }
+
+    /// Size of [`Self::to_bytes`]: thirteen 4-byte fields.
+    pub const BYTES: usize = 52;
 
     /// The struct with `row_keys` = 1 followed by `rows` (one per request row, `n` of them), as
     /// the kernel reads them; an error when the count differs from `n`.
     pub fn bytes_with_rows(&self, rows: &[RowKey]) -> Result<Vec<u8>, CudaError> {
-        if rows.len() != self.n as usize {
+        let requests = (self.n / self.block.max(1)) as usize;
+        if rows.len() != requests {
             return Err(CudaError::call(
                 "sampler params",
-                format!("{} row keys for {} request rows", rows.len(), self.n),
+                format!("{} row keys for {requests} request rows", rows.len()),
             ));
         }
         let mut bytes = SampleParams {
@@ -123,6 +149,8 @@ impl SampleParams {
             self.cfg,
             self.tokens_per_image,
             self.row_keys,
+            self.top_p_rule,
+            self.block,
         ];
         words.iter().flat_map(|w| w.to_le_bytes()).collect()
     }
@@ -143,6 +171,10 @@ pub fn scratch_bytes(n: usize, vocab: usize) -> usize {
 /// ([`scratch_bytes`]); the kernel takes the request's own count from `params.n`, which must not
 /// exceed it (rows `>= params.n` do nothing). `vocab` must be in `1..=2^20` (the fixed-point
 /// weights' limit). `tokens` is written only while `step < tokens_per_image`.
+///
+/// With `params.block = B > 1` (VAR, [`SampleParams::token_blocks`]) sampling row `r` is token
+/// `j = r % B` of request row `q = r / B`: u = Philox(seed).uniform(q, step + j), written to
+/// tokens[q * tokens_per_image + step + j] (and ids[r]).
 pub fn sample<D: Device>(d: &D, io: &SampleIo, n: usize, vocab: usize) -> Result<(), CudaError> {
     const CTX: &str = "sample_rows";
     if n == 0 {
@@ -228,7 +260,7 @@ mod tests {
         );
         let b = p.to_bytes();
         assert_eq!(b.len(), std::mem::size_of::<SampleParams>());
-        assert_eq!(b.len(), 44);
+        assert_eq!(b.len(), 52);
         let word = |i: usize| u32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap());
         assert_eq!(f32::from_bits(word(0)), 0.5);
         assert_eq!(word(1), u32::MAX, "top_k saturates");
@@ -237,13 +269,21 @@ mod tests {
         assert_eq!(f32::from_bits(word(4)), -1.0);
         assert_eq!([word(5), word(6)], [0x0506_0708, 0x0102_0304]);
         assert_eq!([word(7), word(8), word(9), word(10)], [3, 1, 256, 0]);
+        assert_eq!(
+            [word(11), word(12)],
+            [0, 1],
+            "LlamaGen's rule, one token per row"
+        );
+        let v = p.token_blocks(9, TopPRule::Var).to_bytes();
+        let word = |i: usize| u32::from_le_bytes(v[4 * i..4 * i + 4].try_into().unwrap());
+        assert_eq!([word(7), word(8), word(11), word(12)], [27, 0, 1, 9]);
         let rows = [row_key(7, 0), row_key(1 << 33, 5), row_key(0, 1)];
         let b = p.bytes_with_rows(&rows).unwrap();
         assert_eq!(b.len(), params_bytes(3));
         let word = |i: usize| u32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap());
         assert_eq!(word(10), 1, "row_keys flag");
-        assert_eq!([word(11), word(12), word(13)], [7, 0, 0]);
-        assert_eq!([word(14), word(15), word(16)], [0, 2, 5]);
+        assert_eq!([word(13), word(14), word(15)], [7, 0, 0]);
+        assert_eq!([word(16), word(17), word(18)], [0, 2, 5]);
         assert!(p.bytes_with_rows(&rows[..2]).is_err());
     }
 }

@@ -46,24 +46,35 @@ impl<D: Device> CudaBackend<D> {
         m: &Manifest,
         use_graph: bool,
     ) -> Result<Self, RuntimeError> {
-        let probes = m
-            .graphs
-            .values()
-            .flat_map(|g| &g.outputs)
-            .any(|o| o.name.starts_with(PROBE_PREFIX));
-        if probes {
-            return Err(RuntimeError::BackendUnavailable {
-                name: kind.name().into(),
-                reason: format!(
-                    "{} is a calibration bundle ({PROBE_PREFIX}* outputs); run it on the cpu \
-                     backend",
-                    dir.display()
-                ),
-            });
-        }
+        refuse_calibration(kind, dir, m)?;
         let engine = Engine::load(kind.name(), device, dir, m, use_graph)?;
         Ok(CudaBackend { kind, engine })
     }
+}
+
+/// Calibration bundles (graphs with `probe.*` outputs) are refused: the device computes no
+/// probes, and calibration runs on the CPU.
+pub(super) fn refuse_calibration(
+    kind: BackendKind,
+    dir: &Path,
+    m: &Manifest,
+) -> Result<(), RuntimeError> {
+    let probes = m
+        .graphs
+        .values()
+        .flat_map(|g| &g.outputs)
+        .any(|o| o.name.starts_with(PROBE_PREFIX));
+    if probes {
+        return Err(RuntimeError::BackendUnavailable {
+            name: kind.name().into(),
+            reason: format!(
+                "{} is a calibration bundle ({PROBE_PREFIX}* outputs); run it on the cpu \
+                 backend",
+                dir.display()
+            ),
+        });
+    }
+    Ok(())
 }
 
 impl<D: Device> Backend for CudaBackend<D> {

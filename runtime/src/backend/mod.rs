@@ -3,6 +3,8 @@
 
 #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 mod cuda;
+#[cfg(any(feature = "cuda", feature = "cuda-emu"))]
+mod cuda_var;
 pub(crate) mod ort_cpu;
 
 pub use ort_cpu::OrtCpu;
@@ -194,12 +196,8 @@ pub(crate) fn load(
     if manifest.family == ModelFamily::Var {
         return match choice {
             BackendChoice::Cpu(o) => Ok(Box::new(crate::var::VarOrtCpu::load(dir, manifest, o)?)),
-            other => Err(RuntimeError::BackendUnavailable {
-                name: other.kind().name().into(),
-                reason: "VAR bundles run on the CPU backend so far: the CUDA VAR step is not \
-                         written yet"
-                    .into(),
-            }),
+            BackendChoice::Cuda(o) => load_var_cuda(dir, manifest, o),
+            BackendChoice::CudaEmu(o) => load_var_cuda_emu(dir, manifest, o),
         };
     }
     Ok(match choice {
@@ -223,6 +221,48 @@ fn load_cuda(
     let device = llamagen_cuda::driver::CudaDevice::open(o.device)?;
     let b = cuda::CudaBackend::load(BackendKind::Cuda, device, dir, manifest, o.graph)?;
     Ok(generator(b))
+}
+
+#[cfg(feature = "cuda")]
+fn load_var_cuda(
+    dir: &Path,
+    manifest: &Manifest,
+    o: &CudaOptions,
+) -> Result<Box<dyn Generator>, RuntimeError> {
+    let device = llamagen_cuda::driver::CudaDevice::open(o.device)?;
+    let kind = BackendKind::Cuda;
+    let g = cuda_var::VarCuda::load(kind, device, dir, manifest, o.graph)?;
+    Ok(Box::new(g))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn load_var_cuda(
+    dir: &Path,
+    manifest: &Manifest,
+    o: &CudaOptions,
+) -> Result<Box<dyn Generator>, RuntimeError> {
+    load_cuda(dir, manifest, o)
+}
+
+#[cfg(feature = "cuda-emu")]
+fn load_var_cuda_emu(
+    dir: &Path,
+    manifest: &Manifest,
+    o: &CudaOptions,
+) -> Result<Box<dyn Generator>, RuntimeError> {
+    let device = llamagen_cuda::emu::EmuDevice::new()?;
+    let kind = BackendKind::CudaEmu;
+    let g = cuda_var::VarCuda::load(kind, device, dir, manifest, o.graph)?;
+    Ok(Box::new(g))
+}
+
+#[cfg(not(feature = "cuda-emu"))]
+fn load_var_cuda_emu(
+    dir: &Path,
+    manifest: &Manifest,
+    o: &CudaOptions,
+) -> Result<Box<dyn Generator>, RuntimeError> {
+    load_cuda_emu(dir, manifest, o)
 }
 
 #[cfg(not(feature = "cuda"))]

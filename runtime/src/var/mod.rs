@@ -9,9 +9,9 @@
 //!
 //! Sampling: top-k as LlamaGen's (ties with the k-th kept), then VAR's top-p (ascending
 //! cumulative probability `<= 1 - top_p` removed, the most likely token always kept; off for
-//! top_p <= 0 or >= 1), through the shared fixed-point sampler. VAR's rule keeps the sorted
-//! prefix whose preceding mass is `< top_p` where LlamaGen's keeps `<= top_p`: the two differ
-//! only when a cumulative weight equals the threshold exactly. The draw uses the Philox stream
+//! top_p <= 0 or >= 1), through the shared fixed-point sampler with [`TopPRule::Var`]: VAR's
+//! rule keeps the sorted prefix whose preceding mass is `< top_p` where LlamaGen's keeps
+//! `<= top_p` (they differ only when a cumulative weight equals the threshold exactly). The draw uses the Philox stream
 //! (the row's stream, counter = token index), not torch's generator, so sampled tokens are ours; greedy
 //! (top-k 1) tokens are the official ones.
 
@@ -28,7 +28,7 @@ use crate::kv_cache::KvCache;
 use crate::pipeline::{Images, Observer, TokenOutput};
 use crate::request::GenerateRequest;
 use crate::runner::{Generator, NextToken};
-use crate::sampler::{sample_token, SamplingOptions};
+use crate::sampler::{sample_token_with, SamplingOptions, TopPRule};
 
 use sessions::VarSessions;
 
@@ -47,7 +47,7 @@ impl VarOrtCpu {
 }
 
 /// VAR's sampling options from the request's: top-p off outside (0, 1).
-fn var_sampling(s: &SamplingOptions) -> SamplingOptions {
+pub(crate) fn var_sampling(s: &SamplingOptions) -> SamplingOptions {
     let mut o = s.clone();
     if !(o.top_p > 0.0 && o.top_p < 1.0) {
         o.top_p = 1.0;
@@ -121,7 +121,7 @@ impl Generator for VarOrtCpu {
                         NextToken::Sample { rows, scratch } => {
                             let (rng, stream) = &rows[r];
                             let u = rng.uniform(*stream, pos as u64);
-                            sample_token(row, &opts, u, scratch)
+                            sample_token_with(row, &opts, TopPRule::Var, u, scratch)
                         }
                         NextToken::Feed(fed) => fed[r][pos],
                     };

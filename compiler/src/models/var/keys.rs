@@ -69,11 +69,7 @@ pub fn step_keys(c: &VarConfig) -> Keys {
 
 /// The phi convolution `k` (`[Cvae, Cvae, 3, 3]` weight and bias) under `sharing`.
 pub fn phi_prefix(sharing: PhiSharing, k: usize) -> String {
-    match sharing {
-        PhiSharing::NonShared => format!("quantize.quant_resi.{k}"),
-        PhiSharing::Shared => "quantize.quant_resi.qresi".into(),
-        PhiSharing::PartiallyShared => format!("quantize.quant_resi.qresi_ls.{k}"),
-    }
+    llamagen_bundle::names::var::phi(sharing, k)
 }
 
 /// Every key the embed graph reads: the transformer's input side and the quantizer's.

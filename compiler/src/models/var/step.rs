@@ -162,7 +162,7 @@ fn qkv_bias(g: &mut Graph, em: &mut Emitter, i: usize, d: usize) -> ValueId {
         b.extend(s.load(&vk, &[d])?);
         Ok(b)
     });
-    em.vector(g, &keys::block(i, "attn.qkv_bias"), vec![3 * d], f)
+    em.vector(g, &io_names::var::qkv_bias(i), vec![3 * d], f)
 }
 
 /// The per-head multiplier of q, `[1, H, 1, 1]`: `exp(min(scale_mul_1H11, ln 100))` with the
@@ -182,7 +182,7 @@ fn q_scale(g: &mut Graph, em: &mut Emitter, c: &VarConfig, i: usize) -> ValueId 
         let v = 0.25 / (c.head_dim as f32).sqrt();
         Arc::new(move |_| Ok(vec![v; heads]))
     };
-    em.vector(g, &keys::block(i, "attn.q_scale"), vec![1, heads, 1, 1], f)
+    em.vector(g, &io_names::var::q_scale(i), vec![1, heads, 1, 1], f)
 }
 
 /// `shared_aln`: `ada_gss + shared_ada_lin(cond)` of block i, as `[B, 6C]`.
@@ -196,7 +196,7 @@ fn shared_modulation(
     let d = c.embed_dim;
     let key = keys::block(i, "ada_gss");
     let f: WeightFn = Arc::new(move |s| s.load(&key, &[1, 1, 6, d]));
-    let own = em.vector(g, &keys::block(i, "ada_gss"), vec![1, 6 * d], f);
+    let own = em.vector(g, &io_names::var::ada_gss(i), vec![1, 6 * d], f);
     g.wire(&format!("blocks.{i}.ada_gss_add"), Op::Add, &[gss, own])
 }
 
