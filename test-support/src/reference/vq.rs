@@ -4,15 +4,15 @@ use super::{dot, silu, tensor, Weights};
 
 /// A CHW feature map of one image.
 #[derive(Clone, Debug)]
-struct Fm {
-    c: usize,
-    h: usize,
-    w: usize,
-    data: Vec<f32>,
+pub(crate) struct Fm {
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) data: Vec<f32>,
 }
 
 impl Fm {
-    fn zeros(c: usize, h: usize, w: usize) -> Self {
+    pub(crate) fn zeros(c: usize, h: usize, w: usize) -> Self {
         Fm {
             c,
             h,
@@ -20,13 +20,13 @@ impl Fm {
             data: vec![0f32; c * h * w],
         }
     }
-    fn plane(&self, c: usize) -> &[f32] {
+    pub(crate) fn plane(&self, c: usize) -> &[f32] {
         &self.data[c * self.h * self.w..(c + 1) * self.h * self.w]
     }
 }
 
 /// `nn.Conv2d(cin, cout, k, stride 1, padding k / 2)` with bias; weight `[cout, cin, k, k]`.
-fn conv2d(x: &Fm, weights: &Weights, name: &str, cout: usize, k: usize) -> Fm {
+pub(crate) fn conv2d(x: &Fm, weights: &Weights, name: &str, cout: usize, k: usize) -> Fm {
     let cin = x.c;
     let wt = tensor(weights, &format!("{name}.weight"), &[cout, cin, k, k]);
     let bias = tensor(weights, &format!("{name}.bias"), &[cout]);
@@ -43,7 +43,8 @@ fn conv2d(x: &Fm, weights: &Weights, name: &str, cout: usize, k: usize) -> Fm {
         }
     }
     let mut out = Fm::zeros(cout, h, w);
-    for (oc, o_plane) in out.data.chunks_exact_mut(h * w).enumerate() {
+    // One output plane: bias, then every input plane times its k x k taps, row by row.
+    let plane = |oc: usize, o_plane: &mut [f32]| {
         o_plane.fill(bias[oc]);
         for ic in 0..cin {
             let in_plane = &xp[ic * hp * wp..(ic + 1) * hp * wp];
@@ -61,12 +62,26 @@ fn conv2d(x: &Fm, weights: &Weights, name: &str, cout: usize, k: usize) -> Fm {
                 }
             }
         }
-    }
+    };
+    // Output channels split over the cores (each plane's arithmetic is unchanged, so the result
+    // does not depend on the thread count).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = cout.div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|scope| {
+        for (t, chunk) in out.data.chunks_mut(per * h * w).enumerate() {
+            let plane = &plane;
+            scope.spawn(move || {
+                for (i, o_plane) in chunk.chunks_exact_mut(h * w).enumerate() {
+                    plane(t * per + i, o_plane);
+                }
+            });
+        }
+    });
     out
 }
 
 /// `nn.GroupNorm(32, C, eps=1e-6, affine=True)` (biased variance), statistics in f64.
-fn group_norm(x: &Fm, weights: &Weights, name: &str) -> Fm {
+pub(crate) fn group_norm(x: &Fm, weights: &Weights, name: &str) -> Fm {
     const GROUPS: usize = 32;
     const EPS: f64 = 1e-6;
     assert!(
@@ -95,7 +110,7 @@ fn group_norm(x: &Fm, weights: &Weights, name: &str) -> Fm {
     out
 }
 
-fn swish(mut x: Fm) -> Fm {
+pub(crate) fn swish(mut x: Fm) -> Fm {
     for v in &mut x.data {
         *v = silu(*v);
     }
@@ -104,7 +119,7 @@ fn swish(mut x: Fm) -> Fm {
 
 /// ResnetBlock: norm1, swish, conv1, norm2, swish, (dropout), conv2; 1x1 nin_shortcut when the
 /// channel count changes; residual add.
-fn resnet_block(x: &Fm, weights: &Weights, name: &str, cout: usize) -> Fm {
+pub(crate) fn resnet_block(x: &Fm, weights: &Weights, name: &str, cout: usize) -> Fm {
     let h = swish(group_norm(x, weights, &format!("{name}.norm1")));
     let h = conv2d(&h, weights, &format!("{name}.conv1"), cout, 3);
     let h = swish(group_norm(&h, weights, &format!("{name}.norm2")));
@@ -172,7 +187,7 @@ fn attn_block(x: &Fm, weights: &Weights, name: &str) -> Fm {
 }
 
 /// `F.interpolate(scale_factor=2, mode="nearest")`.
-fn upsample_nearest2(x: &Fm) -> Fm {
+pub(crate) fn upsample_nearest2(x: &Fm) -> Fm {
     let (h2, w2) = (2 * x.h, 2 * x.w);
     let mut out = Fm::zeros(x.c, h2, w2);
     for c in 0..x.c {
