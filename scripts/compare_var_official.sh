@@ -3,17 +3,17 @@
 # released VQVAE shapes, the same weights (official-format var.pth / vae.pth written by torch),
 # the same request (label 207, cfg 4 = batch 2, top-k 900, top-p 0.96, VQVAE decode included),
 # the same thread count, back to back.
-# Usage: [PYTHON=python3] [THREADS=2] [RUNS=3] [LABELS=207] [CFG=4]
+# Usage: [TORCH_PYTHON=python3] [THREADS=2] [RUNS=3] [LABELS=207] [CFG=4]
 #        scripts/compare_var_official.sh VAR_REPO_CHECKOUT [WORKDIR]
 # VAR_REPO_CHECKOUT: FoundationVision/VAR with its models/, dist.py and utils/ (never vendored
-# here). PYTHON must have torch and huggingface_hub (plain `pip install torch huggingface_hub`);
+# here). TORCH_PYTHON must have torch and huggingface_hub (plain `pip install torch huggingface_hub`);
 # the ONNX Runtime library comes from scripts/setup.sh. Prints a JSON line per side, a table of
 # ratios with peak RSS over the bundle size, and the greedy (top-k 1) token agreement.
 set -euo pipefail
 repo=${1:?usage: $0 VAR_REPO_CHECKOUT [WORKDIR]}
 work=${2:-$(mktemp -d)}
 here=$(cd "$(dirname "$0")/.." && pwd)
-py=${PYTHON:-python3}
+py=${TORCH_PYTHON:-python3}
 labels=${LABELS:-207}
 cfg=${CFG:-4}
 threads=${THREADS:-2}

@@ -58,6 +58,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reuse-ckpt", action="store_true",
                     help="load var.pth / vae.pth from --out instead of writing new random ones")
+    ap.add_argument("--no-save", action="store_true",
+                    help="time only: write no checkpoints and no tokens (needs no disk)")
     ap.add_argument("--keys-only", action="store_true",
                     help="print the official state-dict keys, shapes and dtypes as JSON and stop")
     a = ap.parse_args()
@@ -95,8 +97,9 @@ def main():
         for b in var.blocks:
             torch.nn.init.normal_(b.ada_lin[-1].weight, std=0.02)
         torch.nn.init.normal_(var.head.weight, std=0.02)
-        torch.save(var.state_dict(), var_ckpt)
-        torch.save(vae.state_dict(), vae_ckpt)
+        if not a.no_save:
+            torch.save(var.state_dict(), var_ckpt)
+            torch.save(vae.state_dict(), vae_ckpt)
     var.eval()
     vae.eval()
 
@@ -138,7 +141,8 @@ def main():
         var_module.sample_with_top_k_top_p_ = official_sampler
     greedy = torch.cat(recorded, dim=1).numpy().astype(np.int64)
     assert greedy.shape == (B, sum(p * p for p in patch_nums)), greedy.shape
-    np.save(os.path.join(a.out, "greedy.tokens.npy"), greedy)
+    if not a.no_save:
+        np.save(os.path.join(a.out, "greedy.tokens.npy"), greedy)
 
     total = sorted(times)[len(times) // 2]
     print(json.dumps({
