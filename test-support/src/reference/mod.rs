@@ -1,10 +1,12 @@
 //! An independent, naive f32 reference of the official LlamaGen class-conditional GPT
 //! (`autoregressive/models/gpt.py` + `generate.py`) and of the VQ decoder
-//! (`tokenizer/tokenizer_image/vq_model.py`), written from the official Python code in plain Rust.
+//! (`tokenizer/tokenizer_image/vq_model.py`), and of VAR (`models/var.py`, `basic_var.py`,
+//! `quant.py`, `vqvae.py`, `basic_vae.py`: [`VarModelRef`]), written from the official Python
+//! code in plain Rust.
 //!
 //! It is the "own seeded reference" the end-to-end tests compare our ONNX graphs against where no
 //! official outputs exist (official sizes such as GPT-B / VQ-16). It is itself checked against the
-//! official goldens in `tests/reference_vs_golden.rs`.
+//! official goldens in `tests/reference_vs_golden.rs` and `tests/var_reference_vs_golden.rs`.
 //!
 //! Clarity over speed, but the loops are cache friendly (row-major weights read contiguously,
 //! convolutions accumulate whole output rows) so a GPT-B decode step and a small VQ-16 decode stay
@@ -20,9 +22,15 @@
 use std::collections::HashMap;
 
 mod gpt;
+mod var;
+mod var_quant;
+mod var_vae;
 mod vq;
 
 pub use gpt::*;
+pub use var::*;
+pub use var_quant::*;
+pub use var_vae::*;
 pub use vq::*;
 
 /// Official state-dict key -> (shape, f32 data in C order).

@@ -54,6 +54,9 @@ pub fn build_embed_graph(c: &VarConfig, em: &mut Emitter) -> Result<Graph, Error
         perm: vec![0, 2, 1],
     };
 
+    let phis: Vec<(ValueId, ValueId)> = (0..c.phi_count)
+        .map(|k| phi_weights(&mut g, em, c, k))
+        .collect();
     let mut f_hat = None;
     for (j, &pn) in c.patch_nums.iter().enumerate() {
         let r = c.scale_range(j);
@@ -91,7 +94,7 @@ pub fn build_embed_graph(c: &VarConfig, em: &mut Emitter) -> Result<Graph, Error
             );
         }
         if c.phi_count > 0 {
-            h = phi(&mut g, em, c, c.phi_of_scale[j], &name, h);
+            h = phi(&mut g, c, phis[c.phi_of_scale[j]], &name, h);
         }
         let jv = g.const_i64(&format!("const.scale_index.{j}"), &[j as i64]);
         let on = g.wire(&format!("{name}.is_done"), Op::Less, &[jv, done]);
@@ -182,15 +185,9 @@ fn resize(g: &mut Graph, name: &str, x: ValueId, r: Vec<f32>, n: usize, m: usize
     g.wire(&format!("{name}.resize_cols"), Op::MatMul, &[y, rt])
 }
 
-/// `Phi.forward`: `(1 - r) h + r (conv3x3(h) + bias)`.
-fn phi(
-    g: &mut Graph,
-    em: &mut Emitter,
-    c: &VarConfig,
-    k: usize,
-    name: &str,
-    h: ValueId,
-) -> ValueId {
+/// The weight and bias initializers of phi `k`, built once and shared by every scale that uses
+/// it (with 10 scales and 4 phis, most phis serve two or three scales).
+fn phi_weights(g: &mut Graph, em: &mut Emitter, c: &VarConfig, k: usize) -> (ValueId, ValueId) {
     let prefix = keys::phi_prefix(c.phi_sharing, k);
     let cv = c.cvae;
     let wkey = format!("{prefix}.weight");
@@ -199,6 +196,17 @@ fn phi(
     let bkey = format!("{prefix}.bias");
     let f: WeightFn = Arc::new(move |s| s.load(&bkey, &[cv]));
     let b = em.vector(g, &format!("{prefix}.bias"), vec![cv], f);
+    (w, b)
+}
+
+/// `Phi.forward`: `(1 - r) h + r (conv3x3(h) + bias)`, with phi's `(weight, bias)`.
+fn phi(
+    g: &mut Graph,
+    c: &VarConfig,
+    (w, b): (ValueId, ValueId),
+    name: &str,
+    h: ValueId,
+) -> ValueId {
     let conv = g.wire(
         &format!("{name}.phi.conv"),
         Op::Conv {
