@@ -134,7 +134,7 @@ fn qkv_ref(qkv: &[f32], bias: &[f32], scale: &[f32], l2: bool, s: &AttnShape) ->
     let mut out = [Vec::new(), Vec::new(), Vec::new()];
     for (part, o) in out.iter_mut().enumerate() {
         for r in 0..s.rows {
-            for head in 0..h {
+            for (head, &head_scale) in scale.iter().enumerate().take(h) {
                 for tok in 0..t {
                     let col = (part * h + head) * hd;
                     let v: Vec<f64> = (0..hd)
@@ -142,7 +142,7 @@ fn qkv_ref(qkv: &[f32], bias: &[f32], scale: &[f32], l2: bool, s: &AttnShape) ->
                         .collect();
                     let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
                     let mul = if l2 && part < 2 { 1.0 / norm } else { 1.0 };
-                    let sc = if part == 0 { scale[head] as f64 } else { 1.0 };
+                    let sc = if part == 0 { head_scale as f64 } else { 1.0 };
                     o.extend(v.iter().map(|x| (x * mul * sc) as f32));
                 }
             }

@@ -314,7 +314,8 @@ mod tests {
             .iter()
             .map(|(ix, wx)| (0..4).map(|b| wx[b] * x.data[ix[b]]).sum())
             .collect();
-        let want = [-0.10546875, 0.2265625, 0.7734375, 1.10546875];
+        // torch's values, exact in f32: -27/256, 58/256, 198/256, 283/256.
+        let want = [-27.0 / 256.0, 58.0 / 256.0, 198.0 / 256.0, 283.0 / 256.0];
         for (g, w) in row.iter().zip(want) {
             assert!((g - w).abs() < 1e-6, "{row:?}");
         }
