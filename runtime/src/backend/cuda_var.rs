@@ -18,8 +18,7 @@ use crate::error::RuntimeError;
 use crate::pipeline::{Images, Observer, TokenOutput};
 use crate::request::GenerateRequest;
 use crate::runner::{Generator, NextToken};
-use crate::sampler::{sample_token_with, TopPRule};
-use crate::var::{guided, var_sampling};
+use crate::var::{end_of_scale, guided, pick_token, token_output, var_sampling};
 
 pub(crate) struct VarCuda<D: Device> {
     kind: BackendKind,
@@ -78,39 +77,19 @@ impl<D: Device> Generator for VarCuda<D> {
             let t0 = Instant::now();
             let range = c.scale_range(si);
             self.engine.scale_logits(&s, si, &mut logits)?;
-            for r in 0..n {
+            for (r, row_tokens) in tokens.iter_mut().enumerate() {
                 for (j, pos) in range.clone().enumerate() {
                     let at = (r * range.len() + j) * vocab;
                     let row = &mut logits[at..at + vocab];
                     observer.on_logits(pos, r, row);
-                    tokens[r][pos] = match &mut next {
-                        NextToken::Sample { rows, scratch } => {
-                            let (rng, stream) = &rows[r];
-                            let u = rng.uniform(*stream, pos as u64);
-                            sample_token_with(row, &opts, TopPRule::Var, u, scratch)
-                        }
-                        NextToken::Feed(fed) => fed[r][pos],
-                    };
+                    row_tokens[pos] = pick_token(&mut next, row, &opts, r, pos);
                 }
             }
             self.engine.set_scale_tokens(&s, si, &tokens)?;
             scale_ms.push(t0.elapsed().as_secs_f64() * 1e3);
-            observer.on_token(range.end, total);
-            if range.end < total && observer.should_stop() {
-                return Err(RuntimeError::Cancelled {
-                    done: range.end,
-                    steps: total,
-                });
-            }
+            end_of_scale(observer, range.end, total)?;
         }
-        let decode_step_ms = scale_ms[1..].to_vec();
-        Ok(TokenOutput {
-            tokens,
-            prefill_ms: scale_ms[0],
-            decode_ms: decode_step_ms.iter().sum(),
-            decode_step_ms,
-            gpt_ms: start.elapsed().as_secs_f64() * 1e3,
-        })
+        Ok(token_output(tokens, &scale_ms, start))
     }
 
     fn has_fused_loop(&self) -> bool {

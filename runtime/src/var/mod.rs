@@ -55,6 +55,53 @@ pub(crate) fn var_sampling(s: &SamplingOptions) -> SamplingOptions {
     o
 }
 
+/// The token of request row `r` at `pos`: sampled from `row` with VAR's rules, or the fed one.
+pub(crate) fn pick_token(
+    next: &mut NextToken<'_>,
+    row: &[f32],
+    opts: &SamplingOptions,
+    r: usize,
+    pos: usize,
+) -> u32 {
+    match next {
+        NextToken::Sample { rows, scratch } => {
+            let (rng, stream) = &rows[r];
+            let u = rng.uniform(*stream, pos as u64);
+            sample_token_with(row, opts, TopPRule::Var, u, scratch)
+        }
+        NextToken::Feed(fed) => fed[r][pos],
+    }
+}
+
+/// Progress after a scale; a stop (or a passed deadline) ends the generation at the next scale
+/// boundary.
+pub(crate) fn end_of_scale(
+    observer: &mut dyn Observer,
+    end: usize,
+    total: usize,
+) -> Result<(), RuntimeError> {
+    observer.on_token(end, total);
+    if end < total && observer.should_stop() {
+        return Err(RuntimeError::Cancelled {
+            done: end,
+            steps: total,
+        });
+    }
+    Ok(())
+}
+
+/// The tokens and timings of a scale-by-scale run: scale 0 as the prefill, the rest as steps.
+pub(crate) fn token_output(tokens: Vec<Vec<u32>>, scale_ms: &[f64], start: Instant) -> TokenOutput {
+    let decode_step_ms = scale_ms.get(1..).unwrap_or_default().to_vec();
+    TokenOutput {
+        tokens,
+        prefill_ms: scale_ms.first().copied().unwrap_or(0.0),
+        decode_ms: decode_step_ms.iter().sum(),
+        decode_step_ms,
+        gpt_ms: start.elapsed().as_secs_f64() * 1e3,
+    }
+}
+
 /// Whether the request runs the unconditional rows (VAR guides at every cfg but 0).
 pub(crate) fn guided(req: &GenerateRequest) -> bool {
     req.cfg_scale != 0.0
@@ -117,14 +164,7 @@ impl Generator for VarOrtCpu {
                             .for_each(|(x, &u)| *x = (1.0 + t) * *x - t * u);
                     }
                     observer.on_logits(pos, r, row);
-                    let token = match &mut next {
-                        NextToken::Sample { rows, scratch } => {
-                            let (rng, stream) = &rows[r];
-                            let u = rng.uniform(*stream, pos as u64);
-                            sample_token_with(row, &opts, TopPRule::Var, u, scratch)
-                        }
-                        NextToken::Feed(fed) => fed[r][pos],
-                    };
+                    let token = pick_token(&mut next, row, &opts, r, pos);
                     tokens[r][pos] = token;
                     token_ids[r * total + pos] = token as i64;
                     if cfg {
@@ -133,23 +173,9 @@ impl Generator for VarOrtCpu {
                 }
             }
             scale_ms.push(t0.elapsed().as_secs_f64() * 1e3);
-            observer.on_token(range.end, total);
-            // A stop (or a passed deadline) ends the generation at the next scale boundary.
-            if range.end < total && observer.should_stop() {
-                return Err(RuntimeError::Cancelled {
-                    done: range.end,
-                    steps: total,
-                });
-            }
+            end_of_scale(observer, range.end, total)?;
         }
-        let decode_step_ms = scale_ms[1..].to_vec();
-        Ok(TokenOutput {
-            tokens,
-            prefill_ms: scale_ms[0],
-            decode_ms: decode_step_ms.iter().sum(),
-            decode_step_ms,
-            gpt_ms: start.elapsed().as_secs_f64() * 1e3,
-        })
+        Ok(token_output(tokens, &scale_ms, start))
     }
 
     fn has_fused_loop(&self) -> bool {
