@@ -1,4 +1,5 @@
-//! Typed ONNX operators (default domain, opset 17) with their attributes.
+//! Typed ONNX operators (default domain) with their attributes. Graphs are opset 17 unless an
+//! operator needs a newer one ([`Op::min_opset`]).
 
 use super::ElemType;
 
@@ -15,6 +16,8 @@ pub enum Op {
     Neg,
     Sigmoid,
     Tanh,
+    /// `Gelu(approximate="tanh")` (opset 20): one kernel where the formula takes nine.
+    GeluTanh,
     /// x, min, max (optional scalars): clamps x.
     Clip,
     MatMul,
@@ -88,6 +91,14 @@ pub enum Op {
 }
 
 impl Op {
+    /// The oldest default-domain opset that has this operator in this form.
+    pub fn min_opset(&self) -> i64 {
+        match self {
+            Op::GeluTanh => 20,
+            _ => crate::onnx::OPSET,
+        }
+    }
+
     /// The ONNX `op_type` string.
     pub fn op_type(&self) -> &'static str {
         match self {
@@ -101,6 +112,7 @@ impl Op {
             Op::Neg => "Neg",
             Op::Sigmoid => "Sigmoid",
             Op::Tanh => "Tanh",
+            Op::GeluTanh => "Gelu",
             Op::Clip => "Clip",
             Op::MatMul => "MatMul",
             Op::Less => "Less",

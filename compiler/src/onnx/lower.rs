@@ -79,15 +79,16 @@ pub fn write_model(
     }
     out.flush().map_err(|e| Error::io(&weights_path, e))?;
 
+    let opset = graph_opset(graph);
     let model = proto::ModelProto {
         ir_version: super::IR_VERSION,
         producer_name: "llamagen-rs".into(),
         producer_version: producer_version.into(),
         doc_string: String::new(),
-        graph: Some(lower_graph(graph, initializers)),
+        graph: Some(lower_graph(graph, initializers, opset)),
         opset_import: vec![proto::OperatorSetIdProto {
             domain: String::new(),
-            version: super::OPSET,
+            version: opset,
         }],
     };
     let onnx_path = dir.join(format!("{stem}.onnx"));
@@ -99,6 +100,17 @@ pub fn write_model(
     })
 }
 
+/// An inline 1-D i64 tensor.
+fn i64_tensor(name: &str, v: &[i64]) -> proto::TensorProto {
+    proto::TensorProto {
+        dims: vec![v.len() as i64],
+        data_type: data_type::INT64,
+        name: name.into(),
+        raw_data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
 fn entry(key: &str, value: &str) -> proto::StringStringEntryProto {
     proto::StringStringEntryProto {
         key: key.into(),
@@ -106,20 +118,48 @@ fn entry(key: &str, value: &str) -> proto::StringStringEntryProto {
     }
 }
 
-fn lower_graph(graph: &Graph, initializer: Vec<proto::TensorProto>) -> proto::GraphProto {
-    let name_of = |id| graph.value(id).name.clone();
-    let node = graph
+/// The opset a graph is written at: ours, or the newest one an operator of it needs.
+pub fn graph_opset(graph: &Graph) -> i64 {
+    graph
         .nodes
         .iter()
-        .map(|n| proto::NodeProto {
-            input: n.inputs.iter().map(|&i| name_of(i)).collect(),
+        .map(|n| n.op.min_opset())
+        .fold(super::OPSET, i64::max)
+}
+
+/// Reductions take their axes as an input from opset 18 on (an attribute before).
+const AXES_AS_INPUT: i64 = 18;
+
+fn lower_graph(
+    graph: &Graph,
+    mut initializer: Vec<proto::TensorProto>,
+    opset: i64,
+) -> proto::GraphProto {
+    let name_of = |id| graph.value(id).name.clone();
+    let mut node = Vec::with_capacity(graph.nodes.len());
+    for n in &graph.nodes {
+        let mut input: Vec<String> = n.inputs.iter().map(|&i| name_of(i)).collect();
+        let mut op = n.op.clone();
+        if let Op::ReduceMean { axes, keepdims } = &op {
+            if opset >= AXES_AS_INPUT {
+                let name = format!("{}.axes", n.name);
+                initializer.push(i64_tensor(&name, axes));
+                input.push(name);
+                op = Op::ReduceMean {
+                    axes: Vec::new(),
+                    keepdims: *keepdims,
+                };
+            }
+        }
+        node.push(proto::NodeProto {
+            input,
             output: n.outputs.iter().map(|&o| name_of(o)).collect(),
             name: n.name.clone(),
-            op_type: n.op.op_type().into(),
-            attribute: attributes(&n.op),
+            op_type: op.op_type().into(),
+            attribute: attributes(&op),
             domain: String::new(),
-        })
-        .collect();
+        });
+    }
     let io = |list: &[(crate::ir::ValueId, TensorType)]| {
         list.iter()
             .map(|(id, ty)| value_info(&name_of(*id), ty))
@@ -222,9 +262,14 @@ fn attributes(op: &Op) -> Vec<proto::AttributeProto> {
         }
         Op::Transpose { perm } => vec![ints("perm", perm)],
         Op::Cast { to } => vec![int("to", elem_type(*to) as i64)],
+        // Empty axes: the opset-18 form, where they are an input.
+        Op::ReduceMean { axes, keepdims } if axes.is_empty() => {
+            vec![int("keepdims", *keepdims as i64)]
+        }
         Op::ReduceMean { axes, keepdims } => {
             vec![ints("axes", axes), int("keepdims", *keepdims as i64)]
         }
+        Op::GeluTanh => vec![string("approximate", "tanh")],
         Op::Shape { start, end } => {
             let mut a = Vec::new();
             if let Some(s) = start {

@@ -78,24 +78,12 @@ pub fn silu(g: &mut Graph, name: &str, x: ValueId) -> ValueId {
     g.wire(name, Op::Mul, &[x, s])
 }
 
-/// `nn.GELU(approximate='tanh')`: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+/// `nn.GELU(approximate='tanh')`: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, as ONNX's
+/// `Gelu` (opset 20, which makes this graph opset 20). ONNX Runtime runs it as one kernel; the
+/// nine elementwise ops of the formula measured 4x its time on `[2, 256, 4096]` (16.9 ms vs
+/// 4.0 ms, max difference 4.8e-7), and its fusion pass did not match them.
 pub fn gelu_tanh(g: &mut Graph, name: &str, x: ValueId) -> ValueId {
-    let c = g.scalar_f32("const.gelu.cubic", 0.044715);
-    let k = g.scalar_f32(
-        "const.gelu.sqrt_2_over_pi",
-        (2.0f64 / std::f64::consts::PI).sqrt() as f32,
-    );
-    let half = g.scalar_f32("const.half", 0.5);
-    let one = g.scalar_f32("const.one", 1.0);
-    let x2 = g.wire(&format!("{name}.x2"), Op::Mul, &[x, x]);
-    let x3 = g.wire(&format!("{name}.x3"), Op::Mul, &[x2, x]);
-    let cx3 = g.wire(&format!("{name}.cx3"), Op::Mul, &[x3, c]);
-    let inner = g.wire(&format!("{name}.inner"), Op::Add, &[x, cx3]);
-    let inner = g.wire(&format!("{name}.inner_k"), Op::Mul, &[inner, k]);
-    let t = g.wire(&format!("{name}.tanh"), Op::Tanh, &[inner]);
-    let t1 = g.wire(&format!("{name}.one_plus"), Op::Add, &[t, one]);
-    let hx = g.wire(&format!("{name}.half_x"), Op::Mul, &[x, half]);
-    g.wire(name, Op::Mul, &[hx, t1])
+    g.wire(name, Op::GeluTanh, &[x])
 }
 
 /// `F.normalize(x, dim=-1)` over a last axis of `dim`: `x / max(||x||, 1e-12)`. The sum of
