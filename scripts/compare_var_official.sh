@@ -4,7 +4,9 @@
 # the same request (label 207, cfg 4 = batch 2, top-k 900, top-p 0.96, VQVAE decode included),
 # the same thread count, back to back.
 # Usage: [TORCH_PYTHON=python3] [THREADS=2] [RUNS=3] [LABELS=207] [CFG=4]
-#        scripts/compare_var_official.sh VAR_REPO_CHECKOUT [WORKDIR]
+#        [VARIANTS="fp32 int8-dynamic"] scripts/compare_var_official.sh VAR_REPO_CHECKOUT [WORKDIR]
+# VARIANTS: the bundles to time against the one official run: fp32, fp16, int8 (weight-only),
+# int8-dynamic (int8 GEMMs with activations quantized at run time).
 # VAR_REPO_CHECKOUT: FoundationVision/VAR with its models/, dist.py and utils/ (never vendored
 # here). TORCH_PYTHON must have torch and huggingface_hub (plain `pip install torch huggingface_hub`);
 # the ONNX Runtime library comes from scripts/setup.sh. Prints a JSON line per side, a table of
@@ -18,6 +20,7 @@ labels=${LABELS:-207}
 cfg=${CFG:-4}
 threads=${THREADS:-2}
 runs=${RUNS:-3}
+variants=${VARIANTS:-fp32}
 bash "$here/scripts/setup.sh" >/dev/null
 cargo build --release --bins --manifest-path "$here/Cargo.toml" -q
 bin="$here/target/release"
@@ -27,35 +30,42 @@ official=$("$py" "$here/scripts/var_official_baseline.py" --var-repo "$repo" --o
   --labels "$labels" --cfg-scale "$cfg" --top-k 900 --top-p 0.96 --threads "$threads" \
   --runs "$runs" 2>/dev/null | tail -n 1)
 echo "official: $official"
-rm -rf "$work/bundle" "$work/greedy"
-"$bin/llamagen-compile" --var-model d16 --var-ckpt "$work/var.pth" --vae-ckpt "$work/vae.pth" \
-  --out "$work/bundle" >/dev/null
-ours=$("$bin/llamagen" bench --bundle "$work/bundle" --labels "$labels" --cfg-scale "$cfg" \
-  --top-k 900 --top-p 0.96 --threads "$threads" --runs "$runs" --json)
-echo "ours: $ours"
-"$bin/llamagen" generate --bundle "$work/bundle" --labels "$labels" --cfg-scale "$cfg" \
-  --top-k 1 --threads "$threads" --out "$work/greedy" >/dev/null
+ours_all=()
+for v in $variants; do
+  case $v in
+    fp32|fp16|int8) flags=(--precision "$v") ;;
+    int8-dynamic) flags=(--precision int8 --int8-activations dynamic) ;;
+    *) echo "unknown variant $v (fp32, fp16, int8, int8-dynamic)" >&2; exit 2 ;;
+  esac
+  rm -rf "$work/bundle-$v" "$work/greedy-$v"
+  "$bin/llamagen-compile" --var-model d16 --var-ckpt "$work/var.pth" --vae-ckpt "$work/vae.pth" \
+    "${flags[@]}" --out "$work/bundle-$v" >/dev/null
+  ours=$("$bin/llamagen" bench --bundle "$work/bundle-$v" --labels "$labels" --cfg-scale "$cfg" \
+    --top-k 900 --top-p 0.96 --threads "$threads" --runs "$runs" --json)
+  echo "ours ($v): $ours"
+  "$bin/llamagen" generate --bundle "$work/bundle-$v" --labels "$labels" --cfg-scale "$cfg" \
+    --top-k 1 --threads "$threads" --out "$work/greedy-$v" >/dev/null
+  ours_all+=("$v=$ours")
+done
 echo "machine after: load $(cut -d' ' -f1-3 /proc/loadavg)"
 
-python3 - "$official" "$ours" "$work" <<'PY'
+python3 - "$official" "$work" "${ours_all[@]}" <<'PY'
 import json, sys
 import numpy as np
-off, ours, work = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+off, work = json.loads(sys.argv[1]), sys.argv[2]
+variants = [a.split("=", 1) for a in sys.argv[3:]]
 a = np.load(f"{work}/greedy.tokens.npy")
-b = np.load(f"{work}/greedy/tokens.npy")
-print(f"{'':32}{'official':>12}{'llamagen-rs':>14}{'speed-up':>10}")
-rows = [("generation + decode (ms)", off["total_ms"], ours["total_ms"]),
-        ("VQVAE decode (ms)", off["vq_ms"], ours["vq_ms"])]
-for name, o, r in rows:
-    print(f"{name:32}{o:12.1f}{r:14.1f}{o / r:9.2f}x")
-print(f"transformer, 10 scales (ms)     {'':12}{ours['gpt_ms']:14.1f}")
-for k in ("scale_ms", "ms_per_scale"):
-    if ours.get(k):
-        print("per scale (ms): " + ", ".join(f"{x:.0f}" for x in ours[k]))
-print(f"peak RSS {ours['peak_rss_mb']:.0f} MB = {ours['peak_rss_mb'] / ours['bundle_mb']:.2f}x "
-      f"bundle ({ours['bundle_mb']:.0f} MB)")
-print(f"greedy token agreement with the official code: {float((a == b).mean()):.4f} "
-      f"({a.shape}; first difference at {int(np.argmax(a != b)) if (a != b).any() else None})")
-print(f"torch {off['torch']}, {off['threads']} threads; ours {ours['backend']}, "
-      f"batch {ours['batch']} x cfg, {ours['runs']} runs (medians)")
+print(f"{'':14}{'total ms':>10}{'vs official':>12}{'VQVAE ms':>10}{'vs official':>12}"
+      f"{'transformer ms':>16}{'peak RSS MB':>12}{'x bundle':>9}{'greedy =':>9}")
+print(f"{'official':14}{off['total_ms']:10.0f}{'':12}{off['vq_ms']:10.0f}")
+for name, text in variants:
+    r = json.loads(text)
+    b = np.load(f"{work}/greedy-{name}/tokens.npy")
+    print(f"{name:14}{r['total_ms']:10.0f}{off['total_ms'] / r['total_ms']:11.2f}x"
+          f"{r['vq_ms']:10.0f}{off['vq_ms'] / r['vq_ms']:11.2f}x{r['gpt_ms']:16.0f}"
+          f"{r['peak_rss_mb']:12.0f}{r['peak_rss_mb'] / r['bundle_mb']:9.2f}"
+          f"{float((a == b).mean()):9.4f}")
+    print(f"{'':14}per scale (ms): " + ", ".join(f"{x:.0f}" for x in r.get("scale_ms") or []))
+print(f"torch {off['torch']}, {off['threads']} threads; {len(variants)} bundles, batch 1 x cfg, "
+      f"medians of {off['runs']} runs; greedy = top-k 1 tokens equal to the official code's")
 PY

@@ -50,6 +50,9 @@ pub struct Graph {
     pub outputs: Vec<(ValueId, TensorType)>,
     names: HashMap<String, ValueId>,
     absent: Option<ValueId>,
+    /// Names defined more than once: a builder bug that [`Graph::check_unique_names`] turns
+    /// into an error before anything is written (ONNX would take the last definition).
+    duplicates: Vec<String>,
 }
 
 impl Graph {
@@ -61,14 +64,24 @@ impl Graph {
     }
 
     fn add_value(&mut self, name: String, origin: ValueOrigin) -> ValueId {
-        debug_assert!(
-            !self.names.contains_key(&name),
-            "duplicate value name {name}"
-        );
+        if self.names.contains_key(&name) {
+            self.duplicates.push(name.clone());
+        }
         let id = ValueId(self.values.len() as u32);
         self.names.insert(name.clone(), id);
         self.values.push(Value { name, origin });
         id
+    }
+
+    /// An error naming the first value defined twice, if any.
+    pub fn check_unique_names(&self) -> Result<(), crate::Error> {
+        match self.duplicates.first() {
+            Some(name) => Err(crate::Error::Internal(format!(
+                "graph {} defines the value {name} more than once",
+                self.name
+            ))),
+            None => Ok(()),
+        }
     }
 
     pub fn value(&self, id: ValueId) -> &Value {
@@ -204,5 +217,26 @@ impl Graph {
         list.iter()
             .map(|(id, ty)| (self.value(*id).name.clone(), ty.clone()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{ElemType, Op, TensorType};
+
+    #[test]
+    fn a_value_defined_twice_is_an_error_before_writing() {
+        let mut g = Graph::new("g");
+        let x = g.input("x", TensorType::new(ElemType::F32, vec![]));
+        g.wire("y", Op::Neg, &[x]);
+        assert!(g.check_unique_names().is_ok());
+        g.wire("y", Op::Neg, &[x]);
+        let err = g.check_unique_names().unwrap_err().to_string();
+        assert!(err.contains("graph g") && err.contains("value y"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let written = crate::onnx::write_model(&g, dir.path(), "g", "test", &mut |_, _| {});
+        assert!(written.is_err());
+        assert!(!dir.path().join("g.weights").exists());
     }
 }

@@ -33,6 +33,7 @@ pub fn write_model(
     producer_version: &str,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<WrittenModel, Error> {
+    graph.check_unique_names()?;
     let weights_name = format!("{stem}.weights");
     let weights_path = dir.join(&weights_name);
     let file = File::create(&weights_path).map_err(|e| Error::io(&weights_path, e))?;
