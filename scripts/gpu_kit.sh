@@ -3,13 +3,17 @@
 # a GPU check needs into one archive, and runs it on the GPU machine.
 #
 #   scripts/gpu_kit.sh build     # here: target/gpu-kit.tar.gz (release binaries with
-#                                # --features cuda, the GPU test binaries, the golden fixtures)
+#                                # --features cuda, the GPU test binaries, the model YAMLs)
 #   scripts/gpu_kit.sh test [DIR] # on the GPU machine, with target/gpu-kit.tar.gz carried:
 #                                # unpacks into DIR (default: a new temporary folder, outside
-#                                # the repository, so the kit proves it carries everything it
-#                                # needs), runs doctor and every GPU test from there (kernels vs
-#                                # CPU references, end to end vs the CPU backend and the
-#                                # official fixtures in the kit's tests/golden)
+#                                # the repository), links the checkout's tests/golden into it,
+#                                # runs doctor and every GPU test from there (kernels vs CPU
+#                                # references, end to end vs the CPU backend and the official
+#                                # fixtures)
+#
+# The golden fixtures (~40 MB, mostly checkpoints that do not compress) travel once, as tracked
+# files of the checkout the device receives: a kit with its own copy put checkout + kit over the
+# device's 64 MiB limit on what travels.
 #   scripts/gpu_kit.sh bench LLAMAGEN_CHECKOUT OUT   # on the GPU machine: scripts/gpu_bench.sh
 #                                # with the kit's binaries
 set -euo pipefail
@@ -17,14 +21,14 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 kit="$here/target/gpu-kit"
 case "${1:-}" in
 build)
-  rm -rf "$kit" && mkdir -p "$kit/bin" "$kit/tests/bin" "$kit/tests/golden"
+  rm -rf "$kit" && mkdir -p "$kit/bin" "$kit/tests/bin"
   cargo build --release --features cuda --manifest-path "$here/Cargo.toml"
   cp "$here/target/release/llamagen" "$here/target/release/llamagen-compile" "$kit/bin/"
   # Test binaries that exercise the GPU (their `gpu` cases skip without one).
   cargo test --release --features cuda --no-run --message-format=json \
     --manifest-path "$here/Cargo.toml" --workspace \
     --test cuda_gpt_kernels --test cuda_sampler --test cuda_vq_kernels --test cuda_emu \
-    --test cuda_nvrtc --test cuda_backend 2>/dev/null |
+    --test cuda_nvrtc --test cuda_backend --test cuda_var_kernels --test cuda_var 2>/dev/null |
     python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
@@ -33,9 +37,8 @@ for line in sys.stdin:
         shutil.copy(m["executable"], sys.argv[1] + "/" + m["target"]["name"])
 ' "$kit/tests/bin"
   strip "$kit"/bin/* "$kit"/tests/bin/*
-  # The test data the binaries look for (llamagen_test_support::paths): golden fixtures and
-  # the small model YAMLs, in the layout of the repository.
-  cp -r "$here/tests/golden/tiny-c2i" "$kit/tests/golden/"
+  # The test data the binaries look for (llamagen_test_support::paths), in the layout of the
+  # repository: the small model YAMLs here; `test` links the checkout's tests/golden in.
   cp -r "$here/tests/fixtures" "$kit/tests/"
   tar -C "$here/target" -czf "$here/target/gpu-kit.tar.gz" gpu-kit
   ls -la "$here/target/gpu-kit.tar.gz" "$kit"/bin "$kit"/tests/bin
@@ -44,6 +47,7 @@ test)
   dir=${2:-$(mktemp -d)}
   mkdir -p "$dir"
   tar -C "$dir" -xzf "$here/target/gpu-kit.tar.gz"
+  ln -sfn "$here/tests/golden" "$dir/gpu-kit/tests/golden"
   cd "$dir/gpu-kit"
   ./bin/llamagen doctor
   status=0
