@@ -27,7 +27,7 @@ use crate::device::{DType, DevSlice, Device, Gemm};
 use crate::error::CudaError;
 use crate::ops::sampler::{self, SampleIo, SampleParams};
 use crate::ops::var::{self as k, Ada, AttnShape, Block, Cache, MapShape, ScaleTokens};
-use crate::var_weights::{BlockAda, Linear, VarWeights};
+use crate::var_weights::{phi_slot, BlockAda, Linear, VarWeights};
 
 /// Device buffers of one batch shape: `n` requests, `rows` = `2n` with CFG else `n`.
 pub struct VarSession<D: Device> {
@@ -403,11 +403,8 @@ impl<D: Device> Pass<'_, D> {
             self.f32s(up),
             m,
         )?;
-        let phi = &w.phis[if c.phi_count == 0 {
-            0
-        } else {
-            c.phi_of_scale[j]
-        }];
+        // Checked when the weights were loaded.
+        let phi = &w.phis[phi_slot(c, j).unwrap_or(0)];
         let pw = [self.f32s(&phi.w), self.f32s(&phi.b)];
         k::phi_accumulate(
             d,
