@@ -9,8 +9,8 @@
 //! weights, GEMM inputs and the KV caches in fp16; images (the VQVAE decode of `f_hat` on the
 //! device) within FP16_DEVICE_IMAGE of the CPU backend's and of the official decode; sampled
 //! tokens (top-k / VAR's top-p) of the fused device loop identical to the CPU sampler's on the
-//! device's logits (the samplers are bit-exact); the captured scales and per-scale launches give
-//! identical tokens.
+//! device's logits (the samplers are bit-exact), also with per-row seeds of a merged batch; the
+//! captured scales and per-scale launches give identical tokens.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
 mod support;
@@ -20,8 +20,8 @@ use std::path::Path;
 use llamagen_compiler::bundle::Precision;
 use llamagen_runtime::compare::cosine;
 use llamagen_runtime::{
-    BackendChoice, BackendKind, CudaOptions, GenerateRequest, Pipeline, PipelineOptions,
-    RuntimeError, SamplingOptions,
+    BackendChoice, BackendKind, CudaOptions, GenerateRequest, Observer, Pipeline, PipelineOptions,
+    RowSeed, RunOptions, RuntimeError, SamplingOptions,
 };
 use llamagen_test_support::{FP16_DEVICE_IMAGE, FP16_VS_FP32};
 use support::golden::{compile_tiny_var, read_f32, read_i64, tiny_var_dir};
@@ -253,6 +253,59 @@ fn sampled_tokens_match_cpu_sampler(kind: BackendKind) {
     }
 }
 
+/// A merged batch with per-row seeds (`RunOptions::row_seeds`): on the fused device loop each
+/// row draws from its own stream exactly as the CPU sampler does on the device's logits (the
+/// host loop), as its request alone does, and as the CPU backend does (top-k 4 keeps few CDF
+/// boundaries for the fp16 logits to cross).
+fn per_row_seeds_follow_the_cpu_streams(kind: BackendKind) {
+    let (_tmp, dir) = bundle(Precision::Fp32);
+    let Some(p) = load(&dir, kind, true) else {
+        return;
+    };
+    let cpu = load(&dir, BackendKind::Cpu, true).unwrap();
+    let sampling = SamplingOptions {
+        temperature: 1.0,
+        top_k: 4,
+        top_p: 0.9,
+    };
+    let a = request(4.0, sampling, 5);
+    let b = GenerateRequest {
+        labels: vec![3],
+        seed: 9,
+        ..a.clone()
+    };
+    let merged = GenerateRequest {
+        labels: [a.labels.clone(), b.labels.clone()].concat(),
+        ..a.clone()
+    };
+    let run = RunOptions {
+        row_seeds: [RowSeed::of_request(&a), RowSeed::of_request(&b)].concat(),
+        ..RunOptions::default()
+    };
+    let tokens = |p: &Pipeline, obs: &mut dyn Observer| {
+        p.generate_tokens_with(&merged, &run, obs).unwrap().tokens
+    };
+    let fused = tokens(&p, &mut progress());
+    let host = tokens(&p, &mut LogitsRecorder::default());
+    assert_eq!(
+        fused, host,
+        "{kind:?}: device sampler vs CPU sampler, per-row seeds"
+    );
+    let alone: Vec<Vec<u32>> = [&a, &b]
+        .iter()
+        .flat_map(|r| p.generate_tokens(r, &mut progress()).unwrap().tokens)
+        .collect();
+    assert_eq!(fused, alone, "{kind:?}: merged batch vs requests alone");
+    assert_eq!(
+        fused,
+        tokens(&cpu, &mut progress()),
+        "{kind:?} vs the CPU backend, per-row seeds"
+    );
+    // Without per-row seeds row 2 draws (seed 5, stream 2): the test is not vacuous.
+    let plain = p.generate_tokens(&merged, &mut progress()).unwrap().tokens;
+    assert_ne!(plain[2], fused[2]);
+}
+
 fn graph_replay_equals_per_scale_launches(kind: BackendKind) {
     let (_tmp, dir) = bundle(Precision::Fp32);
     let (Some(graph), Some(eager)) = (load(&dir, kind, true), load(&dir, kind, false)) else {
@@ -312,4 +365,5 @@ backend_tests!(
     graph_replay_equals_per_scale_launches,
     fp16_bundle_runs,
     variants_match_official,
+    per_row_seeds_follow_the_cpu_streams,
 );
