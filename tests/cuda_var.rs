@@ -1,5 +1,6 @@
-//! VAR on the CUDA backend end to end against the official fixtures (tests/golden/tiny-var) and
-//! the CPU backend: on the kernel emulator (feature `cuda-emu`, any machine) and on a GPU
+//! VAR on the CUDA backend end to end against the official fixtures (tests/golden/tiny-var, and
+//! the variants of tiny-var-variants: shared AdaLN, other phi sharings, identity phi) and the
+//! CPU backend: on the kernel emulator (feature `cuda-emu`, any machine) and on a GPU
 //! (feature `cuda`; skipped with a message when there is none).
 //!
 //! Levels: greedy tokens identical to the official ones (cfg 1.5 and 4, the fused loop of
@@ -8,8 +9,8 @@
 //! weights, GEMM inputs and the KV caches in fp16; images (the VQVAE decode of `f_hat` on the
 //! device) within FP16_DEVICE_IMAGE of the CPU backend's and of the official decode; sampled
 //! tokens (top-k / VAR's top-p) of the fused device loop identical to the CPU sampler's on the
-//! device's logits (the samplers are bit-exact); the captured scales and per-scale launches give
-//! identical tokens.
+//! device's logits (the samplers are bit-exact), also with per-row seeds of a merged batch; the
+//! captured scales and per-scale launches give identical tokens.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
 mod support;
@@ -20,14 +21,12 @@ use llamagen_compiler::bundle::Precision;
 use llamagen_runtime::compare::cosine;
 use llamagen_runtime::{
     BackendChoice, BackendKind, CudaOptions, GenerateRequest, Observer, Pipeline, PipelineOptions,
-    RuntimeError, SamplingOptions,
+    RowSeed, RunOptions, RuntimeError, SamplingOptions,
 };
 use llamagen_test_support::{FP16_DEVICE_IMAGE, FP16_VS_FP32};
 use support::golden::{compile_tiny_var, read_f32, read_i64, tiny_var_dir};
-
-/// Tokens of all scales, vocabulary.
-const TOKENS: usize = 30;
-const VOCAB: usize = 64;
+use support::recorder::LogitsRecorder;
+use support::var_greedy::{rows, TOKENS, VOCAB};
 
 fn load(bundle: &Path, kind: BackendKind, cuda_graph: bool) -> Option<Pipeline> {
     let cuda = CudaOptions {
@@ -79,13 +78,6 @@ fn greedy() -> SamplingOptions {
     }
 }
 
-fn rows(tokens: &[i64]) -> Vec<Vec<u32>> {
-    tokens
-        .chunks(TOKENS)
-        .map(|r| r.iter().map(|&t| t as u32).collect())
-        .collect()
-}
-
 fn flat(tokens: &[Vec<u32>]) -> Vec<i64> {
     tokens.iter().flatten().map(|&t| t as i64).collect()
 }
@@ -95,18 +87,63 @@ fn progress() -> impl FnMut(usize, usize) {
     |_, _| {}
 }
 
-/// Records the logits each token was sampled from: `[row][token][vocab]`.
-#[derive(Default)]
-struct Logits(Vec<Vec<Vec<f32>>>);
-
-impl Observer for Logits {
-    fn on_logits(&mut self, step: usize, row: usize, logits: &[f32]) {
-        if self.0.len() <= row {
-            self.0.resize(row + 1, Vec::new());
-        }
-        assert_eq!(self.0[row].len(), step, "tokens arrive in order");
-        self.0[row].push(logits.to_vec());
+/// The fused loop's greedy tokens equal the official `<dir>/greedy_<cfg>.tokens.npy`; twice:
+/// the first run captures the scales, the second replays every one.
+fn check_greedy_tokens(p: &Pipeline, kind: BackendKind, dir: &Path, cfg: &str, scale: f32) {
+    let (_, want) = read_i64(&dir.join(format!("greedy_{cfg}.tokens.npy")));
+    for run in 0..2 {
+        let out = p
+            .generate_tokens(&request(scale, greedy(), 0), &mut progress())
+            .unwrap();
+        let what = format!("{kind:?} greedy tokens {} {cfg}, run {run}", dir.display());
+        assert_eq!(flat(&out.tokens), want, "{what}");
     }
+}
+
+/// Teacher-forced on the official tokens, the device's logits meet FP16_VS_FP32 against the
+/// official `<dir>/greedy_<cfg>.logits.npy`.
+fn check_logits(p: &Pipeline, kind: BackendKind, dir: &Path, cfg: &str, scale: f32) {
+    let (_, tokens) = read_i64(&dir.join(format!("greedy_{cfg}.tokens.npy")));
+    let (shape, want) = read_f32(&dir.join(format!("greedy_{cfg}.logits.npy")));
+    assert_eq!(shape, vec![2, TOKENS, VOCAB]);
+    let mut rec = LogitsRecorder::default();
+    p.score_tokens(&request(scale, greedy(), 0), &rows(&tokens), &mut rec)
+        .unwrap();
+    let got: Vec<f32> = rec.0.into_iter().flatten().flatten().collect();
+    let cos: Vec<f64> = got
+        .chunks(VOCAB)
+        .zip(want.chunks(VOCAB))
+        .map(|(a, b)| cosine(a, b))
+        .collect();
+    let min = cos.iter().cloned().fold(f64::INFINITY, f64::min);
+    let mean = cos.iter().sum::<f64>() / cos.len() as f64;
+    let max_err = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let what = format!("{kind:?} {} {cfg}", dir.display());
+    eprintln!("{what}: logits cosine min {min:.7} mean {mean:.7}, max abs error {max_err:.3e}");
+    FP16_VS_FP32.assert_meets(&format!("{what} logits"), min, mean, f64::INFINITY);
+}
+
+/// The device's images of the official `<dir>/greedy_<cfg>` tokens are within
+/// FP16_DEVICE_IMAGE of the official ones (autoregressive_infer_cfg: (clamp(-1, 1) + 1) / 2).
+fn check_images(p: &Pipeline, kind: BackendKind, dir: &Path, cfg: &str) {
+    let (_, tokens) = read_i64(&dir.join(format!("greedy_{cfg}.tokens.npy")));
+    let got: Vec<f32> = p.decode_images(&rows(&tokens)).unwrap().pixels.concat();
+    let got: Vec<f32> = got
+        .iter()
+        .map(|&x| (x.clamp(-1.0, 1.0) + 1.0) * 0.5)
+        .collect();
+    let (_, want) = read_f32(&dir.join(format!("greedy_{cfg}.images.npy")));
+    let (max, _) = image_error(&got, &want);
+    let what = format!(
+        "{kind:?} greedy {cfg} images of {} vs official",
+        dir.display()
+    );
+    eprintln!("{what}: max abs error {max:.3e}");
+    FP16_DEVICE_IMAGE.assert_close(&what, &got, &want);
 }
 
 fn greedy_matches_official(kind: BackendKind) {
@@ -115,18 +152,7 @@ fn greedy_matches_official(kind: BackendKind) {
         return;
     };
     for (cfg, scale) in [("cfg1.5", 1.5), ("cfg4", 4.0)] {
-        let (_, want) = read_i64(&tiny_var_dir().join(format!("greedy_{cfg}.tokens.npy")));
-        // Twice: the first run captures the scales, the second replays every one.
-        for run in 0..2 {
-            let out = p
-                .generate_tokens(&request(scale, greedy(), 0), &mut progress())
-                .unwrap();
-            assert_eq!(
-                flat(&out.tokens),
-                want,
-                "{kind:?} greedy tokens {cfg}, run {run}"
-            );
-        }
+        check_greedy_tokens(&p, kind, &tiny_var_dir(), cfg, scale);
     }
 }
 
@@ -136,30 +162,23 @@ fn per_token_logits_match_official(kind: BackendKind) {
         return;
     };
     for (cfg, scale) in [("cfg1.5", 1.5), ("cfg4", 4.0)] {
-        let golden = tiny_var_dir();
-        let (_, tokens) = read_i64(&golden.join(format!("greedy_{cfg}.tokens.npy")));
-        let (shape, want) = read_f32(&golden.join(format!("greedy_{cfg}.logits.npy")));
-        assert_eq!(shape, vec![2, TOKENS, VOCAB]);
-        let mut rec = Logits::default();
-        p.score_tokens(&request(scale, greedy(), 0), &rows(&tokens), &mut rec)
-            .unwrap();
-        let got: Vec<f32> = rec.0.into_iter().flatten().flatten().collect();
-        let cos: Vec<f64> = got
-            .chunks(VOCAB)
-            .zip(want.chunks(VOCAB))
-            .map(|(a, b)| cosine(a, b))
-            .collect();
-        let min = cos.iter().cloned().fold(f64::INFINITY, f64::min);
-        let mean = cos.iter().sum::<f64>() / cos.len() as f64;
-        let max_err = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        eprintln!(
-            "{kind:?} {cfg}: logits cosine min {min:.7} mean {mean:.7}, max abs error {max_err:.3e}"
-        );
-        FP16_VS_FP32.assert_meets(&format!("{kind:?} logits {cfg}"), min, mean, f64::INFINITY);
+        check_logits(&p, kind, &tiny_var_dir(), cfg, scale);
+    }
+}
+
+/// The official variants of tests/golden/tiny-var-variants (shared AdaLN, the other phi
+/// sharings, identity phi): greedy tokens, logits and images at the levels above.
+fn variants_match_official(kind: BackendKind) {
+    for v in support::var_variants::ALL {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("bundle");
+        v.compile(&dir, Precision::Fp32);
+        let Some(p) = load(&dir, kind, true) else {
+            return;
+        };
+        check_greedy_tokens(&p, kind, &v.dir(), "cfg1.5", 1.5);
+        check_logits(&p, kind, &v.dir(), "cfg1.5", 1.5);
+        check_images(&p, kind, &v.dir(), "cfg1.5");
     }
 }
 
@@ -203,14 +222,7 @@ fn images_match_cpu_and_official(kind: BackendKind) {
     let (max, psnr) = image_error(&got, &want);
     eprintln!("{kind:?} greedy cfg4 images vs CPU: max abs error {max:.3e}, {psnr:.1} dB");
     FP16_DEVICE_IMAGE.assert_close(&format!("{kind:?} images vs CPU"), &got, &want);
-    let got: Vec<f32> = got
-        .iter()
-        .map(|&x| (x.clamp(-1.0, 1.0) + 1.0) * 0.5)
-        .collect();
-    let (_, want) = read_f32(&golden.join("greedy_cfg4.images.npy"));
-    let (max, _) = image_error(&got, &want);
-    eprintln!("{kind:?} greedy cfg4 images vs official: max abs error {max:.3e}");
-    FP16_DEVICE_IMAGE.assert_close(&format!("{kind:?} images vs official"), &got, &want);
+    check_images(&p, kind, &golden, "cfg4");
 }
 
 /// Sampling with top-k and VAR's top-p.
@@ -232,13 +244,66 @@ fn sampled_tokens_match_cpu_sampler(kind: BackendKind) {
         // The fused loop samples on the device; with an observer of the logits the host loop
         // samples on the CPU from the device's logits.
         let fused = p.generate_tokens(&req, &mut progress()).unwrap();
-        let mut rec = Logits::default();
+        let mut rec = LogitsRecorder::default();
         let host = p.generate_tokens(&req, &mut rec).unwrap();
         assert_eq!(
             fused.tokens, host.tokens,
             "{kind:?} cfg {scale} seed {seed}: device sampler vs CPU sampler"
         );
     }
+}
+
+/// A merged batch with per-row seeds (`RunOptions::row_seeds`): on the fused device loop each
+/// row draws from its own stream exactly as the CPU sampler does on the device's logits (the
+/// host loop), as its request alone does, and as the CPU backend does (top-k 4 keeps few CDF
+/// boundaries for the fp16 logits to cross).
+fn per_row_seeds_follow_the_cpu_streams(kind: BackendKind) {
+    let (_tmp, dir) = bundle(Precision::Fp32);
+    let Some(p) = load(&dir, kind, true) else {
+        return;
+    };
+    let cpu = load(&dir, BackendKind::Cpu, true).unwrap();
+    let sampling = SamplingOptions {
+        temperature: 1.0,
+        top_k: 4,
+        top_p: 0.9,
+    };
+    let a = request(4.0, sampling, 5);
+    let b = GenerateRequest {
+        labels: vec![3],
+        seed: 9,
+        ..a.clone()
+    };
+    let merged = GenerateRequest {
+        labels: [a.labels.clone(), b.labels.clone()].concat(),
+        ..a.clone()
+    };
+    let run = RunOptions {
+        row_seeds: [RowSeed::of_request(&a), RowSeed::of_request(&b)].concat(),
+        ..RunOptions::default()
+    };
+    let tokens = |p: &Pipeline, obs: &mut dyn Observer| {
+        p.generate_tokens_with(&merged, &run, obs).unwrap().tokens
+    };
+    let fused = tokens(&p, &mut progress());
+    let host = tokens(&p, &mut LogitsRecorder::default());
+    assert_eq!(
+        fused, host,
+        "{kind:?}: device sampler vs CPU sampler, per-row seeds"
+    );
+    let alone: Vec<Vec<u32>> = [&a, &b]
+        .iter()
+        .flat_map(|r| p.generate_tokens(r, &mut progress()).unwrap().tokens)
+        .collect();
+    assert_eq!(fused, alone, "{kind:?}: merged batch vs requests alone");
+    assert_eq!(
+        fused,
+        tokens(&cpu, &mut progress()),
+        "{kind:?} vs the CPU backend, per-row seeds"
+    );
+    // Without per-row seeds row 2 draws (seed 5, stream 2): the test is not vacuous.
+    let plain = p.generate_tokens(&merged, &mut progress()).unwrap().tokens;
+    assert_ne!(plain[2], fused[2]);
 }
 
 fn graph_replay_equals_per_scale_launches(kind: BackendKind) {
@@ -299,4 +364,6 @@ backend_tests!(
     sampled_tokens_match_cpu_sampler,
     graph_replay_equals_per_scale_launches,
     fp16_bundle_runs,
+    variants_match_official,
+    per_row_seeds_follow_the_cpu_streams,
 );

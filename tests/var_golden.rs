@@ -9,29 +9,11 @@ mod support;
 
 use llamagen_compiler::bundle::Precision;
 use llamagen_runtime::compare::cosine;
-use llamagen_runtime::{GenerateRequest, Pipeline, PipelineOptions, SamplingOptions};
-use llamagen_test_support::{FP32_IMAGE, FP32_LOGITS};
+use llamagen_runtime::{Pipeline, PipelineOptions};
+use llamagen_test_support::FP32_IMAGE;
 use support::golden::{compile_tiny_var_with, read_f32, read_i64, tiny_var_dir};
 use support::recorder::LogitsRecorder;
-
-/// Tokens of all scales.
-const TOKENS: usize = 30;
-const VOCAB: usize = 64;
-
-/// The golden requests: labels 1 and 7, top-k 1 (top-p 0 = off).
-fn greedy(cfg_scale: f32) -> GenerateRequest {
-    GenerateRequest {
-        labels: vec![1, 7],
-        cfg_scale,
-        cfg_interval: -1.0,
-        sampling: SamplingOptions {
-            temperature: 1.0,
-            top_k: 1,
-            top_p: 0.0,
-        },
-        seed: 0,
-    }
-}
+use support::var_greedy::{greedy, rows, TOKENS, VOCAB};
 
 fn load(precision: Precision) -> (tempfile::TempDir, Pipeline) {
     load_with(precision, false)
@@ -45,46 +27,10 @@ fn load_with(precision: Precision, dynamic_int8: bool) -> (tempfile::TempDir, Pi
     (tmp, p)
 }
 
-fn rows(tokens: &[i64]) -> Vec<Vec<u32>> {
-    tokens
-        .chunks(TOKENS)
-        .map(|r| r.iter().map(|&t| t as u32).collect())
-        .collect()
-}
-
 /// Tokens identical, logits at FP32_LOGITS, images at FP32_IMAGE against `greedy_<cfg>`.
 fn check_greedy(cfg: &str, cfg_scale: f32) {
     let (_tmp, p) = load(Precision::Fp32);
-    let mut rec = LogitsRecorder(Vec::new());
-    let out = p.generate_tokens(&greedy(cfg_scale), &mut rec).unwrap();
-    let dir = tiny_var_dir();
-
-    let (shape, want) = read_i64(&dir.join(format!("greedy_{cfg}.tokens.npy")));
-    assert_eq!(shape, vec![2, TOKENS]);
-    let got: Vec<i64> = out.tokens.iter().flatten().map(|&t| t as i64).collect();
-    assert_eq!(got, want, "greedy tokens, {cfg}");
-
-    let (shape, want) = read_f32(&dir.join(format!("greedy_{cfg}.logits.npy")));
-    assert_eq!(shape, vec![2, TOKENS, VOCAB]);
-    let got: Vec<f32> = rec.0.into_iter().flatten().flatten().collect();
-    let m = FP32_LOGITS.assert_close(&format!("logits {cfg}"), &got, &want);
-    eprintln!(
-        "{cfg}: logits max abs error {:.3e} (bound {:.3e})",
-        m.max_abs, m.bound
-    );
-
-    // autoregressive_infer_cfg returns (decoder(...).clamp(-1, 1) + 1) / 2.
-    let images = p.decode_images(&out.tokens).unwrap();
-    let got: Vec<f32> = images
-        .pixels
-        .iter()
-        .flatten()
-        .map(|&x| (x.clamp(-1.0, 1.0) + 1.0) * 0.5)
-        .collect();
-    let (shape, want) = read_f32(&dir.join(format!("greedy_{cfg}.images.npy")));
-    assert_eq!(shape, vec![2, 3, 64, 64]);
-    let m = FP32_IMAGE.assert_close(&format!("images {cfg}"), &got, &want);
-    eprintln!("{cfg}: images max abs error {:.3e}", m.max_abs);
+    support::var_greedy::check_greedy(&p, &tiny_var_dir(), cfg, cfg_scale);
 }
 
 #[test]

@@ -13,8 +13,8 @@
 //!   `begin..begin + T` -> attention over slots `0..begin + T` (no mask) -> proj GEMM -> `x +=
 //!   gamma1 (. + b)`; AdaLN -> fc1 GEMM -> GELU-tanh(. + b) -> fc2 GEMM -> `x += gamma2 (. + b)`;
 //! - head: AdaLN -> logits GEMM -> `+ b` and `(1 + t) cond - t uncond` (`t` from device memory)
-//!   -> the device sampler over the `n T` cond token rows (its Philox stream: request row,
-//!   counter = token index), writing `tokens[r, begin + j]`.
+//!   -> the device sampler over the `n T` cond token rows (request row r's Philox stream from
+//!   the session's row-key table, counter = token index), writing `tokens[r, begin + j]`.
 //!
 //! Everything a request changes (labels, guidance per scale, sampling parameters per scale)
 //! lives in device memory; sizes and cache slots are per scale, fixed in its graph.
@@ -25,9 +25,9 @@ use llamagen_bundle::VarConfig;
 
 use crate::device::{DType, DevSlice, Device, Gemm};
 use crate::error::CudaError;
-use crate::ops::sampler::{self, SampleIo, SampleParams};
+use crate::ops::sampler::{self, RowKey, SampleIo, SampleParams};
 use crate::ops::var::{self as k, Ada, AttnShape, Block, Cache, MapShape, ScaleTokens};
-use crate::var_weights::{BlockAda, Linear, VarWeights};
+use crate::var_weights::{phi_slot, BlockAda, Linear, VarWeights};
 
 /// Device buffers of one batch shape: `n` requests, `rows` = `2n` with CFG else `n`.
 pub struct VarSession<D: Device> {
@@ -57,7 +57,8 @@ pub struct VarSession<D: Device> {
     tokens: D::Buf,
     /// i32 `[n Tmax]`: the sampler's next-ids output (unused by VAR).
     ids: D::Buf,
-    /// Per scale [`SampleParams::BYTES`].
+    /// Per scale [`sampler::params_bytes`]`(n)`: the scale's [`SampleParams`] and the request
+    /// rows' random streams.
     params: D::Buf,
     /// i32 `[S]`: each scale's first token index.
     begins: D::Buf,
@@ -123,7 +124,7 @@ impl<D: Device> VarSession<D> {
                 .collect::<Result<_, _>>()?,
             tokens: d.alloc(n * l * 4)?,
             ids: d.alloc(sz(n * tmax) * 4)?,
-            params: d.alloc(c.scales() * SampleParams::BYTES)?,
+            params: d.alloc(c.scales() * sampler::params_bytes(n))?,
             begins: d.alloc(begins.len())?,
             guidance: f32s(c.scales())?,
             scratch: d.alloc(sz(sampler::scratch_bytes(n * tmax, c.vocab_size)))?,
@@ -138,8 +139,10 @@ impl<D: Device> VarSession<D> {
     }
 
     /// Sets a request: `labels` of the `n` requests (the uncond rows get the null class),
-    /// `cfg_scale`, and the sampling parameters `base` (`SampleParams::new` for `n` rows) that
-    /// every scale uses with its own token block and VAR's top-p rule.
+    /// `cfg_scale`, the sampling parameters `base` (`SampleParams::new` for `n` rows) that
+    /// every scale uses with its own token block and VAR's top-p rule, and request row r's
+    /// random stream `row_keys[r]` (the table always travels: `row_key(seed, r)` draws what
+    /// `(base's key, stream r)` does).
     pub fn set_request(
         &self,
         d: &D,
@@ -147,6 +150,7 @@ impl<D: Device> VarSession<D> {
         labels: &[i64],
         cfg_scale: f32,
         base: &SampleParams,
+        row_keys: &[RowKey],
     ) -> Result<(), CudaError> {
         if labels.len() != self.n {
             return Err(CudaError::call(
@@ -174,12 +178,11 @@ impl<D: Device> VarSession<D> {
             .flat_map(|s| c.guidance(cfg_scale, s).to_le_bytes())
             .collect();
         d.upload(&self.guidance, 0, &t)?;
-        let params: Vec<u8> = (0..c.scales())
-            .flat_map(|s| {
-                base.token_blocks(c.scale_range(s).len(), TopPRule::Var)
-                    .to_bytes()
-            })
-            .collect();
+        let mut params = Vec::with_capacity(c.scales() * sampler::params_bytes(self.n));
+        for s in 0..c.scales() {
+            let scale = base.token_blocks(c.scale_range(s).len(), TopPRule::Var);
+            params.extend(scale.bytes_with_rows(row_keys)?);
+        }
         d.upload(&self.params, 0, &params)
     }
 
@@ -403,11 +406,8 @@ impl<D: Device> Pass<'_, D> {
             self.f32s(up),
             m,
         )?;
-        let phi = &w.phis[if c.phi_count == 0 {
-            0
-        } else {
-            c.phi_of_scale[j]
-        }];
+        // Checked when the weights were loaded.
+        let phi = &w.phis[phi_slot(c, j).unwrap_or(0)];
         let pw = [self.f32s(&phi.w), self.f32s(&phi.b)];
         k::phi_accumulate(
             d,
@@ -541,11 +541,10 @@ impl<D: Device> Pass<'_, D> {
     /// The device sampler over scale `si`'s `n T` cond token rows.
     fn sample(&self, si: usize) -> Result<(), CudaError> {
         let (d, s, c) = (self.d, self.s, &self.w.config);
-        let params = d.slice::<u8>(&s.params).at(
-            "VAR sampling parameters",
-            si * SampleParams::BYTES,
-            SampleParams::BYTES,
-        )?;
+        let bytes = sampler::params_bytes(s.n);
+        let params = d
+            .slice::<u8>(&s.params)
+            .at("VAR sampling parameters", si * bytes, bytes)?;
         let io = SampleIo {
             tokens: d.slice(&s.tokens),
             ids: d.slice(&s.ids),

@@ -15,7 +15,7 @@ use llamagen_bundle::{GraphRole, Manifest, VarConfig};
 use crate::device::Device;
 use crate::engine::Generated;
 use crate::error::CudaError;
-use crate::ops::sampler::SampleParams;
+use crate::ops::sampler::{RowKey, SampleParams};
 use crate::var::{issue_f_hat, issue_scale, VarSession};
 use crate::var_weights::VarWeights;
 use crate::vq::VqDecoder;
@@ -115,18 +115,22 @@ impl<D: Device> VarEngine<D> {
 
     /// A whole generation on the device for `labels` (CFG rows when `cfg_scale != 0`),
     /// sampling as `params` says (`SampleParams::new` for the `n` requests; each scale samples
-    /// its token block with VAR's top-p rule). `prefill_ms` is scale 0's time when it ran
-    /// eagerly (a session's first generation), else 0: replays never wait for the device.
+    /// its token block with VAR's top-p rule); request row r draws from `row_keys[r]` (its
+    /// seed and stream: `row_key(seed, r)` for a request alone, a service's merged batch gives
+    /// each row its own), a table in the parameter buffer the captured scales read.
+    /// `prefill_ms` is scale 0's time when it ran eagerly (a session's first generation), else
+    /// 0: replays never wait for the device.
     pub fn generate(
         &self,
         labels: &[i64],
         cfg_scale: f32,
         params: &SampleParams,
+        row_keys: &[RowKey],
     ) -> Result<Generated, CudaError> {
         let cfg = cfg_scale != 0.0;
         let _exec = self.exec.lock().unwrap_or_else(|p| p.into_inner());
         let mut s = self.take_session(labels.len(), cfg)?;
-        let out = self.run_fused(labels, cfg_scale, params, &mut s);
+        let out = self.run_fused(labels, cfg_scale, params, row_keys, &mut s);
         if out.is_ok() {
             self.return_session(s);
         }
@@ -138,11 +142,12 @@ impl<D: Device> VarEngine<D> {
         labels: &[i64],
         cfg_scale: f32,
         params: &SampleParams,
+        row_keys: &[RowKey],
         s: &mut VarSession<D>,
     ) -> Result<Generated, CudaError> {
         let (d, w) = (&self.device, &self.weights);
         let c = self.config();
-        s.set_request(d, c, labels, cfg_scale, params)?;
+        s.set_request(d, c, labels, cfg_scale, params, row_keys)?;
         let start = Instant::now();
         let mut prefill_ms = 0.0;
         if !self.use_graph {
@@ -188,7 +193,9 @@ impl<D: Device> VarEngine<D> {
         let c = self.config();
         let s = VarSession::new(d, c, labels.len(), cfg_scale != 0.0)?;
         let unused = SampleParams::new(&Default::default(), 0.0, -1.0, 0, labels.len(), false, 0);
-        s.set_request(d, c, labels, cfg_scale, &unused)?;
+        // The host loop samples on the CPU: any streams of the right count.
+        let unused_keys = vec![[0u32; 3]; labels.len()];
+        s.set_request(d, c, labels, cfg_scale, &unused, &unused_keys)?;
         Ok(s)
     }
 

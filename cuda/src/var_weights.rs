@@ -100,6 +100,16 @@ impl<D: Device> Reader<'_, D> {
     }
 }
 
+/// Index into [`VarWeights::phis`] of the phi scale `si` uses: the one zero conv when phi is
+/// the identity (`phi_count` 0), else `phi_of_scale[si]` (None when the manifest lacks it).
+pub(crate) fn phi_slot(c: &VarConfig, si: usize) -> Option<usize> {
+    if c.phi_count == 0 {
+        Some(0)
+    } else {
+        c.phi_of_scale.get(si).copied()
+    }
+}
+
 impl<D: Device> VarWeights<D> {
     /// Uploads the step graph's (`step`) and the embed graph's (`embed`) weights for `c`.
     pub fn load(
@@ -154,10 +164,15 @@ impl<D: Device> VarWeights<D> {
                 })
                 .collect::<Result<Vec<_>, CudaError>>()?
         };
-        if let Some(&k) = c.phi_of_scale.iter().find(|&&k| k >= phis.len()) {
+        let bad = |si: &usize| phi_slot(c, *si).is_none_or(|k| k >= phis.len());
+        if let Some(si) = (0..c.scales()).find(bad) {
             return Err(CudaError::call(
                 "loading VAR's phi convolutions",
-                format!("a scale uses phi {k} of {}", phis.len()),
+                format!(
+                    "scale {si} uses phi {:?} of {}",
+                    phi_slot(c, si),
+                    phis.len()
+                ),
             ));
         }
         let p = c.last_side();

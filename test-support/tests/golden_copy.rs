@@ -1,7 +1,7 @@
 //! The vendored golden fixtures (`tests/golden`) are byte-identical to `shared/golden`, their
 //! source, whenever that folder is beside the checkout (as on the team's machines and in CI).
-//! Every file of each vendored set must exist there with the same bytes, and every file of a
-//! vendored set's source folder must be vendored.
+//! Every file of each vendored set (subfolders included) must exist there with the same bytes,
+//! and every file of a vendored set's source folder must be vendored.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -13,6 +13,20 @@ fn names(dir: &Path) -> BTreeSet<String> {
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect()
+}
+
+/// Paths of the files under `dir`, relative to it, subfolders walked.
+fn files(dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for name in names(dir) {
+        let path = dir.join(&name);
+        if path.is_dir() {
+            out.extend(files(&path).into_iter().map(|f| format!("{name}/{f}")));
+        } else {
+            out.insert(name);
+        }
+    }
+    out
 }
 
 #[test]
@@ -35,7 +49,7 @@ fn vendored_golden_sets_equal_shared_golden() {
             source.is_dir(),
             "tests/golden/{set} has no source in shared/golden"
         );
-        let (ours_files, source_files) = (names(&ours), names(&source));
+        let (ours_files, source_files) = (files(&ours), files(&source));
         assert_eq!(
             ours_files, source_files,
             "tests/golden/{set}: other files than shared/golden/{set}"

@@ -4,3 +4,5 @@ pub mod cli;
 pub mod golden;
 pub mod recorder;
 pub mod reference;
+pub mod var_greedy;
+pub mod var_variants;

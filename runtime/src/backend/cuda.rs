@@ -13,6 +13,7 @@ use llamagen_cuda::{CudaError, Engine};
 
 use super::{Backend, BackendKind, FusedJob, FusedLoop, FusedTokens, StepInput};
 use crate::error::RuntimeError;
+use crate::request::RowSeed;
 
 impl From<CudaError> for RuntimeError {
     fn from(e: CudaError) -> Self {
@@ -141,19 +142,7 @@ impl<D: Device> FusedLoop for CudaBackend<D> {
         let g = if alone {
             self.engine.generate(&job.prefill_ids, &params)?
         } else {
-            let keys = job
-                .row_seeds
-                .iter()
-                .map(|s| {
-                    u32::try_from(s.stream)
-                        .map(|stream| row_key(s.seed, stream))
-                        .map_err(|_| RuntimeError::InvalidRequest {
-                            field: "row_seeds",
-                            value: s.stream.to_string(),
-                            reason: "the CUDA sampler's streams are 32-bit".into(),
-                        })
-                })
-                .collect::<Result<Vec<RowKey>, _>>()?;
+            let keys = device_row_keys(&job.row_seeds)?;
             self.engine
                 .generate_rows(&job.prefill_ids, &params, Some(&keys))?
         };
@@ -163,6 +152,23 @@ impl<D: Device> FusedLoop for CudaBackend<D> {
             gpt_ms: g.gpt_ms,
         })
     }
+}
+
+/// The device sampler's random stream of each row (`row_key(seed, stream)`); an error for a
+/// stream beyond the device's 32 bits.
+pub(super) fn device_row_keys(row_seeds: &[RowSeed]) -> Result<Vec<RowKey>, RuntimeError> {
+    row_seeds
+        .iter()
+        .map(|s| {
+            u32::try_from(s.stream)
+                .map(|stream| row_key(s.seed, stream))
+                .map_err(|_| RuntimeError::InvalidRequest {
+                    field: "row_seeds",
+                    value: s.stream.to_string(),
+                    reason: "the CUDA sampler's streams are 32-bit".into(),
+                })
+        })
+        .collect()
 }
 
 /// The CUDA crate's doctor lines as the runtime's.

@@ -12,11 +12,11 @@ use llamagen_cuda::device::Device;
 use llamagen_cuda::ops::sampler::SampleParams;
 use llamagen_cuda::VarEngine;
 
-use super::cuda::refuse_calibration;
+use super::cuda::{device_row_keys, refuse_calibration};
 use super::BackendKind;
 use crate::error::RuntimeError;
 use crate::pipeline::{Images, Observer, TokenOutput};
-use crate::request::GenerateRequest;
+use crate::request::{GenerateRequest, RowSeed};
 use crate::runner::{Generator, NextToken};
 use crate::var::{end_of_scale, guided, pick_token, token_output, var_sampling};
 
@@ -100,17 +100,11 @@ impl<D: Device> Generator for VarCuda<D> {
         &self,
         _m: &Manifest,
         req: &GenerateRequest,
-        row_seeds: &[crate::request::RowSeed],
+        row_seeds: &[RowSeed],
     ) -> Result<TokenOutput, RuntimeError> {
-        // The captured VAR scales draw from (request seed, row): merged batches with their own
-        // per-row seeds are not supported on this path yet.
-        if row_seeds != crate::request::RowSeed::of_request(req).as_slice() {
-            return Err(RuntimeError::InvalidRequest {
-                field: "row_seeds",
-                value: format!("{} rows", row_seeds.len()),
-                reason: "per-row seeds are not supported by the CUDA VAR loop yet".into(),
-            });
-        }
+        // Row r draws from row_seeds[r] (the request's own seed and stream r when alone), as
+        // the CPU loop does.
+        let keys = device_row_keys(row_seeds)?;
         let c = self.engine.config();
         let n = req.labels.len();
         let params = SampleParams::new(
@@ -124,7 +118,7 @@ impl<D: Device> Generator for VarCuda<D> {
         );
         let g = self
             .engine
-            .generate(&labels(req), cfg_scale(req), &params)?;
+            .generate(&labels(req), cfg_scale(req), &params, &keys)?;
         Ok(TokenOutput {
             tokens: g.tokens,
             prefill_ms: g.prefill_ms,
