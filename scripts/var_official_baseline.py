@@ -16,7 +16,8 @@ What it does:
 2. saves `var.pth` / `vae.pth` (`torch.save(model.state_dict())`, the released files' format) so
    our compiler compiles the very same weights;
 3. times `autoregressive_infer_cfg(B, label, cfg, top_k, top_p)` (VQVAE decode included) after a
-   warm-up, on CPU with --threads threads, and the VQVAE decode alone;
+   warm-up, on CPU with --threads threads, or with --device cuda as the official demo runs it
+   (fp16 autocast, flash attention and fused kernels where installed), and the VQVAE decode alone;
 4. runs it greedily (top_k 1) and saves the tokens `[B, 680]` (int64, scales concatenated) as
    `greedy.tokens.npy`: the script wraps `models.var.sample_with_top_k_top_p_` to record the
    tokens it returns (the only change to the official loop, and only for this run).
@@ -56,6 +57,8 @@ def main():
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda: the official demo's settings (fp16 autocast, flash/fused if present)")
     ap.add_argument("--reuse-ckpt", action="store_true",
                     help="load var.pth / vae.pth from --out instead of writing new random ones")
     ap.add_argument("--no-save", action="store_true",
@@ -75,10 +78,11 @@ def main():
     torch.manual_seed(a.seed)
     os.makedirs(a.out, exist_ok=True)
     patch_nums = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    gpu = a.device == "cuda"
     vae, var = build_vae_var(
-        device="cpu", patch_nums=patch_nums, V=4096, Cvae=32, ch=160, share_quant_resi=4,
+        device=a.device, patch_nums=patch_nums, V=4096, Cvae=32, ch=160, share_quant_resi=4,
         num_classes=1000, depth=a.depth, shared_aln=False, attn_l2_norm=True,
-        flash_if_available=False, fused_if_available=False,
+        flash_if_available=gpu, fused_if_available=gpu,
     )
     if a.keys_only:
         out = {}
@@ -90,26 +94,34 @@ def main():
     var_ckpt = os.path.join(a.out, "var.pth")
     vae_ckpt = os.path.join(a.out, "vae.pth")
     if a.reuse_ckpt:
-        vae.load_state_dict(torch.load(vae_ckpt, map_location="cpu"))
-        var.load_state_dict(torch.load(var_ckpt, map_location="cpu"))
+        vae.load_state_dict(torch.load(vae_ckpt, map_location=a.device))
+        var.load_state_dict(torch.load(var_ckpt, map_location=a.device))
     else:
         seeded_vae_init(vae, torch)
         for b in var.blocks:
             torch.nn.init.normal_(b.ada_lin[-1].weight, std=0.02)
         torch.nn.init.normal_(var.head.weight, std=0.02)
         if not a.no_save:
-            torch.save(var.state_dict(), var_ckpt)
-            torch.save(vae.state_dict(), vae_ckpt)
+            # CPU tensors, as the released files hold.
+            torch.save({k: v.cpu() for k, v in var.state_dict().items()}, var_ckpt)
+            torch.save({k: v.cpu() for k, v in vae.state_dict().items()}, vae_ckpt)
     var.eval()
     vae.eval()
 
     labels = [int(x) for x in a.labels.split(",")]
     B = len(labels)
-    label_B = torch.tensor(labels, dtype=torch.long)
+    label_B = torch.tensor(labels, dtype=torch.long, device=a.device)
+
+    def sync():
+        if gpu:
+            torch.cuda.synchronize()
 
     def infer(top_k, top_p):
-        return var.autoregressive_infer_cfg(B=B, label_B=label_B, g_seed=a.seed, cfg=a.cfg_scale,
-                                            top_k=top_k, top_p=top_p)
+        with torch.autocast("cuda", enabled=gpu, dtype=torch.float16, cache_enabled=True):
+            out = var.autoregressive_infer_cfg(B=B, label_B=label_B, g_seed=a.seed,
+                                               cfg=a.cfg_scale, top_k=top_k, top_p=top_p)
+        sync()
+        return out
 
     infer(a.top_k, a.top_p)  # warm-up, same shapes
     times = []
@@ -119,10 +131,12 @@ def main():
         times.append(time.perf_counter() - t)
     assert images.shape == (B, 3, 256, 256), images.shape
 
-    f_hat = torch.randn(B, 32, 16, 16)
+    f_hat = torch.randn(B, 32, 16, 16, device=a.device)
     vae.fhat_to_img(f_hat)
+    sync()
     t = time.perf_counter()
     vae.fhat_to_img(f_hat)
+    sync()
     vq_s = time.perf_counter() - t
 
     # Greedy tokens: record what the official sampler returns at each scale.
@@ -139,7 +153,7 @@ def main():
         infer(1, 0.0)
     finally:
         var_module.sample_with_top_k_top_p_ = official_sampler
-    greedy = torch.cat(recorded, dim=1).numpy().astype(np.int64)
+    greedy = torch.cat(recorded, dim=1).cpu().numpy().astype(np.int64)
     assert greedy.shape == (B, sum(p * p for p in patch_nums)), greedy.shape
     if not a.no_save:
         np.save(os.path.join(a.out, "greedy.tokens.npy"), greedy)
@@ -147,7 +161,7 @@ def main():
     total = sorted(times)[len(times) // 2]
     print(json.dumps({
         "impl": "official-pytorch", "torch": torch.__version__, "threads": a.threads,
-        "device": "cpu", "model": f"VAR-d{a.depth} + VQVAE-ch160v4096z32", "image_size": 256,
+        "device": a.device, "model": f"VAR-d{a.depth} + VQVAE-ch160v4096z32", "image_size": 256,
         "batch": B, "labels": labels, "cfg_scale": a.cfg_scale, "top_k": a.top_k,
         "top_p": a.top_p, "runs": a.runs, "total_ms": total * 1e3, "vq_ms": vq_s * 1e3,
         "var_ckpt": var_ckpt, "vae_ckpt": vae_ckpt,
