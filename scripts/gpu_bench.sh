@@ -3,11 +3,14 @@
 # PyTorch code (eager, and torch.compile as its README offers; bf16, its sample_c2i.py default)
 # and llamagen-rs --backend cuda (fp16 bundle), GPT-B/L/XL + VQ-16 at 384 px, 8 labels with
 # cfg 4 (batch 16), the same random official-format weights on both sides. Also checks greedy
-# tokens of the CUDA backend against the CPU backend on the same bundle (GPT-B).
+# tokens of the CUDA backend against the CPU backend on the same bundle (GPT-B). For the models
+# of INT8_MODELS, also an int8 bundle (weight-only, kept int8 on the device, our W8A16 GEMM):
+# its decode step and GEMM weight bytes beside the fp16 bundle's.
 #
 # Usage: scripts/gpu_bench.sh LLAMAGEN_REPO_CHECKOUT OUT_DIR
 #   env: MODELS (default "GPT-B GPT-L GPT-XL"), BIN (default target/release; binaries built
-#   with --features cuda), SKIP_COMPILE=1 (no torch.compile run), SKIP_CPU_PARITY=1.
+#   with --features cuda), SKIP_COMPILE=1 (no torch.compile run), SKIP_CPU_PARITY=1,
+#   INT8_MODELS (default "GPT-B GPT-XL"; empty: no int8 rows).
 # Needs python3 with torch on a GPU machine; prints one JSON line per measurement into
 # OUT_DIR/results.jsonl and a table at the end.
 set -euo pipefail
@@ -37,6 +40,13 @@ for model in ${MODELS:-GPT-B GPT-L GPT-XL}; do
       --runs 3 --json | python3 -c "import json,sys; r=json.load(sys.stdin); r['cuda_graph']='$graph'==''; print(json.dumps(r))" \
       | tee -a "$results"
   done
+  if [[ " ${INT8_MODELS-GPT-B GPT-XL} " == *" $model "* ]]; then
+    "$bin/llamagen-compile" --gpt-model "$model" --gpt-ckpt "$work/gpt.pt" --vq-model VQ-16 \
+      --vq-ckpt "$work/vq.pt" --image-size 384 --precision int8 --out "$work/bundle-int8" >/dev/null
+    "$bin/llamagen" bench --bundle "$work/bundle-int8" --backend cuda --labels "$labels" \
+      --runs 3 --json | python3 -c "import json,sys; r=json.load(sys.stdin); r['cuda_graph']=True; print(json.dumps(r))" \
+      | tee -a "$results"
+  fi
   if [ "$model" = GPT-B ] && [ -z "${SKIP_CPU_PARITY:-}" ]; then
     for b in cuda cpu; do
       "$bin/llamagen" generate --bundle "$work/bundle-fp16" --backend "$b" --labels "$labels" \
@@ -60,7 +70,9 @@ for r in rows:
     if "impl" in r:
         m = r["gpt_model"]; by.setdefault(m, {})["compile" if r["compile"] else "eager"] = r
     elif "backend" in r:
-        m = r["model"].split(" + ")[0]; by.setdefault(m, {})["ours" if r["cuda_graph"] else "ours_nograph"] = r
+        m = r["model"].split(" + ")[0]
+        key = "ours_int8" if r["precision"] == "int8" else "ours" if r["cuda_graph"] else "ours_nograph"
+        by.setdefault(m, {})[key] = r
 print(f"{'model':8}{'official eager':>16}{'torch.compile':>15}{'llamagen-rs':>13}{'vs eager':>10}{'vs compile':>12}{'ms/token':>10}{'GB/s':>8}{'no graph':>10}")
 for m, r in by.items():
     e = r.get("eager", {}); c = r.get("compile", {}); o = r.get("ours", {})
@@ -73,4 +85,18 @@ for m, r in by.items():
           f"{ng.get('decode_ms_per_token_mean', float('nan')):10.3f}")
 print("GB/s: fp16 weights + KV cache read per decode step (arithmetic) / measured step time;"
       " compare with the GPU's copy bandwidth (about 3000 GB/s on an H100 SXM).")
+print()
+print(f"{'model':8}{'fp16 ms/token':>15}{'int8 ms/token':>15}{'int8/fp16':>11}"
+      f"{'fp16 GEMM MB':>14}{'int8 GEMM MB':>14}{'fp16 GB/s':>11}{'int8 GB/s':>11}")
+nan = float("nan")
+for m, r in by.items():
+    o, q = r.get("ours", {}), r.get("ours_int8")
+    if not q:
+        continue
+    fo, fq = o.get("decode_ms_per_token_mean", nan), q.get("decode_ms_per_token_mean", nan)
+    print(f"{m:8}{fo:15.3f}{fq:15.3f}{fq / fo:10.2f}x"
+          f"{o.get('gemm_weight_mb') or nan:14.1f}{q.get('gemm_weight_mb') or nan:14.1f}"
+          f"{o.get('decode_gb_per_s') or nan:11.0f}{q.get('decode_gb_per_s') or nan:11.0f}")
+print("int8: weight-only int8 bundle, int8 GEMM weights + f32 per-channel scales on the device"
+      " (our W8A16 GEMM); GB/s counts the bytes the device actually holds.")
 PY

@@ -28,7 +28,8 @@ build)
   cargo test --release --features cuda --no-run --message-format=json \
     --manifest-path "$here/Cargo.toml" --workspace \
     --test cuda_gpt_kernels --test cuda_sampler --test cuda_vq_kernels --test cuda_emu \
-    --test cuda_nvrtc --test cuda_backend --test cuda_var_kernels --test cuda_var 2>/dev/null |
+    --test cuda_nvrtc --test cuda_backend --test cuda_w8a16 --test cuda_var_kernels \
+    --test cuda_var 2>/dev/null |
     python3 -c '
 import json, shutil, sys
 for line in sys.stdin:

@@ -231,7 +231,9 @@ fn images_match_cpu(kind: BackendKind) {
 /// moves logits by ~1e-2, one near-tie then picks another token, and every later step sees
 /// another context (on an H200, cuBLAS's rounding flipped such a tie and the free-running
 /// cosine fell to 0.58 while the int8 arithmetic was right). Free-running greedy tokens are
-/// checked for fp16 (they must be the official ones) and reported for int8.
+/// checked for fp16 (they must be the official ones) and reported for int8. The int8 bundle's
+/// GEMM weights stay int8 on the device: under 0.6x the bytes of the fp16 bundle's (int8 values
+/// and one f32 scale per output channel vs f16 values).
 fn lower_precision_bundles_run(kind: BackendKind) {
     use llamagen_test_support::INT8_VS_FP32;
     use support::golden::tiny_options;
@@ -241,6 +243,7 @@ fn lower_precision_bundles_run(kind: BackendKind) {
         .chunks(16)
         .map(|r| r.iter().map(|&t| t as u32).collect())
         .collect();
+    let mut gemm_bytes = Vec::new();
     for precision in [Precision::Fp16, Precision::Int8] {
         let tmp = tempfile::tempdir().unwrap();
         let bundle = tmp.path().join("bundle");
@@ -255,6 +258,20 @@ fn lower_precision_bundles_run(kind: BackendKind) {
         let Some(p) = load(&bundle, kind, true) else {
             return;
         };
+        let weights = p
+            .device_weights()
+            .expect("a device backend reports its weights");
+        let want_dtype = if precision == Precision::Int8 {
+            "int8"
+        } else {
+            "f16"
+        };
+        assert_eq!(
+            weights.gemm_dtype, want_dtype,
+            "{kind:?} {precision} GEMM weights"
+        );
+        eprintln!("{kind:?} {precision} bundle: device weights {weights:?}");
+        gemm_bytes.push(weights.gemm_bytes);
         let req = request(4.0, SamplingOptions::greedy(), 0);
         let mut rec = Logits(Vec::new());
         p.score_tokens(&req, &official, &mut rec).unwrap();
@@ -277,6 +294,15 @@ fn lower_precision_bundles_run(kind: BackendKind) {
             INT8_VS_FP32.assert_meets(&format!("{kind:?} int8 bundle"), min, mean, f64::INFINITY);
         }
     }
+    let ratio = gemm_bytes[1] as f64 / gemm_bytes[0] as f64;
+    eprintln!(
+        "{kind:?} GEMM weights on the device: int8 {} bytes, fp16 {} bytes ({ratio:.3}x)",
+        gemm_bytes[1], gemm_bytes[0]
+    );
+    assert!(
+        ratio < 0.6,
+        "int8 GEMM weights are {ratio:.3}x the fp16 ones"
+    );
 }
 
 /// Per-step cosine of recorded logits `[rows][steps][vocab]` against `want` (same layout), the

@@ -20,6 +20,16 @@ pub struct HostTensor {
     pub data: Vec<f32>,
 }
 
+/// A weight as int8 bundles store it: symmetric int8 `values` (row-major `dims`) and one f32
+/// scale per channel along `axis` (the value is `values[i] * scales[channel of i]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Int8Tensor {
+    pub dims: Vec<usize>,
+    pub values: Vec<i8>,
+    pub scales: Vec<f32>,
+    pub axis: usize,
+}
+
 /// The initializers of one bundle graph.
 pub struct Initializers {
     onnx: PathBuf,
@@ -110,16 +120,39 @@ impl Initializers {
         if let Some(t) = self.tensors.get(name) {
             return self.decode(t);
         }
-        let q_name = format!("{name}.int8");
-        let Some(q) = self.tensors.get(&q_name) else {
+        let Some(q) = self.get_int8(name)? else {
             return Err(bad(
                 &self.onnx,
-                format!("no initializer '{name}' (nor '{q_name}')"),
+                format!("no initializer '{name}' (nor '{name}.int8')"),
             ));
         };
+        let inner: usize = q.dims[q.axis + 1..].iter().product();
+        let channels = q.scales.len();
+        let data = q
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| f32::from(x) * q.scales[(i / inner) % channels])
+            .collect();
+        Ok(HostTensor { dims: q.dims, data })
+    }
+
+    /// Tensor `name` as stored by an int8 bundle (`<name>.int8` with its per-channel
+    /// `<name>.scale`), for backends that keep int8 weights; `None` when it is not stored so.
+    pub fn get_int8(&self, name: &str) -> Result<Option<Int8Tensor>, BundleError> {
+        let q_name = format!("{name}.int8");
+        let Some(q) = self.tensors.get(&q_name) else {
+            return Ok(None);
+        };
+        if q.data_type != data_type::INT8 {
+            return Err(bad(
+                &self.onnx,
+                format!("{q_name}: element type {} is not int8", q.data_type),
+            ));
+        }
         let scale = self.get(&format!("{name}.scale"))?;
         let axis = self.dequant_axis.get(&q_name).copied().unwrap_or(1);
-        let mut t = self.decode(q)?;
+        let t = self.decode(q)?;
         let channels = *t.dims.get(axis).ok_or_else(|| {
             bad(
                 &self.onnx,
@@ -136,11 +169,14 @@ impl Initializers {
                 ),
             ));
         }
-        let inner: usize = t.dims[axis + 1..].iter().product();
-        for (i, x) in t.data.iter_mut().enumerate() {
-            *x *= scale.data[(i / inner) % channels];
-        }
-        Ok(t)
+        // decode() read int8 as exact f32 integers in -128..=127.
+        let values = t.data.iter().map(|&x| x as i8).collect();
+        Ok(Some(Int8Tensor {
+            dims: t.dims,
+            values,
+            scales: scale.data,
+            axis,
+        }))
     }
 
     fn decode(&self, t: &TensorProto) -> Result<HostTensor, BundleError> {

@@ -27,7 +27,7 @@ macro_rules! dev_elem {
         })*
     };
 }
-dev_elem!(f16 => "f16", f32 => "f32", i32 => "i32", u32 => "u32", u64 => "u64", u8 => "u8");
+dev_elem!(f16 => "f16", f32 => "f32", i32 => "i32", u32 => "u32", u64 => "u64", u8 => "u8", i8 => "i8");
 
 /// A typed view of device memory: the address of its first element and how many elements it
 /// holds. `Copy` and borrow-free, like the pointers kernels take: the buffer it views must

@@ -15,7 +15,7 @@ use llamagen_bundle::{GraphRole, Manifest};
 
 use crate::device::{CaptureGuard, Device};
 use crate::error::CudaError;
-use crate::gpt::{issue_step, GptWeights, Session};
+use crate::gpt::{issue_step, GptWeights, Session, WeightBytes};
 use crate::ops::sampler::{RowKey, SampleParams};
 use crate::vq::VqDecoder;
 use crate::weights::BundleWeights;
@@ -156,6 +156,11 @@ impl<D: Device> Engine<D> {
     /// Image tokens each generation produces per request.
     pub fn tokens_per_image(&self) -> usize {
         self.tokens_per_image
+    }
+
+    /// The GPT's weights on the device, in bytes (int8 bundles keep int8 GEMM weights).
+    pub fn gpt_weight_bytes(&self) -> WeightBytes {
+        self.gpt.bytes(&self.device)
     }
 
     /// The backend's name (`cuda`, `cuda-emu`).

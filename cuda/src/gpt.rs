@@ -7,18 +7,20 @@ use llamagen_bundle::config::GptConfig;
 use llamagen_bundle::names::gpt as names;
 use llamagen_bundle::rotary;
 
-use crate::device::{DType, Device, Gemm};
+use crate::device::Device;
 use crate::error::CudaError;
+use crate::gemm_weight::{GemmOut, GemmWeight, WeightDType};
 use crate::ops::gpt::{self as k, AttnShape, LayerCache, Rotary};
 use crate::ops::sampler::{self, SampleIo, SampleParams};
-use crate::weights::{upload_f16, upload_f32, BundleWeights};
+use crate::weights::{check_dims, upload_f16, upload_f32, BundleWeights};
 
-/// One transformer layer's weights: GEMM matrices f16 `[in, out]`, norm weights f32.
+/// One transformer layer's weights: GEMM matrices `[in, out]` (f16, or int8 from an int8
+/// bundle), norm weights f32.
 struct Layer<D: Device> {
-    wqkv: D::Buf,
-    wo: D::Buf,
-    w13: D::Buf,
-    w2: D::Buf,
+    wqkv: GemmWeight<D>,
+    wo: GemmWeight<D>,
+    w13: GemmWeight<D>,
+    w2: GemmWeight<D>,
     attention_norm: D::Buf,
     ffn_norm: D::Buf,
 }
@@ -30,19 +32,20 @@ pub struct GptWeights<D: Device> {
     embeddings: D::Buf,
     layers: Vec<Layer<D>>,
     norm: D::Buf,
-    /// `[dim, vocab]` f16.
-    output: D::Buf,
+    /// `[dim, vocab]`.
+    output: GemmWeight<D>,
     /// Rotary tables f32 `[max_len, head_dim]`.
     cos: D::Buf,
     sin: D::Buf,
 }
 
 impl<D: Device> GptWeights<D> {
-    /// Uploads the step graph's weights (any bundle precision; GEMM weights become f16).
+    /// Uploads the step graph's weights: GEMM weights int8 from int8 bundles, else f16.
     pub fn load(d: &D, w: &BundleWeights, c: &GptConfig) -> Result<Self, CudaError> {
         let (dim, hd) = (c.dim, c.head_dim);
         let qkv = (c.n_head + 2 * c.n_kv_head) * hd;
-        let matrix = |name: &str, dims: [usize; 2]| -> Result<D::Buf, CudaError> {
+        let matrix = |name: &str, dims: [usize; 2]| GemmWeight::load(d, w, name, dims);
+        let table = |name: &str, dims: [usize; 2]| -> Result<D::Buf, CudaError> {
             let t = w.get(name)?;
             check_dims(name, &t.dims, &dims)?;
             upload_f16(d, &t.data)
@@ -66,7 +69,7 @@ impl<D: Device> GptWeights<D> {
             .collect::<Result<Vec<_>, CudaError>>()?;
         let (cos, sin) = rotary::tables(c);
         Ok(GptWeights {
-            embeddings: matrix(names::EMBEDDINGS, [c.vocab_size + c.class_rows, dim])?,
+            embeddings: table(names::EMBEDDINGS, [c.vocab_size + c.class_rows, dim])?,
             layers,
             norm: vector(names::NORM, dim)?,
             output: matrix(names::OUTPUT, [dim, c.vocab_size])?,
@@ -77,15 +80,38 @@ impl<D: Device> GptWeights<D> {
     }
 }
 
-fn check_dims(name: &str, got: &[usize], want: &[usize]) -> Result<(), CudaError> {
-    if got == want {
-        return Ok(());
+impl<D: Device> GptWeights<D> {
+    /// What the weights occupy on the device.
+    pub fn bytes(&self, d: &D) -> WeightBytes {
+        let gemms = || {
+            self.layers
+                .iter()
+                .flat_map(|l| [&l.wqkv, &l.wo, &l.w13, &l.w2])
+                .chain([&self.output])
+        };
+        let vectors = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.attention_norm, &l.ffn_norm])
+            .chain([&self.embeddings, &self.norm, &self.cos, &self.sin]);
+        WeightBytes {
+            gemm: gemms().map(|g| g.bytes(d)).sum(),
+            other: vectors.map(|b| d.len_bytes(b)).sum(),
+            gemm_dtype: self.output.dtype(),
+        }
     }
-    Err(CudaError::WeightShape {
-        name: name.to_string(),
-        expected: want.to_vec(),
-        got: got.to_vec(),
-    })
+}
+
+/// The GPT's weights on the device, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WeightBytes {
+    /// The GEMM matrices (every layer's qkv, wo, w1|w3, w2 and the output projection, int8
+    /// scales included): what every decode step reads in full.
+    pub gemm: usize,
+    /// Everything else: embeddings, norm weights, rotary tables.
+    pub other: usize,
+    /// The GEMM weights' element type (all of one bundle share it).
+    pub gemm_dtype: WeightDType,
 }
 
 /// Device buffers of one batch shape: `rows` GPT rows serving `n` requests (`rows = 2n` with
@@ -202,14 +228,11 @@ pub fn issue_step<D: Device>(
     sample: bool,
 ) -> Result<(), CudaError> {
     let c = &w.config;
-    let a = |b: &D::Buf| d.addr(b);
     let f16s = |b: &D::Buf| d.slice::<f16>(b);
     let f32s = |b: &D::Buf| d.slice::<f32>(b);
     let i32s = |b: &D::Buf| d.slice::<i32>(b);
     let rows = s.rows;
     let (dim, hd, hid) = (c.dim, c.head_dim, c.ffn_hidden);
-    let qkv_dim = (c.n_head + 2 * c.n_kv_head) * hd;
-    let attn_dim = c.n_head * hd;
     let shape = AttnShape {
         rows,
         heads: c.n_head,
@@ -217,11 +240,13 @@ pub fn issue_step<D: Device>(
         head_dim: hd,
         max_len: c.max_len,
     };
-    // x (+)= A . W, the residual add fused into the GEMM as beta = 1.
-    let residual = |inp: &D::Buf, k_dim: usize, wt: &D::Buf| {
-        let mut g = Gemm::dense(rows, dim, k_dim, a(inp), a(wt), a(&s.x), DType::F32);
-        g.beta = 1.0;
-        d.gemm(&g)
+    // x (+)= A . W, the residual add fused into the GEMM.
+    let residual = |inp: &D::Buf, wt: &GemmWeight<D>| {
+        let x = GemmOut::F32 {
+            out: f32s(&s.x),
+            accumulate: true,
+        };
+        wt.apply(d, f16s(inp), x, rows)
     };
 
     let norm = |w: &D::Buf| {
@@ -236,9 +261,8 @@ pub fn issue_step<D: Device>(
         )
     };
     // out[rows, n] = normed . W (f16 out).
-    let project = |wt: &D::Buf, out: &D::Buf, n: usize| {
-        let g = Gemm::dense(rows, n, dim, a(&s.normed), a(wt), a(out), DType::F16);
-        d.gemm(&g)
+    let project = |wt: &GemmWeight<D>, out: &D::Buf| {
+        wt.apply(d, f16s(&s.normed), GemmOut::F16(f16s(out)), rows)
     };
 
     let rotary = Rotary {
@@ -253,26 +277,21 @@ pub fn issue_step<D: Device>(
             pos: i32s(&s.pos),
         };
         norm(&lw.attention_norm)?;
-        project(&lw.wqkv, &s.qkv, qkv_dim)?;
+        project(&lw.wqkv, &s.qkv)?;
         k::rotary_kv_write(d, f16s(&s.q), cache, f16s(&s.qkv), rotary, &shape)?;
         k::decode_attention(d, f16s(&s.attn), f16s(&s.q), cache, &shape)?;
-        residual(&s.attn, attn_dim, &lw.wo)?;
+        residual(&s.attn, &lw.wo)?;
         norm(&lw.ffn_norm)?;
-        project(&lw.w13, &s.h13, 2 * hid)?;
+        project(&lw.w13, &s.h13)?;
         k::swiglu(d, f16s(&s.act), f16s(&s.h13), rows, hid)?;
-        residual(&s.act, hid, &lw.w2)?;
+        residual(&s.act, &lw.w2)?;
     }
     norm(&w.norm)?;
-    let logits = Gemm::dense(
-        rows,
-        c.vocab_size,
-        dim,
-        a(&s.normed),
-        a(&w.output),
-        a(&s.logits),
-        DType::F32,
-    );
-    d.gemm(&logits)?;
+    let logits = GemmOut::F32 {
+        out: f32s(&s.logits),
+        accumulate: false,
+    };
+    w.output.apply(d, f16s(&s.normed), logits, rows)?;
     if sample {
         let io = SampleIo {
             tokens: i32s(&s.tokens),

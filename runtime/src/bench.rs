@@ -28,14 +28,26 @@ pub struct BenchReport {
     /// All decode steps over their count (device backends replay the step without a host sync
     /// per token: only the mean exists there).
     pub decode_ms_per_token_mean: f64,
-    /// Device backends: fp16 weights + KV cache one step reads (arithmetic,
-    /// [`device_step_bytes`]), in MB.
+    /// Device backends: GEMM weights + KV cache one step reads (the weights as the device holds
+    /// them, [`Self::gemm_weight_mb`]; the KV cache by arithmetic, [`kv_step_bytes`]), in MB.
     pub decode_mb_per_token: Option<f64>,
     /// Device backends: those bytes over the measured step time.
     pub decode_gb_per_s: Option<f64>,
     /// Host loops: quantiles of the individual decode steps.
     pub decode_ms_per_token_p50: Option<f64>,
     pub decode_ms_per_token_p99: Option<f64>,
+    /// Device backends (LlamaGen): the element type of the GPT's GEMM weights on the device
+    /// (`f16`; `int8` for int8 bundles, which keep their int8 weights).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gemm_weight_dtype: Option<&'static str>,
+    /// Device backends (LlamaGen): the GPT's GEMM weights on the device, in MB (every decode
+    /// step reads them in full).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gemm_weight_mb: Option<f64>,
+    /// Device backends (LlamaGen): all GPT weights on the device (GEMMs, embeddings, norms,
+    /// rotary tables), in MB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpt_device_weight_mb: Option<f64>,
     /// VAR: median wall time of each scale's step (embed, transformer, CFG, sampling), in
     /// scale order; `prefill_ms` is the first. Absent for LlamaGen.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -90,8 +102,12 @@ pub fn bench(
     let per_token_ms = median(per_token);
     let rows = req.labels.len() * if req.uses_cfg() { 2 } else { 1 };
     let device = pipeline.backend() != BackendKind::Cpu;
+    let weights = pipeline.device_weights();
     let step_bytes = match (&m.gpt, device) {
-        (Some(g), true) => Some(device_step_bytes(g, m.generation.tokens_per_image, rows)),
+        (Some(g), true) => {
+            let gemm = weights.map_or_else(|| fp16_gemm_bytes(g), |w| w.gemm_bytes as f64);
+            Some(gemm + kv_step_bytes(g, m.generation.tokens_per_image, rows))
+        }
         _ => None,
     };
     Ok(BenchReport {
@@ -110,6 +126,9 @@ pub fn bench(
         decode_gb_per_s: step_bytes.map(|b| b / 1e9 / (per_token_ms / 1e3)),
         decode_ms_per_token_p50: (!steps.is_empty()).then(|| quantile(&steps, 0.5)),
         decode_ms_per_token_p99: (!steps.is_empty()).then(|| quantile(&steps, 0.99)),
+        gemm_weight_dtype: weights.map(|w| w.gemm_dtype),
+        gemm_weight_mb: weights.map(|w| w.gemm_bytes as f64 / 1e6),
+        gpt_device_weight_mb: weights.map(|w| (w.gemm_bytes + w.other_bytes) as f64 / 1e6),
         scale_ms: var.then(|| scales.into_iter().map(median).collect()),
         gpt_ms: median(gpt),
         vq_ms: median(vq),
@@ -148,19 +167,29 @@ fn peak_rss_mb() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Bytes one decode step of a device backend reads, averaged over the generation: the fp16 GEMM
-/// weights (every layer's qkv, wo, w1|w3, w2, and the output projection) plus the fp16 KV-cache
-/// slots `0..=pos` of every layer and row. Arithmetic, not measured: divided by the measured step
-/// time it says how close the step is to the memory-bandwidth limit.
+/// Bytes one decode step of a device backend reads, averaged over the generation, with fp16
+/// GEMM weights: [`fp16_gemm_bytes`] + [`kv_step_bytes`]. Arithmetic, not measured: divided by
+/// the measured step time it says how close the step is to the memory-bandwidth limit.
 pub fn device_step_bytes(g: &GptConfig, tokens_per_image: usize, rows: usize) -> f64 {
+    fp16_gemm_bytes(g) + kv_step_bytes(g, tokens_per_image, rows)
+}
+
+/// The fp16 GEMM weights (every layer's qkv, wo, w1|w3, w2, and the output projection), which
+/// every decode step reads in full.
+pub fn fp16_gemm_bytes(g: &GptConfig) -> f64 {
     let qkv = (g.n_head + 2 * g.n_kv_head) * g.head_dim;
     let layer = g.dim * qkv + g.n_head * g.head_dim * g.dim + 3 * g.dim * g.ffn_hidden;
-    let weights = 2.0 * (g.n_layer * layer + g.dim * g.vocab_size) as f64;
+    2.0 * (g.n_layer * layer + g.dim * g.vocab_size) as f64
+}
+
+/// The fp16 KV-cache slots `0..=pos` of every layer and row one decode step reads, averaged over
+/// the generation.
+pub fn kv_step_bytes(g: &GptConfig, tokens_per_image: usize, rows: usize) -> f64 {
     // Decode step i (0-based) attends slots 0..=cls_token_num + i.
     let steps = tokens_per_image.saturating_sub(1).max(1) as f64;
     let mean_slots = g.cls_token_num as f64 + 1.0 + (steps - 1.0) / 2.0;
     let kv_per_slot = 2.0 * 2.0 * (rows * g.n_kv_head * g.head_dim * g.n_layer) as f64;
-    weights + kv_per_slot * mean_slots
+    kv_per_slot * mean_slots
 }
 
 #[cfg(test)]

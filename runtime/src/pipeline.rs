@@ -151,6 +151,12 @@ impl Pipeline {
         self.generator.kind()
     }
 
+    /// What the GPT weights occupy on the device (device backends; `None` on the CPU and for
+    /// VAR bundles).
+    pub fn device_weights(&self) -> Option<crate::backend::DeviceWeights> {
+        self.generator.device_weights()
+    }
+
     /// The most labels one request may carry ([`PipelineOptions::max_labels`]).
     pub fn max_labels(&self) -> usize {
         self.max_labels

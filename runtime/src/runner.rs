@@ -82,6 +82,10 @@ pub(crate) trait Generator: Send + Sync {
     /// Test hook: every pooled state's caches filled with `value` (default: nothing pooled).
     #[cfg(feature = "test-hooks")]
     fn poison_pooled(&self, _value: f32) {}
+    /// Device backends: what the GPT weights occupy on the device.
+    fn device_weights(&self) -> Option<crate::backend::DeviceWeights> {
+        None
+    }
 }
 
 /// [`Generator`] on backend `B`, with a pool of its step states.
@@ -150,6 +154,10 @@ fn prefill_ids(m: &Manifest, req: &GenerateRequest) -> Vec<i64> {
 impl<B: Backend> Generator for Runner<B> {
     fn kind(&self) -> BackendKind {
         self.backend.kind()
+    }
+
+    fn device_weights(&self) -> Option<crate::backend::DeviceWeights> {
+        self.backend.device_weights()
     }
 
     #[cfg(feature = "test-hooks")]

@@ -44,6 +44,12 @@ pub const SOURCES: &[KernelSource] = &[
         headers: &[],
     },
     KernelSource {
+        file: "gemm_w8a16.cu",
+        src: include_str!("gemm_w8a16.cu"),
+        options: &[],
+        headers: &[],
+    },
+    KernelSource {
         file: "attention.cu",
         src: include_str!("attention.cu"),
         options: &[],

@@ -327,13 +327,13 @@ fn shape_args(ctx: &str, s: &AttnShape) -> Result<[KArg; 4], CudaError> {
 }
 
 /// `v` as an `i32` kernel argument, or an error naming `what`.
-fn i32_arg(ctx: &str, what: &str, v: usize) -> Result<KArg, CudaError> {
+pub(crate) fn i32_arg(ctx: &str, what: &str, v: usize) -> Result<KArg, CudaError> {
     i32::try_from(v)
         .map(KArg::I32)
         .map_err(|_| CudaError::call(ctx, format!("{what} = {v} does not fit in i32")))
 }
 
-fn check_rows(ctx: &str, rows: usize) -> Result<(), CudaError> {
+pub(crate) fn check_rows(ctx: &str, rows: usize) -> Result<(), CudaError> {
     if rows > MAX_GRID_Y {
         return Err(CudaError::call(
             ctx,
@@ -343,7 +343,7 @@ fn check_rows(ctx: &str, rows: usize) -> Result<(), CudaError> {
     Ok(())
 }
 
-fn check_aligned(ctx: &str, ptrs: &[(&str, u64)]) -> Result<(), CudaError> {
+pub(crate) fn check_aligned(ctx: &str, ptrs: &[(&str, u64)]) -> Result<(), CudaError> {
     match ptrs.iter().find(|(_, p)| p % 16 != 0) {
         Some((what, p)) => Err(CudaError::call(
             ctx,

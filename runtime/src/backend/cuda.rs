@@ -11,7 +11,7 @@ use llamagen_cuda::gpt::Session;
 use llamagen_cuda::ops::sampler::{row_key, RowKey, SampleParams};
 use llamagen_cuda::{CudaError, Engine};
 
-use super::{Backend, BackendKind, FusedJob, FusedLoop, FusedTokens, StepInput};
+use super::{Backend, BackendKind, DeviceWeights, FusedJob, FusedLoop, FusedTokens, StepInput};
 use crate::error::RuntimeError;
 use crate::request::RowSeed;
 
@@ -118,6 +118,15 @@ impl<D: Device> Backend for CudaBackend<D> {
 
     fn fused(&self) -> Option<&dyn FusedLoop> {
         Some(self)
+    }
+
+    fn device_weights(&self) -> Option<DeviceWeights> {
+        let b = self.engine.gpt_weight_bytes();
+        Some(DeviceWeights {
+            gemm_bytes: b.gemm,
+            other_bytes: b.other,
+            gemm_dtype: b.gemm_dtype.name(),
+        })
     }
 }
 

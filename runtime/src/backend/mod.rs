@@ -50,6 +50,18 @@ pub struct FusedTokens {
     pub gpt_ms: f64,
 }
 
+/// What a device backend's GPT weights occupy on the device (for `bench` and tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceWeights {
+    /// The GEMM matrices (qkv, wo, w1|w3, w2 of every layer, the output projection; int8 scales
+    /// included): what every decode step reads in full.
+    pub gemm_bytes: usize,
+    /// Embeddings, norm weights, rotary tables.
+    pub other_bytes: usize,
+    /// The GEMM weights' element type on the device (`f16`, `int8`).
+    pub gemm_dtype: &'static str,
+}
+
 /// A backend that runs the whole generation loop itself (the CUDA backend: the decode step
 /// replayed from a captured graph with no host synchronisation per token).
 pub trait FusedLoop: Send + Sync {
@@ -92,6 +104,10 @@ pub trait Backend: Send + Sync + 'static {
     /// The whole generation loop on the backend, when it has one (else the caller runs the
     /// loop with [`Self::gpt_step`] and the CPU sampler).
     fn fused(&self) -> Option<&dyn FusedLoop> {
+        None
+    }
+    /// Device backends: what the GPT weights occupy on the device.
+    fn device_weights(&self) -> Option<DeviceWeights> {
         None
     }
 }
