@@ -28,7 +28,7 @@ def main():
         arch, args = args[1], args[2:]
     nvrtc = load_nvrtc()
     here = os.path.dirname(os.path.abspath(__file__))
-    kernels = os.path.join(here, "../runtime/src/backend/cuda/kernels")
+    kernels = os.path.join(here, "../cuda/src/kernels")
     prelude = open(os.path.join(kernels, "prelude.cuh")).read() + "\n" + open(os.path.join(kernels, "common.cuh")).read()
     failed = 0
     for path in args:
