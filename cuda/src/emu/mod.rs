@@ -109,6 +109,20 @@ pub struct EmuGraph {
     ops: Vec<Op>,
 }
 
+impl EmuGraph {
+    /// The kernel names of the recorded launches, in order (GEMMs left out): what one replay
+    /// launches.
+    pub fn launches(&self) -> Vec<&str> {
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Launch { name, .. } => Some(name.as_str()),
+                Op::Gemm(_) => None,
+            })
+            .collect()
+    }
+}
+
 /// The host emulation of a GPU (see the module doc).
 pub struct EmuDevice {
     live: Allocations,
