@@ -25,17 +25,20 @@ pub struct BenchReport {
     pub runs: usize,
     pub load_ms: f64,
     pub prefill_ms: f64,
-    /// All decode steps over their count (device backends replay the step without a host sync
-    /// per token: only the mean exists there).
+    /// All decode steps over their count (wall time, host syncs included).
     pub decode_ms_per_token_mean: f64,
     /// Device backends: fp16 weights + KV cache one step reads (arithmetic,
     /// [`device_step_bytes`]), in MB.
     pub decode_mb_per_token: Option<f64>,
     /// Device backends: those bytes over the measured step time.
     pub decode_gb_per_s: Option<f64>,
-    /// Host loops: quantiles of the individual decode steps.
+    /// Quantiles of the individual decode steps: host loops time each step; the CUDA backend
+    /// records events between the replayed steps (device time, no host sync per step).
     pub decode_ms_per_token_p50: Option<f64>,
     pub decode_ms_per_token_p99: Option<f64>,
+    /// How many step times (over all timed runs) the quantiles come from; 0 where steps are
+    /// not timed one by one.
+    pub decode_steps_timed: usize,
     /// VAR: median wall time of each scale's step (embed, transformer, CFG, sampling), in
     /// scale order; `prefill_ms` is the first. Absent for LlamaGen.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,6 +113,7 @@ pub fn bench(
         decode_gb_per_s: step_bytes.map(|b| b / 1e9 / (per_token_ms / 1e3)),
         decode_ms_per_token_p50: (!steps.is_empty()).then(|| quantile(&steps, 0.5)),
         decode_ms_per_token_p99: (!steps.is_empty()).then(|| quantile(&steps, 0.99)),
+        decode_steps_timed: steps.len(),
         scale_ms: var.then(|| scales.into_iter().map(median).collect()),
         gpt_ms: median(gpt),
         vq_ms: median(vq),
