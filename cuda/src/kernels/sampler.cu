@@ -30,13 +30,17 @@
 //     the first kept id whose cumulative weight exceeds min(trunc(f64(u) * f64(kept total)),
 //     kept total - 1): the CPU's last kept id when rounding puts the target past the end.
 //
-// Sweeps over the row, for 16 x 16384 logits (count them: the `sweeps` output): 1 load from
-// global memory, then on chip 1 weight total, 4 top-k (when k < vocab), 4 top-p (when top_p < 1)
-// plus 2 for ties at the cut (rare), 2 draw. A sweep is 16 register values per thread and one
-// or two barriers per 8-bit digit: no sort, no serial section longer than 8 buckets per lane.
+// Sweeps over a row of 16384 logits (the `sweeps` output counts them): 1 load from global
+// memory (cond and uncond rows, coalesced, all loads in flight at once), then on chip: 1 weight
+// total, 4 top-k (when k < vocab), 4 top-p (when top_p < 1) plus 2 for ties at the cut (rare),
+// 2 draw (ids < 2^16). A descent sweep is 16 register values per thread, shared-memory histogram
+// atomics and three barriers: no sort, no serial walk longer than 8 buckets per lane. (Before:
+// about 9 passes over global scratch, each a chain of 16 dependent loads per thread, and u64
+// weights stored and re-read: 47 us per step on an H200.)
 //
 // Shared memory: about 36 KiB static (under the 48 KiB default); at most 64 registers per
-// thread. Vocab <= 2^20 (checked by the host): weight sums stay below 2^61.
+// thread (ptxas for sm_90 spills a few hundred bytes: to watch on the GPU). Vocab <= 2^20
+// (checked by the host): weight sums stay below 2^61.
 
 // Mirrors `SampleParams` in ops/sampler.rs (repr(C), 52 bytes). With row_keys != 0 a table of
 // n entries [seed lo, seed hi, stream] (u32 each) follows the struct: request row r draws from
