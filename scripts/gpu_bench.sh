@@ -62,6 +62,26 @@ PY
   fi
 done
 
+# The device sampler alone (issue 8: 47 us per step on an H200 before): criterion's device time
+# per sampling launch, 8 request rows with CFG over 16384 logits, from the GPU kit's bench.
+sampler_bench=${SAMPLER_BENCH:-$bin/../bench/device_sampler}
+if [ -x "$sampler_bench" ]; then
+  "$sampler_bench" --bench --noplot 2>&1 | tee "$out/device_sampler.txt" | python3 -c '
+import json, re, sys
+name = None
+for line in sys.stdin:
+    m = re.match(r"^(device_sampler\S*)", line)
+    if m:
+        name = m.group(1)
+    t = re.search(r"time:\s+\[\S+ \S+ (\S+) (\S+)", line)
+    if t and name:
+        us = float(t.group(1)) * {"ps": 1e-6, "ns": 1e-3, "µs": 1.0, "us": 1.0, "ms": 1e3, "s": 1e6}[t.group(2)]
+        print(json.dumps({"bench": name, "us_per_step": us}))
+' | tee -a "$results"
+else
+  echo "no device sampler bench at $sampler_bench (scripts/gpu_kit.sh build makes it)"
+fi
+
 python3 - "$results" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]

@@ -37,7 +37,18 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         shutil.copy(m["executable"], sys.argv[1] + "/" + m["target"]["name"])
 ' "$kit/tests/bin"
-  strip "$kit"/bin/* "$kit"/tests/bin/*
+  # The device sampler's criterion bench (gpu_bench.sh runs it: us per sampling step).
+  mkdir -p "$kit/bench"
+  cargo bench --features driver --no-run --message-format=json \
+    --manifest-path "$here/Cargo.toml" -p llamagen-cuda --bench device_sampler 2>/dev/null |
+    python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["bench"]:
+        shutil.copy(m["executable"], sys.argv[1] + "/" + m["target"]["name"])
+' "$kit/bench"
+  strip "$kit"/bin/* "$kit"/tests/bin/* "$kit"/bench/*
   # The test data the binaries look for (llamagen_test_support::paths), in the layout of the
   # repository: the small model YAMLs here; `test` links the checkout's tests/golden in.
   cp -r "$here/tests/fixtures" "$kit/tests/"

@@ -76,13 +76,15 @@ fn greedy_matches_official(kind: BackendKind) {
         return;
     };
     for (cfg, scale) in [("cfg1", 1.0), ("cfg4", 4.0)] {
+        let mut reports = 0;
         let out = p
             .generate_tokens(
                 &request(scale, SamplingOptions::greedy(), 0),
-                &mut progress(),
+                &mut |_, _| reports += 1,
             )
             .unwrap();
-        assert!(out.decode_step_ms.is_empty(), "the fused loop ran");
+        // The host loop reports progress per step, the fused loop once at the end.
+        assert_eq!(reports, 1, "the fused loop ran");
         let (_, want) = read_i64(&tiny_dir().join(format!("greedy_{cfg}.tokens.npy")));
         let got: Vec<i64> = out.tokens.iter().flatten().map(|&t| t as i64).collect();
         assert_eq!(got, want, "{kind:?} greedy tokens, {cfg}");
@@ -206,6 +208,22 @@ fn graph_replay_equals_per_token_launches(kind: BackendKind) {
         "{kind:?}: replaying the captured graph again"
     );
     assert_eq!(a.tokens, c.tokens, "{kind:?}: graph vs per-token launches");
+    // bench's per-step quantiles: one device time per decode step, on both paths.
+    for (path, out) in [("graph", &a), ("graph again", &b), ("per-token", &c)] {
+        let steps = out.tokens[0].len() - 1;
+        assert_eq!(
+            out.decode_step_ms.len(),
+            steps,
+            "{kind:?} {path}: step times"
+        );
+        assert!(
+            out.decode_step_ms
+                .iter()
+                .all(|t| t.is_finite() && *t >= 0.0),
+            "{kind:?} {path}: {:?}",
+            out.decode_step_ms
+        );
+    }
 }
 
 fn images_match_cpu(kind: BackendKind) {

@@ -260,6 +260,16 @@ pub trait Device: Send + Sync + 'static {
     fn replay(&self, graph: &Self::Graph) -> Result<(), CudaError>;
     /// Waits until all issued work is done.
     fn synchronize(&self) -> Result<(), CudaError>;
+
+    /// A marker in the stream's timeline, for timing work without a host sync per step.
+    type Event: Send;
+    /// A new, unrecorded event (never during capture).
+    fn new_event(&self) -> Result<Self::Event, CudaError>;
+    /// Records `event` at this point of the stream (a GPU timestamps it when the work issued
+    /// before it is done). Not during capture: it would become part of the graph.
+    fn record(&self, event: &Self::Event) -> Result<(), CudaError>;
+    /// Milliseconds from `start` to `end`, both recorded; waits for `end`.
+    fn elapsed_ms(&self, start: &Self::Event, end: &Self::Event) -> Result<f64, CudaError>;
 }
 
 /// A stream capture in progress: [`CaptureGuard::end`] returns the graph; dropped before that

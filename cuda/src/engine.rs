@@ -27,6 +27,9 @@ pub struct Generated {
     pub prefill_ms: f64,
     /// Prefill plus all decode steps.
     pub gpt_ms: f64,
+    /// Each decode step's time on the device stream, in order: events recorded between steps
+    /// (no host sync per step). Empty where a loop does not time its steps.
+    pub decode_step_ms: Vec<f64>,
 }
 
 /// Fields drop in declaration order: every buffer and graph goes before the device (its
@@ -128,6 +131,10 @@ impl<D: Device> Engine<D> {
         d.synchronize()?;
         let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
         let decode_steps = per.saturating_sub(1);
+        // marks[i] follows decode step i (marks[0]: before the first).
+        let marks = (0..=decode_steps)
+            .map(|_| d.new_event())
+            .collect::<Result<Vec<_>, _>>()?;
         if self.use_graph && decode_steps > 0 {
             if s.graph.is_none() {
                 let capture = CaptureGuard::begin(d)?;
@@ -137,19 +144,29 @@ impl<D: Device> Engine<D> {
                 s.graph = Some(graph?);
             }
             let graph = s.graph.as_ref().expect("captured above");
-            for _ in 0..decode_steps {
+            d.record(&marks[0])?;
+            for mark in &marks[1..] {
                 d.replay(graph)?;
+                d.record(mark)?;
             }
         } else {
-            for _ in 0..decode_steps {
+            d.record(&marks[0])?;
+            for mark in &marks[1..] {
                 issue_step(d, &self.gpt, s, true)?;
+                d.record(mark)?;
             }
         }
         let tokens = s.read_tokens(d, per)?;
+        let gpt_ms = start.elapsed().as_secs_f64() * 1e3;
+        let decode_step_ms = marks
+            .windows(2)
+            .map(|w| d.elapsed_ms(&w[0], &w[1]))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Generated {
             tokens,
             prefill_ms,
-            gpt_ms: start.elapsed().as_secs_f64() * 1e3,
+            gpt_ms,
+            decode_step_ms,
         })
     }
 

@@ -182,6 +182,8 @@ impl<D: Device> VarEngine<D> {
             tokens,
             prefill_ms,
             gpt_ms: start.elapsed().as_secs_f64() * 1e3,
+            // Per-scale times come from the host-driven VAR loop (`bench`'s scale_ms).
+            decode_step_ms: Vec::new(),
         })
     }
 

@@ -353,10 +353,34 @@ fn check_capture_guard_ends_an_abandoned_capture<D: Device>(d: &D) {
     let _ = (&p.a_buf, &p.b_buf);
 }
 
+/// Events time the stream: the span over a GEMM is finite and non-negative (values unchecked:
+/// the emulator's are host clocks), an unrecorded event is an error, and recording is refused
+/// during a capture (it would become part of the graph).
+fn check_events_time_the_stream<D: Device>(d: &D) {
+    let mut rng = Rng(14);
+    let p = problem(d, &Case::dense(4, 5, 6), &mut rng);
+    let (start, end, never) = (
+        d.new_event().unwrap(),
+        d.new_event().unwrap(),
+        d.new_event().unwrap(),
+    );
+    d.record(&start).unwrap();
+    d.gemm(&p.gemm).unwrap();
+    d.record(&end).unwrap();
+    let ms = d.elapsed_ms(&start, &end).unwrap();
+    assert!(ms.is_finite() && ms >= 0.0, "{ms} ms");
+    assert!(d.elapsed_ms(&start, &never).is_err(), "an unrecorded end");
+    let capture = CaptureGuard::begin(d).unwrap();
+    assert!(d.record(&start).is_err(), "recording during a capture");
+    drop(capture);
+    let _ = (&p.a_buf, &p.b_buf, &p.c_buf);
+}
+
 device_tests!(
     check_gemm,
     check_capture_replay_gemm,
-    check_capture_guard_ends_an_abandoned_capture
+    check_capture_guard_ends_an_abandoned_capture,
+    check_events_time_the_stream
 );
 
 /// Tests of the emulator alone (its self-test kernels exist only there).

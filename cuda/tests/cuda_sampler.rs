@@ -14,7 +14,9 @@ use llamagen_test_support::device_tests;
 
 use cuda_common::{download_f32, download_i32, upload_bytes, upload_f32, upload_i32, Rng};
 use llamagen_cuda::device::{Device, KArg, LaunchConfig};
-use llamagen_cuda::ops::sampler::{advance, sample, scratch_bytes, SampleIo, SampleParams};
+use llamagen_cuda::ops::sampler::{
+    advance, sample, scratch_bytes, sweeps_offset, SampleIo, SampleParams,
+};
 use llamagen_runtime::rng::Philox;
 use llamagen_runtime::sampler::{
     cfg_combine, portable_exp, sample_token, sample_token_with, weight, SamplerScratch,
@@ -152,6 +154,8 @@ struct DeviceOut {
     tokens: Vec<i32>,
     ids: Vec<i32>,
     logits: Vec<f32>,
+    /// Passes over each row's logits (`ops::sampler::sweeps_offset`).
+    sweeps: Vec<u32>,
 }
 
 const UNTOUCHED: i32 = -7;
@@ -199,11 +203,22 @@ fn run_on_device<D: Device>(d: &D, c: &Case) -> DeviceOut {
         tokens: download_i32(d, &b.tokens, c.n * c.tokens_per_image),
         ids: download_i32(d, &b.ids, rows),
         logits: download_f32(d, &b.logits, rows * c.vocab),
+        sweeps: download_u32_at(d, &b.scratch, sweeps_offset(c.n, c.vocab), c.n),
     }
 }
 
-/// Runs `c` on the device and asserts tokens, ids and CFG-combined rows equal the CPU's.
-fn assert_case<D: Device>(d: &D, c: &Case) {
+fn download_u32_at<D: Device>(d: &D, buf: &D::Buf, offset: usize, len: usize) -> Vec<u32> {
+    let mut bytes = vec![0u8; 4 * len];
+    d.download(buf, offset, &mut bytes).unwrap();
+    bytes
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .collect()
+}
+
+/// Runs `c` on the device and asserts tokens, ids and CFG-combined rows equal the CPU's;
+/// returns what the device wrote.
+fn assert_case<D: Device>(d: &D, c: &Case) -> DeviceOut {
     let (want, want_cond) = c.cpu();
     let out = run_on_device(d, c);
     let per = c.tokens_per_image;
@@ -236,6 +251,7 @@ fn assert_case<D: Device>(d: &D, c: &Case) {
             want_cond[i].to_bits()
         );
     }
+    out
 }
 
 /// Bit-identical, except that every NaN equals every NaN: the GPU writes the canonical NaN
@@ -443,6 +459,37 @@ fn check_sampler_matches_cpu_vocab_16384<D: Device>(d: &D) {
     {
         let c = case(&mut rng, &kinds, 16384, 2, true, o, 100 + i as u64, 5, -1.0);
         assert_case(d, &c);
+    }
+}
+
+/// The work per row is bounded and known: sweeps over the row per setting (one load from
+/// memory, the rest over registers; see kernels/sampler.cu) at LlamaGen's vocabulary and past
+/// the 16384 ids a block keeps in registers (the spilled path), with tokens equal to the CPU's.
+/// Sweeps: load 1; then weight total 1, top-k 4 (k < vocab), top-p 4, draw 2 (ids < 2^16).
+fn check_sweeps_per_row_are_bounded<D: Device>(d: &D) {
+    let mut rng = Rng(16);
+    let plan = [
+        (opts(1.0, 1, 1.0), 1),
+        (opts(1.0, 0, 1.0), 1 + 1 + 2),
+        (SamplingOptions::default(), 1 + 4 + 1 + 2),
+        (opts(1.0, 900, 0.95), 1 + 4 + 1 + 4 + 2),
+    ];
+    for vocab in [16384, 20000] {
+        for (o, want) in &plan {
+            let c = case(
+                &mut rng,
+                &[RowKind::Uniform],
+                vocab,
+                2,
+                true,
+                o.clone(),
+                7,
+                2,
+                -1.0,
+            );
+            let out = assert_case(d, &c);
+            assert_eq!(out.sweeps, vec![*want; 2], "{}: sweeps per row", c.name);
+        }
     }
 }
 
@@ -757,6 +804,7 @@ device_tests!(
     check_sampler_matches_cpu_on_tie_boundaries,
     check_sampler_matches_cpu_edge_rows,
     check_sampler_matches_cpu_vocab_16384,
+    check_sweeps_per_row_are_bounded,
     check_sampler_matches_cpu_extreme_draws,
     check_philox_known_answers,
     check_exp_and_weights_match_cpu,
@@ -766,3 +814,31 @@ device_tests!(
     check_var_blocks_match_cpu,
     check_var_rule_differs_at_the_threshold,
 );
+
+/// One sampling launch per decode step whatever the batch and settings: a captured step's
+/// sampling (CFG, top-k, draw for 8 request rows of 16384 logits) is `sample_rows` once, then
+/// the step counter's advance.
+#[cfg(feature = "emu")]
+#[test]
+fn a_step_samples_with_one_launch() {
+    let d = llamagen_cuda::emu::EmuDevice::new().unwrap();
+    let o = opts(1.0, 2000, 0.9);
+    let c = case(
+        &mut Rng(18),
+        &[RowKind::Uniform],
+        16384,
+        8,
+        true,
+        o,
+        1,
+        0,
+        -1.0,
+    );
+    let b = Buffers::new(&d, &c, 0);
+    let pos = upload_i32(&d, &[1]);
+    d.begin_capture().unwrap();
+    sample(&d, &b.io(&d), c.n, c.vocab).unwrap();
+    advance(&d, d.slice(&pos), d.slice(&b.step)).unwrap();
+    let graph = d.end_capture().unwrap();
+    assert_eq!(graph.launches(), ["sample_rows", "sampler_advance"]);
+}

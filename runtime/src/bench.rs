@@ -25,15 +25,15 @@ pub struct BenchReport {
     pub runs: usize,
     pub load_ms: f64,
     pub prefill_ms: f64,
-    /// All decode steps over their count (device backends replay the step without a host sync
-    /// per token: only the mean exists there).
+    /// All decode steps over their count (wall time, host syncs included).
     pub decode_ms_per_token_mean: f64,
     /// Device backends: GEMM weights + KV cache one step reads (the weights as the device holds
     /// them, [`Self::gemm_weight_mb`]; the KV cache by arithmetic, [`kv_step_bytes`]), in MB.
     pub decode_mb_per_token: Option<f64>,
     /// Device backends: those bytes over the measured step time.
     pub decode_gb_per_s: Option<f64>,
-    /// Host loops: quantiles of the individual decode steps.
+    /// Quantiles of the individual decode steps: host loops time each step; the CUDA backend
+    /// records events between the replayed steps (device time, no host sync per step).
     pub decode_ms_per_token_p50: Option<f64>,
     pub decode_ms_per_token_p99: Option<f64>,
     /// Device backends (LlamaGen): the element type of the GPT's GEMM weights on the device
@@ -48,6 +48,9 @@ pub struct BenchReport {
     /// rotary tables), in MB.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpt_device_weight_mb: Option<f64>,
+    /// How many step times (over all timed runs) the quantiles come from; 0 where steps are
+    /// not timed one by one.
+    pub decode_steps_timed: usize,
     /// VAR: median wall time of each scale's step (embed, transformer, CFG, sampling), in
     /// scale order; `prefill_ms` is the first. Absent for LlamaGen.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -129,6 +132,7 @@ pub fn bench(
         gemm_weight_dtype: weights.map(|w| w.gemm_dtype),
         gemm_weight_mb: weights.map(|w| w.gemm_bytes as f64 / 1e6),
         gpt_device_weight_mb: weights.map(|w| (w.gemm_bytes + w.other_bytes) as f64 / 1e6),
+        decode_steps_timed: steps.len(),
         scale_ms: var.then(|| scales.into_iter().map(median).collect()),
         gpt_ms: median(gpt),
         vq_ms: median(vq),

@@ -95,8 +95,9 @@ pub struct TokenOutput {
     /// `[labels.len()][tokens_per_image]`.
     pub tokens: Vec<Vec<u32>>,
     pub prefill_ms: f64,
-    /// Wall time of every decode step (graph + cache write + CFG + sampling); empty when the
-    /// backend ran the loop on the device without per-step synchronisation.
+    /// Time of every decode step (graph + cache write + CFG + sampling): wall time in host
+    /// loops; device time between events recorded around each replayed step in the CUDA
+    /// backend's fused loop (no per-step synchronisation); empty where a loop times no steps.
     pub decode_step_ms: Vec<f64>,
     /// All decode steps (everything after the prefill).
     pub decode_ms: f64,

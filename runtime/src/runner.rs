@@ -200,7 +200,7 @@ impl<B: Backend> Generator for Runner<B> {
         Ok(TokenOutput {
             tokens: f.tokens,
             prefill_ms: f.prefill_ms,
-            decode_step_ms: Vec::new(),
+            decode_step_ms: f.decode_step_ms,
             decode_ms: f.gpt_ms - f.prefill_ms,
             gpt_ms: f.gpt_ms,
         })

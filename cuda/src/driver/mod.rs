@@ -16,7 +16,9 @@ use std::time::Instant;
 use cudarc::cublas::sys as blas;
 use cudarc::driver::sys::{CUdevice_attribute as DevAttr, CUfunction_attribute as FnAttr};
 use cudarc::driver::DevicePtr;
-use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream};
+use cudarc::driver::{
+    result, sys, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream,
+};
 use cudarc::nvrtc::Ptx;
 
 use crate::device::{Device, Gemm, KArg, LaunchConfig};
@@ -401,5 +403,29 @@ impl Device for CudaDevice {
         self.stream
             .synchronize()
             .map_err(cuda_err("cuStreamSynchronize"))
+    }
+
+    type Event = CudaEvent;
+
+    fn new_event(&self) -> Result<CudaEvent, CudaError> {
+        self.refuse_during_capture("cuEventCreate")?;
+        // cudarc's default disables timing.
+        self.ctx
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(cuda_err("cuEventCreate"))
+    }
+
+    fn record(&self, event: &CudaEvent) -> Result<(), CudaError> {
+        self.refuse_during_capture("cuEventRecord")?;
+        event
+            .record(&self.stream)
+            .map_err(cuda_err("cuEventRecord"))
+    }
+
+    fn elapsed_ms(&self, start: &CudaEvent, end: &CudaEvent) -> Result<f64, CudaError> {
+        start
+            .elapsed_ms(end)
+            .map(f64::from)
+            .map_err(cuda_err("cuEventElapsedTime"))
     }
 }

@@ -20,6 +20,7 @@ use std::alloc::Layout;
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use crate::device::{Device, Gemm, KArg, LaunchConfig};
 use crate::error::CudaError;
@@ -106,6 +107,20 @@ enum Op {
 /// A captured sequence of launches and GEMMs.
 pub struct EmuGraph {
     ops: Vec<Op>,
+}
+
+impl EmuGraph {
+    /// The kernel names of the recorded launches, in order (GEMMs left out): what one replay
+    /// launches.
+    pub fn launches(&self) -> Vec<&str> {
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Launch { name, .. } => Some(name.as_str()),
+                Op::Gemm(_) => None,
+            })
+            .collect()
+    }
 }
 
 /// The host emulation of a GPU (see the module doc).
@@ -430,4 +445,32 @@ impl Device for EmuDevice {
     fn synchronize(&self) -> Result<(), CudaError> {
         self.refuse_in_capture("emulated synchronize")
     }
+
+    /// The host clock when recorded: every operation has finished when its call returns, so
+    /// that is the stream's position.
+    type Event = EmuEvent;
+
+    fn new_event(&self) -> Result<EmuEvent, CudaError> {
+        self.refuse_in_capture("emulated new_event")?;
+        Ok(EmuEvent(Mutex::new(None)))
+    }
+
+    fn record(&self, event: &EmuEvent) -> Result<(), CudaError> {
+        self.refuse_in_capture("emulated record")?;
+        let _stream = lock(&self.stream);
+        *lock(&event.0) = Some(Instant::now());
+        Ok(())
+    }
+
+    fn elapsed_ms(&self, start: &EmuEvent, end: &EmuEvent) -> Result<f64, CudaError> {
+        let at = |e: &EmuEvent| {
+            lock(&e.0).ok_or_else(|| {
+                CudaError::call("emulated elapsed_ms", "an event that was never recorded")
+            })
+        };
+        Ok(at(end)?.duration_since(at(start)?).as_secs_f64() * 1e3)
+    }
 }
+
+/// An emulated event: when it was last recorded.
+pub struct EmuEvent(Mutex<Option<Instant>>);

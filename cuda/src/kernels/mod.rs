@@ -23,6 +23,12 @@ pub const SAMPLER_MATH: Header = Header {
     src: include_str!("sampler_math.cuh"),
 };
 
+/// The sampler's block-wide machinery (row ownership, reductions, radix descent).
+pub const SAMPLER_BLOCK: Header = Header {
+    file: "sampler_block.cuh",
+    src: include_str!("sampler_block.cuh"),
+};
+
 /// One kernel file.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelSource {
@@ -60,7 +66,7 @@ pub const SOURCES: &[KernelSource] = &[
         file: "sampler.cu",
         src: include_str!("sampler.cu"),
         options: &["--fmad=false"],
-        headers: &[SAMPLER_MATH],
+        headers: &[SAMPLER_MATH, SAMPLER_BLOCK],
     },
     KernelSource {
         file: "vq.cu",

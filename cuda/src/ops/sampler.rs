@@ -156,10 +156,18 @@ impl SampleParams {
     }
 }
 
-/// Bytes of the scratch buffer [`sample`] needs for `n` request rows: per row the fixed-point
-/// weights (u64 `[n, vocab]`) and the scaled logits (f32 `[n, vocab]`).
+/// Bytes of the scratch buffer [`sample`] needs for `n` request rows: the scaled logits (f32
+/// `[n, vocab]`, touched only past the 16384 ids a block keeps in registers), then one u32 sweep
+/// count per row ([`sweeps_offset`]), rounded up to whole u64 words.
 pub fn scratch_bytes(n: usize, vocab: usize) -> usize {
-    n * vocab * (8 + 4)
+    (sweeps_offset(n, vocab) + 4 * n).next_multiple_of(8)
+}
+
+/// Byte offset in the scratch buffer of the u32 `[n]` sweep counts: how many passes over its
+/// logits row the last [`sample`] made for each row (1 load from memory, the rest over the
+/// registers that hold the row; see `kernels/sampler.cu`). For tests and benches.
+pub fn sweeps_offset(n: usize, vocab: usize) -> usize {
+    4 * n * vocab
 }
 
 /// For each request row r < n: CFG-combines logits rows r and n + r when params say so and the

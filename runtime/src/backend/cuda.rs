@@ -159,6 +159,7 @@ impl<D: Device> FusedLoop for CudaBackend<D> {
             tokens: g.tokens,
             prefill_ms: g.prefill_ms,
             gpt_ms: g.gpt_ms,
+            decode_step_ms: g.decode_step_ms,
         })
     }
 }

@@ -48,6 +48,8 @@ pub struct FusedTokens {
     pub prefill_ms: f64,
     /// Prefill plus all decode steps.
     pub gpt_ms: f64,
+    /// Each decode step's device time (events between the steps), or empty.
+    pub decode_step_ms: Vec<f64>,
 }
 
 /// What a device backend's GPT weights occupy on the device (for `bench` and tests).
