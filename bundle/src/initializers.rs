@@ -137,6 +137,32 @@ impl Initializers {
         Ok(HostTensor { dims: q.dims, data })
     }
 
+    /// Tensor `name`'s stored bytes when it is stored as f16 (little-endian), borrowed from the
+    /// mapped weights file: what a device that keeps f16 uploads without any conversion.
+    /// `None` when it is stored otherwise (or not at all).
+    pub fn get_f16_bytes(&self, name: &str) -> Result<Option<(Vec<usize>, &[u8])>, BundleError> {
+        let Some(t) = self.tensors.get(name) else {
+            return Ok(None);
+        };
+        if t.data_type != data_type::FLOAT16 {
+            return Ok(None);
+        }
+        let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
+        let n: usize = dims.iter().product();
+        let bytes = self.bytes_of(t)?;
+        if bytes.len() != 2 * n {
+            return Err(bad(
+                &self.onnx,
+                format!(
+                    "{name}: {} bytes for dims {dims:?}, expected {}",
+                    bytes.len(),
+                    2 * n
+                ),
+            ));
+        }
+        Ok(Some((dims, bytes)))
+    }
+
     /// Tensor `name` as stored by an int8 bundle (`<name>.int8` with its per-channel
     /// `<name>.scale`), for backends that keep int8 weights; `None` when it is not stored so.
     pub fn get_int8(&self, name: &str) -> Result<Option<Int8Tensor>, BundleError> {

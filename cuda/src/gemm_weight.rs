@@ -8,7 +8,7 @@ use half::f16;
 use crate::device::{DType, DevSlice, Device, Gemm};
 use crate::error::CudaError;
 use crate::ops::gemm_w8a16::{self as w8, Int8Matrix, W8Out};
-use crate::weights::{check_dims, upload_bytes, upload_f16, upload_f32, BundleWeights};
+use crate::weights::{check_dims, upload_bytes, upload_f32, upload_weight_f16, BundleWeights};
 
 /// The element type GEMM weights have on the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,10 +74,8 @@ impl<D: Device> GemmWeight<D> {
                 n,
             });
         }
-        let t = w.get(name)?;
-        check_dims(name, &t.dims, &dims)?;
         Ok(GemmWeight::F16 {
-            w: upload_f16(d, &t.data)?,
+            w: upload_weight_f16(d, w, name, &dims)?,
             k,
             n,
         })

@@ -12,7 +12,7 @@ use crate::error::CudaError;
 use crate::gemm_weight::{GemmOut, GemmWeight, WeightDType};
 use crate::ops::gpt::{self as k, AttnShape, LayerCache, Rotary};
 use crate::ops::sampler::{self, SampleIo, SampleParams};
-use crate::weights::{check_dims, upload_f16, upload_f32, BundleWeights};
+use crate::weights::{check_dims, upload_f32, upload_weight_f16, BundleWeights};
 
 /// One transformer layer's weights: GEMM matrices `[in, out]` (f16, or int8 from an int8
 /// bundle), norm weights f32.
@@ -45,11 +45,7 @@ impl<D: Device> GptWeights<D> {
         let (dim, hd) = (c.dim, c.head_dim);
         let qkv = (c.n_head + 2 * c.n_kv_head) * hd;
         let matrix = |name: &str, dims: [usize; 2]| GemmWeight::load(d, w, name, dims);
-        let table = |name: &str, dims: [usize; 2]| -> Result<D::Buf, CudaError> {
-            let t = w.get(name)?;
-            check_dims(name, &t.dims, &dims)?;
-            upload_f16(d, &t.data)
-        };
+        let table = |name: &str, dims: [usize; 2]| upload_weight_f16(d, w, name, &dims);
         let vector = |name: &str, n: usize| -> Result<D::Buf, CudaError> {
             let t = w.get(name)?;
             check_dims(name, &t.dims, &[n])?;
