@@ -19,6 +19,16 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 kit="$here/target/gpu-kit"
+# Copies the executables of cargo's JSON messages (stdin) whose target kind is $1 into $2.
+copy_artifacts() {
+  python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == [sys.argv[1]]:
+        shutil.copy(m["executable"], sys.argv[2] + "/" + m["target"]["name"])
+' "$1" "$2"
+}
 case "${1:-}" in
 build)
   rm -rf "$kit" && mkdir -p "$kit/bin" "$kit/tests/bin"
@@ -30,24 +40,12 @@ build)
     --test cuda_gpt_kernels --test cuda_sampler --test cuda_vq_kernels --test cuda_emu \
     --test cuda_nvrtc --test cuda_backend --test cuda_w8a16 --test cuda_var_kernels \
     --test cuda_var 2>/dev/null |
-    python3 -c '
-import json, shutil, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        shutil.copy(m["executable"], sys.argv[1] + "/" + m["target"]["name"])
-' "$kit/tests/bin"
+    copy_artifacts test "$kit/tests/bin"
   # The device sampler's criterion bench (gpu_bench.sh runs it: us per sampling step).
   mkdir -p "$kit/bench"
   cargo bench --features driver --no-run --message-format=json \
     --manifest-path "$here/Cargo.toml" -p llamagen-cuda --bench device_sampler 2>/dev/null |
-    python3 -c '
-import json, shutil, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["bench"]:
-        shutil.copy(m["executable"], sys.argv[1] + "/" + m["target"]["name"])
-' "$kit/bench"
+    copy_artifacts bench "$kit/bench"
   strip "$kit"/bin/* "$kit"/tests/bin/* "$kit"/bench/*
   # The test data the binaries look for (llamagen_test_support::paths), in the layout of the
   # repository: the small model YAMLs here; `test` links the checkout's tests/golden in.
