@@ -30,6 +30,14 @@ pub struct Int8Tensor {
     pub axis: usize,
 }
 
+/// A weight as f16 bundles store it: row-major `dims`, little-endian f16 `bytes` borrowed from
+/// the mapped weights file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct F16Bytes<'a> {
+    pub dims: Vec<usize>,
+    pub bytes: &'a [u8],
+}
+
 /// The initializers of one bundle graph.
 pub struct Initializers {
     onnx: PathBuf,
@@ -140,7 +148,7 @@ impl Initializers {
     /// Tensor `name`'s stored bytes when it is stored as f16 (little-endian), borrowed from the
     /// mapped weights file: what a device that keeps f16 uploads without any conversion.
     /// `None` when it is stored otherwise (or not at all).
-    pub fn get_f16_bytes(&self, name: &str) -> Result<Option<(Vec<usize>, &[u8])>, BundleError> {
+    pub fn get_f16_bytes(&self, name: &str) -> Result<Option<F16Bytes<'_>>, BundleError> {
         let Some(t) = self.tensors.get(name) else {
             return Ok(None);
         };
@@ -160,7 +168,7 @@ impl Initializers {
                 ),
             ));
         }
-        Ok(Some((dims, bytes)))
+        Ok(Some(F16Bytes { dims, bytes }))
     }
 
     /// Tensor `name` as stored by an int8 bundle (`<name>.int8` with its per-channel

@@ -39,9 +39,9 @@ pub fn upload_weight_f16<D: Device>(
     name: &str,
     dims: &[usize],
 ) -> Result<D::Buf, CudaError> {
-    if let Some((got, bytes)) = w.get_f16_bytes(name)? {
-        check_dims(name, &got, dims)?;
-        return upload_bytes(d, bytes);
+    if let Some(f16) = w.get_f16_bytes(name)? {
+        check_dims(name, &f16.dims, dims)?;
+        return upload_bytes(d, f16.bytes);
     }
     let t = w.get(name)?;
     check_dims(name, &t.dims, dims)?;
