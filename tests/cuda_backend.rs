@@ -17,16 +17,28 @@ use std::path::Path;
 use llamagen_compiler::bundle::Precision;
 use llamagen_runtime::compare::cosine;
 use llamagen_runtime::{
-    BackendChoice, BackendKind, CudaOptions, GenerateRequest, Observer, Pipeline, PipelineOptions,
-    RuntimeError, SamplingOptions,
+    BackendChoice, BackendKind, CudaAttention, CudaOptions, GenerateRequest, Observer, Pipeline,
+    PipelineOptions, RuntimeError, SamplingOptions,
 };
 use llamagen_test_support::FP16_VS_FP32;
 use support::golden::{compile_tiny, read_f32, read_i64, tiny_dir};
 
-/// Loads `bundle` on `kind`, or `None` (with a message) when this machine cannot run it.
+/// Loads `bundle` on `kind`, or `None` (with a message) when this machine cannot run it; the
+/// decode attention as `LLAMAGEN_CUDA_ATTENTION` says (fused unless set).
 fn load(bundle: &Path, kind: BackendKind, cuda_graph: bool) -> Option<Pipeline> {
+    load_with(bundle, kind, cuda_graph, None)
+}
+
+/// [`load`] with the decode attention chosen here (`None`: the environment's).
+fn load_with(
+    bundle: &Path,
+    kind: BackendKind,
+    cuda_graph: bool,
+    attention: Option<CudaAttention>,
+) -> Option<Pipeline> {
     let cuda = CudaOptions {
         graph: cuda_graph,
+        attention,
         ..CudaOptions::default()
     };
     let backend = match kind {
@@ -70,11 +82,20 @@ fn progress() -> impl FnMut(usize, usize) {
     |_, _| {}
 }
 
+/// Both decode attentions (the fused split-K kernel and the separate pair), each set through
+/// the options, not the environment.
 fn greedy_matches_official(kind: BackendKind) {
     let (_tmp, bundle) = tiny_bundle();
-    let Some(p) = load(&bundle, kind, true) else {
-        return;
-    };
+    for attention in [CudaAttention::Fused, CudaAttention::Separate] {
+        let Some(p) = load_with(&bundle, kind, true, Some(attention)) else {
+            return;
+        };
+        assert_eq!(p.device_attention(), Some(attention.name()));
+        greedy_tokens_match_official(kind, &p, attention);
+    }
+}
+
+fn greedy_tokens_match_official(kind: BackendKind, p: &Pipeline, attention: CudaAttention) {
     for (cfg, scale) in [("cfg1", 1.0), ("cfg4", 4.0)] {
         let mut reports = 0;
         let out = p
@@ -87,7 +108,7 @@ fn greedy_matches_official(kind: BackendKind) {
         assert_eq!(reports, 1, "the fused loop ran");
         let (_, want) = read_i64(&tiny_dir().join(format!("greedy_{cfg}.tokens.npy")));
         let got: Vec<i64> = out.tokens.iter().flatten().map(|&t| t as i64).collect();
-        assert_eq!(got, want, "{kind:?} greedy tokens, {cfg}");
+        assert_eq!(got, want, "{kind:?} {attention:?} greedy tokens, {cfg}");
     }
 }
 

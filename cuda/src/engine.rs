@@ -15,7 +15,7 @@ use llamagen_bundle::{GraphRole, Manifest};
 
 use crate::device::{CaptureGuard, Device};
 use crate::error::CudaError;
-use crate::gpt::{issue_step, GptWeights, Session, WeightBytes};
+use crate::gpt::{issue_step, AttentionPath, GptWeights, Session, WeightBytes};
 use crate::ops::sampler::{RowKey, SampleParams};
 use crate::vq::VqDecoder;
 use crate::weights::BundleWeights;
@@ -41,6 +41,8 @@ pub struct Engine<D: Device> {
     tokens_per_image: usize,
     /// Capture the decode step into a graph (off: the same launches, issued per token).
     use_graph: bool,
+    /// The decode attention every session's step launches.
+    attention: AttentionPath,
     /// Sessions of finished generations, reused by the next one of the same shape (their
     /// graphs included).
     sessions: Mutex<Vec<Session<D>>>,
@@ -49,14 +51,17 @@ pub struct Engine<D: Device> {
 }
 
 impl<D: Device> Engine<D> {
-    /// Uploads the bundle's weights (any precision) to `device`.
+    /// Uploads the bundle's weights (any precision) to `device`; the decode steps will launch
+    /// `attention` (an error where it cannot run the model's head size).
     pub fn load(
         name: &'static str,
         device: D,
         dir: &Path,
         m: &Manifest,
         use_graph: bool,
+        attention: AttentionPath,
     ) -> Result<Self, CudaError> {
+        attention.check_head_dim(m.gpt()?.head_dim)?;
         let t0 = Instant::now();
         let gpt = GptWeights::load(
             &device,
@@ -80,6 +85,7 @@ impl<D: Device> Engine<D> {
             vq,
             tokens_per_image: m.generation.tokens_per_image,
             use_graph,
+            attention,
             sessions: Mutex::new(Vec::new()),
             exec: Mutex::new(()),
         })
@@ -95,6 +101,7 @@ impl<D: Device> Engine<D> {
                 rows,
                 n,
                 self.tokens_per_image,
+                self.attention,
             ),
         }
     }
@@ -180,6 +187,11 @@ impl<D: Device> Engine<D> {
         self.gpt.bytes(&self.device)
     }
 
+    /// The decode attention the steps launch.
+    pub fn attention(&self) -> AttentionPath {
+        self.attention
+    }
+
     /// The backend's name (`cuda`, `cuda-emu`).
     pub fn name(&self) -> &'static str {
         self.name
@@ -195,6 +207,7 @@ impl<D: Device> Engine<D> {
             rows,
             rows,
             self.tokens_per_image,
+            self.attention,
         )
     }
 

@@ -11,6 +11,7 @@ use crate::device::Device;
 use crate::error::CudaError;
 use crate::gemm_weight::{GemmOut, GemmWeight, WeightDType};
 use crate::ops::gpt::{self as k, AttnShape, LayerCache, Rotary};
+use crate::ops::gpt_split_attention::{self as split, SplitScratch};
 use crate::ops::sampler::{self, SampleIo, SampleParams};
 use crate::weights::{check_dims, upload_f32, upload_weight_f16, BundleWeights};
 
@@ -110,6 +111,52 @@ pub struct WeightBytes {
     pub gemm_dtype: WeightDType,
 }
 
+/// Which decode attention the step launches per layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttentionPath {
+    /// `decode_attention_fused`: rotary, the cache write and split-K attention with the merge,
+    /// one launch per layer (`ops::gpt_split_attention`).
+    #[default]
+    Fused,
+    /// `rotary_kv_write` then `decode_attention` (one block per (row, head)): the previous pair,
+    /// kept to compare against.
+    Separate,
+}
+
+impl AttentionPath {
+    /// The name options and reports use (`fused`, `separate`).
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionPath::Fused => "fused",
+            AttentionPath::Separate => "separate",
+        }
+    }
+
+    /// Whether this path runs a model whose heads are `head_dim` wide (the separate pair takes
+    /// any; the fused kernel 8..256, see [`split::fused_attention_supports`]).
+    pub fn check_head_dim(self, head_dim: usize) -> Result<(), CudaError> {
+        if self == AttentionPath::Fused && !split::fused_attention_supports(head_dim) {
+            return Err(CudaError::call(
+                "the fused decode attention",
+                format!(
+                    "head_dim {head_dim} is not one of 8, 16, 32, 64, 128, 256; use the \
+                     separate attention (LLAMAGEN_CUDA_ATTENTION=separate)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The attention path's own buffers in a session.
+enum AttnBuffers<D: Device> {
+    /// f32 partials `[rows, heads, splits, head_dim + 2]` and u32 counters `[rows, heads]`
+    /// (zero-filled; every launch leaves them zero), shared by all layers.
+    Fused { partials: D::Buf, counters: D::Buf },
+    /// Rotated q `[rows, heads * head_dim]` f16, between the two launches.
+    Separate { q: D::Buf },
+}
+
 /// Device buffers of one batch shape: `rows` GPT rows serving `n` requests (`rows = 2n` with
 /// CFG). Owned by one generation at a time; its graph stays valid because no buffer moves.
 pub struct Session<D: Device> {
@@ -118,7 +165,7 @@ pub struct Session<D: Device> {
     x: D::Buf,
     normed: D::Buf,
     qkv: D::Buf,
-    q: D::Buf,
+    attention: AttnBuffers<D>,
     attn: D::Buf,
     h13: D::Buf,
     act: D::Buf,
@@ -139,18 +186,39 @@ pub struct Session<D: Device> {
 }
 
 impl<D: Device> Session<D> {
-    pub fn new(d: &D, c: &GptConfig, rows: usize, n: usize, per: usize) -> Result<Self, CudaError> {
+    /// Buffers for `rows` GPT rows serving `n` requests of `per` tokens, with the buffers of
+    /// `attention` (the step this session launches).
+    pub fn new(
+        d: &D,
+        c: &GptConfig,
+        rows: usize,
+        n: usize,
+        per: usize,
+        attention: AttentionPath,
+    ) -> Result<Self, CudaError> {
         let (f16, f32, i32) = (2, 4, 4);
         let hd = c.head_dim;
         let cache = rows * c.n_kv_head * c.max_len * hd * f16;
         let layers = |_| d.alloc(cache);
+        let attention = match attention {
+            AttentionPath::Fused => {
+                let shape = attn_shape(c, rows);
+                AttnBuffers::Fused {
+                    partials: d.alloc(SplitScratch::partials_len(&shape) * f32)?,
+                    counters: d.alloc(SplitScratch::counters_len(&shape) * 4)?,
+                }
+            }
+            AttentionPath::Separate => AttnBuffers::Separate {
+                q: d.alloc(rows * c.n_head * hd * f16)?,
+            },
+        };
         Ok(Session {
             rows,
             n,
             x: d.alloc(rows * c.dim * f32)?,
             normed: d.alloc(rows * c.dim * f16)?,
             qkv: d.alloc(rows * (c.n_head + 2 * c.n_kv_head) * hd * f16)?,
-            q: d.alloc(rows * c.n_head * hd * f16)?,
+            attention,
             attn: d.alloc(rows * c.n_head * hd * f16)?,
             h13: d.alloc(rows * 2 * c.ffn_hidden * f16)?,
             act: d.alloc(rows * c.ffn_hidden * f16)?,
@@ -214,9 +282,25 @@ impl<D: Device> Session<D> {
     }
 }
 
+/// The attention shape of `rows` rows of model `c`.
+fn attn_shape(c: &GptConfig, rows: usize) -> AttnShape {
+    AttnShape {
+        rows,
+        heads: c.n_head,
+        kv_heads: c.n_kv_head,
+        head_dim: c.head_dim,
+        max_len: c.max_len,
+    }
+}
+
 /// Issues one decode step on `s`: all layers and the logits; with `sample`, also CFG + sampling
 /// (writing the token and the next ids) and the position/step advance, so that replaying the
 /// captured sequence runs the whole generation loop without the host.
+///
+/// Per layer: rms_norm, the qkv GEMM, the attention (the session's [`AttentionPath`]: one fused
+/// split-K launch that also rotates and writes the cache, or rotary_kv_write + decode_attention),
+/// the wo GEMM with the residual, rms_norm, the w1|w3 GEMM, swiglu, the w2 GEMM with the
+/// residual.
 pub fn issue_step<D: Device>(
     d: &D,
     w: &GptWeights<D>,
@@ -228,14 +312,8 @@ pub fn issue_step<D: Device>(
     let f32s = |b: &D::Buf| d.slice::<f32>(b);
     let i32s = |b: &D::Buf| d.slice::<i32>(b);
     let rows = s.rows;
-    let (dim, hd, hid) = (c.dim, c.head_dim, c.ffn_hidden);
-    let shape = AttnShape {
-        rows,
-        heads: c.n_head,
-        kv_heads: c.n_kv_head,
-        head_dim: hd,
-        max_len: c.max_len,
-    };
+    let (dim, hid) = (c.dim, c.ffn_hidden);
+    let shape = attn_shape(c, rows);
     // x (+)= A . W, the residual add fused into the GEMM.
     let residual = |inp: &D::Buf, wt: &GemmWeight<D>| {
         let x = GemmOut::F32 {
@@ -274,8 +352,28 @@ pub fn issue_step<D: Device>(
         };
         norm(&lw.attention_norm)?;
         project(&lw.wqkv, &s.qkv)?;
-        k::rotary_kv_write(d, f16s(&s.q), cache, f16s(&s.qkv), rotary, &shape)?;
-        k::decode_attention(d, f16s(&s.attn), f16s(&s.q), cache, &shape)?;
+        match &s.attention {
+            AttnBuffers::Fused { partials, counters } => {
+                let scratch = SplitScratch {
+                    partials: f32s(partials),
+                    counters: d.slice::<u32>(counters),
+                };
+                let qkv = f16s(&s.qkv);
+                split::decode_attention_fused(
+                    d,
+                    f16s(&s.attn),
+                    cache,
+                    qkv,
+                    rotary,
+                    scratch,
+                    &shape,
+                )?;
+            }
+            AttnBuffers::Separate { q } => {
+                k::rotary_kv_write(d, f16s(q), cache, f16s(&s.qkv), rotary, &shape)?;
+                k::decode_attention(d, f16s(&s.attn), f16s(q), cache, &shape)?;
+            }
+        }
         residual(&s.attn, &lw.wo)?;
         norm(&lw.ffn_norm)?;
         project(&lw.w13, &s.h13)?;

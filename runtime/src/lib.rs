@@ -25,7 +25,9 @@ mod runner;
 pub mod sampler;
 mod var;
 
-pub use backend::{BackendChoice, BackendKind, CpuOptions, CudaOptions, DeviceWeights};
+pub use backend::{
+    BackendChoice, BackendKind, CpuOptions, CudaAttention, CudaOptions, DeviceWeights,
+};
 pub use error::{BundleError, RuntimeError};
 /// The Philox stream both samplers draw from (the bundle contract's).
 pub use llamagen_bundle::philox as rng;

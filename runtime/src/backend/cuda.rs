@@ -7,11 +7,14 @@ use std::path::Path;
 use llamagen_bundle::names::PROBE_PREFIX;
 use llamagen_bundle::Manifest;
 use llamagen_cuda::device::Device;
-use llamagen_cuda::gpt::Session;
+use llamagen_cuda::gpt::{AttentionPath, Session};
 use llamagen_cuda::ops::sampler::{row_key, RowKey, SampleParams};
 use llamagen_cuda::{CudaError, Engine};
 
-use super::{Backend, BackendKind, DeviceWeights, FusedJob, FusedLoop, FusedTokens, StepInput};
+use super::{
+    Backend, BackendKind, CudaAttention, CudaOptions, DeviceWeights, FusedJob, FusedLoop,
+    FusedTokens, StepInput,
+};
 use crate::error::RuntimeError;
 use crate::request::RowSeed;
 
@@ -38,17 +41,22 @@ pub struct CudaBackend<D: Device> {
 }
 
 impl<D: Device> CudaBackend<D> {
-    /// Loads `m`'s graphs on `device`. Calibration bundles (graphs with `probe.*` outputs) are
-    /// refused: the device step computes no probes, and calibration runs on the CPU.
+    /// Loads `m`'s graphs on `device` with options `o` (the attention resolved here, once).
+    /// Calibration bundles (graphs with `probe.*` outputs) are refused: the device step
+    /// computes no probes, and calibration runs on the CPU.
     pub fn load(
         kind: BackendKind,
         device: D,
         dir: &Path,
         m: &Manifest,
-        use_graph: bool,
+        o: &CudaOptions,
     ) -> Result<Self, RuntimeError> {
         refuse_calibration(kind, dir, m)?;
-        let engine = Engine::load(kind.name(), device, dir, m, use_graph)?;
+        let attention = match o.attention()? {
+            CudaAttention::Fused => AttentionPath::Fused,
+            CudaAttention::Separate => AttentionPath::Separate,
+        };
+        let engine = Engine::load(kind.name(), device, dir, m, o.graph, attention)?;
         Ok(CudaBackend { kind, engine })
     }
 }
@@ -127,6 +135,10 @@ impl<D: Device> Backend for CudaBackend<D> {
             other_bytes: b.other,
             gemm_dtype: b.gemm_dtype.name(),
         })
+    }
+
+    fn device_attention(&self) -> Option<&'static str> {
+        Some(self.engine.attention().name())
     }
 }
 

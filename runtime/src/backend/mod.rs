@@ -112,6 +112,10 @@ pub trait Backend: Send + Sync + 'static {
     fn device_weights(&self) -> Option<DeviceWeights> {
         None
     }
+    /// Device backends: the decode step's attention ([`CudaAttention::name`]).
+    fn device_attention(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// Which backend to run on.
@@ -158,6 +162,9 @@ pub struct CudaOptions {
     /// Capture the decode step into a CUDA graph (default on; off issues the same launches per
     /// token, for debugging and for measuring what the graph saves).
     pub graph: bool,
+    /// The GPT decode step's attention; `None` (the default): [`CudaAttention::ENV`] if set,
+    /// else fused, read once when the pipeline loads.
+    pub attention: Option<CudaAttention>,
 }
 
 impl Default for CudaOptions {
@@ -165,6 +172,65 @@ impl Default for CudaOptions {
         CudaOptions {
             device: 0,
             graph: true,
+            attention: None,
+        }
+    }
+}
+
+impl CudaOptions {
+    /// The attention these options select (the environment's where they leave it open).
+    pub fn attention(&self) -> Result<CudaAttention, RuntimeError> {
+        self.attention.map_or_else(CudaAttention::from_env, Ok)
+    }
+}
+
+/// The CUDA backend's decode attention for LlamaGen (VAR has its own, untouched by this).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CudaAttention {
+    /// One fused split-K launch per layer: rotary, the KV-cache write, attention over chunks of
+    /// the cache in parallel, and their merge.
+    #[default]
+    Fused,
+    /// The previous pair: `rotary_kv_write`, then `decode_attention` (one block per row and
+    /// head), kept to compare against.
+    Separate,
+}
+
+impl CudaAttention {
+    /// The environment variable that selects it: `fused` or `separate`.
+    pub const ENV: &'static str = "LLAMAGEN_CUDA_ATTENTION";
+
+    /// The name options, the variable and reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            CudaAttention::Fused => "fused",
+            CudaAttention::Separate => "separate",
+        }
+    }
+
+    /// `fused` or `separate`.
+    pub fn parse(value: &str) -> Result<Self, RuntimeError> {
+        match value {
+            "fused" => Ok(CudaAttention::Fused),
+            "separate" => Ok(CudaAttention::Separate),
+            _ => Err(RuntimeError::InvalidOption {
+                name: Self::ENV,
+                value: value.into(),
+                expected: "fused or separate",
+            }),
+        }
+    }
+
+    /// [`Self::ENV`] if set and not empty, else fused.
+    pub fn from_env() -> Result<Self, RuntimeError> {
+        match std::env::var(Self::ENV) {
+            Ok(v) if !v.is_empty() => Self::parse(&v),
+            Ok(_) | Err(std::env::VarError::NotPresent) => Ok(CudaAttention::default()),
+            Err(std::env::VarError::NotUnicode(v)) => Err(RuntimeError::InvalidOption {
+                name: Self::ENV,
+                value: v.to_string_lossy().into_owned(),
+                expected: "fused or separate",
+            }),
         }
     }
 }
@@ -237,7 +303,7 @@ fn load_cuda(
     o: &CudaOptions,
 ) -> Result<Box<dyn Generator>, RuntimeError> {
     let device = llamagen_cuda::driver::CudaDevice::open(o.device)?;
-    let b = cuda::CudaBackend::load(BackendKind::Cuda, device, dir, manifest, o.graph)?;
+    let b = cuda::CudaBackend::load(BackendKind::Cuda, device, dir, manifest, o)?;
     Ok(generator(b))
 }
 
@@ -298,7 +364,7 @@ fn load_cuda_emu(
     o: &CudaOptions,
 ) -> Result<Box<dyn Generator>, RuntimeError> {
     let device = llamagen_cuda::emu::EmuDevice::new()?;
-    let b = cuda::CudaBackend::load(BackendKind::CudaEmu, device, dir, manifest, o.graph)?;
+    let b = cuda::CudaBackend::load(BackendKind::CudaEmu, device, dir, manifest, o)?;
     Ok(generator(b))
 }
 
@@ -350,3 +416,26 @@ pub(crate) fn compile_cuda_kernels(
 
 #[cfg(not(any(feature = "cuda", feature = "cuda-emu")))]
 const NO_CUDA: &str = "not built (rebuild with --features cuda)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuda_attention_names_parse_back_and_others_are_refused() {
+        for a in [CudaAttention::Fused, CudaAttention::Separate] {
+            assert_eq!(CudaAttention::parse(a.name()).unwrap(), a);
+        }
+        let e = CudaAttention::parse("flash").unwrap_err().to_string();
+        assert!(
+            e.contains("LLAMAGEN_CUDA_ATTENTION") && e.contains("\"flash\""),
+            "{e}"
+        );
+        // Options that name the attention never consult the environment.
+        let o = CudaOptions {
+            attention: Some(CudaAttention::Separate),
+            ..CudaOptions::default()
+        };
+        assert_eq!(o.attention().unwrap(), CudaAttention::Separate);
+    }
+}

@@ -94,6 +94,8 @@ impl RunFlags {
         let cuda = CudaOptions {
             device: self.cuda_device,
             graph: !self.no_cuda_graph,
+            // The attention: LLAMAGEN_CUDA_ATTENTION, else fused.
+            ..CudaOptions::default()
         };
         match self.backend {
             BackendArg::Cpu => BackendChoice::Cpu(CpuOptions {

@@ -49,6 +49,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let cuda = CudaOptions {
         device: a.cuda_device,
         graph: true,
+        // The attention: LLAMAGEN_CUDA_ATTENTION, else fused.
+        ..CudaOptions::default()
     };
     let backend = match a.backend {
         BackendArg::Cpu => llamagen_runtime::BackendChoice::Cpu(llamagen_runtime::CpuOptions {
