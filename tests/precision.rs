@@ -52,10 +52,11 @@ fn check(precision: &str, activations: Int8Activations, level: PrecisionLevel) -
     let has_qdq = count(b"QuantizeLinear") > count(b"DynamicQuantizeLinear");
     let int8 = precision == "int8";
     assert_eq!(has_qdq, activations == Int8Activations::Qdq && int8);
-    assert_eq!(
-        count(b"MatMulInteger") > 0,
-        activations == Int8Activations::Dynamic && int8
+    let dynamic = matches!(
+        activations,
+        Int8Activations::Dynamic | Int8Activations::DynamicConvs
     );
+    assert_eq!(count(b"MatMulInteger") > 0, dynamic && int8);
     assert_eq!(manifest.precision.name(), precision);
     let fp32_dir = tmp.path().join("fp32");
     compile_tiny(&fp32_dir);
@@ -200,4 +201,43 @@ fn weight_only_int8_lists_its_activations_once() {
     let kept = &m.precision_details.higher_precision;
     assert!(kept.contains_key("activations"));
     assert!(!kept.keys().any(|k| k.starts_with("layers.")), "{kept:?}");
+}
+
+/// `dynamic-convs`: the VQ decoder's convolutions on int8 activations (u8 Q/DQ on each input
+/// and output from calibrated ranges), on top of dynamic GEMMs. It stays within the int8 level,
+/// ships its ranges, and its images are not the dynamic bundle's (the Q/DQ pairs are used).
+#[test]
+fn int8_convolutions_round_trip_within_the_int8_level_and_ship_their_ranges() {
+    use llamagen_compiler::conv_calibration::CONV_RANGES_FILE;
+    let m = check("int8", Int8Activations::DynamicConvs, INT8_VS_FP32);
+    let note = &m.precision_details.higher_precision["activations"];
+    assert!(note.contains("convolutions on int8 activations"), "{note}");
+    let cal = m.precision_details.calibration.as_ref().unwrap();
+    assert!(cal.files.contains(&CONV_RANGES_FILE.to_string()), "{cal:?}");
+    assert!(m.files.contains_key(CONV_RANGES_FILE));
+    assert!(m.graphs[&llamagen_bundle::GraphRole::VqDecoder].int8_activations);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let convs = compile_tiny_at("int8", Int8Activations::DynamicConvs, &tmp.path().join("c"));
+    let dynamic = compile_tiny_at("int8", Int8Activations::Dynamic, &tmp.path().join("d"));
+    let vq = std::fs::read(tmp.path().join("c/vq.onnx")).unwrap();
+    let quantize = vq.windows(14).filter(|w| *w == b"QuantizeLinear").count();
+    let ranges: std::collections::BTreeMap<String, (f32, f32)> = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("c").join(CONV_RANGES_FILE)).unwrap(),
+    )
+    .unwrap();
+    let convolutions = ranges.keys().filter(|k| k.ends_with(".output")).count();
+    assert!(
+        convolutions > 5 && quantize >= 2 * convolutions,
+        "{quantize} for {convolutions}"
+    );
+    let (a, b) = (
+        convs.precision_details.accuracy_vs_fp32.unwrap(),
+        dynamic.precision_details.accuracy_vs_fp32.unwrap(),
+    );
+    eprintln!(
+        "image PSNR vs fp32: int8 convolutions {:.1} dB, dynamic {:.1} dB",
+        a.image_psnr_db, b.image_psnr_db
+    );
+    assert_ne!(a.image_psnr_db, b.image_psnr_db);
 }

@@ -27,6 +27,9 @@ use llamagen_calib::cache::{format_tensorrt_cache, scales_json};
 use llamagen_calib::estimate::{scale, Method};
 use llamagen_calib::{CalibError, CalibSet, Histogram};
 
+use crate::conv_calibration::{ranges_json, ProbeRanges, CONV_RANGES_FILE};
+use crate::models::precision::ConvRanges;
+
 /// Scales of the int8 graphs, as our JSON (operator -> scale).
 pub const SCALES_FILE: &str = "calibration.json";
 /// The same scales keyed by fp32 tensor name, in TensorRT's calibration-cache format, for
@@ -84,21 +87,33 @@ fn request(set: &CalibSet, labels: Vec<usize>, seed: u64) -> GenerateRequest {
     }
 }
 
-/// Runs the calibration set through a probe bundle: one histogram per operator.
+/// Both statistics of every probe: |x| histograms and (min, max).
+#[derive(Default)]
+struct ProbeStats(ProbeHistograms, ProbeRanges);
+
+impl Observer for ProbeStats {
+    fn on_probe(&mut self, name: &str, data: &[f32]) {
+        self.0.on_probe(name, data);
+        self.1.on_probe(name, data);
+    }
+}
+
+/// Runs the calibration set through a probe bundle: one histogram per operator, and the range
+/// of every probed tensor (what int8 convolutions use).
 pub fn collect_histograms(
     probes: &Pipeline,
     set: &CalibSet,
     on_sample: &mut dyn FnMut(usize, usize),
-) -> Result<BTreeMap<String, Histogram>, CalibrateError> {
+) -> Result<(BTreeMap<String, Histogram>, ConvRanges), CalibrateError> {
     let pairs = set.requests();
-    let mut hists = ProbeHistograms::default();
+    let mut stats = ProbeStats::default();
     for (i, &(label, seed)) in pairs.iter().enumerate() {
         let req = request(set, vec![label], seed);
-        let out = probes.generate_tokens(&req, &mut hists)?;
-        probes.decode_images_observed(&out.tokens, &mut hists)?;
+        let out = probes.generate_tokens(&req, &mut stats)?;
+        probes.decode_images_observed(&out.tokens, &mut stats)?;
         on_sample(i + 1, pairs.len());
     }
-    Ok(hists.0)
+    Ok((stats.0 .0, stats.1.into_ranges()))
 }
 
 /// Per-operator scales; operators that saw no usable data are left out (weight-only int8).
@@ -120,6 +135,9 @@ pub enum Int8Activations {
     /// Every GEMM input quantized per tensor at run time (`DynamicQuantizeLinear` +
     /// `MatMulInteger`: ONNX Runtime's int8 GEMM); convolutions weight-only.
     Dynamic,
+    /// `Dynamic`, and the VQ decoder's convolutions on int8 activations (u8 from the calibrated
+    /// min/max of each input and output: ONNX Runtime's QLinearConv).
+    DynamicConvs,
 }
 
 impl std::str::FromStr for Int8Activations {
@@ -129,9 +147,11 @@ impl std::str::FromStr for Int8Activations {
             "weights-only" => Ok(Int8Activations::WeightOnly),
             "qdq" => Ok(Int8Activations::Qdq),
             "dynamic" => Ok(Int8Activations::Dynamic),
+            "dynamic-convs" => Ok(Int8Activations::DynamicConvs),
             other => Err(CalibError::InvalidMethod {
                 value: other.to_string(),
-                reason: "int8 activations are 'weights-only', 'qdq' or 'dynamic'".into(),
+                reason: "int8 activations are 'weights-only', 'qdq', 'dynamic' or 'dynamic-convs'"
+                    .into(),
             }),
         }
     }
@@ -185,6 +205,7 @@ pub fn compile_calibrated(
     let reference_opts = CompileOptions {
         precision: Precision::Fp32,
         probes: true,
+        probe_conv_outputs: activations == Int8Activations::DynamicConvs,
         activation_scales: None,
         out: reference_dir.clone(),
         ..opts.clone()
@@ -204,7 +225,7 @@ pub fn compile_calibrated(
     let mut calibration = None;
     if opts.precision == Precision::Int8 {
         progress(Step::Stage("calibrating"));
-        let hists = collect_histograms(&reference, set, &mut |done, total| {
+        let (hists, ranges) = collect_histograms(&reference, set, &mut |done, total| {
             progress(Step::Sample { done, total })
         })?;
         let scales = scales_from(&hists, method);
@@ -232,6 +253,18 @@ pub fn compile_calibrated(
         match activations {
             Int8Activations::Qdq => low_opts.activation_scales = Some(scales),
             Int8Activations::Dynamic => low_opts.dynamic_int8 = true,
+            Int8Activations::DynamicConvs => {
+                low_opts.dynamic_int8 = true;
+                extra_files.push((CONV_RANGES_FILE.into(), ranges_json(&ranges)));
+                if let Some(c) = calibration.as_mut() {
+                    c.method = format!(
+                        "{method} (activation scales); min and max of each convolution's input \
+                         and output (int8 convolutions)"
+                    );
+                    c.files.push(CONV_RANGES_FILE.into());
+                }
+                low_opts.conv_ranges = Some(ranges);
+            }
             Int8Activations::WeightOnly => {}
         }
     }

@@ -11,7 +11,7 @@ use crate::bundle::{
 };
 use crate::checkpoint::Checkpoint;
 use crate::config::{gpt_arch, vq_arch, GptConfig, VqConfig};
-use crate::models::precision::{expose_probes, ActivationScales, Emitter, OpPrecision};
+use crate::models::precision::{expose_probes, ActivationScales, ConvRanges, Emitter, OpPrecision};
 use crate::models::{gpt, vq, CheckpointWeights, RandomWeights, WeightSource};
 use crate::Error;
 
@@ -44,6 +44,11 @@ pub struct CompileOptions {
     /// int8 without scales: quantize every GEMM's activations per tensor at run time
     /// (`DynamicQuantizeLinear` + `MatMulInteger`) instead of weight-only.
     pub dynamic_int8: bool,
+    /// With `probes`: also expose every convolution's output (calibrating int8 convolutions).
+    pub probe_conv_outputs: bool,
+    /// int8: the VQ decoder's convolutions with both ranges here run on int8 activations
+    /// (see `models::precision`).
+    pub conv_ranges: Option<ConvRanges>,
     pub out: PathBuf,
 }
 
@@ -64,6 +69,8 @@ impl Default for CompileOptions {
             activation_scales: None,
             probes: false,
             dynamic_int8: false,
+            probe_conv_outputs: false,
+            conv_ranges: None,
             out: PathBuf::from("bundle"),
         }
     }
@@ -108,7 +115,11 @@ fn higher_precision(
         "f16 table (a gather: nothing to compute in int8)".into(),
     );
     if let OpPrecision::Int8(None) = p {
-        kept.insert("activations".into(), int8_activations_note(dynamic).into());
+        let int8_convs = emitters.iter().any(|e| e.conv_ranges.is_some());
+        kept.insert(
+            "activations".into(),
+            int8_activations_note(dynamic, int8_convs),
+        );
     }
     kept.insert(
         llamagen_bundle::names::vq::NORMALIZED_CODEBOOK.into(),
@@ -192,6 +203,8 @@ pub fn compile(
     let mut gpt_graph = gpt::build_step_graph(&gc, &mut gpt_em)?;
     let mut vq_em = Emitter::new(precision.clone(), vq_src);
     vq_em.dynamic_activations = o.dynamic_int8;
+    vq_em.probe_conv_outputs = o.probes && o.probe_conv_outputs;
+    vq_em.conv_ranges = o.conv_ranges.clone().map(std::sync::Arc::new);
     let mut vq_graph = vq::build_decoder_graph(&vqc, &mut vq_em)?;
     let mut probe_tensors = BTreeMap::new();
     if o.probes {
@@ -254,12 +267,29 @@ pub fn compile(
     })
 }
 
-/// What bundle.yaml says of the activations of an int8 bundle without calibrated scales.
-pub fn int8_activations_note(dynamic: bool) -> &'static str {
-    if dynamic {
-        "int8 per tensor, quantized at run time (DynamicQuantizeLinear + MatMulInteger) for \
-         every GEMM; convolutions weight-only (f32 activations)"
-    } else {
-        "f32: weight-only int8 (per-channel int8 weights, f32 activations)"
+/// What bundle.yaml says of the activations of an int8 bundle without calibrated scales:
+/// GEMMs dynamic or weight-only, convolutions on calibrated int8 activations or weight-only.
+pub fn int8_activations_note(dynamic: bool, int8_convs: bool) -> String {
+    match (dynamic, int8_convs) {
+        (true, false) => {
+            "int8 per tensor, quantized at run time (DynamicQuantizeLinear + \
+                          MatMulInteger) for every GEMM; convolutions weight-only (f32 activations)"
+                .into()
+        }
+        (false, false) => {
+            "f32: weight-only int8 (per-channel int8 weights, f32 activations)".into()
+        }
+        (dynamic, true) => {
+            let gemms = if dynamic {
+                "int8 per tensor, quantized at run time (DynamicQuantizeLinear + MatMulInteger) \
+                 for every GEMM"
+            } else {
+                "f32 for GEMMs (per-channel int8 weights)"
+            };
+            format!(
+                "{gemms}; convolutions on int8 activations (u8 per tensor, from the calibrated \
+                 range of each input and output)"
+            )
+        }
     }
 }

@@ -9,7 +9,7 @@
 //! int8 with a calibration set ([`VarCompileOptions::conv_calibration`]) also runs the decoder's
 //! convolutions on int8 activations: the fp32 reference is built with every convolution's input
 //! and output as a probe, generates the set's images, and the ranges it saw
-//! ([`crate::var_calibration`]) become u8 Q/DQ pairs around each convolution (ONNX Runtime's
+//! ([`crate::conv_calibration`]) become u8 Q/DQ pairs around each convolution (ONNX Runtime's
 //! QLinearConv). The ranges ship in the bundle as [`CONV_RANGES_FILE`].
 
 use std::collections::BTreeMap;
@@ -66,8 +66,7 @@ pub struct VarCompileOptions {
     pub out: PathBuf,
 }
 
-/// The calibrated convolution ranges in a bundle: `{tensor: [min, max]}` as JSON.
-pub const CONV_RANGES_FILE: &str = "conv_ranges.json";
+pub use crate::conv_calibration::CONV_RANGES_FILE;
 
 /// What a build adds to the graphs beyond the options: calibration probes on the decoder's
 /// convolutions, or the ranges that make them int8.
@@ -157,7 +156,7 @@ pub fn compile_var(
     let mut extras = DecoderExtras::default();
     if let Some(set) = calibration {
         progress(Progress::Stage("calibrating the decoder's convolutions"));
-        let ranges = crate::var_calibration::conv_ranges(&reference, set, &mut |done, total| {
+        let ranges = crate::conv_calibration::conv_ranges(&reference, set, &mut |done, total| {
             progress(Progress::Stage(&format!(
                 "calibrating the decoder's convolutions: sample {done} of {total}"
             )))
@@ -183,8 +182,7 @@ pub fn compile_var(
     manifest.precision_details.accuracy_vs_fp32 = Some(report_figures(&report));
     if let (Some(set), Some(ranges)) = (calibration, &extras.conv_ranges) {
         let path = low_dir.join(CONV_RANGES_FILE);
-        let json = serde_json::to_string_pretty(ranges.as_ref())
-            .map_err(|e| Error::Internal(format!("writing {CONV_RANGES_FILE}: {e}")))?;
+        let json = crate::conv_calibration::ranges_json(ranges);
         std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
         manifest.precision_details.calibration = Some(CalibrationInfo {
             set: set.name.clone(),
@@ -371,20 +369,7 @@ fn higher_precision(p: &OpPrecision, dynamic: bool, int8_convs: bool) -> BTreeMa
         "f16 table in var_step (a gather: nothing to compute in int8)".into(),
     );
     if let OpPrecision::Int8(None) = p {
-        let note = if int8_convs {
-            let gemms = if dynamic {
-                "int8 per tensor, quantized at run time (DynamicQuantizeLinear + MatMulInteger) \
-                 for every GEMM"
-            } else {
-                "f32 for GEMMs (per-channel int8 weights)"
-            };
-            format!(
-                "{gemms}; convolutions on int8 activations (u8 per tensor, from the calibrated \
-                 range of each input and output)"
-            )
-        } else {
-            crate::compile::int8_activations_note(dynamic).to_string()
-        };
+        let note = crate::compile::int8_activations_note(dynamic, int8_convs);
         kept.insert("activations".into(), note);
     }
     kept

@@ -12,11 +12,11 @@ pub mod checkpoint;
 pub mod compile;
 pub mod compile_var;
 pub mod config;
+pub mod conv_calibration;
 mod error;
 pub mod ir;
 pub mod models;
 pub mod onnx;
-pub mod var_calibration;
 
 pub use error::Error;
 /// Graph input/output and initializer names: the bundle contract's.

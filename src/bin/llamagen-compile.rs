@@ -78,9 +78,9 @@ struct Args {
     #[arg(long, value_parser = |s: &str| s.parse::<Method>())]
     calib_method: Option<Method>,
     /// int8 activations: weights-only (f32 activations), qdq (calibrated Q/DQ on every GEMM/conv
-    /// input: TensorRT explicit quantization), dynamic (GEMM inputs quantized at run time), or,
-    /// for VAR, dynamic-convs (dynamic, plus the decoder's convolutions on int8 activations
-    /// with ranges calibrated on --calib: the fastest on CPU).
+    /// input: TensorRT explicit quantization), dynamic (GEMM inputs quantized at run time), or
+    /// dynamic-convs (dynamic, plus the VQ decoder's convolutions on int8 activations with
+    /// ranges calibrated on --calib: the fastest on CPU).
     #[arg(long, value_enum, default_value_t = ActivationsArg::WeightsOnly)]
     int8_activations: ActivationsArg,
     /// Use seeded random weights instead of checkpoints (demos, latency benchmarks).
@@ -112,8 +112,8 @@ enum ActivationsArg {
     /// GEMM inputs quantized per tensor at run time (ONNX Runtime's int8 GEMM; fastest on CPUs
     /// with int8 dot products); convolutions weight-only.
     Dynamic,
-    /// VAR: `dynamic`, and the decoder's convolutions on int8 activations (calibrated u8
-    /// ranges of each input and output; ONNX Runtime's QLinearConv).
+    /// `dynamic`, and the VQ decoder's convolutions on int8 activations (calibrated u8 ranges
+    /// of each input and output; ONNX Runtime's QLinearConv).
     DynamicConvs,
 }
 
@@ -204,9 +204,8 @@ fn run(a: Args) -> anyhow::Result<()> {
         cls_token_num: a.cls_token_num,
         precision: precision(a.precision),
         activation_scales: None,
-        probes: false,
-        dynamic_int8: false,
         out: a.out,
+        ..CompileOptions::default()
     };
     let set = match &a.calib {
         Some(path) => CalibSet::load(path)?,
@@ -217,10 +216,7 @@ fn run(a: Args) -> anyhow::Result<()> {
         ActivationsArg::WeightsOnly => Int8Activations::WeightOnly,
         ActivationsArg::Qdq => Int8Activations::Qdq,
         ActivationsArg::Dynamic => Int8Activations::Dynamic,
-        ActivationsArg::DynamicConvs => anyhow::bail!(
-            "--int8-activations dynamic-convs: VAR bundles only so far (LlamaGen: weights-only, \
-             qdq or dynamic)"
-        ),
+        ActivationsArg::DynamicConvs => Int8Activations::DynamicConvs,
     };
     let bar = progress_bar();
     let show = |what: &str, done: usize, total: usize| {

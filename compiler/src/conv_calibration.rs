@@ -1,11 +1,12 @@
-//! Calibrating a VAR bundle's int8 decoder convolutions: the fp32 reference bundle, built with
-//! every convolution's input and output exposed as probes, generates the calibration set's
-//! images, and the min and max each probe saw become the u8 ranges of that convolution's
-//! activations ([`crate::models::precision::ConvRanges`]).
+//! Calibrating int8 decoder convolutions: an fp32 reference bundle, built with every
+//! convolution's input and output exposed as probes, generates the calibration set's images,
+//! and the min and max each probe saw become the u8 ranges of that convolution's activations
+//! ([`crate::models::precision::ConvRanges`]).
 //!
 //! Ranges are plain min/max (asymmetric u8 needs signed bounds, which `Method`'s |x|
-//! estimators do not give); the samples are the set's labels and seeds with VAR's FID sampling
-//! (top-k 900, top-p 0.96) and the set's guidance scale.
+//! estimators do not give). VAR's samples ([`conv_ranges`]) are the set's labels and seeds with
+//! VAR's FID sampling (top-k 900, top-p 0.96) and the set's guidance scale; LlamaGen's come with
+//! its activation-scale calibration (`calibrated.rs`), one pass for both.
 
 use std::collections::BTreeMap;
 
@@ -14,9 +15,28 @@ use llamagen_runtime::{GenerateRequest, Observer, Pipeline, RuntimeError, Sampli
 
 use crate::models::precision::{ConvRanges, PROBE_PREFIX};
 
+/// The calibrated convolution ranges in a bundle: `{tensor: [min, max]}` as JSON.
+pub const CONV_RANGES_FILE: &str = "conv_ranges.json";
+
+/// What [`CONV_RANGES_FILE`] holds.
+pub fn ranges_json(ranges: &ConvRanges) -> String {
+    // Plain floats and string keys: serialising cannot fail.
+    serde_json::to_string_pretty(ranges).unwrap_or_default()
+}
+
 /// The min and max of every probe output seen.
 #[derive(Default)]
-struct ProbeRanges(BTreeMap<String, (f32, f32)>);
+pub(crate) struct ProbeRanges(BTreeMap<String, (f32, f32)>);
+
+impl ProbeRanges {
+    /// The ranges of the tensors that saw a finite value.
+    pub(crate) fn into_ranges(self) -> ConvRanges {
+        self.0
+            .into_iter()
+            .filter(|(_, (lo, hi))| lo <= hi)
+            .collect()
+    }
+}
 
 impl Observer for ProbeRanges {
     fn on_probe(&mut self, name: &str, data: &[f32]) {
