@@ -15,6 +15,7 @@ use llamagen_bundle::{GraphRole, Manifest};
 
 use crate::device::{CaptureGuard, Device};
 use crate::error::CudaError;
+use crate::gemm_weight::DecodeGemm;
 use crate::gpt::{issue_step, GptWeights, Session, WeightBytes};
 use crate::ops::sampler::{RowKey, SampleParams};
 use crate::vq::VqDecoder;
@@ -49,19 +50,22 @@ pub struct Engine<D: Device> {
 }
 
 impl<D: Device> Engine<D> {
-    /// Uploads the bundle's weights (any precision) to `device`.
+    /// Uploads the bundle's weights (any precision) to `device`, f16 GEMM weights for the
+    /// `decode` GEMM.
     pub fn load(
         name: &'static str,
         device: D,
         dir: &Path,
         m: &Manifest,
         use_graph: bool,
+        decode: DecodeGemm,
     ) -> Result<Self, CudaError> {
         let t0 = Instant::now();
         let gpt = GptWeights::load(
             &device,
             &BundleWeights::open(dir, m, m.graph(dir, GraphRole::GptStep)?)?,
             m.gpt()?,
+            decode,
         )?;
         let vq = VqDecoder::load(
             &device,
@@ -223,6 +227,19 @@ impl<D: Device> Engine<D> {
         s.set_inputs(d, &ids, position as i32, 0)?;
         issue_step(d, &self.gpt, s, false)?;
         s.read_logits(d, self.gpt.config.vocab_size, logits)
+    }
+
+    /// The launch sequence of one decode step of `rows` rows, captured on a fresh session (what
+    /// the fused loop replays per token), for counting and inspecting launches.
+    pub fn step_graph(&self, rows: usize) -> Result<D::Graph, CudaError> {
+        let _exec = self.exec.lock().unwrap_or_else(|p| p.into_inner());
+        let d = &self.device;
+        let s = Session::new(d, &self.gpt.config, rows, rows, self.tokens_per_image)?;
+        let capture = CaptureGuard::begin(d)?;
+        let issued = issue_step(d, &self.gpt, &s, true);
+        let graph = capture.end();
+        issued?;
+        graph
     }
 
     /// VQ decode of `tokens` `[batch, tokens_per_image]` to images `[batch, 3, size, size]`.

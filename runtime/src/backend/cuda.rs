@@ -11,7 +11,10 @@ use llamagen_cuda::gpt::Session;
 use llamagen_cuda::ops::sampler::{row_key, RowKey, SampleParams};
 use llamagen_cuda::{CudaError, Engine};
 
-use super::{Backend, BackendKind, DeviceWeights, FusedJob, FusedLoop, FusedTokens, StepInput};
+use super::{
+    Backend, BackendKind, CudaOptions, DecodeGemm, DeviceWeights, FusedJob, FusedLoop, FusedTokens,
+    StepInput,
+};
 use crate::error::RuntimeError;
 use crate::request::RowSeed;
 
@@ -45,10 +48,14 @@ impl<D: Device> CudaBackend<D> {
         device: D,
         dir: &Path,
         m: &Manifest,
-        use_graph: bool,
+        o: &CudaOptions,
     ) -> Result<Self, RuntimeError> {
         refuse_calibration(kind, dir, m)?;
-        let engine = Engine::load(kind.name(), device, dir, m, use_graph)?;
+        let decode = match o.decode_gemm()? {
+            DecodeGemm::Cublas => llamagen_cuda::gemm_weight::DecodeGemm::Cublas,
+            DecodeGemm::Own => llamagen_cuda::gemm_weight::DecodeGemm::Own,
+        };
+        let engine = Engine::load(kind.name(), device, dir, m, o.graph, decode)?;
         Ok(CudaBackend { kind, engine })
     }
 }
@@ -126,6 +133,7 @@ impl<D: Device> Backend for CudaBackend<D> {
             gemm_bytes: b.gemm,
             other_bytes: b.other,
             gemm_dtype: b.gemm_dtype.name(),
+            decode_gemm: b.decode_gemm.name(),
         })
     }
 }

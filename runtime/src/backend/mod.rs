@@ -62,6 +62,9 @@ pub struct DeviceWeights {
     pub other_bytes: usize,
     /// The GEMM weights' element type on the device (`f16`, `int8`).
     pub gemm_dtype: &'static str,
+    /// The GEMM of decode steps: `cublas`, or `own` (ours, norm and SwiGLU fused; always for
+    /// int8).
+    pub decode_gemm: &'static str,
 }
 
 /// A backend that runs the whole generation loop itself (the CUDA backend: the decode step
@@ -158,6 +161,9 @@ pub struct CudaOptions {
     /// Capture the decode step into a CUDA graph (default on; off issues the same launches per
     /// token, for debugging and for measuring what the graph saves).
     pub graph: bool,
+    /// The GEMM of LlamaGen decode steps with f16 weights; `None`: [`DecodeGemm::ENV`] if set,
+    /// else cuBLAS. int8 bundles always run ours.
+    pub decode_gemm: Option<DecodeGemm>,
 }
 
 impl Default for CudaOptions {
@@ -165,6 +171,55 @@ impl Default for CudaOptions {
         CudaOptions {
             device: 0,
             graph: true,
+            decode_gemm: None,
+        }
+    }
+}
+
+impl CudaOptions {
+    /// [`Self::decode_gemm`], or the environment's choice, or cuBLAS.
+    pub fn decode_gemm(&self) -> Result<DecodeGemm, RuntimeError> {
+        match self.decode_gemm {
+            Some(g) => Ok(g),
+            None => DecodeGemm::from_env(),
+        }
+    }
+}
+
+/// The GEMM of the CUDA backend's LlamaGen decode steps for f16 weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DecodeGemm {
+    /// cuBLAS, with rms_norm and swiglu launches of their own (the default until our GEMM is
+    /// measured on hardware).
+    #[default]
+    Cublas,
+    /// Our weight-streaming GEMM with RMSNorm and SwiGLU fused, for steps of up to 32 rows
+    /// (cuBLAS beyond).
+    Own,
+}
+
+impl DecodeGemm {
+    /// The environment variable that sets the default: `cublas` or `own`.
+    pub const ENV: &'static str = "LLAMAGEN_CUDA_DECODE_GEMM";
+
+    /// `cublas` or `own` (the names the CUDA crate reports, `DeviceWeights::decode_gemm`).
+    pub fn parse(s: &str) -> Result<Self, RuntimeError> {
+        match s {
+            "cublas" => Ok(DecodeGemm::Cublas),
+            "own" => Ok(DecodeGemm::Own),
+            _ => Err(RuntimeError::InvalidRequest {
+                field: Self::ENV,
+                value: s.to_string(),
+                reason: "expected cublas or own".into(),
+            }),
+        }
+    }
+
+    /// [`Self::ENV`]'s choice, cuBLAS when it is unset or empty.
+    pub fn from_env() -> Result<Self, RuntimeError> {
+        match std::env::var(Self::ENV) {
+            Ok(v) if !v.is_empty() => Self::parse(&v),
+            _ => Ok(DecodeGemm::default()),
         }
     }
 }
@@ -237,7 +292,7 @@ fn load_cuda(
     o: &CudaOptions,
 ) -> Result<Box<dyn Generator>, RuntimeError> {
     let device = llamagen_cuda::driver::CudaDevice::open(o.device)?;
-    let b = cuda::CudaBackend::load(BackendKind::Cuda, device, dir, manifest, o.graph)?;
+    let b = cuda::CudaBackend::load(BackendKind::Cuda, device, dir, manifest, o)?;
     Ok(generator(b))
 }
 
@@ -298,7 +353,7 @@ fn load_cuda_emu(
     o: &CudaOptions,
 ) -> Result<Box<dyn Generator>, RuntimeError> {
     let device = llamagen_cuda::emu::EmuDevice::new()?;
-    let b = cuda::CudaBackend::load(BackendKind::CudaEmu, device, dir, manifest, o.graph)?;
+    let b = cuda::CudaBackend::load(BackendKind::CudaEmu, device, dir, manifest, o)?;
     Ok(generator(b))
 }
 

@@ -94,6 +94,7 @@ impl RunFlags {
         let cuda = CudaOptions {
             device: self.cuda_device,
             graph: !self.no_cuda_graph,
+            ..CudaOptions::default()
         };
         match self.backend {
             BackendArg::Cpu => BackendChoice::Cpu(CpuOptions {

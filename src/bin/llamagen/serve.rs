@@ -49,6 +49,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let cuda = CudaOptions {
         device: a.cuda_device,
         graph: true,
+        ..CudaOptions::default()
     };
     let backend = match a.backend {
         BackendArg::Cpu => llamagen_runtime::BackendChoice::Cpu(llamagen_runtime::CpuOptions {
