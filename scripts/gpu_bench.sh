@@ -5,7 +5,9 @@
 # cfg 4 (batch 16), the same random official-format weights on both sides. Also checks greedy
 # tokens of the CUDA backend against the CPU backend on the same bundle (GPT-B). For the models
 # of INT8_MODELS, also an int8 bundle (weight-only, kept int8 on the device, our W8A16 GEMM):
-# its decode step and GEMM weight bytes beside the fp16 bundle's.
+# its decode step and GEMM weight bytes beside the fp16 bundle's. Every fp16 bundle is timed
+# twice with the graph: cuBLAS GEMMs (the default) and our decode GEMM
+# (LLAMAGEN_CUDA_DECODE_GEMM=own: W16A16, RMSNorm and SwiGLU fused), for issue 8's comparison.
 #
 # Usage: scripts/gpu_bench.sh LLAMAGEN_REPO_CHECKOUT OUT_DIR
 #   env: MODELS (default "GPT-B GPT-L GPT-XL"), BIN (default target/release; binaries built
@@ -40,6 +42,9 @@ for model in ${MODELS:-GPT-B GPT-L GPT-XL}; do
       --runs 3 --json | python3 -c "import json,sys; r=json.load(sys.stdin); r['cuda_graph']='$graph'==''; print(json.dumps(r))" \
       | tee -a "$results"
   done
+  LLAMAGEN_CUDA_DECODE_GEMM=own "$bin/llamagen" bench --bundle "$work/bundle-fp16" --backend cuda \
+    --labels "$labels" --runs 3 --json | python3 -c "import json,sys; r=json.load(sys.stdin); r['cuda_graph']=True; print(json.dumps(r))" \
+    | tee -a "$results"
   if [[ " ${INT8_MODELS-GPT-B GPT-XL} " == *" $model "* ]]; then
     "$bin/llamagen-compile" --gpt-model "$model" --gpt-ckpt "$work/gpt.pt" --vq-model VQ-16 \
       --vq-ckpt "$work/vq.pt" --image-size 384 --precision int8 --out "$work/bundle-int8" >/dev/null
@@ -91,7 +96,8 @@ for r in rows:
         m = r["gpt_model"]; by.setdefault(m, {})["compile" if r["compile"] else "eager"] = r
     elif "backend" in r:
         m = r["model"].split(" + ")[0]
-        key = "ours_int8" if r["precision"] == "int8" else "ours" if r["cuda_graph"] else "ours_nograph"
+        key = ("ours_int8" if r["precision"] == "int8" else "ours_own" if r.get("decode_gemm") == "own"
+               else "ours" if r["cuda_graph"] else "ours_nograph")
         by.setdefault(m, {})[key] = r
 print(f"{'model':8}{'official eager':>16}{'torch.compile':>15}{'llamagen-rs':>13}{'vs eager':>10}{'vs compile':>12}{'ms/token':>10}{'GB/s':>8}{'no graph':>10}")
 for m, r in by.items():
@@ -119,4 +125,15 @@ for m, r in by.items():
           f"{o.get('decode_gb_per_s') or nan:11.0f}{q.get('decode_gb_per_s') or nan:11.0f}")
 print("int8: weight-only int8 bundle, int8 GEMM weights + f32 per-channel scales on the device"
       " (our W8A16 GEMM); GB/s counts the bytes the device actually holds.")
+print()
+print(f"{'model':8}{'cublas ms/token':>17}{'own ms/token':>14}{'own/cublas':>12}{'cublas GB/s':>13}{'own GB/s':>10}")
+for m, r in by.items():
+    o, w = r.get("ours", {}), r.get("ours_own")
+    if not w:
+        continue
+    fo, fw = o.get("decode_ms_per_token_mean", nan), w.get("decode_ms_per_token_mean", nan)
+    print(f"{m:8}{fo:17.3f}{fw:14.3f}{fw / fo:11.2f}x"
+          f"{o.get('decode_gb_per_s') or nan:13.0f}{w.get('decode_gb_per_s') or nan:10.0f}")
+print("fp16 bundle, CUDA graph: cuBLAS GEMMs + rms_norm/swiglu launches vs our decode GEMM"
+      " (LLAMAGEN_CUDA_DECODE_GEMM=own: W16A16, RMSNorm and SwiGLU fused; decode_gemm in the JSON).")
 PY
