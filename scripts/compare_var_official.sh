@@ -6,7 +6,8 @@
 # Usage: [TORCH_PYTHON=python3] [THREADS=2] [RUNS=3] [LABELS=207] [CFG=4]
 #        [VARIANTS="fp32 int8-dynamic"] scripts/compare_var_official.sh VAR_REPO_CHECKOUT [WORKDIR]
 # VARIANTS: the bundles to time against the one official run: fp32, fp16, int8 (weight-only),
-# int8-dynamic (int8 GEMMs with activations quantized at run time).
+# int8-dynamic (int8 GEMMs with activations quantized at run time), int8-dynamic-convs (that, and
+# the decoder's convolutions on int8 activations, calibrated at compile time: a slow compile).
 # VAR_REPO_CHECKOUT: FoundationVision/VAR with its models/, dist.py and utils/ (never vendored
 # here). TORCH_PYTHON must have torch and huggingface_hub (plain `pip install torch huggingface_hub`);
 # the ONNX Runtime library comes from scripts/setup.sh. Prints a JSON line per side, a table of
@@ -35,7 +36,8 @@ for v in $variants; do
   case $v in
     fp32|fp16|int8) flags=(--precision "$v") ;;
     int8-dynamic) flags=(--precision int8 --int8-activations dynamic) ;;
-    *) echo "unknown variant $v (fp32, fp16, int8, int8-dynamic)" >&2; exit 2 ;;
+    int8-dynamic-convs) flags=(--precision int8 --int8-activations dynamic-convs) ;;
+    *) echo "unknown variant $v (fp32, fp16, int8, int8-dynamic, int8-dynamic-convs)" >&2; exit 2 ;;
   esac
   rm -rf "$work/bundle-$v" "$work/greedy-$v"
   "$bin/llamagen-compile" --var-model d16 --var-ckpt "$work/var.pth" --vae-ckpt "$work/vae.pth" \

@@ -316,6 +316,7 @@ fn cuda_backend_is_a_clear_error() {
 #[cfg(feature = "cuda-emu")]
 #[test]
 fn cuda_emu_backend_generates_official_tokens_and_benches() {
+    use support::cli::{fails_env, ok_env};
     let tmp = tempfile::tempdir().unwrap();
     let bundle = compile_tiny_cli(tmp.path());
     let out = tmp.path().join("out");
@@ -340,6 +341,20 @@ fn cuda_emu_backend_generates_official_tokens_and_benches() {
     let steps = want.len() / 2 - 1;
     assert_eq!(v["decode_steps_timed"], steps, "{stdout}");
     assert!(v["decode_gb_per_s"].as_f64().unwrap() > 0.0, "{stdout}");
+    // The decode attention: fused by default, the previous pair through the environment, and a
+    // value it does not take is a one-line error.
+    assert_eq!(v["attention"], "fused", "{stdout}");
+    let env = [("LLAMAGEN_CUDA_ATTENTION", "separate")];
+    let stdout = ok_env(LLAMAGEN, &args, &env);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("bench JSON");
+    assert_eq!(v["attention"], "separate", "{stdout}");
+    let env = [("LLAMAGEN_CUDA_ATTENTION", "flash")];
+    fails_env(
+        LLAMAGEN,
+        &args,
+        &env,
+        &["LLAMAGEN_CUDA_ATTENTION", "flash", "fused or separate"],
+    );
 }
 
 /// Asserts that `dir` holds nothing a compile could have left behind (no bundle, no temp dirs).

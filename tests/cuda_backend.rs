@@ -17,23 +17,35 @@ use std::path::Path;
 use llamagen_compiler::bundle::Precision;
 use llamagen_runtime::compare::cosine;
 use llamagen_runtime::{
-    BackendChoice, BackendKind, CudaOptions, DecodeGemm, GenerateRequest, Observer, Pipeline,
-    PipelineOptions, RuntimeError, SamplingOptions,
+    BackendChoice, BackendKind, CudaAttention, CudaOptions, DecodeGemm, GenerateRequest, Observer,
+    Pipeline, PipelineOptions, RuntimeError, SamplingOptions,
 };
 use llamagen_test_support::FP16_VS_FP32;
 use support::golden::{compile_tiny, read_f32, read_i64, tiny_dir};
 
-/// Loads `bundle` on `kind`, or `None` (with a message) when this machine cannot run it.
+/// Loads `bundle` on `kind`, or `None` (with a message) when this machine cannot run it; the
+/// decode attention as `LLAMAGEN_CUDA_ATTENTION` says (fused unless set).
 fn load(bundle: &Path, kind: BackendKind, cuda_graph: bool) -> Option<Pipeline> {
+    load_with(bundle, kind, cuda_graph, None)
+}
+
+/// [`load`] with the decode attention chosen here (`None`: the environment's).
+fn load_with(
+    bundle: &Path,
+    kind: BackendKind,
+    cuda_graph: bool,
+    attention: Option<CudaAttention>,
+) -> Option<Pipeline> {
     let cuda = CudaOptions {
         graph: cuda_graph,
+        attention,
         ..CudaOptions::default()
     };
-    load_with(bundle, kind, cuda)
+    load_options(bundle, kind, cuda)
 }
 
 /// [`load`] with CUDA options `cuda`.
-fn load_with(bundle: &Path, kind: BackendKind, cuda: CudaOptions) -> Option<Pipeline> {
+fn load_options(bundle: &Path, kind: BackendKind, cuda: CudaOptions) -> Option<Pipeline> {
     let backend = match kind {
         BackendKind::Cpu => BackendChoice::default(),
         BackendKind::Cuda => BackendChoice::Cuda(cuda),
@@ -75,11 +87,20 @@ fn progress() -> impl FnMut(usize, usize) {
     |_, _| {}
 }
 
+/// Both decode attentions (the fused split-K kernel and the separate pair), each set through
+/// the options, not the environment.
 fn greedy_matches_official(kind: BackendKind) {
     let (_tmp, bundle) = tiny_bundle();
-    let Some(p) = load(&bundle, kind, true) else {
-        return;
-    };
+    for attention in [CudaAttention::Fused, CudaAttention::Separate] {
+        let Some(p) = load_with(&bundle, kind, true, Some(attention)) else {
+            return;
+        };
+        assert_eq!(p.device_attention(), Some(attention.name()));
+        greedy_tokens_match_official(kind, &p, attention);
+    }
+}
+
+fn greedy_tokens_match_official(kind: BackendKind, p: &Pipeline, attention: CudaAttention) {
     for (cfg, scale) in [("cfg1", 1.0), ("cfg4", 4.0)] {
         let mut reports = 0;
         let out = p
@@ -92,7 +113,7 @@ fn greedy_matches_official(kind: BackendKind) {
         assert_eq!(reports, 1, "the fused loop ran");
         let (_, want) = read_i64(&tiny_dir().join(format!("greedy_{cfg}.tokens.npy")));
         let got: Vec<i64> = out.tokens.iter().flatten().map(|&t| t as i64).collect();
-        assert_eq!(got, want, "{kind:?} greedy tokens, {cfg}");
+        assert_eq!(got, want, "{kind:?} {attention:?} greedy tokens, {cfg}");
     }
 }
 
@@ -436,7 +457,7 @@ fn own_decode_gemm_matches_official(kind: BackendKind) {
     opts.precision = Precision::Fp16;
     llamagen_compiler::compile::compile(&opts, &mut |_| {}).unwrap();
     for (what, b) in [("fp32 bundle", &bundle), ("fp16 bundle", &fp16)] {
-        let Some(p) = load_with(b, kind, own.clone()) else {
+        let Some(p) = load_options(b, kind, own.clone()) else {
             return;
         };
         let weights = p.device_weights().expect("device weights");
@@ -498,34 +519,37 @@ fn decode_gemm_choice_parses() {
     assert_eq!(DecodeGemm::parse("cublas").unwrap(), DecodeGemm::Cublas);
     let e = DecodeGemm::parse("cuBLAS").unwrap_err().to_string();
     assert!(
-        e.contains("LLAMAGEN_CUDA_DECODE_GEMM = cuBLAS: expected cublas or own"),
+        e.contains("invalid option LLAMAGEN_CUDA_DECODE_GEMM = \"cuBLAS\": expected cublas or own"),
         "{e}"
     );
     assert_eq!(DecodeGemm::default(), DecodeGemm::Cublas);
     assert_eq!(CudaOptions::default().decode_gemm, None);
 }
 
-/// Launches of one captured decode step of the tiny model (2 layers, 4 rows), counted on the
-/// emulator's graph: kernels (`launches`) and GEMMs (cuBLAS's on a GPU). cuBLAS path: embed, per
-/// layer rms_norm, rotary, attention, rms_norm, swiglu + 4 GEMMs, the final rms_norm + the logits
-/// GEMM, sampler and advance. Our decode GEMM: per layer qkv, rotary, attention, wo, w13, w2, and
-/// the logits GEMM with its norm; no rms_norm, no swiglu. int8 bundles take our path too.
+/// Launches of one captured decode step of the tiny model (2 layers, 4 rows, the default fused
+/// attention), counted on the emulator's graph: kernels (`launches`) and GEMMs (cuBLAS's on a
+/// GPU). cuBLAS path: embed, per layer rms_norm, attention, rms_norm, swiglu + 4 GEMMs, the
+/// final rms_norm + the logits GEMM, sampler and advance. Our decode GEMM: per layer qkv,
+/// attention, wo, w13, w2, and the logits GEMM with its norm; no rms_norm, no swiglu. int8
+/// bundles take our path too.
 #[cfg(feature = "cuda-emu")]
 #[test]
 fn decode_step_launch_counts() {
     use llamagen_cuda::gemm_weight::DecodeGemm as Gemm;
+    let fused = llamagen_cuda::gpt::AttentionPath::Fused;
     let tmp = tempfile::tempdir().unwrap();
     let bundle = tmp.path().join("bundle");
     let manifest = support::golden::compile_tiny(&bundle);
     let layers = 2;
     for (decode, kernels, gemms) in [
-        (Gemm::Cublas, 1 + 5 * layers + 1 + 2, 4 * layers + 1),
-        (Gemm::Own, 1 + 6 * layers + 1 + 2, 0),
+        (Gemm::Cublas, 1 + 4 * layers + 1 + 2, 4 * layers + 1),
+        (Gemm::Own, 1 + 5 * layers + 1 + 2, 0),
     ] {
         let device = llamagen_cuda::emu::EmuDevice::new().unwrap();
-        let engine =
-            llamagen_cuda::Engine::load("cuda-emu", device, &bundle, &manifest, true, decode)
-                .unwrap();
+        let engine = llamagen_cuda::Engine::load(
+            "cuda-emu", device, &bundle, &manifest, true, fused, decode,
+        )
+        .unwrap();
         let graph = engine.step_graph(4).unwrap();
         let names = graph.launches();
         eprintln!(

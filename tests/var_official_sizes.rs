@@ -286,6 +286,7 @@ fn var_d16_released_vqvae_official_sizes_against_the_reference() {
             image_size: Some(256),
             precision: Precision::Fp32,
             dynamic_int8: false,
+            conv_calibration: None,
             out: bundle.clone(),
         },
         &mut |_| {},

@@ -209,6 +209,11 @@ pub struct GraphEntry {
     pub precision: Precision,
     pub inputs: Vec<IoSpec>,
     pub outputs: Vec<IoSpec>,
+    /// The graph quantizes activations to int8 itself (`QuantizeLinear` on calibrated ranges:
+    /// int8 convolutions with int8 inputs and outputs): a runtime must keep its Q/DQ fusions on,
+    /// or the int8 kernels are never used.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub int8_activations: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

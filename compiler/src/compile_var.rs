@@ -5,16 +5,23 @@
 //! LlamaGen; the embed graph stays f32 (it is small and feeds every scale). A lower-precision
 //! bundle is measured against an fp32 compile of the same weights (`llamagen compare`:
 //! teacher-forced logits and images) and the figures are written into its bundle.yaml.
+//!
+//! int8 with a calibration set ([`VarCompileOptions::conv_calibration`]) also runs the decoder's
+//! convolutions on int8 activations: the fp32 reference is built with every convolution's input
+//! and output as a probe, generates the set's images, and the ranges it saw
+//! ([`crate::var_calibration`]) become u8 Q/DQ pairs around each convolution (ONNX Runtime's
+//! QLinearConv). The ranges ship in the bundle as [`CONV_RANGES_FILE`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use llamagen_bundle::files::{check_out, hash_files, parent_dir, replace_dir, write_manifest};
-use llamagen_bundle::manifest::{GenerationInfo, PrecisionDetails};
+use llamagen_bundle::manifest::{CalibrationInfo, GenerationInfo, PrecisionDetails};
 use llamagen_bundle::{
     load_manifest, GraphRole, Manifest, ModelFamily, Precision, VarConfig, VqConfig, SCHEMA_VERSION,
 };
+use llamagen_calib::CalibSet;
 use llamagen_runtime::compare::compare;
 use llamagen_runtime::{GenerateRequest, Pipeline, PipelineOptions, SamplingOptions};
 
@@ -23,7 +30,7 @@ use crate::calibrated::report_figures;
 use crate::checkpoint::Checkpoint;
 use crate::compile::Progress;
 use crate::config::{vae_arch, var_arch};
-use crate::models::precision::{Emitter, OpPrecision};
+use crate::models::precision::{expose_probes, ConvRanges, Emitter, OpPrecision};
 use crate::models::var::keys::VarAndVae;
 use crate::models::{var, CheckpointWeights, RandomWeights, WeightSource};
 use crate::Error;
@@ -53,7 +60,21 @@ pub struct VarCompileOptions {
     pub precision: Precision,
     /// int8: quantize GEMM activations per tensor at run time instead of weight-only.
     pub dynamic_int8: bool,
+    /// int8: calibrate the decoder's convolutions on this set and run them on int8
+    /// activations (module doc); None: convolutions weight-only.
+    pub conv_calibration: Option<CalibSet>,
     pub out: PathBuf,
+}
+
+/// The calibrated convolution ranges in a bundle: `{tensor: [min, max]}` as JSON.
+pub const CONV_RANGES_FILE: &str = "conv_ranges.json";
+
+/// What a build adds to the graphs beyond the options: calibration probes on the decoder's
+/// convolutions, or the ranges that make them int8.
+#[derive(Default)]
+struct DecoderExtras {
+    probe_convs: bool,
+    conv_ranges: Option<Arc<ConvRanges>>,
 }
 
 /// Resolves the transformer and decoder configs (no file is touched).
@@ -85,8 +106,26 @@ pub fn compile_var(
     o: &VarCompileOptions,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Manifest, Error> {
+    let calibration = match (&o.conv_calibration, o.precision) {
+        (None, _) => None,
+        (Some(set), Precision::Int8) => Some(set),
+        (Some(_), p) => {
+            return Err(Error::InvalidOption {
+                option: "--int8-activations",
+                reason: format!("calibrated int8 convolutions need --precision int8, not {p}"),
+            })
+        }
+    };
+    if let Some(set) = calibration {
+        let (c, _) = resolve_var_configs(o)?;
+        set.validate(c.num_classes)
+            .map_err(|e| Error::InvalidOption {
+                option: "--calib",
+                reason: e.to_string(),
+            })?;
+    }
     if o.precision == Precision::Fp32 {
-        return write_var(o, progress);
+        return write_var(o, &DecoderExtras::default(), progress);
     }
     check_out(&o.out)?;
     let parent = parent_dir(&o.out);
@@ -97,34 +136,63 @@ pub fn compile_var(
         .map_err(|e| Error::io(&parent, e))?;
     progress(Progress::Stage("compiling the fp32 reference"));
     let reference_dir = staging.path().join("fp32");
+    let probes = DecoderExtras {
+        probe_convs: calibration.is_some(),
+        conv_ranges: None,
+    };
     write_var(
         &VarCompileOptions {
             precision: Precision::Fp32,
             out: reference_dir.clone(),
             ..o.clone()
         },
+        &probes,
         progress,
     )?;
+    let load = PipelineOptions {
+        verify_hashes: false,
+        ..PipelineOptions::default()
+    };
+    let reference = Pipeline::load(&reference_dir, &load)?;
+    let mut extras = DecoderExtras::default();
+    if let Some(set) = calibration {
+        progress(Progress::Stage("calibrating the decoder's convolutions"));
+        let ranges = crate::var_calibration::conv_ranges(&reference, set, &mut |done, total| {
+            progress(Progress::Stage(&format!(
+                "calibrating the decoder's convolutions: sample {done} of {total}"
+            )))
+        })?;
+        tracing::info!(tensors = ranges.len(), "convolution ranges calibrated");
+        extras.conv_ranges = Some(Arc::new(ranges));
+    }
     let low_dir = staging.path().join("bundle");
     write_var(
         &VarCompileOptions {
             out: low_dir.clone(),
             ..o.clone()
         },
+        &extras,
         progress,
     )?;
     progress(Progress::Stage("measuring against fp32"));
-    let load = PipelineOptions {
-        verify_hashes: false,
-        ..PipelineOptions::default()
-    };
-    let reference = Pipeline::load(&reference_dir, &load)?;
     let low = Pipeline::load(&low_dir, &load)?;
     let report = compare(&low, &reference, &measure_request(reference.manifest()))?;
     drop((low, reference));
     let mut manifest =
         load_manifest(&low_dir, false).map_err(llamagen_runtime::RuntimeError::from)?;
     manifest.precision_details.accuracy_vs_fp32 = Some(report_figures(&report));
+    if let (Some(set), Some(ranges)) = (calibration, &extras.conv_ranges) {
+        let path = low_dir.join(CONV_RANGES_FILE);
+        let json = serde_json::to_string_pretty(ranges.as_ref())
+            .map_err(|e| Error::Internal(format!("writing {CONV_RANGES_FILE}: {e}")))?;
+        std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
+        manifest.precision_details.calibration = Some(CalibrationInfo {
+            set: set.name.clone(),
+            method: "min and max of each convolution's input and output (asymmetric u8)".into(),
+            samples: set.requests().len(),
+            files: vec![CONV_RANGES_FILE.into()],
+        });
+    }
     manifest.files = hash_files(&low_dir)?;
     write_manifest(&low_dir, &manifest)?;
     replace_dir(&low_dir, &o.out)?;
@@ -149,6 +217,7 @@ fn measure_request(m: &Manifest) -> GenerateRequest {
 
 fn write_var(
     o: &VarCompileOptions,
+    extras: &DecoderExtras,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Manifest, Error> {
     let (c, vq) = resolve_var_configs(o)?;
@@ -196,7 +265,16 @@ fn write_var(
     let embed = var::build_embed_graph(&c, &mut embed_em)?;
     let mut vq_em = Emitter::new(precision.clone(), vae_src);
     vq_em.dynamic_activations = o.dynamic_int8;
-    let decoder = var::build_decoder_graph(&vq, &mut vq_em)?;
+    vq_em.probe_conv_outputs = extras.probe_convs;
+    vq_em.conv_ranges = extras.conv_ranges.clone();
+    let mut decoder = var::build_decoder_graph(&vq, &mut vq_em)?;
+    let mut probe_tensors = BTreeMap::new();
+    if extras.probe_convs {
+        for p in &vq_em.probes {
+            probe_tensors.insert(p.op.clone(), decoder.value(p.input).name.clone());
+        }
+        expose_probes(&mut decoder, &vq_em.probes);
+    }
 
     let mut roles = BTreeMap::new();
     roles.insert(
@@ -232,7 +310,12 @@ fn write_var(
         graphs: BTreeMap::new(),
         files: BTreeMap::new(),
         precision_details: PrecisionDetails {
-            higher_precision: higher_precision(&precision, o.dynamic_int8),
+            higher_precision: higher_precision(
+                &precision,
+                o.dynamic_int8,
+                extras.conv_ranges.is_some(),
+            ),
+            probe_tensors,
             ..Default::default()
         },
     };
@@ -260,7 +343,7 @@ fn write_var(
 }
 
 /// What stays above the bundle's precision, and why (recorded in bundle.yaml).
-fn higher_precision(p: &OpPrecision, dynamic: bool) -> BTreeMap<String, String> {
+fn higher_precision(p: &OpPrecision, dynamic: bool, int8_convs: bool) -> BTreeMap<String, String> {
     let mut kept = BTreeMap::new();
     if matches!(p, OpPrecision::Fp32) {
         return kept;
@@ -288,10 +371,21 @@ fn higher_precision(p: &OpPrecision, dynamic: bool) -> BTreeMap<String, String> 
         "f16 table in var_step (a gather: nothing to compute in int8)".into(),
     );
     if let OpPrecision::Int8(None) = p {
-        kept.insert(
-            "activations".into(),
-            crate::compile::int8_activations_note(dynamic).into(),
-        );
+        let note = if int8_convs {
+            let gemms = if dynamic {
+                "int8 per tensor, quantized at run time (DynamicQuantizeLinear + MatMulInteger) \
+                 for every GEMM"
+            } else {
+                "f32 for GEMMs (per-channel int8 weights)"
+            };
+            format!(
+                "{gemms}; convolutions on int8 activations (u8 per tensor, from the calibrated \
+                 range of each input and output)"
+            )
+        } else {
+            crate::compile::int8_activations_note(dynamic).to_string()
+        };
+        kept.insert("activations".into(), note);
     }
     kept
 }

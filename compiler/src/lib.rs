@@ -16,6 +16,7 @@ mod error;
 pub mod ir;
 pub mod models;
 pub mod onnx;
+pub mod var_calibration;
 
 pub use error::Error;
 /// Graph input/output and initializer names: the bundle contract's.

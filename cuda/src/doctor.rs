@@ -106,10 +106,14 @@ mod with_driver {
         };
         let detail = match (nvrtc::nvrtc_version(), nvrtc::supported_archs()) {
             (Ok((major, minor)), Ok(archs)) => format!(
-                "{} ({}; version {major}.{minor}; archs {})",
+                "{} ({}; version {major}.{minor}; archs {}; kernel cache {})",
                 lib.path.display(),
                 origin(lib.origin),
-                archs.join(",")
+                archs.join(","),
+                match crate::kernel_cache::KernelCache::from_env().dir() {
+                    Some(d) => d.display().to_string(),
+                    None => format!("off ({})", crate::kernel_cache::CACHE_ENV),
+                }
             ),
             (Err(e), _) | (_, Err(e)) => return failed(name, e),
         };

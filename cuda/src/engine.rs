@@ -16,7 +16,7 @@ use llamagen_bundle::{GraphRole, Manifest};
 use crate::device::{CaptureGuard, Device};
 use crate::error::CudaError;
 use crate::gemm_weight::DecodeGemm;
-use crate::gpt::{issue_step, GptWeights, Session, WeightBytes};
+use crate::gpt::{issue_step, AttentionPath, GptWeights, Session, WeightBytes};
 use crate::ops::sampler::{RowKey, SampleParams};
 use crate::vq::VqDecoder;
 use crate::weights::BundleWeights;
@@ -42,6 +42,8 @@ pub struct Engine<D: Device> {
     tokens_per_image: usize,
     /// Capture the decode step into a graph (off: the same launches, issued per token).
     use_graph: bool,
+    /// The decode attention every session's step launches.
+    attention: AttentionPath,
     /// Sessions of finished generations, reused by the next one of the same shape (their
     /// graphs included).
     sessions: Mutex<Vec<Session<D>>>,
@@ -51,15 +53,18 @@ pub struct Engine<D: Device> {
 
 impl<D: Device> Engine<D> {
     /// Uploads the bundle's weights (any precision) to `device`, f16 GEMM weights for the
-    /// `decode` GEMM.
+    /// `decode` GEMM; the decode steps will launch `attention` (an error where it cannot run the
+    /// model's head size).
     pub fn load(
         name: &'static str,
         device: D,
         dir: &Path,
         m: &Manifest,
         use_graph: bool,
+        attention: AttentionPath,
         decode: DecodeGemm,
     ) -> Result<Self, CudaError> {
+        attention.check_head_dim(m.gpt()?.head_dim)?;
         let t0 = Instant::now();
         let gpt = GptWeights::load(
             &device,
@@ -84,6 +89,7 @@ impl<D: Device> Engine<D> {
             vq,
             tokens_per_image: m.generation.tokens_per_image,
             use_graph,
+            attention,
             sessions: Mutex::new(Vec::new()),
             exec: Mutex::new(()),
         })
@@ -99,6 +105,7 @@ impl<D: Device> Engine<D> {
                 rows,
                 n,
                 self.tokens_per_image,
+                self.attention,
             ),
         }
     }
@@ -184,6 +191,11 @@ impl<D: Device> Engine<D> {
         self.gpt.bytes(&self.device)
     }
 
+    /// The decode attention the steps launch.
+    pub fn attention(&self) -> AttentionPath {
+        self.attention
+    }
+
     /// The backend's name (`cuda`, `cuda-emu`).
     pub fn name(&self) -> &'static str {
         self.name
@@ -199,6 +211,7 @@ impl<D: Device> Engine<D> {
             rows,
             rows,
             self.tokens_per_image,
+            self.attention,
         )
     }
 
@@ -234,7 +247,8 @@ impl<D: Device> Engine<D> {
     pub fn step_graph(&self, rows: usize) -> Result<D::Graph, CudaError> {
         let _exec = self.exec.lock().unwrap_or_else(|p| p.into_inner());
         let d = &self.device;
-        let s = Session::new(d, &self.gpt.config, rows, rows, self.tokens_per_image)?;
+        let c = &self.gpt.config;
+        let s = Session::new(d, c, rows, rows, self.tokens_per_image, self.attention)?;
         let capture = CaptureGuard::begin(d)?;
         let issued = issue_step(d, &self.gpt, &s, true);
         let graph = capture.end();

@@ -11,6 +11,7 @@ use crate::device::Device;
 use crate::error::CudaError;
 use crate::gemm_weight::{DecodeGemm, GemmIn, GemmOut, GemmWeight, WeightDType};
 use crate::ops::gpt::{self as k, AttnShape, LayerCache, Rotary};
+use crate::ops::gpt_split_attention::{self as split, SplitScratch};
 use crate::ops::sampler::{self, SampleIo, SampleParams};
 use crate::weights::{check_dims, upload_f32, upload_weight_f16, BundleWeights};
 
@@ -131,6 +132,52 @@ pub struct WeightBytes {
     pub decode_gemm: DecodeGemm,
 }
 
+/// Which decode attention the step launches per layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttentionPath {
+    /// `decode_attention_fused`: rotary, the cache write and split-K attention with the merge,
+    /// one launch per layer (`ops::gpt_split_attention`).
+    #[default]
+    Fused,
+    /// `rotary_kv_write` then `decode_attention` (one block per (row, head)): the previous pair,
+    /// kept to compare against.
+    Separate,
+}
+
+impl AttentionPath {
+    /// The name options and reports use (`fused`, `separate`).
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionPath::Fused => "fused",
+            AttentionPath::Separate => "separate",
+        }
+    }
+
+    /// Whether this path runs a model whose heads are `head_dim` wide (the separate pair takes
+    /// any; the fused kernel 8..256, see [`split::fused_attention_supports`]).
+    pub fn check_head_dim(self, head_dim: usize) -> Result<(), CudaError> {
+        if self == AttentionPath::Fused && !split::fused_attention_supports(head_dim) {
+            return Err(CudaError::call(
+                "the fused decode attention",
+                format!(
+                    "head_dim {head_dim} is not one of 8, 16, 32, 64, 128, 256; use the \
+                     separate attention (LLAMAGEN_CUDA_ATTENTION=separate)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The attention path's own buffers in a session.
+enum AttnBuffers<D: Device> {
+    /// f32 partials `[rows, heads, splits, head_dim + 2]` and u32 counters `[rows, heads]`
+    /// (zero-filled; every launch leaves them zero), shared by all layers.
+    Fused { partials: D::Buf, counters: D::Buf },
+    /// Rotated q `[rows, heads * head_dim]` f16, between the two launches.
+    Separate { q: D::Buf },
+}
+
 /// Device buffers of one batch shape: `rows` GPT rows serving `n` requests (`rows = 2n` with
 /// CFG). Owned by one generation at a time; its graph stays valid because no buffer moves.
 pub struct Session<D: Device> {
@@ -139,7 +186,7 @@ pub struct Session<D: Device> {
     x: D::Buf,
     normed: D::Buf,
     qkv: D::Buf,
-    q: D::Buf,
+    attention: AttnBuffers<D>,
     attn: D::Buf,
     h13: D::Buf,
     act: D::Buf,
@@ -160,18 +207,39 @@ pub struct Session<D: Device> {
 }
 
 impl<D: Device> Session<D> {
-    pub fn new(d: &D, c: &GptConfig, rows: usize, n: usize, per: usize) -> Result<Self, CudaError> {
+    /// Buffers for `rows` GPT rows serving `n` requests of `per` tokens, with the buffers of
+    /// `attention` (the step this session launches).
+    pub fn new(
+        d: &D,
+        c: &GptConfig,
+        rows: usize,
+        n: usize,
+        per: usize,
+        attention: AttentionPath,
+    ) -> Result<Self, CudaError> {
         let (f16, f32, i32) = (2, 4, 4);
         let hd = c.head_dim;
         let cache = rows * c.n_kv_head * c.max_len * hd * f16;
         let layers = |_| d.alloc(cache);
+        let attention = match attention {
+            AttentionPath::Fused => {
+                let shape = attn_shape(c, rows);
+                AttnBuffers::Fused {
+                    partials: d.alloc(SplitScratch::partials_len(&shape) * f32)?,
+                    counters: d.alloc(SplitScratch::counters_len(&shape) * 4)?,
+                }
+            }
+            AttentionPath::Separate => AttnBuffers::Separate {
+                q: d.alloc(rows * c.n_head * hd * f16)?,
+            },
+        };
         Ok(Session {
             rows,
             n,
             x: d.alloc(rows * c.dim * f32)?,
             normed: d.alloc(rows * c.dim * f16)?,
             qkv: d.alloc(rows * (c.n_head + 2 * c.n_kv_head) * hd * f16)?,
-            q: d.alloc(rows * c.n_head * hd * f16)?,
+            attention,
             attn: d.alloc(rows * c.n_head * hd * f16)?,
             h13: d.alloc(rows * 2 * c.ffn_hidden * f16)?,
             act: d.alloc(rows * c.ffn_hidden * f16)?,
@@ -235,14 +303,26 @@ impl<D: Device> Session<D> {
     }
 }
 
+/// The attention shape of `rows` rows of model `c`.
+fn attn_shape(c: &GptConfig, rows: usize) -> AttnShape {
+    AttnShape {
+        rows,
+        heads: c.n_head,
+        kv_heads: c.n_kv_head,
+        head_dim: c.head_dim,
+        max_len: c.max_len,
+    }
+}
+
 /// Issues one decode step on `s`: all layers and the logits; with `sample`, also CFG + sampling
 /// (writing the token and the next ids) and the position/step advance, so that replaying the
 /// captured sequence runs the whole generation loop without the host.
 ///
-/// Per layer, with our decode GEMM ([`GptWeights::fused`]): qkv (RMSNorm in its prologue),
-/// rotary + KV write, attention, wo (+ residual), w1|w3 (RMSNorm in, SwiGLU out), w2
-/// (+ residual); the logits GEMM normalises too. With cuBLAS an rms_norm launch precedes the qkv,
-/// w1|w3 and logits GEMMs, and a swiglu launch follows w1|w3.
+/// Per layer, with our decode GEMM ([`GptWeights::fused`]): qkv (RMSNorm in its prologue), the
+/// attention (the session's [`AttentionPath`]: one fused split-K launch that also rotates and
+/// writes the cache, or rotary_kv_write + decode_attention), wo (+ residual), w1|w3 (RMSNorm in,
+/// SwiGLU out), w2 (+ residual); the logits GEMM normalises too. With cuBLAS an rms_norm launch
+/// precedes the qkv, w1|w3 and logits GEMMs, and a swiglu launch follows w1|w3.
 pub fn issue_step<D: Device>(
     d: &D,
     w: &GptWeights<D>,
@@ -261,13 +341,7 @@ pub fn issue_step<D: Device>(
     let f16s = |b: &D::Buf| d.slice::<f16>(b);
     let f32s = |b: &D::Buf| d.slice::<f32>(b);
     let i32s = |b: &D::Buf| d.slice::<i32>(b);
-    let shape = AttnShape {
-        rows,
-        heads: c.n_head,
-        kv_heads: c.n_kv_head,
-        head_dim: c.head_dim,
-        max_len: c.max_len,
-    };
+    let shape = attn_shape(c, rows);
     let rotary = Rotary {
         cos: f32s(&w.cos),
         sin: f32s(&w.sin),
@@ -289,8 +363,7 @@ pub fn issue_step<D: Device>(
         let qkv = GemmOut::F16(f16s(&s.qkv));
         lw.wqkv
             .apply(d, st.normed(&lw.attention_norm)?, qkv, rows)?;
-        k::rotary_kv_write(d, f16s(&s.q), cache, f16s(&s.qkv), rotary, &shape)?;
-        k::decode_attention(d, f16s(&s.attn), f16s(&s.q), cache, &shape)?;
+        st.attention(cache, rotary, &shape)?;
         st.residual(&s.attn, &lw.wo)?;
         st.feed_forward_act(&lw.ffn_norm, &lw.w13)?;
         st.residual(&s.act, &lw.w2)?;
@@ -342,6 +415,31 @@ impl<D: Device> Step<'_, D> {
         let normed = d.slice::<f16>(&s.normed);
         k::rms_norm(d, normed, x, weight, s.rows, self.dim, self.eps)?;
         Ok(GemmIn::F16(normed))
+    }
+
+    /// The layer's attention on the qkv projection into `attn`, by the session's path.
+    fn attention(
+        &self,
+        cache: LayerCache,
+        rotary: Rotary,
+        shape: &AttnShape,
+    ) -> Result<(), CudaError> {
+        let (d, s) = (self.d, self.s);
+        let (attn, qkv) = (d.slice::<f16>(&s.attn), d.slice::<f16>(&s.qkv));
+        match &s.attention {
+            AttnBuffers::Fused { partials, counters } => {
+                let scratch = SplitScratch {
+                    partials: d.slice::<f32>(partials),
+                    counters: d.slice::<u32>(counters),
+                };
+                split::decode_attention_fused(d, attn, cache, qkv, rotary, scratch, shape)
+            }
+            AttnBuffers::Separate { q } => {
+                let q = d.slice::<f16>(q);
+                k::rotary_kv_write(d, q, cache, qkv, rotary, shape)?;
+                k::decode_attention(d, attn, q, cache, shape)
+            }
+        }
     }
 
     /// x += inp . W: the residual add fused into the GEMM.

@@ -45,6 +45,8 @@ pub mod driver;
 #[cfg(feature = "driver")]
 mod gemm_map;
 #[cfg(feature = "driver")]
+pub mod kernel_cache;
+#[cfg(feature = "driver")]
 pub mod libs;
 #[cfg(feature = "driver")]
 pub mod nvrtc;

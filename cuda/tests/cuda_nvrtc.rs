@@ -3,6 +3,7 @@
 //! wheel that scripts/setup.sh installs), not a GPU; skipped with a message without it.
 #![cfg(feature = "driver")]
 
+use llamagen_cuda::kernel_cache::{cubins_for, KernelCache, Outcome, CACHE_ENV};
 use llamagen_cuda::kernels::{kernel_names, KernelSource, SOURCES};
 use llamagen_cuda::CudaError;
 use llamagen_cuda::{libs, nvrtc};
@@ -156,4 +157,151 @@ fn malformed_cubins_are_errors_not_panics() {
     elf[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
     elf[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
     assert!(nvrtc::cubin_functions(&elf).is_err());
+}
+
+/// The `.cubin` files in `dir`.
+fn entries(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|r| r.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.extension().is_some_and(|e| e == "cubin"));
+    v.sort();
+    v
+}
+
+#[test]
+fn kernel_cache_stores_then_hits_and_keys_by_arch_and_source() {
+    if !have_nvrtc() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = KernelCache::at(tmp.path().join("kernels"));
+    let (first, how) = cache.cubin(&TWO_KERNELS, "sm_90").unwrap();
+    assert_eq!(how, Outcome::Compiled { stored: true });
+    let files = entries(cache.dir().unwrap());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("two-sm_90-"), "{name}");
+    let (again, how) = cache.cubin(&TWO_KERNELS, "sm_90").unwrap();
+    assert_eq!(how, Outcome::Hit);
+    assert_eq!(again, first);
+
+    // Another arch, or one changed byte of source, is another entry, never the old CUBIN.
+    let (_, how) = cache.cubin(&TWO_KERNELS, "sm_80").unwrap();
+    assert_eq!(how, Outcome::Compiled { stored: true });
+    let edited = KernelSource {
+        src: "KERNEL void fill_i32(i32* y, i32 v, i32 n) { if (n > 0) y[0] = v + 1; }\n\
+              KERNEL void scale_f16(f16* y, const f16* x, i32 n) {}\n",
+        ..TWO_KERNELS
+    };
+    let (_, how) = cache.cubin(&edited, "sm_90").unwrap();
+    assert_eq!(how, Outcome::Compiled { stored: true });
+    assert_eq!(entries(cache.dir().unwrap()).len(), 3);
+}
+
+#[test]
+fn a_damaged_cache_entry_is_compiled_again_and_replaced() {
+    if !have_nvrtc() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = KernelCache::at(tmp.path());
+    let (good, _) = cache.cubin(&TWO_KERNELS, "sm_90").unwrap();
+    let path = entries(tmp.path()).remove(0);
+    // Truncated, then a valid ELF that lacks the kernels: both are refused.
+    for bad in [good[..good.len() / 2].to_vec(), {
+        let other = KernelSource {
+            src: "KERNEL void something_else(i32* y) { y[0] = 1; }\n",
+            ..TWO_KERNELS
+        };
+        nvrtc::compile_cubin(&other, "sm_90").unwrap()
+    }] {
+        std::fs::write(&path, &bad).unwrap();
+        let (cubin, how) = cache.cubin(&TWO_KERNELS, "sm_90").unwrap();
+        assert_eq!(how, Outcome::Compiled { stored: true });
+        assert_eq!(cubin, good);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            good,
+            "the entry was replaced"
+        );
+    }
+    // A compile error is not cached.
+    let broken = KernelSource {
+        file: "broken.cu",
+        src: "KERNEL void broken(float* y) { y[0] = nope; }\n",
+        options: &[],
+        headers: &[],
+    };
+    assert!(cache.cubin(&broken, "sm_90").is_err());
+    assert_eq!(entries(tmp.path()).len(), 1);
+}
+
+#[test]
+fn an_unwritable_or_disabled_cache_still_compiles() {
+    if !have_nvrtc() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"not a folder").unwrap();
+    let under_a_file = KernelCache::at(file.join("kernels"));
+    let (cubin, how) = under_a_file.cubin(&TWO_KERNELS, "sm_90").unwrap();
+    assert_eq!(how, Outcome::Compiled { stored: false });
+    assert_eq!(&cubin[..4], b"\x7fELF");
+    let (_, how) = KernelCache::off().cubin(&TWO_KERNELS, "sm_90").unwrap();
+    assert_eq!(how, Outcome::Compiled { stored: false });
+}
+
+#[test]
+fn the_cache_folder_follows_the_environment() {
+    let at = |vars: &[(&str, &str)]| {
+        KernelCache::from_vars(|k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| std::ffi::OsString::from(v))
+        })
+        .dir()
+        .map(|p| p.to_path_buf())
+    };
+    let home = [("HOME", "/h")];
+    assert_eq!(at(&home), Some("/h/.cache/llamagen/kernels".into()));
+    let xdg = [("HOME", "/h"), ("XDG_CACHE_HOME", "/x")];
+    assert_eq!(at(&xdg), Some("/x/llamagen/kernels".into()));
+    let set = [("HOME", "/h"), (CACHE_ENV, "/k")];
+    assert_eq!(at(&set), Some("/k".into()));
+    for off in ["off", "0"] {
+        assert_eq!(at(&[("HOME", "/h"), (CACHE_ENV, off)]), None);
+    }
+    assert_eq!(
+        at(&[("HOME", "/h"), (CACHE_ENV, "")]),
+        Some("/h/.cache/llamagen/kernels".into())
+    );
+    assert_eq!(at(&[]), None);
+}
+
+#[test]
+fn every_kernel_file_comes_back_from_a_parallel_cold_start_then_from_the_cache() {
+    if !have_nvrtc() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = KernelCache::at(tmp.path());
+    let timed = |what: &str| {
+        let start = std::time::Instant::now();
+        let out = cubins_for(&cache, SOURCES, "sm_90").unwrap();
+        eprintln!("{what}: {:.0} ms", start.elapsed().as_secs_f64() * 1e3);
+        out
+    };
+    let cold = timed("cold start, one thread per file");
+    assert!(cold
+        .iter()
+        .all(|(_, o)| *o == Outcome::Compiled { stored: true }));
+    let warm = timed("warm start");
+    assert!(warm.iter().all(|(_, o)| *o == Outcome::Hit));
+    for ((k, (c, _)), (w, _)) in SOURCES.iter().zip(&cold).zip(&warm) {
+        assert_eq!(c, w, "{}", k.file);
+        let defined = nvrtc::cubin_functions(w).unwrap();
+        assert!(k.functions().iter().all(|f| defined.iter().any(|d| d == f)));
+    }
 }

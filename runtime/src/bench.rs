@@ -49,6 +49,10 @@ pub struct BenchReport {
     /// step reads them in full).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gemm_weight_mb: Option<f64>,
+    /// The CUDA backend (LlamaGen): the decode step's attention, `fused` (one split-K launch
+    /// per layer) or `separate` (rotary_kv_write + decode_attention); `LLAMAGEN_CUDA_ATTENTION`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention: Option<&'static str>,
     /// Device backends (LlamaGen): all GPT weights on the device (GEMMs, embeddings, norms,
     /// rotary tables), in MB.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -137,6 +141,7 @@ pub fn bench(
         gemm_weight_dtype: weights.map(|w| w.gemm_dtype),
         decode_gemm: weights.map(|w| w.decode_gemm),
         gemm_weight_mb: weights.map(|w| w.gemm_bytes as f64 / 1e6),
+        attention: pipeline.device_attention(),
         gpt_device_weight_mb: weights.map(|w| (w.gemm_bytes + w.other_bytes) as f64 / 1e6),
         decode_steps_timed: steps.len(),
         scale_ms: var.then(|| scales.into_iter().map(median).collect()),

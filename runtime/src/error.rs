@@ -31,6 +31,13 @@ pub enum RuntimeError {
     /// tokens.
     #[error("generation deadline exceeded after {done} of {steps} tokens")]
     DeadlineExceeded { done: usize, steps: usize },
+    /// An option (or the environment variable that sets it) with a value it does not take.
+    #[error("invalid option {name} = {value:?}: expected {expected}")]
+    InvalidOption {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error("backend '{name}' is not available: {reason}")]
     BackendUnavailable { name: String, reason: String },
     /// A CUDA driver, NVRTC, cuBLAS or kernel-emulator call failed.

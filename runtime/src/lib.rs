@@ -25,7 +25,9 @@ mod runner;
 pub mod sampler;
 mod var;
 
-pub use backend::{BackendChoice, BackendKind, CpuOptions, CudaOptions, DecodeGemm, DeviceWeights};
+pub use backend::{
+    BackendChoice, BackendKind, CpuOptions, CudaAttention, CudaOptions, DecodeGemm, DeviceWeights,
+};
 pub use error::{BundleError, RuntimeError};
 /// The Philox stream both samplers draw from (the bundle contract's).
 pub use llamagen_bundle::philox as rng;

@@ -158,6 +158,12 @@ impl Pipeline {
         self.generator.device_weights()
     }
 
+    /// The CUDA backend's decode attention for LlamaGen (`fused`, `separate`; `None` on the
+    /// CPU and for VAR bundles).
+    pub fn device_attention(&self) -> Option<&'static str> {
+        self.generator.device_attention()
+    }
+
     /// The most labels one request may carry ([`PipelineOptions::max_labels`]).
     pub fn max_labels(&self) -> usize {
         self.max_labels

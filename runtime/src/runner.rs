@@ -86,6 +86,10 @@ pub(crate) trait Generator: Send + Sync {
     fn device_weights(&self) -> Option<crate::backend::DeviceWeights> {
         None
     }
+    /// Device backends: the decode step's attention (`fused`, `separate`).
+    fn device_attention(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// [`Generator`] on backend `B`, with a pool of its step states.
@@ -158,6 +162,10 @@ impl<B: Backend> Generator for Runner<B> {
 
     fn device_weights(&self) -> Option<crate::backend::DeviceWeights> {
         self.backend.device_weights()
+    }
+
+    fn device_attention(&self) -> Option<&'static str> {
+        self.backend.device_attention()
     }
 
     #[cfg(feature = "test-hooks")]

@@ -73,12 +73,14 @@ struct Args {
     /// shipped in calib/imagenet-classes.yaml.
     #[arg(long)]
     calib: Option<PathBuf>,
-    /// Activation-scale estimator for int8: entropy (TensorRT's KL search), percentile
-    /// (99.99, or percentile:P) or max.
-    #[arg(long, default_value = "entropy", value_parser = |s: &str| s.parse::<Method>())]
-    calib_method: Method,
-    /// int8 activations: weights-only (f32 activations; fastest and most accurate on CPU here)
-    /// or qdq (calibrated Q/DQ on every GEMM/conv input: TensorRT explicit quantization).
+    /// Activation-scale estimator for LlamaGen int8: entropy (TensorRT's KL search; the
+    /// default), percentile (99.99, or percentile:P) or max.
+    #[arg(long, value_parser = |s: &str| s.parse::<Method>())]
+    calib_method: Option<Method>,
+    /// int8 activations: weights-only (f32 activations), qdq (calibrated Q/DQ on every GEMM/conv
+    /// input: TensorRT explicit quantization), dynamic (GEMM inputs quantized at run time), or,
+    /// for VAR, dynamic-convs (dynamic, plus the decoder's convolutions on int8 activations
+    /// with ranges calibrated on --calib: the fastest on CPU).
     #[arg(long, value_enum, default_value_t = ActivationsArg::WeightsOnly)]
     int8_activations: ActivationsArg,
     /// Use seeded random weights instead of checkpoints (demos, latency benchmarks).
@@ -110,6 +112,9 @@ enum ActivationsArg {
     /// GEMM inputs quantized per tensor at run time (ONNX Runtime's int8 GEMM; fastest on CPUs
     /// with int8 dot products); convolutions weight-only.
     Dynamic,
+    /// VAR: `dynamic`, and the decoder's convolutions on int8 activations (calibrated u8
+    /// ranges of each input and output; ONNX Runtime's QLinearConv).
+    DynamicConvs,
 }
 
 fn main() -> ExitCode {
@@ -207,11 +212,15 @@ fn run(a: Args) -> anyhow::Result<()> {
         Some(path) => CalibSet::load(path)?,
         None => CalibSet::default_set(),
     };
-    let method = a.calib_method;
+    let method = a.calib_method.unwrap_or(Method::Entropy);
     let activations = match a.int8_activations {
         ActivationsArg::WeightsOnly => Int8Activations::WeightOnly,
         ActivationsArg::Qdq => Int8Activations::Qdq,
         ActivationsArg::Dynamic => Int8Activations::Dynamic,
+        ActivationsArg::DynamicConvs => anyhow::bail!(
+            "--int8-activations dynamic-convs: VAR bundles only so far (LlamaGen: weights-only, \
+             qdq or dynamic)"
+        ),
     };
     let bar = progress_bar();
     let show = |what: &str, done: usize, total: usize| {
@@ -233,14 +242,28 @@ fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--var-model`: a VAR bundle (no calibration set: int8 is weight-only).
+/// `--var-model`: a VAR bundle (a calibration set only for `--int8-activations dynamic-convs`).
 fn run_var(a: Args, model: String) -> anyhow::Result<()> {
-    if a.calib.is_some() || matches!(a.int8_activations, ActivationsArg::Qdq) {
+    let convs = matches!(a.int8_activations, ActivationsArg::DynamicConvs);
+    if matches!(a.int8_activations, ActivationsArg::Qdq) {
         anyhow::bail!(
-            "--calib / --int8-activations qdq: VAR bundles support weight-only and dynamic int8 \
-             so far (no calibration set)"
+            "--int8-activations qdq: VAR bundles take weights-only, dynamic or dynamic-convs"
         );
     }
+    if a.calib.is_some() && !convs {
+        anyhow::bail!("--calib: VAR bundles calibrate only with --int8-activations dynamic-convs");
+    }
+    if a.calib_method.is_some() {
+        anyhow::bail!(
+            "--calib-method: VAR's calibrated convolutions use the min and max of each input and \
+             output; the estimators apply to LlamaGen's activation scales"
+        );
+    }
+    let conv_calibration = match (convs, &a.calib) {
+        (false, _) => None,
+        (true, Some(path)) => Some(CalibSet::load(path)?),
+        (true, None) => Some(CalibSet::default_set()),
+    };
     let weights = match (a.random_weights, a.var_ckpt, a.vae_ckpt) {
         (true, _, _) => VarWeights::Random { seed: a.seed },
         (false, Some(var), Some(vae)) => {
@@ -255,7 +278,11 @@ fn run_var(a: Args, model: String) -> anyhow::Result<()> {
         weights,
         image_size: a.image_size,
         precision: precision(a.precision),
-        dynamic_int8: matches!(a.int8_activations, ActivationsArg::Dynamic),
+        dynamic_int8: matches!(
+            a.int8_activations,
+            ActivationsArg::Dynamic | ActivationsArg::DynamicConvs
+        ),
+        conv_calibration,
         out: a.out,
     };
     let bar = progress_bar();

@@ -5,10 +5,20 @@ use std::process::{Command, Output};
 
 /// Runs a binary (no tracing output, so stderr holds only what the user would see).
 pub fn run(bin: &str, args: &[&str]) -> Output {
-    Command::new(bin)
-        .args(args)
+    run_env(bin, args, &[])
+}
+
+/// [`run`] with `env` set for the binary, and none of the test process's
+/// `LLAMAGEN_CUDA_ATTENTION` unless `env` names it.
+pub fn run_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
         .env_remove("LLAMAGEN_LOG")
-        .output()
+        .env_remove("LLAMAGEN_CUDA_ATTENTION");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output()
         .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
 }
 
@@ -18,7 +28,12 @@ pub fn text(bytes: &[u8]) -> String {
 
 /// Asserts exit 0 and returns stdout.
 pub fn ok(bin: &str, args: &[&str]) -> String {
-    let out = run(bin, args);
+    ok_env(bin, args, &[])
+}
+
+/// [`ok`] with `env` set for the binary (see [`run_env`]).
+pub fn ok_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = run_env(bin, args, env);
     assert!(
         out.status.success(),
         "{bin} {args:?} failed ({}):\nstdout: {}\nstderr: {}",
@@ -32,7 +47,12 @@ pub fn ok(bin: &str, args: &[&str]) -> String {
 /// Asserts a clean failure: non-zero exit, no panic, one `error: ...` line on stderr that
 /// contains every string of `needles`. Returns that line.
 pub fn fails(bin: &str, args: &[&str], needles: &[&str]) -> String {
-    let out = run(bin, args);
+    fails_env(bin, args, &[], needles)
+}
+
+/// [`fails`] with `env` set for the binary (see [`run_env`]).
+pub fn fails_env(bin: &str, args: &[&str], env: &[(&str, &str)], needles: &[&str]) -> String {
+    let out = run_env(bin, args, env);
     let stderr = text(&out.stderr);
     assert!(
         !out.status.success(),

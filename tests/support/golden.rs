@@ -74,6 +74,7 @@ pub fn tiny_var_options(
         image_size: Some(64),
         precision,
         dynamic_int8: false,
+        conv_calibration: None,
         out: out.to_path_buf(),
     }
 }

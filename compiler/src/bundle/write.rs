@@ -63,6 +63,11 @@ pub fn write_bundle(
                 precision: manifest.precision,
                 inputs: io(false),
                 outputs: io(true),
+                int8_activations: bg
+                    .graph
+                    .nodes
+                    .iter()
+                    .any(|n| matches!(n.op, crate::ir::Op::QuantizeLinear { .. })),
             },
         );
     }

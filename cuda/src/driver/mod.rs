@@ -1,7 +1,7 @@
 //! The real GPU: [`Device`] on cudarc. One context, one non-blocking stream (capture is illegal
 //! on the legacy default stream), one cuBLAS handle on it with a fixed workspace (so that GEMMs
 //! are capturable), and every kernel file compiled by NVRTC to a CUBIN for the device's
-//! `sm_XY` when the device is opened.
+//! `sm_XY` when the device is opened (or taken from [`crate::kernel_cache`]).
 //!
 //! cudarc's per-allocation event tracking is switched off before the first allocation: all work
 //! is on one stream, and events recorded outside a capture would break it. Buffers are raw
@@ -23,6 +23,7 @@ use cudarc::nvrtc::Ptx;
 
 use crate::device::{Device, Gemm, KArg, LaunchConfig};
 use crate::error::CudaError;
+use crate::kernel_cache::{cubins_for, KernelCache, Outcome};
 use crate::kernels::SOURCES;
 use crate::{libs, nvrtc};
 
@@ -216,8 +217,8 @@ impl CudaDevice {
     }
 }
 
-/// Compiles every kernel file for `arch` and loads its kernels, allowing each the device's
-/// opt-in maximum of dynamic shared memory.
+/// Compiles every kernel file for `arch` (or takes its CUBIN from the kernel cache) and loads
+/// its kernels, allowing each the device's opt-in maximum of dynamic shared memory.
 fn load_kernels(
     ctx: &Arc<CudaContext>,
     arch: &str,
@@ -226,9 +227,11 @@ fn load_kernels(
     let optin = ctx
         .attribute(DevAttr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
         .map_err(cuda_err("querying the shared memory limit"))?;
+    let cache = KernelCache::from_env();
+    let cubins = cubins_for(&cache, SOURCES, arch)?;
+    let hits = cubins.iter().filter(|(_, o)| *o == Outcome::Hit).count();
     let mut functions = HashMap::new();
-    for k in SOURCES {
-        let cubin = nvrtc::compile_cubin(k, arch)?;
+    for (k, (cubin, _)) in SOURCES.iter().zip(cubins) {
         let module = ctx
             .load_module(Ptx::from_binary(cubin))
             .map_err(|e| CudaError::call(format!("loading the CUBIN of {}", k.file), e))?;
@@ -250,6 +253,8 @@ fn load_kernels(
     tracing::info!(
         arch,
         kernels = functions.len(),
+        files_from_cache = hits,
+        cache = ?cache.dir(),
         ms = start.elapsed().as_millis() as u64,
         "compiled and loaded the CUDA kernels"
     );

@@ -43,3 +43,15 @@ DEVICE float rms_inv(float ss, i32 dim, float eps) {
 DEVICE float silu_times(float a, float b) {
     return a / (1.0f + expf(-a)) * b;
 }
+
+// Rotary embedding of one pair (a, b) = (x[e], x[e + 1]), e even, with the tables' cos/sin at
+// e and e + 1: out = (a c[0] - b s[0], b c[1] + a s[1]), each rounded to f16. The one definition
+// that rotary_kv_write (gpt.cu) and the fused attention (attention.cu) share: explicit `_rn`
+// operations forbid FMA contraction, so both kernels produce the same bits on every GPU and on
+// the emulator (the fused kernel's cache writes must equal rotary_kv_write's).
+DEVICE void rotary_pair(f16 a16, f16 b16, const float* c, const float* s, f16* out) {
+    float a = f16_to_f32(a16);
+    float b = f16_to_f32(b16);
+    out[0] = f32_to_f16(__fsub_rn(__fmul_rn(a, c[0]), __fmul_rn(b, s[0])));
+    out[1] = f32_to_f16(__fadd_rn(__fmul_rn(b, c[1]), __fmul_rn(a, s[1])));
+}

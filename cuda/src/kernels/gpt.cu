@@ -58,10 +58,7 @@ KERNEL void rotary_kv_write(f16* q_out, f16* cache_k, f16* cache_v, const f16* q
     for (i32 j = threadIdx.x; j < head_dim / 2; j += blockDim.x) {
         i32 e = 2 * j;
         if (rotate) {
-            float a = f16_to_f32(src[e]);
-            float b = f16_to_f32(src[e + 1]);
-            dst[e] = f32_to_f16(a * c[e] - b * s[e]);
-            dst[e + 1] = f32_to_f16(b * c[e + 1] + a * s[e + 1]);
+            rotary_pair(src[e], src[e + 1], c + e, s + e, dst + e);
         } else {
             dst[e] = src[e];
             dst[e + 1] = src[e + 1];

@@ -110,7 +110,7 @@ pub struct AttnShape {
 }
 
 impl AttnShape {
-    fn check(&self, ctx: &str) -> Result<(), CudaError> {
+    pub(crate) fn check(&self, ctx: &str) -> Result<(), CudaError> {
         if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
             return Err(CudaError::call(
                 ctx,
@@ -133,17 +133,17 @@ impl AttnShape {
         Ok(())
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.rows == 0 || self.heads == 0 || self.head_dim == 0 || self.max_len == 0
     }
 
     /// Elements of one layer's cache `[rows, kv_heads, max_len, head_dim]`.
-    fn cache_len(&self) -> usize {
+    pub(crate) fn cache_len(&self) -> usize {
         self.rows * self.kv_heads * self.max_len * self.head_dim
     }
 
     /// Elements of q (or the attention output) `[rows, heads * head_dim]`.
-    fn q_len(&self) -> usize {
+    pub(crate) fn q_len(&self) -> usize {
         self.rows * self.heads * self.head_dim
     }
 }
@@ -157,7 +157,7 @@ pub struct LayerCache {
 }
 
 impl LayerCache {
-    fn check(&self, ctx: &str, s: &AttnShape) -> Result<(), CudaError> {
+    pub(crate) fn check(&self, ctx: &str, s: &AttnShape) -> Result<(), CudaError> {
         self.k.require(ctx, "cache_k", s.cache_len())?;
         self.v.require(ctx, "cache_v", s.cache_len())?;
         self.pos.require(ctx, "pos", 1)
@@ -176,7 +176,9 @@ pub struct Rotary {
 /// caches f16 [rows, kv_heads, max_len, head_dim]. cos/sin: f32 [max_len, head_dim].
 ///
 /// Rotation of each pair `(a, b) = (x[2j], x[2j+1])`: `(a cos[2j] - b sin[2j],
-/// b cos[2j+1] + a sin[2j+1])`, as the CPU graph's `x * cos + swap(x) * sin`.
+/// b cos[2j+1] + a sin[2j+1])`, as the CPU graph's `x * cos + swap(x) * sin`, in f32 with every
+/// operation rounded (no FMA contraction; `rotary_pair` in common.cuh, which the fused attention
+/// of [`super::gpt_split_attention`] shares, so both write the same cache bits).
 pub fn rotary_kv_write<D: Device>(
     d: &D,
     q_out: DevSlice<f16>,

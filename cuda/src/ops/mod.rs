@@ -3,6 +3,7 @@
 
 pub mod decode_gemm;
 pub mod gpt;
+pub mod gpt_split_attention;
 pub mod sampler;
 pub mod var;
 pub mod vq;

@@ -7,13 +7,13 @@ use std::path::Path;
 use llamagen_bundle::names::PROBE_PREFIX;
 use llamagen_bundle::Manifest;
 use llamagen_cuda::device::Device;
-use llamagen_cuda::gpt::Session;
+use llamagen_cuda::gpt::{AttentionPath, Session};
 use llamagen_cuda::ops::sampler::{row_key, RowKey, SampleParams};
 use llamagen_cuda::{CudaError, Engine};
 
 use super::{
-    Backend, BackendKind, CudaOptions, DecodeGemm, DeviceWeights, FusedJob, FusedLoop, FusedTokens,
-    StepInput,
+    Backend, BackendKind, CudaAttention, CudaOptions, DecodeGemm, DeviceWeights, FusedJob,
+    FusedLoop, FusedTokens, StepInput,
 };
 use crate::error::RuntimeError;
 use crate::request::RowSeed;
@@ -41,8 +41,9 @@ pub struct CudaBackend<D: Device> {
 }
 
 impl<D: Device> CudaBackend<D> {
-    /// Loads `m`'s graphs on `device`. Calibration bundles (graphs with `probe.*` outputs) are
-    /// refused: the device step computes no probes, and calibration runs on the CPU.
+    /// Loads `m`'s graphs on `device` with options `o` (the attention resolved here, once).
+    /// Calibration bundles (graphs with `probe.*` outputs) are refused: the device step
+    /// computes no probes, and calibration runs on the CPU.
     pub fn load(
         kind: BackendKind,
         device: D,
@@ -51,11 +52,15 @@ impl<D: Device> CudaBackend<D> {
         o: &CudaOptions,
     ) -> Result<Self, RuntimeError> {
         refuse_calibration(kind, dir, m)?;
+        let attention = match o.attention()? {
+            CudaAttention::Fused => AttentionPath::Fused,
+            CudaAttention::Separate => AttentionPath::Separate,
+        };
         let decode = match o.decode_gemm()? {
             DecodeGemm::Cublas => llamagen_cuda::gemm_weight::DecodeGemm::Cublas,
             DecodeGemm::Own => llamagen_cuda::gemm_weight::DecodeGemm::Own,
         };
-        let engine = Engine::load(kind.name(), device, dir, m, o.graph, decode)?;
+        let engine = Engine::load(kind.name(), device, dir, m, o.graph, attention, decode)?;
         Ok(CudaBackend { kind, engine })
     }
 }
@@ -135,6 +140,10 @@ impl<D: Device> Backend for CudaBackend<D> {
             gemm_dtype: b.gemm_dtype.name(),
             decode_gemm: b.decode_gemm.name(),
         })
+    }
+
+    fn device_attention(&self) -> Option<&'static str> {
+        Some(self.engine.attention().name())
     }
 }
 

@@ -121,18 +121,22 @@ pub(crate) fn session(
     for f in [&onnx, &weights] {
         f.check_unchanged()?;
     }
-    let session = commit(&onnx.path, threads, activations, role)?;
+    // Decoder convolutions fuse into int8 kernels only in graphs that quantize their
+    // activations themselves.
+    let qdq = !matches!(role, GraphRole::VqDecoder) || entry.int8_activations;
+    let session = commit(&onnx.path, threads, activations, qdq)?;
     for f in [&onnx, &weights] {
         f.check_unchanged()?;
     }
     Ok(session)
 }
 
+/// `qdq`: ONNX Runtime's Q/DQ fusions on (see below for why decoders turn them off).
 fn commit(
     path: &Path,
     threads: usize,
     activations: Activations,
-    role: GraphRole,
+    qdq: bool,
 ) -> Result<Session, RuntimeError> {
     let env = crate::ort_env::environment()?;
     let ctx = || format!("loading {}", path.display());
@@ -143,13 +147,13 @@ fn commit(
         .map_err(|e| err(&e))?
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(|e| err(&e))?
-        // Decoder convolutions never fuse into int8 kernels here (no Q/DQ on their outputs),
-        // and with QDQ handling on, ONNX Runtime keeps each int8 weight's DequantizeLinear in
-        // the graph: the convolution then runs on a weight made anew every run, without its
-        // prepacked layout (VAR's VQVAE decode measured 2.17 s vs 1.84 s for the same int8
-        // bundle, 1.86 s in fp32). Off, the weights are folded to f32 once at load: the same
-        // numbers, fp32's speed, at fp32's memory for the decoder.
-        .with_quant_qdq(!matches!(role, GraphRole::VqDecoder))
+        // Weight-only int8 decoder convolutions never fuse into int8 kernels (no Q/DQ on their
+        // activations), and with QDQ handling on, ONNX Runtime keeps each int8 weight's
+        // DequantizeLinear in the graph: the convolution then runs on a weight made anew every
+        // run, without its prepacked layout (VAR's VQVAE decode measured 2.17 s vs 1.84 s for
+        // the same int8 bundle, 1.86 s in fp32). Off, the weights are folded to f32 once at
+        // load: the same numbers, fp32's speed, at fp32's memory for the decoder.
+        .with_quant_qdq(qdq)
         .map_err(|e| err(&e))?
         .with_intra_threads(threads)
         .map_err(|e| err(&e))?
@@ -168,13 +172,6 @@ impl OrtCpu {
         let layers = config.n_layer;
         let gpt = session(dir, m, GraphRole::GptStep, threads, Activations::Planned)?;
         let vq = session(dir, m, GraphRole::VqDecoder, threads, Activations::Arena)?;
-        let probes = |s: &Session| -> Vec<String> {
-            s.outputs()
-                .iter()
-                .map(|o| o.name().to_string())
-                .filter(|n| n.starts_with(PROBE_PREFIX))
-                .collect()
-        };
         Ok(OrtCpu {
             gpt_probes: probes(&gpt),
             vq_probes: probes(&vq),
@@ -226,7 +223,17 @@ where
         .map_err(|e| RuntimeError::ort(format!("input {what}"), e))
 }
 
-fn report_probes(
+/// The calibration probe outputs (`probe.*`) of `s`; none in normal bundles.
+pub(crate) fn probes(s: &Session) -> Vec<String> {
+    s.outputs()
+        .iter()
+        .map(|o| o.name().to_string())
+        .filter(|n| n.starts_with(PROBE_PREFIX))
+        .collect()
+}
+
+/// Hands each probe output of a run to `probes`.
+pub(crate) fn report_probes(
     outputs: &ort::session::SessionOutputs<'_>,
     names: &[String],
     probes: &mut dyn FnMut(&str, &[f32]),

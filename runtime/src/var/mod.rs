@@ -198,7 +198,7 @@ impl Generator for VarOrtCpu {
         &self,
         m: &Manifest,
         tokens: &[Vec<u32>],
-        _observer: &mut dyn Observer,
+        observer: &mut dyn Observer,
     ) -> Result<Images, RuntimeError> {
         let c = &self.config;
         let t0 = Instant::now();
@@ -208,7 +208,11 @@ impl Generator for VarOrtCpu {
         let labels = vec![0i64; rows];
         let embedded = self.sessions.embed(c, &ids, &labels, c.scales())?;
         let size = m.vq.image_size;
-        let data = self.sessions.decode(c, &embedded.f_hat, rows, size)?;
+        let data = self
+            .sessions
+            .decode(c, &embedded.f_hat, rows, size, &mut |name, data| {
+                observer.on_probe(name, data)
+            })?;
         let per_image = 3 * size * size;
         Ok(Images {
             size,

@@ -10,7 +10,9 @@ use llamagen_bundle::names as io_names;
 use llamagen_bundle::{GraphRole, Manifest, VarConfig};
 use ort::session::{Session, SessionInputValue};
 
-use crate::backend::ort_cpu::{output_f32 as output, session, tensor, Activations, CacheNames};
+use crate::backend::ort_cpu::{
+    output_f32 as output, probes, report_probes, session, tensor, Activations, CacheNames,
+};
 use crate::backend::CpuOptions;
 use crate::error::RuntimeError;
 use crate::kv_cache::KvCache;
@@ -19,6 +21,8 @@ pub(crate) struct VarSessions {
     step: Mutex<Session>,
     embed: Mutex<Session>,
     decoder: Mutex<Session>,
+    /// The decoder's calibration probes (`probe.*` outputs; calibration bundles only).
+    decoder_probes: Vec<String>,
     names: CacheNames,
 }
 
@@ -46,10 +50,12 @@ impl VarSessions {
             Ok(Mutex::new(session(dir, m, role, threads, act)?))
         };
         let layers = c.depth;
+        let decoder = session(dir, m, GraphRole::VqDecoder, threads, Activations::Arena)?;
         Ok(VarSessions {
             step: open(GraphRole::VarStep, Activations::Arena)?,
             embed: open(GraphRole::VarEmbed, Activations::Arena)?,
-            decoder: open(GraphRole::VqDecoder, Activations::Arena)?,
+            decoder_probes: probes(&decoder),
+            decoder: Mutex::new(decoder),
             names: CacheNames::new(layers),
         })
     }
@@ -141,13 +147,15 @@ impl VarSessions {
         Ok(())
     }
 
-    /// The VQVAE decoder on `f_hat` `[rows, Cvae, P, P]`: images `[rows, 3, size, size]`.
+    /// The VQVAE decoder on `f_hat` `[rows, Cvae, P, P]`: images `[rows, 3, size, size]`;
+    /// calibration probes go to `on_probe`.
     pub(crate) fn decode(
         &self,
         c: &VarConfig,
         f_hat: &[f32],
         rows: usize,
         size: usize,
+        on_probe: &mut dyn FnMut(&str, &[f32]),
     ) -> Result<Vec<f32>, RuntimeError> {
         let p = c.last_side();
         let input = tensor(vec![rows, c.cvae, p, p], f_hat, io_names::VQ_FEATURES)?;
@@ -155,6 +163,7 @@ impl VarSessions {
         let out = session
             .run(vec![(Cow::from(io_names::VQ_FEATURES), input)])
             .map_err(|e| RuntimeError::ort("vq decode", e))?;
+        report_probes(&out, &self.decoder_probes, on_probe)?;
         Ok(output(
             &out,
             GraphRole::VqDecoder,

@@ -4,7 +4,7 @@
 use half::f16;
 
 use super::{grid_x, grid_yz, int, AttnShape, Cache, ATTN_THREADS, MAX_SHARED};
-use crate::device::{blocks_for, DevSlice, Device, LaunchConfig};
+use crate::device::{blocks_for, DevSlice, Device, KArg, LaunchConfig};
 use crate::error::CudaError;
 
 /// Tokens and slots per tile of `var_attention_tiled` (`VAR_TILE_Q`, `VAR_TILE_K` in var.cu).
@@ -40,26 +40,11 @@ pub fn attention<D: Device>(
     if shared > MAX_SHARED {
         return attention_per_token(d, out, q, cache, s);
     }
-    s.check(CTX)?;
-    out.require(CTX, "out", s.q_len())?;
-    q.require(CTX, "q", s.q_len())?;
-    cache.k.require(CTX, "cache_k", s.cache_elems())?;
-    cache.v.require(CTX, "cache_v", s.cache_elems())?;
+    let args = checked_args(CTX, out, q, cache, s)?;
     let grid = [
         blocks_for(s.tokens, TILE_Q),
         grid_yz(CTX, "heads", s.heads)?,
         grid_yz(CTX, "rows", s.rows)?,
-    ];
-    let args = [
-        out.into(),
-        q.into(),
-        cache.k.into(),
-        cache.v.into(),
-        int(CTX, "tokens", s.tokens)?,
-        int(CTX, "heads", s.heads)?,
-        int(CTX, "head_dim", s.head_dim)?,
-        int(CTX, "cache_len", s.cache_len)?,
-        int(CTX, "len", s.pos + s.tokens)?,
     ];
     let cfg = LaunchConfig::new(grid, [ATTN_THREADS, 1, 1]).with_shared(shared as u32);
     d.launch(CTX, &cfg, &args)
@@ -78,12 +63,8 @@ pub fn attention_per_token<D: Device>(
     if s.is_empty() {
         return Ok(());
     }
-    s.check(CTX)?;
+    let args = checked_args(CTX, out, q, cache, s)?;
     let len = s.pos + s.tokens;
-    out.require(CTX, "out", s.q_len())?;
-    q.require(CTX, "q", s.q_len())?;
-    cache.k.require(CTX, "cache_k", s.cache_elems())?;
-    cache.v.require(CTX, "cache_v", s.cache_elems())?;
     let shared = (len + s.head_dim) * 4;
     if shared > MAX_SHARED {
         return Err(CudaError::call(
@@ -96,17 +77,33 @@ pub fn attention_per_token<D: Device>(
         grid_yz(CTX, "heads", s.heads)?,
         grid_yz(CTX, "rows", s.rows)?,
     ];
-    let args = [
+    let cfg = LaunchConfig::new(grid, [ATTN_THREADS, 1, 1]).with_shared(shared as u32);
+    d.launch(CTX, &cfg, &args)
+}
+
+/// Checks the shape and the buffers, and gives the arguments both attention kernels take:
+/// out, q, the caches, tokens, heads, head_dim, cache_len and the valid length `pos + tokens`.
+fn checked_args(
+    ctx: &str,
+    out: DevSlice<f16>,
+    q: DevSlice<f32>,
+    cache: Cache,
+    s: &AttnShape,
+) -> Result<[KArg; 9], CudaError> {
+    s.check(ctx)?;
+    out.require(ctx, "out", s.q_len())?;
+    q.require(ctx, "q", s.q_len())?;
+    cache.k.require(ctx, "cache_k", s.cache_elems())?;
+    cache.v.require(ctx, "cache_v", s.cache_elems())?;
+    Ok([
         out.into(),
         q.into(),
         cache.k.into(),
         cache.v.into(),
-        int(CTX, "tokens", s.tokens)?,
-        int(CTX, "heads", s.heads)?,
-        int(CTX, "head_dim", s.head_dim)?,
-        int(CTX, "cache_len", s.cache_len)?,
-        int(CTX, "len", len)?,
-    ];
-    let cfg = LaunchConfig::new(grid, [ATTN_THREADS, 1, 1]).with_shared(shared as u32);
-    d.launch(CTX, &cfg, &args)
+        int(ctx, "tokens", s.tokens)?,
+        int(ctx, "heads", s.heads)?,
+        int(ctx, "head_dim", s.head_dim)?,
+        int(ctx, "cache_len", s.cache_len)?,
+        int(ctx, "len", s.pos + s.tokens)?,
+    ])
 }

@@ -15,7 +15,7 @@ pub use between_scales::{area_tokens, embed_resize, phi_accumulate, MapShape, Sc
 
 use half::f16;
 
-use crate::device::{blocks_for, DevSlice, Device, KArg, LaunchConfig};
+use crate::device::{blocks_for, DevElem, DevSlice, Device, KArg, LaunchConfig};
 use crate::error::CudaError;
 
 /// Threads per block of the elementwise and per-row kernels (`VAR_THREADS`).
@@ -121,16 +121,29 @@ pub fn bias_rows<D: Device>(
     rows: usize,
     n: usize,
 ) -> Result<(), CudaError> {
-    const CTX: &str = "var_bias_rows";
+    row_bias_launch(d, "var_bias_rows", out, inp, bias, rows, n)
+}
+
+/// Launches `ctx`, a kernel of (out `[rows, n]`, inp f32 `[rows, n]`, bias `[n]`, n) with a
+/// thread per column and a grid row per row.
+fn row_bias_launch<D: Device, T: DevElem>(
+    d: &D,
+    ctx: &str,
+    out: DevSlice<T>,
+    inp: DevSlice<f32>,
+    bias: DevSlice<f32>,
+    rows: usize,
+    n: usize,
+) -> Result<(), CudaError> {
     if rows == 0 || n == 0 {
         return Ok(());
     }
-    out.require(CTX, "out", rows * n)?;
-    inp.require(CTX, "in", rows * n)?;
-    bias.require(CTX, "bias", n)?;
-    let grid = [blocks_for(n, THREADS), grid_yz(CTX, "rows", rows)?, 1];
-    let args = [out.into(), inp.into(), bias.into(), int(CTX, "n", n)?];
-    d.launch(CTX, &threads(grid), &args)
+    out.require(ctx, "out", rows * n)?;
+    inp.require(ctx, "in", rows * n)?;
+    bias.require(ctx, "bias", n)?;
+    let grid = [blocks_for(n, THREADS), grid_yz(ctx, "rows", rows)?, 1];
+    let args = [out.into(), inp.into(), bias.into(), int(ctx, "n", n)?];
+    d.launch(ctx, &threads(grid), &args)
 }
 
 /// Which AdaLN vectors a modulation reads: `ada` f32 `[rows, width]`, chunks at column offsets.
@@ -354,16 +367,7 @@ pub fn gelu_bias<D: Device>(
     rows: usize,
     n: usize,
 ) -> Result<(), CudaError> {
-    const CTX: &str = "var_gelu_bias";
-    if rows == 0 || n == 0 {
-        return Ok(());
-    }
-    out.require(CTX, "out", rows * n)?;
-    inp.require(CTX, "in", rows * n)?;
-    bias.require(CTX, "bias", n)?;
-    let grid = [blocks_for(n, THREADS), grid_yz(CTX, "rows", rows)?, 1];
-    let args = [out.into(), inp.into(), bias.into(), int(CTX, "n", n)?];
-    d.launch(CTX, &threads(grid), &args)
+    row_bias_launch(d, "var_gelu_bias", out, inp, bias, rows, n)
 }
 
 /// The head's bias and VAR's guidance on `logits` f32 `[rows, vocab]`: the first `m` rows
