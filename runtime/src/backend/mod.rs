@@ -235,15 +235,7 @@ impl CudaAttention {
 
     /// [`Self::ENV`] if set and not empty, else fused.
     pub fn from_env() -> Result<Self, RuntimeError> {
-        match std::env::var(Self::ENV) {
-            Ok(v) if !v.is_empty() => Self::parse(&v),
-            Ok(_) | Err(std::env::VarError::NotPresent) => Ok(CudaAttention::default()),
-            Err(std::env::VarError::NotUnicode(v)) => Err(RuntimeError::InvalidOption {
-                name: Self::ENV,
-                value: v.to_string_lossy().into_owned(),
-                expected: "fused or separate",
-            }),
-        }
+        env_choice(Self::ENV, "fused or separate", Self::parse)
     }
 }
 
@@ -279,15 +271,26 @@ impl DecodeGemm {
 
     /// [`Self::ENV`] if set and not empty, else cuBLAS.
     pub fn from_env() -> Result<Self, RuntimeError> {
-        match std::env::var(Self::ENV) {
-            Ok(v) if !v.is_empty() => Self::parse(&v),
-            Ok(_) | Err(std::env::VarError::NotPresent) => Ok(DecodeGemm::default()),
-            Err(std::env::VarError::NotUnicode(v)) => Err(RuntimeError::InvalidOption {
-                name: Self::ENV,
-                value: v.to_string_lossy().into_owned(),
-                expected: "cublas or own",
-            }),
-        }
+        env_choice(Self::ENV, "cublas or own", Self::parse)
+    }
+}
+
+/// The choice environment variable `var` makes through `parse`, or `T`'s default where it is
+/// unset or empty; a value that is not UTF-8 is an [`RuntimeError::InvalidOption`] naming
+/// `expected`.
+fn env_choice<T: Default>(
+    var: &'static str,
+    expected: &'static str,
+    parse: fn(&str) -> Result<T, RuntimeError>,
+) -> Result<T, RuntimeError> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => parse(&v),
+        Ok(_) | Err(std::env::VarError::NotPresent) => Ok(T::default()),
+        Err(std::env::VarError::NotUnicode(v)) => Err(RuntimeError::InvalidOption {
+            name: var,
+            value: v.to_string_lossy().into_owned(),
+            expected,
+        }),
     }
 }
 
