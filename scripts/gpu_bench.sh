@@ -8,6 +8,8 @@
 # its decode step and GEMM weight bytes beside the fp16 bundle's. The fp16 bundle also runs with
 # the previous decode attention (LLAMAGEN_CUDA_ATTENTION=separate: rotary_kv_write +
 # decode_attention) beside the default fused split-K kernel, in the same run.
+# Every fp16 bundle is also timed with our decode GEMM (LLAMAGEN_CUDA_DECODE_GEMM=own: W16A16,
+# RMSNorm and SwiGLU fused) beside cuBLAS's (the default), for issue 8's comparison.
 #
 # Usage: scripts/gpu_bench.sh LLAMAGEN_REPO_CHECKOUT OUT_DIR
 #   env: MODELS (default "GPT-B GPT-L GPT-XL"), BIN (default target/release; binaries built
@@ -38,13 +40,17 @@ for model in ${MODELS:-GPT-B GPT-L GPT-XL}; do
   "$bin/llamagen-compile" --gpt-model "$model" --gpt-ckpt "$work/gpt.pt" --vq-model VQ-16 \
     --vq-ckpt "$work/vq.pt" --image-size 384 --precision fp16 --out "$work/bundle-fp16" >/dev/null
   for graph in "" --no-cuda-graph; do
-    LLAMAGEN_CUDA_ATTENTION=fused "$bin/llamagen" bench --bundle "$work/bundle-fp16" --backend cuda $graph --labels "$labels" \
+    LLAMAGEN_CUDA_ATTENTION=fused LLAMAGEN_CUDA_DECODE_GEMM=cublas "$bin/llamagen" bench --bundle "$work/bundle-fp16" --backend cuda $graph --labels "$labels" \
       --runs 3 --json | python3 -c "import json,sys; r=json.load(sys.stdin); r['cuda_graph']='$graph'==''; print(json.dumps(r))" \
       | tee -a "$results"
   done
   # The previous attention pair on the same bundle (graph on): the fused kernel's gain.
   LLAMAGEN_CUDA_ATTENTION=separate "$bin/llamagen" bench --bundle "$work/bundle-fp16" --backend cuda --labels "$labels" \
     --runs 3 --json | python3 -c "import json,sys; r=json.load(sys.stdin); r['cuda_graph']=True; print(json.dumps(r))" \
+    | tee -a "$results"
+  # Our decode GEMM on the same bundle (graph on, fused attention): against cuBLAS.
+  LLAMAGEN_CUDA_ATTENTION=fused LLAMAGEN_CUDA_DECODE_GEMM=own "$bin/llamagen" bench --bundle "$work/bundle-fp16" --backend cuda \
+    --labels "$labels" --runs 3 --json | python3 -c "import json,sys; r=json.load(sys.stdin); r['cuda_graph']=True; print(json.dumps(r))" \
     | tee -a "$results"
   if [[ " ${INT8_MODELS-GPT-B GPT-XL} " == *" $model "* ]]; then
     "$bin/llamagen-compile" --gpt-model "$model" --gpt-ckpt "$work/gpt.pt" --vq-model VQ-16 \
@@ -98,6 +104,7 @@ for r in rows:
     elif "backend" in r:
         m = r["model"].split(" + ")[0]
         key = ("ours_int8" if r["precision"] == "int8" else "ours_separate" if r.get("attention") == "separate"
+               else "ours_own" if r.get("decode_gemm") == "own"
                else "ours" if r["cuda_graph"] else "ours_nograph")
         by.setdefault(m, {})[key] = r
 print(f"{'model':8}{'official eager':>16}{'torch.compile':>15}{'llamagen-rs':>13}{'vs eager':>10}{'vs compile':>12}{'ms/token':>10}{'GB/s':>8}{'no graph':>10}")
@@ -137,4 +144,15 @@ for m, r in by.items():
           f"{o.get('decode_ms_per_token_p50') or nan:11.3f}{s.get('decode_ms_per_token_p50') or nan:14.3f}")
 print("decode attention (fp16 bundle, CUDA graph): fused = one split-K launch per layer (rotary,"
       " cache write, attention, merge); separate = rotary_kv_write + decode_attention.")
+print()
+print(f"{'model':8}{'cublas ms/token':>17}{'own ms/token':>14}{'own/cublas':>12}{'cublas GB/s':>13}{'own GB/s':>10}")
+for m, r in by.items():
+    o, w = r.get("ours", {}), r.get("ours_own")
+    if not w:
+        continue
+    fo, fw = o.get("decode_ms_per_token_mean", nan), w.get("decode_ms_per_token_mean", nan)
+    print(f"{m:8}{fo:17.3f}{fw:14.3f}{fw / fo:11.2f}x"
+          f"{o.get('decode_gb_per_s') or nan:13.0f}{w.get('decode_gb_per_s') or nan:10.0f}")
+print("fp16 bundle, CUDA graph: cuBLAS GEMMs + rms_norm/swiglu launches vs our decode GEMM"
+      " (LLAMAGEN_CUDA_DECODE_GEMM=own: W16A16, RMSNorm and SwiGLU fused; decode_gemm in the JSON).")
 PY

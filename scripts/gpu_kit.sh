@@ -38,7 +38,7 @@ build)
   cargo test --release --features cuda --no-run --message-format=json \
     --manifest-path "$here/Cargo.toml" --workspace \
     --test cuda_gpt_kernels --test cuda_sampler --test cuda_vq_kernels --test cuda_emu \
-    --test cuda_nvrtc --test cuda_backend --test cuda_w8a16 --test cuda_var_kernels \
+    --test cuda_nvrtc --test cuda_backend --test cuda_decode_gemm --test cuda_var_kernels \
     --test cuda_var --test cuda_split_attention 2>/dev/null |
     copy_artifacts test "$kit/tests/bin"
   # The device sampler's criterion bench (gpu_bench.sh runs it: us per sampling step).

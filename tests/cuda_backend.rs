@@ -17,8 +17,8 @@ use std::path::Path;
 use llamagen_compiler::bundle::Precision;
 use llamagen_runtime::compare::cosine;
 use llamagen_runtime::{
-    BackendChoice, BackendKind, CudaAttention, CudaOptions, GenerateRequest, Observer, Pipeline,
-    PipelineOptions, RuntimeError, SamplingOptions,
+    BackendChoice, BackendKind, CudaAttention, CudaOptions, DecodeGemm, GenerateRequest, Observer,
+    Pipeline, PipelineOptions, RuntimeError, SamplingOptions,
 };
 use llamagen_test_support::FP16_VS_FP32;
 use support::golden::{compile_tiny, read_f32, read_i64, tiny_dir};
@@ -41,6 +41,11 @@ fn load_with(
         attention,
         ..CudaOptions::default()
     };
+    load_options(bundle, kind, cuda)
+}
+
+/// [`load`] with CUDA options `cuda`.
+fn load_options(bundle: &Path, kind: BackendKind, cuda: CudaOptions) -> Option<Pipeline> {
     let backend = match kind {
         BackendKind::Cpu => BackendChoice::default(),
         BackendKind::Cuda => BackendChoice::Cuda(cuda),
@@ -429,7 +434,74 @@ macro_rules! backend_tests {
     };
 }
 
+/// Our decode GEMM (RMSNorm and SwiGLU fused) chosen in the options, whatever
+/// `LLAMAGEN_CUDA_DECODE_GEMM` says: the official greedy tokens from the fp32-compiled tiny
+/// bundle (weights converted to f16 at load) and from an fp16 bundle (its f16 bytes transposed),
+/// through the fused loop and through the per-step path (logits at the fp16 level), and the
+/// choice reported.
+fn own_decode_gemm_matches_official(kind: BackendKind) {
+    use support::golden::tiny_options;
+    let own = CudaOptions {
+        decode_gemm: Some(DecodeGemm::Own),
+        ..CudaOptions::default()
+    };
+    let (_tmp, bundle) = tiny_bundle();
+    let tmp16 = tempfile::tempdir().unwrap();
+    let fp16 = tmp16.path().join("bundle");
+    let dir = tiny_dir();
+    let weights = llamagen_compiler::compile::Weights::Checkpoints {
+        gpt: dir.join("gpt.pt"),
+        vq: dir.join("vq.pt"),
+    };
+    let mut opts = tiny_options(&fp16, weights);
+    opts.precision = Precision::Fp16;
+    llamagen_compiler::compile::compile(&opts, &mut |_| {}).unwrap();
+    for (what, b) in [("fp32 bundle", &bundle), ("fp16 bundle", &fp16)] {
+        let Some(p) = load_options(b, kind, own.clone()) else {
+            return;
+        };
+        let weights = p.device_weights().expect("device weights");
+        assert_eq!(
+            (weights.gemm_dtype, weights.decode_gemm),
+            ("f16", "own"),
+            "{what}"
+        );
+        for (cfg, scale) in [("cfg1", 1.0), ("cfg4", 4.0)] {
+            let req = request(scale, SamplingOptions::greedy(), 0);
+            let (_, want) = read_i64(&tiny_dir().join(format!("greedy_{cfg}.tokens.npy")));
+            let fused = p.generate_tokens(&req, &mut progress()).unwrap();
+            let got: Vec<i64> = fused.tokens.iter().flatten().map(|&t| t as i64).collect();
+            assert_eq!(got, want, "{kind:?} {what} own GEMM greedy tokens, {cfg}");
+            let mut rec = Logits(Vec::new());
+            let stepped = p.generate_tokens(&req, &mut rec).unwrap();
+            assert_eq!(
+                stepped.tokens, fused.tokens,
+                "{kind:?} {what} per-step, {cfg}"
+            );
+            let (_, logits) = read_f32(&tiny_dir().join(format!("greedy_{cfg}.logits.npy")));
+            let (min, mean) = cosine_min_mean(&rec, &logits, &got, &want);
+            eprintln!("{kind:?} {what} own GEMM {cfg}: logits cosine min {min:.6}, mean {mean:.6}");
+            FP16_VS_FP32.assert_meets(&format!("{kind:?} {what} {cfg}"), min, mean, f64::INFINITY);
+        }
+        // 17 labels with CFG: 34 rows, past OWN_MAX_ROWS, where cuBLAS reads our layout (the
+        // w1|w3 pairs as two GEMMs). Greedy rows are independent: each is its label's tokens.
+        let mut req = request(4.0, SamplingOptions::greedy(), 0);
+        req.labels = [3, 7].into_iter().cycle().take(17).collect();
+        let (_, want) = read_i64(&tiny_dir().join("greedy_cfg4.tokens.npy"));
+        let out = p.generate_tokens(&req, &mut progress()).unwrap();
+        for (r, row) in out.tokens.iter().enumerate() {
+            let got: Vec<i64> = row.iter().map(|&t| t as i64).collect();
+            assert_eq!(
+                got,
+                want[(r % 2) * 16..][..16],
+                "{kind:?} {what} 34 rows, row {r}"
+            );
+        }
+    }
+}
+
 backend_tests!(
+    own_decode_gemm_matches_official,
     greedy_matches_official,
     per_step_logits_match_official,
     sampled_tokens_match_cpu_sampler,
@@ -438,6 +510,63 @@ backend_tests!(
     gpt_b_random_weights_match_cpu,
     lower_precision_bundles_run,
 );
+
+/// `LLAMAGEN_CUDA_DECODE_GEMM`'s values (read at load when the options leave the choice open;
+/// not set here: other tests of this process load meanwhile).
+#[test]
+fn decode_gemm_choice_parses() {
+    assert_eq!(DecodeGemm::parse("own").unwrap(), DecodeGemm::Own);
+    assert_eq!(DecodeGemm::parse("cublas").unwrap(), DecodeGemm::Cublas);
+    let e = DecodeGemm::parse("cuBLAS").unwrap_err().to_string();
+    assert!(
+        e.contains("invalid option LLAMAGEN_CUDA_DECODE_GEMM = \"cuBLAS\": expected cublas or own"),
+        "{e}"
+    );
+    assert_eq!(DecodeGemm::default(), DecodeGemm::Cublas);
+    assert_eq!(CudaOptions::default().decode_gemm, None);
+}
+
+/// Launches of one captured decode step of the tiny model (2 layers, 4 rows, the default fused
+/// attention), counted on the emulator's graph: kernels (`launches`) and GEMMs (cuBLAS's on a
+/// GPU). cuBLAS path: embed, per layer rms_norm, attention, rms_norm, swiglu + 4 GEMMs, the
+/// final rms_norm + the logits GEMM, sampler and advance. Our decode GEMM: per layer qkv,
+/// attention, wo, w13, w2, and the logits GEMM with its norm; no rms_norm, no swiglu. int8
+/// bundles take our path too.
+#[cfg(feature = "cuda-emu")]
+#[test]
+fn decode_step_launch_counts() {
+    use llamagen_cuda::gemm_weight::DecodeGemm as Gemm;
+    let fused = llamagen_cuda::gpt::AttentionPath::Fused;
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("bundle");
+    let manifest = support::golden::compile_tiny(&bundle);
+    let layers = 2;
+    for (decode, kernels, gemms) in [
+        (Gemm::Cublas, 1 + 4 * layers + 1 + 2, 4 * layers + 1),
+        (Gemm::Own, 1 + 5 * layers + 1 + 2, 0),
+    ] {
+        let device = llamagen_cuda::emu::EmuDevice::new().unwrap();
+        let engine = llamagen_cuda::Engine::load(
+            "cuda-emu", device, &bundle, &manifest, true, fused, decode,
+        )
+        .unwrap();
+        let graph = engine.step_graph(4).unwrap();
+        let names = graph.launches();
+        eprintln!(
+            "{decode:?}: {} kernels + {} GEMMs per step: {names:?}",
+            names.len(),
+            graph.gemms()
+        );
+        assert_eq!((names.len(), graph.gemms()), (kernels, gemms), "{decode:?}");
+        let norms = names.iter().filter(|n| **n == "rms_norm").count();
+        let swiglus = names.iter().filter(|n| n.starts_with("swiglu")).count();
+        let (want_norms, want_swiglus) = match decode {
+            Gemm::Cublas => (2 * layers + 1, layers),
+            Gemm::Own => (0, 0),
+        };
+        assert_eq!((norms, swiglus), (want_norms, want_swiglus), "{decode:?}");
+    }
+}
 
 /// Defect 1 of the H200 run, planted: int8 free-running on the emulator, with the flip cuBLAS
 /// made on hardware (row 0, step 14: the second-best token, 4e-3 behind) forced by feeding it.

@@ -15,6 +15,7 @@ use llamagen_bundle::{GraphRole, Manifest};
 
 use crate::device::{CaptureGuard, Device};
 use crate::error::CudaError;
+use crate::gemm_weight::DecodeGemm;
 use crate::gpt::{issue_step, AttentionPath, GptWeights, Session, WeightBytes};
 use crate::ops::sampler::{RowKey, SampleParams};
 use crate::vq::VqDecoder;
@@ -51,8 +52,9 @@ pub struct Engine<D: Device> {
 }
 
 impl<D: Device> Engine<D> {
-    /// Uploads the bundle's weights (any precision) to `device`; the decode steps will launch
-    /// `attention` (an error where it cannot run the model's head size).
+    /// Uploads the bundle's weights (any precision) to `device`, f16 GEMM weights for the
+    /// `decode` GEMM; the decode steps will launch `attention` (an error where it cannot run the
+    /// model's head size).
     pub fn load(
         name: &'static str,
         device: D,
@@ -60,6 +62,7 @@ impl<D: Device> Engine<D> {
         m: &Manifest,
         use_graph: bool,
         attention: AttentionPath,
+        decode: DecodeGemm,
     ) -> Result<Self, CudaError> {
         attention.check_head_dim(m.gpt()?.head_dim)?;
         let t0 = Instant::now();
@@ -67,6 +70,7 @@ impl<D: Device> Engine<D> {
             &device,
             &BundleWeights::open(dir, m, m.graph(dir, GraphRole::GptStep)?)?,
             m.gpt()?,
+            decode,
         )?;
         let vq = VqDecoder::load(
             &device,
@@ -236,6 +240,20 @@ impl<D: Device> Engine<D> {
         s.set_inputs(d, &ids, position as i32, 0)?;
         issue_step(d, &self.gpt, s, false)?;
         s.read_logits(d, self.gpt.config.vocab_size, logits)
+    }
+
+    /// The launch sequence of one decode step of `rows` rows, captured on a fresh session (what
+    /// the fused loop replays per token), for counting and inspecting launches.
+    pub fn step_graph(&self, rows: usize) -> Result<D::Graph, CudaError> {
+        let _exec = self.exec.lock().unwrap_or_else(|p| p.into_inner());
+        let d = &self.device;
+        let c = &self.gpt.config;
+        let s = Session::new(d, c, rows, rows, self.tokens_per_image, self.attention)?;
+        let capture = CaptureGuard::begin(d)?;
+        let issued = issue_step(d, &self.gpt, &s, true);
+        let graph = capture.end();
+        issued?;
+        graph
     }
 
     /// VQ decode of `tokens` `[batch, tokens_per_image]` to images `[batch, 3, size, size]`.

@@ -9,14 +9,14 @@ use llamagen_bundle::rotary;
 
 use crate::device::Device;
 use crate::error::CudaError;
-use crate::gemm_weight::{GemmOut, GemmWeight, WeightDType};
+use crate::gemm_weight::{DecodeGemm, GemmIn, GemmOut, GemmWeight, WeightDType};
 use crate::ops::gpt::{self as k, AttnShape, LayerCache, Rotary};
 use crate::ops::gpt_split_attention::{self as split, SplitScratch};
 use crate::ops::sampler::{self, SampleIo, SampleParams};
 use crate::weights::{check_dims, upload_f32, upload_weight_f16, BundleWeights};
 
 /// One transformer layer's weights: GEMM matrices `[in, out]` (f16, or int8 from an int8
-/// bundle), norm weights f32.
+/// bundle; in the layout of the decode GEMM, [`GemmWeight`]), norm weights f32.
 struct Layer<D: Device> {
     wqkv: GemmWeight<D>,
     wo: GemmWeight<D>,
@@ -41,11 +41,21 @@ pub struct GptWeights<D: Device> {
 }
 
 impl<D: Device> GptWeights<D> {
-    /// Uploads the step graph's weights: GEMM weights int8 from int8 bundles, else f16.
-    pub fn load(d: &D, w: &BundleWeights, c: &GptConfig) -> Result<Self, CudaError> {
+    /// Uploads the step graph's weights: GEMM weights int8 from int8 bundles, else f16, laid
+    /// out for `decode` (int8: always our GEMM).
+    pub fn load(
+        d: &D,
+        w: &BundleWeights,
+        c: &GptConfig,
+        decode: DecodeGemm,
+    ) -> Result<Self, CudaError> {
         let (dim, hd) = (c.dim, c.head_dim);
         let qkv = (c.n_head + 2 * c.n_kv_head) * hd;
-        let matrix = |name: &str, dims: [usize; 2]| GemmWeight::load(d, w, name, dims);
+        // `pairs`: w1|w3, interleaved for the SwiGLU epilogue in our layouts.
+        let gemm = |name: &str, dims: [usize; 2], pairs: bool| {
+            GemmWeight::load(d, w, name, dims, decode, pairs)
+        };
+        let matrix = |name: &str, dims: [usize; 2]| gemm(name, dims, false);
         let table = |name: &str, dims: [usize; 2]| upload_weight_f16(d, w, name, &dims);
         let vector = |name: &str, n: usize| -> Result<D::Buf, CudaError> {
             let t = w.get(name)?;
@@ -57,7 +67,7 @@ impl<D: Device> GptWeights<D> {
                 Ok(Layer {
                     wqkv: matrix(&names::wqkv(i), [dim, qkv])?,
                     wo: matrix(&names::wo(i), [c.n_head * hd, dim])?,
-                    w13: matrix(&names::w13(i), [dim, 2 * c.ffn_hidden])?,
+                    w13: gemm(&names::w13(i), [dim, 2 * c.ffn_hidden], true)?,
                     w2: matrix(&names::w2(i), [c.ffn_hidden, dim])?,
                     attention_norm: vector(&names::attention_norm(i), dim)?,
                     ffn_norm: vector(&names::ffn_norm(i), dim)?,
@@ -80,22 +90,30 @@ impl<D: Device> GptWeights<D> {
 impl<D: Device> GptWeights<D> {
     /// What the weights occupy on the device.
     pub fn bytes(&self, d: &D) -> WeightBytes {
-        let gemms = || {
-            self.layers
-                .iter()
-                .flat_map(|l| [&l.wqkv, &l.wo, &l.w13, &l.w2])
-                .chain([&self.output])
-        };
         let vectors = self
             .layers
             .iter()
             .flat_map(|l| [&l.attention_norm, &l.ffn_norm])
             .chain([&self.embeddings, &self.norm, &self.cos, &self.sin]);
         WeightBytes {
-            gemm: gemms().map(|g| g.bytes(d)).sum(),
+            gemm: self.gemms().map(|g| g.bytes(d)).sum(),
             other: vectors.map(|b| d.len_bytes(b)).sum(),
             gemm_dtype: self.output.dtype(),
+            decode_gemm: self.output.decode_gemm(),
         }
+    }
+
+    /// Whether a step of `rows` rows runs our GEMM with RMSNorm and SwiGLU fused: every matrix
+    /// takes it (one bundle's share a layout).
+    fn fused(&self, rows: usize) -> bool {
+        self.gemms().all(|g| g.fuses(rows))
+    }
+
+    fn gemms(&self) -> impl Iterator<Item = &GemmWeight<D>> {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.wqkv, &l.wo, &l.w13, &l.w2])
+            .chain([&self.output])
     }
 }
 
@@ -109,6 +127,9 @@ pub struct WeightBytes {
     pub other: usize,
     /// The GEMM weights' element type (all of one bundle share it).
     pub gemm_dtype: WeightDType,
+    /// The GEMM of decode steps (int8: always ours; ours runs up to
+    /// [`crate::gemm_weight::OWN_MAX_ROWS`] rows, cuBLAS beyond).
+    pub decode_gemm: DecodeGemm,
 }
 
 /// Which decode attention the step launches per layer.
@@ -297,95 +318,61 @@ fn attn_shape(c: &GptConfig, rows: usize) -> AttnShape {
 /// (writing the token and the next ids) and the position/step advance, so that replaying the
 /// captured sequence runs the whole generation loop without the host.
 ///
-/// Per layer: rms_norm, the qkv GEMM, the attention (the session's [`AttentionPath`]: one fused
-/// split-K launch that also rotates and writes the cache, or rotary_kv_write + decode_attention),
-/// the wo GEMM with the residual, rms_norm, the w1|w3 GEMM, swiglu, the w2 GEMM with the
-/// residual.
+/// Per layer, with our decode GEMM ([`GptWeights::fused`]): qkv (RMSNorm in its prologue), the
+/// attention (the session's [`AttentionPath`]: one fused split-K launch that also rotates and
+/// writes the cache, or rotary_kv_write + decode_attention), wo (+ residual), w1|w3 (RMSNorm in,
+/// SwiGLU out), w2 (+ residual); the logits GEMM normalises too. With cuBLAS an rms_norm launch
+/// precedes the qkv, w1|w3 and logits GEMMs, and a swiglu launch follows w1|w3.
 pub fn issue_step<D: Device>(
     d: &D,
     w: &GptWeights<D>,
     s: &Session<D>,
     sample: bool,
 ) -> Result<(), CudaError> {
-    let c = &w.config;
+    let (c, rows) = (&w.config, s.rows);
+    let st = Step {
+        d,
+        s,
+        eps: c.norm_eps,
+        dim: c.dim,
+        hidden: c.ffn_hidden,
+        fused: w.fused(rows),
+    };
     let f16s = |b: &D::Buf| d.slice::<f16>(b);
     let f32s = |b: &D::Buf| d.slice::<f32>(b);
     let i32s = |b: &D::Buf| d.slice::<i32>(b);
-    let rows = s.rows;
-    let (dim, hid) = (c.dim, c.ffn_hidden);
     let shape = attn_shape(c, rows);
-    // x (+)= A . W, the residual add fused into the GEMM.
-    let residual = |inp: &D::Buf, wt: &GemmWeight<D>| {
-        let x = GemmOut::F32 {
-            out: f32s(&s.x),
-            accumulate: true,
-        };
-        wt.apply(d, f16s(inp), x, rows)
-    };
-
-    let norm = |w: &D::Buf| {
-        k::rms_norm(
-            d,
-            f16s(&s.normed),
-            f32s(&s.x),
-            f32s(w),
-            rows,
-            dim,
-            c.norm_eps,
-        )
-    };
-    // out[rows, n] = normed . W (f16 out).
-    let project = |wt: &GemmWeight<D>, out: &D::Buf| {
-        wt.apply(d, f16s(&s.normed), GemmOut::F16(f16s(out)), rows)
-    };
-
     let rotary = Rotary {
         cos: f32s(&w.cos),
         sin: f32s(&w.sin),
     };
-    k::embed_rows(d, f32s(&s.x), f16s(&w.embeddings), i32s(&s.ids), rows, dim)?;
+    k::embed_rows(
+        d,
+        f32s(&s.x),
+        f16s(&w.embeddings),
+        i32s(&s.ids),
+        rows,
+        c.dim,
+    )?;
     for (l, lw) in w.layers.iter().enumerate() {
         let cache = LayerCache {
             k: f16s(&s.cache_k[l]),
             v: f16s(&s.cache_v[l]),
             pos: i32s(&s.pos),
         };
-        norm(&lw.attention_norm)?;
-        project(&lw.wqkv, &s.qkv)?;
-        match &s.attention {
-            AttnBuffers::Fused { partials, counters } => {
-                let scratch = SplitScratch {
-                    partials: f32s(partials),
-                    counters: d.slice::<u32>(counters),
-                };
-                let qkv = f16s(&s.qkv);
-                split::decode_attention_fused(
-                    d,
-                    f16s(&s.attn),
-                    cache,
-                    qkv,
-                    rotary,
-                    scratch,
-                    &shape,
-                )?;
-            }
-            AttnBuffers::Separate { q } => {
-                k::rotary_kv_write(d, f16s(q), cache, f16s(&s.qkv), rotary, &shape)?;
-                k::decode_attention(d, f16s(&s.attn), f16s(q), cache, &shape)?;
-            }
-        }
-        residual(&s.attn, &lw.wo)?;
-        norm(&lw.ffn_norm)?;
-        project(&lw.w13, &s.h13)?;
-        k::swiglu(d, f16s(&s.act), f16s(&s.h13), rows, hid)?;
-        residual(&s.act, &lw.w2)?;
+        let qkv = GemmOut::F16(f16s(&s.qkv));
+        lw.wqkv
+            .apply(d, st.normed(&lw.attention_norm)?, qkv, rows)?;
+        st.attention(cache, rotary, &shape)?;
+        st.residual(&s.attn, &lw.wo)?;
+        st.feed_forward_act(&lw.ffn_norm, &lw.w13)?;
+        st.residual(&s.act, &lw.w2)?;
     }
-    norm(&w.norm)?;
     let logits = GemmOut::F32 {
         out: f32s(&s.logits),
         accumulate: false,
     };
-    w.output.apply(d, f16s(&s.normed), logits, rows)?;
+    w.output.apply(d, st.normed(&w.norm)?, logits, rows)?;
     if sample {
         let io = SampleIo {
             tokens: i32s(&s.tokens),
@@ -399,4 +386,82 @@ pub fn issue_step<D: Device>(
         sampler::advance(d, i32s(&s.pos), i32s(&s.step))?;
     }
     Ok(())
+}
+
+/// The launches [`issue_step`] repeats, on one session.
+struct Step<'a, D: Device> {
+    d: &'a D,
+    s: &'a Session<D>,
+    eps: f32,
+    dim: usize,
+    hidden: usize,
+    /// Our decode GEMM: RMSNorm and SwiGLU fused into it.
+    fused: bool,
+}
+
+impl<D: Device> Step<'_, D> {
+    /// The GEMM input `rmsnorm(x) * weight`: fused into our GEMM's prologue, else an rms_norm
+    /// launch into `normed`.
+    fn normed(&self, weight: &D::Buf) -> Result<GemmIn, CudaError> {
+        let (d, s) = (self.d, self.s);
+        let (x, weight) = (d.slice::<f32>(&s.x), d.slice::<f32>(weight));
+        if self.fused {
+            return Ok(GemmIn::Norm {
+                x,
+                weight,
+                eps: self.eps,
+            });
+        }
+        let normed = d.slice::<f16>(&s.normed);
+        k::rms_norm(d, normed, x, weight, s.rows, self.dim, self.eps)?;
+        Ok(GemmIn::F16(normed))
+    }
+
+    /// The layer's attention on the qkv projection into `attn`, by the session's path.
+    fn attention(
+        &self,
+        cache: LayerCache,
+        rotary: Rotary,
+        shape: &AttnShape,
+    ) -> Result<(), CudaError> {
+        let (d, s) = (self.d, self.s);
+        let (attn, qkv) = (d.slice::<f16>(&s.attn), d.slice::<f16>(&s.qkv));
+        match &s.attention {
+            AttnBuffers::Fused { partials, counters } => {
+                let scratch = SplitScratch {
+                    partials: d.slice::<f32>(partials),
+                    counters: d.slice::<u32>(counters),
+                };
+                split::decode_attention_fused(d, attn, cache, qkv, rotary, scratch, shape)
+            }
+            AttnBuffers::Separate { q } => {
+                let q = d.slice::<f16>(q);
+                k::rotary_kv_write(d, q, cache, qkv, rotary, shape)?;
+                k::decode_attention(d, attn, q, cache, shape)
+            }
+        }
+    }
+
+    /// x += inp . W: the residual add fused into the GEMM.
+    fn residual(&self, inp: &D::Buf, wt: &GemmWeight<D>) -> Result<(), CudaError> {
+        let x = GemmOut::F32 {
+            out: self.d.slice::<f32>(&self.s.x),
+            accumulate: true,
+        };
+        wt.apply(self.d, GemmIn::F16(self.d.slice(inp)), x, self.s.rows)
+    }
+
+    /// act = swiglu(rmsnorm(x) * norm . w13): one GEMM with the SwiGLU epilogue, else the
+    /// GEMM into `h13` and a swiglu launch.
+    fn feed_forward_act(&self, norm: &D::Buf, w13: &GemmWeight<D>) -> Result<(), CudaError> {
+        let (d, s) = (self.d, self.s);
+        let act = d.slice::<f16>(&s.act);
+        let input = self.normed(norm)?;
+        if self.fused {
+            return w13.apply(d, input, GemmOut::SwiGlu(act), s.rows);
+        }
+        let h13 = d.slice::<f16>(&s.h13);
+        w13.apply(d, input, GemmOut::F16(h13), s.rows)?;
+        k::swiglu(d, act, h13, s.rows, self.hidden)
+    }
 }

@@ -5,8 +5,9 @@
 //! GEMM-based convolutions.
 //!
 //! Shape contract (fp16 weights and KV caches, f32 accumulation, norms and softmax; int8 bundles
-//! keep their int8 GPT GEMM weights and run them through our weight-only int8 GEMM, VAR and the
-//! VQ decoder stay f16):
+//! keep their int8 GPT GEMM weights and run them through our weight-streaming decode GEMM, which
+//! also takes f16 weights when chosen ([`gemm_weight::DecodeGemm`]) and fuses RMSNorm and SwiGLU;
+//! VAR and the VQ decoder stay f16):
 //! - residual stream `x` f32 `[rows, dim]`; normed activations f16 `[rows, dim]`;
 //! - `qkv` f16 `[rows, (heads + 2 kv_heads) * head_dim]` (q heads, then k, then v);
 //! - caches f16 per layer `[rows, kv_heads, max_len, head_dim]`, written at slot `pos`;

@@ -40,6 +40,11 @@ pub struct BenchReport {
     /// (`f16`; `int8` for int8 bundles, which keep their int8 weights).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gemm_weight_dtype: Option<&'static str>,
+    /// Device backends (LlamaGen): the GEMM of decode steps, `cublas` or `own` (our
+    /// weight-streaming GEMM with RMSNorm and SwiGLU fused: int8 bundles, or f16 with
+    /// `LLAMAGEN_CUDA_DECODE_GEMM=own`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode_gemm: Option<&'static str>,
     /// Device backends (LlamaGen): the GPT's GEMM weights on the device, in MB (every decode
     /// step reads them in full).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -134,6 +139,7 @@ pub fn bench(
         decode_ms_per_token_p50: (!steps.is_empty()).then(|| quantile(&steps, 0.5)),
         decode_ms_per_token_p99: (!steps.is_empty()).then(|| quantile(&steps, 0.99)),
         gemm_weight_dtype: weights.map(|w| w.gemm_dtype),
+        decode_gemm: weights.map(|w| w.decode_gemm),
         gemm_weight_mb: weights.map(|w| w.gemm_bytes as f64 / 1e6),
         attention: pipeline.device_attention(),
         gpt_device_weight_mb: weights.map(|w| (w.gemm_bytes + w.other_bytes) as f64 / 1e6),

@@ -26,7 +26,7 @@ pub mod sampler;
 mod var;
 
 pub use backend::{
-    BackendChoice, BackendKind, CpuOptions, CudaAttention, CudaOptions, DeviceWeights,
+    BackendChoice, BackendKind, CpuOptions, CudaAttention, CudaOptions, DecodeGemm, DeviceWeights,
 };
 pub use error::{BundleError, RuntimeError};
 /// The Philox stream both samplers draw from (the bundle contract's).

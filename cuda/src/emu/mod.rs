@@ -121,6 +121,14 @@ impl EmuGraph {
             })
             .collect()
     }
+
+    /// How many GEMMs (cuBLAS's on a GPU) one replay runs.
+    pub fn gemms(&self) -> usize {
+        self.ops
+            .iter()
+            .filter(|op| matches!(op, Op::Gemm(_)))
+            .count()
+    }
 }
 
 /// The host emulation of a GPU (see the module doc).

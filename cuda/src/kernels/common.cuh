@@ -23,6 +23,27 @@ DEVICE float block_reduce(float v, float* scratch, i32 is_max) {
     return t;
 }
 
+// The sum of squares a thread `t` of `threads` adds for RMSNorm: x[t], x[t + threads], ... in
+// order, one FMA each (explicit, so no compiler's contraction choice can change it). `rms_norm`
+// (gpt.cu) and the decode GEMM's norm prologue (decode_gemm.cu) both build on it, which is what
+// makes the prologue's normalised values bit-identical to rms_norm's.
+DEVICE float rms_partial(const float* x, i32 dim, i32 t, i32 threads) {
+    float ss = 0.0f;
+    for (i32 c = t; c < dim; c += threads) ss = fmaf(x[c], x[c], ss);
+    return ss;
+}
+
+// 1 / sqrt(mean of squares + eps) from the row's sum of squares.
+DEVICE float rms_inv(float ss, i32 dim, float eps) {
+    return rsqrtf(ss / (float)dim + eps);
+}
+
+// silu(a) * b, the SwiGLU of the GPT's feed-forward (gpt.cu's swiglu, the decode GEMM's fused
+// epilogue).
+DEVICE float silu_times(float a, float b) {
+    return a / (1.0f + expf(-a)) * b;
+}
+
 // Rotary embedding of one pair (a, b) = (x[e], x[e + 1]), e even, with the tables' cos/sin at
 // e and e + 1: out = (a c[0] - b s[0], b c[1] + a s[1]), each rounded to f16. The one definition
 // that rotary_kv_write (gpt.cu) and the fused attention (attention.cu) share: explicit `_rn`

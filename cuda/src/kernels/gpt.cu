@@ -14,15 +14,15 @@ KERNEL void embed_rows(float* x, const f16* table, const i32* ids, i32 dim) {
 }
 
 // out f16 [rows, dim] = x / sqrt(mean(x^2) + eps) * weight, x f32 [rows, dim], weight f32 [dim].
-// One block per row (grid = rows, block a multiple of 32): a strided sum of squares, a
-// warp-shuffle reduction, then a second strided pass (x is L1/L2-resident by then).
+// One block per row (grid = rows, block a multiple of 32): a strided sum of squares
+// (`rms_partial`), a warp-shuffle reduction, then a second strided pass (x is L1/L2-resident by
+// then). The decode GEMM's norm prologue (decode_gemm.cu) repeats this arithmetic exactly.
 KERNEL void rms_norm(f16* out, const float* x, const float* weight, i32 dim, float eps) {
     __shared__ float scratch[32];
     const float* xr = x + (i64)blockIdx.x * dim;
     f16* outr = out + (i64)blockIdx.x * dim;
-    float ss = 0.0f;
-    for (i32 c = threadIdx.x; c < dim; c += blockDim.x) ss += xr[c] * xr[c];
-    float inv = rsqrtf(block_reduce(ss, scratch, 0) / (float)dim + eps);
+    float ss = rms_partial(xr, dim, threadIdx.x, blockDim.x);
+    float inv = rms_inv(block_reduce(ss, scratch, 0), dim, eps);
     for (i32 c = threadIdx.x; c < dim; c += blockDim.x) outr[c] = f32_to_f16(xr[c] * inv * weight[c]);
 }
 
@@ -66,10 +66,6 @@ KERNEL void rotary_kv_write(f16* q_out, f16* cache_k, f16* cache_v, const f16* q
     }
 }
 
-DEVICE float gpt_silu_times(float a, float b) {
-    return a / (1.0f + expf(-a)) * b;
-}
-
 // out f16 [rows, hidden] = silu(h13[:, :hidden]) * h13[:, hidden:], h13 f16 [rows, 2 hidden].
 // One thread per output element; grid (ceil(hidden / blockDim.x), rows).
 KERNEL void swiglu(f16* out, const f16* h13, i32 hidden) {
@@ -77,7 +73,7 @@ KERNEL void swiglu(f16* out, const f16* h13, i32 hidden) {
     i32 c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= hidden) return;
     const f16* in = h13 + (i64)r * 2 * hidden;
-    out[(i64)r * hidden + c] = f32_to_f16(gpt_silu_times(f16_to_f32(in[c]), f16_to_f32(in[hidden + c])));
+    out[(i64)r * hidden + c] = f32_to_f16(silu_times(f16_to_f32(in[c]), f16_to_f32(in[hidden + c])));
 }
 
 // As `swiglu`, 8 elements per thread with 128-bit loads and stores; needs hidden % 8 == 0 and
@@ -94,8 +90,8 @@ KERNEL void swiglu_x8(f16* out, const f16* h13, i32 hidden) {
     u32 ow[4];
     for (i32 i = 0; i < 4; i++) {
         // Element 2i sits in the low half of word i (little-endian).
-        float lo = gpt_silu_times(f16_to_f32((f16)(aw[i] & 0xffff)), f16_to_f32((f16)(bw[i] & 0xffff)));
-        float hi = gpt_silu_times(f16_to_f32((f16)(aw[i] >> 16)), f16_to_f32((f16)(bw[i] >> 16)));
+        float lo = silu_times(f16_to_f32((f16)(aw[i] & 0xffff)), f16_to_f32((f16)(bw[i] & 0xffff)));
+        float hi = silu_times(f16_to_f32((f16)(aw[i] >> 16)), f16_to_f32((f16)(bw[i] >> 16)));
         ow[i] = (u32)f32_to_f16(lo) | ((u32)f32_to_f16(hi) << 16);
     }
     *reinterpret_cast<uint4*>(out + (i64)r * hidden + c) = make_uint4(ow[0], ow[1], ow[2], ow[3]);

@@ -50,8 +50,8 @@ pub const SOURCES: &[KernelSource] = &[
         headers: &[],
     },
     KernelSource {
-        file: "gemm_w8a16.cu",
-        src: include_str!("gemm_w8a16.cu"),
+        file: "decode_gemm.cu",
+        src: include_str!("decode_gemm.cu"),
         options: &[],
         headers: &[],
     },

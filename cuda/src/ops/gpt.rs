@@ -71,9 +71,7 @@ pub fn rms_norm<D: Device>(
     x.require(CTX, "x", rows * dim)?;
     weight.require(CTX, "weight", dim)?;
     let grid_x = u32::try_from(rows).map_err(|_| CudaError::call(CTX, "rows exceed u32"))?;
-    // Small rows get one warp per 32 columns; wide rows 256 threads, each striding over
-    // dim / 256 columns (a few per thread for every LlamaGen size).
-    let threads = dim.next_multiple_of(32).min(ELEMENTWISE_THREADS) as u32;
+    let threads = rms_norm_threads(dim) as u32;
     let args = [
         out.into(),
         x.into(),
@@ -86,6 +84,14 @@ pub fn rms_norm<D: Device>(
         &LaunchConfig::new([grid_x, 1, 1], [threads, 1, 1]),
         &args,
     )
+}
+
+/// Threads of `rms_norm`'s block for rows of `dim`, which fix its order of additions (the
+/// decode GEMM's norm prologue adds in the same order): small rows get one warp per 32 columns,
+/// wide rows 256 threads, each striding over dim / 256 columns (a few per thread for every
+/// LlamaGen size).
+pub(crate) fn rms_norm_threads(dim: usize) -> usize {
+    dim.next_multiple_of(32).min(ELEMENTWISE_THREADS)
 }
 
 /// Shapes of one attention layer.

@@ -1,7 +1,7 @@
 //! Launch wrappers: one Rust function per kernel, owning its launch configuration, so callers
 //! pass device addresses and sizes only.
 
-pub mod gemm_w8a16;
+pub mod decode_gemm;
 pub mod gpt;
 pub mod gpt_split_attention;
 pub mod sampler;

@@ -12,8 +12,8 @@ use llamagen_cuda::ops::sampler::{row_key, RowKey, SampleParams};
 use llamagen_cuda::{CudaError, Engine};
 
 use super::{
-    Backend, BackendKind, CudaAttention, CudaOptions, DeviceWeights, FusedJob, FusedLoop,
-    FusedTokens, StepInput,
+    Backend, BackendKind, CudaAttention, CudaOptions, DecodeGemm, DeviceWeights, FusedJob,
+    FusedLoop, FusedTokens, StepInput,
 };
 use crate::error::RuntimeError;
 use crate::request::RowSeed;
@@ -56,7 +56,11 @@ impl<D: Device> CudaBackend<D> {
             CudaAttention::Fused => AttentionPath::Fused,
             CudaAttention::Separate => AttentionPath::Separate,
         };
-        let engine = Engine::load(kind.name(), device, dir, m, o.graph, attention)?;
+        let decode = match o.decode_gemm()? {
+            DecodeGemm::Cublas => llamagen_cuda::gemm_weight::DecodeGemm::Cublas,
+            DecodeGemm::Own => llamagen_cuda::gemm_weight::DecodeGemm::Own,
+        };
+        let engine = Engine::load(kind.name(), device, dir, m, o.graph, attention, decode)?;
         Ok(CudaBackend { kind, engine })
     }
 }
@@ -134,6 +138,7 @@ impl<D: Device> Backend for CudaBackend<D> {
             gemm_bytes: b.gemm,
             other_bytes: b.other,
             gemm_dtype: b.gemm_dtype.name(),
+            decode_gemm: b.decode_gemm.name(),
         })
     }
 

@@ -62,6 +62,9 @@ pub struct DeviceWeights {
     pub other_bytes: usize,
     /// The GEMM weights' element type on the device (`f16`, `int8`).
     pub gemm_dtype: &'static str,
+    /// The GEMM of decode steps: `cublas`, or `own` (ours, norm and SwiGLU fused; always for
+    /// int8).
+    pub decode_gemm: &'static str,
 }
 
 /// A backend that runs the whole generation loop itself (the CUDA backend: the decode step
@@ -165,6 +168,9 @@ pub struct CudaOptions {
     /// The GPT decode step's attention; `None` (the default): [`CudaAttention::ENV`] if set,
     /// else fused, read once when the pipeline loads.
     pub attention: Option<CudaAttention>,
+    /// The GEMM of LlamaGen decode steps with f16 weights; `None`: [`DecodeGemm::ENV`] if set,
+    /// else cuBLAS. int8 bundles always run ours.
+    pub decode_gemm: Option<DecodeGemm>,
 }
 
 impl Default for CudaOptions {
@@ -173,6 +179,7 @@ impl Default for CudaOptions {
             device: 0,
             graph: true,
             attention: None,
+            decode_gemm: None,
         }
     }
 }
@@ -181,6 +188,11 @@ impl CudaOptions {
     /// The attention these options select (the environment's where they leave it open).
     pub fn attention(&self) -> Result<CudaAttention, RuntimeError> {
         self.attention.map_or_else(CudaAttention::from_env, Ok)
+    }
+
+    /// The decode GEMM these options select (the environment's where they leave it open).
+    pub fn decode_gemm(&self) -> Result<DecodeGemm, RuntimeError> {
+        self.decode_gemm.map_or_else(DecodeGemm::from_env, Ok)
     }
 }
 
@@ -223,15 +235,62 @@ impl CudaAttention {
 
     /// [`Self::ENV`] if set and not empty, else fused.
     pub fn from_env() -> Result<Self, RuntimeError> {
-        match std::env::var(Self::ENV) {
-            Ok(v) if !v.is_empty() => Self::parse(&v),
-            Ok(_) | Err(std::env::VarError::NotPresent) => Ok(CudaAttention::default()),
-            Err(std::env::VarError::NotUnicode(v)) => Err(RuntimeError::InvalidOption {
+        env_choice(Self::ENV, "fused or separate", Self::parse)
+    }
+}
+
+/// The GEMM of the CUDA backend's LlamaGen decode steps for f16 weights (int8 bundles always
+/// run ours).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DecodeGemm {
+    /// cuBLAS, with rms_norm and swiglu launches of their own (the default until our GEMM is
+    /// measured on hardware).
+    #[default]
+    Cublas,
+    /// Our weight-streaming GEMM with RMSNorm and SwiGLU fused, for steps of up to 32 rows
+    /// (cuBLAS beyond).
+    Own,
+}
+
+impl DecodeGemm {
+    /// The environment variable that selects it: `cublas` or `own`.
+    pub const ENV: &'static str = "LLAMAGEN_CUDA_DECODE_GEMM";
+
+    /// `cublas` or `own` (the names the CUDA crate reports, `DeviceWeights::decode_gemm`).
+    pub fn parse(value: &str) -> Result<Self, RuntimeError> {
+        match value {
+            "cublas" => Ok(DecodeGemm::Cublas),
+            "own" => Ok(DecodeGemm::Own),
+            _ => Err(RuntimeError::InvalidOption {
                 name: Self::ENV,
-                value: v.to_string_lossy().into_owned(),
-                expected: "fused or separate",
+                value: value.into(),
+                expected: "cublas or own",
             }),
         }
+    }
+
+    /// [`Self::ENV`] if set and not empty, else cuBLAS.
+    pub fn from_env() -> Result<Self, RuntimeError> {
+        env_choice(Self::ENV, "cublas or own", Self::parse)
+    }
+}
+
+/// The choice environment variable `var` makes through `parse`, or `T`'s default where it is
+/// unset or empty; a value that is not UTF-8 is an [`RuntimeError::InvalidOption`] naming
+/// `expected`.
+fn env_choice<T: Default>(
+    var: &'static str,
+    expected: &'static str,
+    parse: fn(&str) -> Result<T, RuntimeError>,
+) -> Result<T, RuntimeError> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => parse(&v),
+        Ok(_) | Err(std::env::VarError::NotPresent) => Ok(T::default()),
+        Err(std::env::VarError::NotUnicode(v)) => Err(RuntimeError::InvalidOption {
+            name: var,
+            value: v.to_string_lossy().into_owned(),
+            expected,
+        }),
     }
 }
 

@@ -94,7 +94,8 @@ impl RunFlags {
         let cuda = CudaOptions {
             device: self.cuda_device,
             graph: !self.no_cuda_graph,
-            // The attention: LLAMAGEN_CUDA_ATTENTION, else fused.
+            // The attention (LLAMAGEN_CUDA_ATTENTION, else fused) and the decode GEMM
+            // (LLAMAGEN_CUDA_DECODE_GEMM, else cublas).
             ..CudaOptions::default()
         };
         match self.backend {

@@ -49,7 +49,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let cuda = CudaOptions {
         device: a.cuda_device,
         graph: true,
-        // The attention: LLAMAGEN_CUDA_ATTENTION, else fused.
+        // The attention (LLAMAGEN_CUDA_ATTENTION, else fused) and the decode GEMM
+        // (LLAMAGEN_CUDA_DECODE_GEMM, else cublas).
         ..CudaOptions::default()
     };
     let backend = match a.backend {
