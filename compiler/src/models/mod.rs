@@ -1,6 +1,7 @@
 //! Model families: checkpoint key -> graph mapping, one module per family.
 
 pub mod gpt;
+mod int8_conv;
 pub mod precision;
 mod random;
 pub mod var;
