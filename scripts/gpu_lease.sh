@@ -9,11 +9,11 @@
 #   LLAMAGEN_CODE: FoundationVision/LlamaGen's autoregressive/models, utils and
 #   tokenizer/tokenizer_image/vq_model.py (the LlamaGen table is skipped without it);
 #   VAR_CODE: FoundationVision/VAR's models, dist.py and utils (the VAR table likewise).
-#   env: TEST_S (180), BENCH_S (220), NCU_S (60), VAR_S (90): each step's limit in seconds,
+#   env: TEST_S (180), BENCH_S (220), NCU_S (45, twice), VAR_S (90): each step's limit in seconds,
 #   together under the device's 600 s per call; MODELS (GPT-B), INT8_MODELS (GPT-B),
 #   SKIP_COMPILE (1: no torch.compile run). GPT-XL's rows need a second call (MODELS=GPT-XL).
 # Writes at most 8 files into OUT (what a lease sends back): summary.txt (each step's exit
-# status and the tables), results.tar.gz (every log and JSON line), ncu.csv.
+# status and the tables), results.tar.gz (every log and JSON line), ncu-cublas.csv, ncu-own.csv.
 set -uo pipefail
 out=${1:?usage: $0 OUT [LLAMAGEN_CODE] [VAR_CODE]}
 llamagen=${2:-}
@@ -52,16 +52,19 @@ if [ -n "$llamagen" ]; then
 fi
 
 # 3. One GPT-B decode step under Nsight Compute, without the graph so each kernel is its own
-#    launch: time and DRAM bytes per kernel name, per step (steps = sample_rows launches).
+#    launch: time and DRAM bytes per kernel name, per step (steps = sample_rows launches), once
+#    with each decode GEMM (cuBLAS + rms_norm/swiglu launches, and ours with them fused).
 bundle="$work/bench/GPT-B/bundle-fp16"
 if command -v ncu >/dev/null && [ -d "$bundle" ]; then
-  step ncu "${NCU_S:-60}" ncu --launch-skip 4000 --launch-count 400 --csv --page raw \
-    --print-units base \
-    --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
-    "$bin/llamagen" bench --bundle "$bundle" --backend cuda --no-cuda-graph \
-    --labels 207,360,387,974,88,979,417,279 --runs 1
-  cp "$work/logs/ncu.log" "$out/ncu.csv"
-  python3 - "$out/ncu.csv" <<'PY' >>"$summary"
+  for gemm in cublas own; do
+    step "ncu-$gemm" "${NCU_S:-45}" env LLAMAGEN_CUDA_DECODE_GEMM=$gemm ncu --launch-skip 4000 \
+      --launch-count 400 --csv --page raw --print-units base \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+      "$bin/llamagen" bench --bundle "$bundle" --backend cuda --no-cuda-graph \
+      --labels 207,360,387,974,88,979,417,279 --runs 1
+    cp "$work/logs/ncu-$gemm.log" "$out/ncu-$gemm.csv"
+    echo "decode GEMM $gemm:" >>"$summary"
+    python3 - "$out/ncu-$gemm.csv" <<'PY' >>"$summary"
 import csv, sys, collections
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 if not rows:
@@ -80,6 +83,7 @@ print(f"ncu, per decode step ({steps} steps in the window; time in us, DRAM in M
 for k, (n, t, b) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
     print(f"{t / steps / 1e3:10.1f} us {n / steps:6.1f} launches {b / steps / 1e6:8.1f} MB  {k}")
 PY
+  done
 fi
 
 # 4. The VAR table, d16 only (d30's random weights take longer than a lease has).
