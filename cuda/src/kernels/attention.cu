@@ -42,6 +42,26 @@ DEVICE void attn_online_step(float s, const float* v, float* m, float* l, float*
     *m = m_new;
 }
 
+// Merges the groups' online-softmax states for output dim `e`: each group weighs
+// exp(m_g - max); a group that saw no key has l = 0 and m = -inf, so its weight is exactly 0
+// (group 0 always holds a key, so the max is finite). Gives the max, the weight sum and dim e's
+// weighted sum of values.
+DEVICE void attn_merge_groups(const float* m_s, const float* l_s, const float* acc_s, i32 groups, i32 head_dim,
+                              i32 e, float* mx_out, float* sum_out, float* o_out) {
+    float mx = m_s[0];
+    for (i32 g = 1; g < groups; g++) mx = fmaxf(mx, m_s[g]);
+    float sum = 0.0f;
+    float o = 0.0f;
+    for (i32 g = 0; g < groups; g++) {
+        float w = expf(m_s[g] - mx);
+        sum += l_s[g] * w;
+        o += acc_s[g * head_dim + e] * w;
+    }
+    *mx_out = mx;
+    *sum_out = sum;
+    *o_out = o;
+}
+
 // out f16 [rows, heads, 64] = softmax(q . K[0..=pos]^T) . V[0..=pos], q f16 [rows, heads, 64]
 // (already scaled by 1/sqrt(64)), caches f16 [rows, kv_heads, max_len, 64], pos = *pos_ptr.
 // GQA: q head h reads kv head h / (heads / kv_heads). Grid (heads, rows), block ATTN_THREADS.
@@ -98,8 +118,7 @@ KERNEL void decode_attention(f16* out, const f16* q, const f16* cache_k, const f
         }
     }
 
-    // Merge the groups: weight each by exp(m_g - M); groups that saw no key have l = 0 and
-    // m = -inf, so their weight is exactly 0 (group 0 always has slot 0, so M is finite).
+    // Merge the groups (attn_merge_groups).
     if (dim0 == 0) {
         m_s[group] = m;
         l_s[group] = l;
@@ -107,15 +126,8 @@ KERNEL void decode_attention(f16* out, const f16* q, const f16* cache_k, const f
     for (i32 i = 0; i < 8; i++) acc_s[group * ATTN_HEAD_DIM + dim0 + i] = acc[i];
     __syncthreads();
     if (threadIdx.x < ATTN_HEAD_DIM) {
-        float mx = m_s[0];
-        for (i32 g = 1; g < ATTN_GROUPS; g++) mx = fmaxf(mx, m_s[g]);
-        float sum = 0.0f;
-        float o = 0.0f;
-        for (i32 g = 0; g < ATTN_GROUPS; g++) {
-            float w = expf(m_s[g] - mx);
-            sum += l_s[g] * w;
-            o += acc_s[g * ATTN_HEAD_DIM + threadIdx.x] * w;
-        }
+        float mx, sum, o;
+        attn_merge_groups(m_s, l_s, acc_s, ATTN_GROUPS, ATTN_HEAD_DIM, threadIdx.x, &mx, &sum, &o);
         out[((i64)r * heads + h) * ATTN_HEAD_DIM + threadIdx.x] = f32_to_f16(o / sum);
     }
 }
@@ -324,15 +336,8 @@ KERNEL void decode_attention_fused(f16* out, f16* cache_k, f16* cache_v, const f
     float* part = partials + ((i64)r * heads + h) * splits * stride;
     i32 e = threadIdx.x;
     if (e < head_dim) {
-        float mx = m_s[0];
-        for (i32 g = 1; g < groups; g++) mx = fmaxf(mx, m_s[g]);
-        float sum = 0.0f;
-        float o = 0.0f;
-        for (i32 g = 0; g < groups; g++) {
-            float w = expf(m_s[g] - mx);
-            sum += l_s[g] * w;
-            o += acc_s[g * head_dim + e] * w;
-        }
+        float mx, sum, o;
+        attn_merge_groups(m_s, l_s, acc_s, groups, head_dim, e, &mx, &sum, &o);
         part[(i64)split * stride + 2 + e] = o;
         if (e == 0) {
             part[(i64)split * stride] = mx;
