@@ -26,6 +26,10 @@ use crate::device::{Device, Gemm, KArg, LaunchConfig};
 use crate::error::CudaError;
 
 mod gemm;
+mod graph;
+
+pub use graph::EmuGraph;
+use graph::Op;
 
 extern "C" {
     fn llamagen_emu_launch(
@@ -88,46 +92,6 @@ impl Drop for EmuBuf {
         lock(&self.live).remove(&(self.ptr as u64));
         // SAFETY: allocated in `EmuDevice::alloc` with this layout.
         unsafe { std::alloc::dealloc(self.ptr, Self::layout(self.len)) };
-    }
-}
-
-/// One recorded operation of a capture.
-#[derive(Clone, Debug)]
-enum Op {
-    Launch {
-        name: String,
-        grid: [u32; 3],
-        block: [u32; 3],
-        shared_bytes: u32,
-        args: Vec<KArg>,
-    },
-    Gemm(Gemm),
-}
-
-/// A captured sequence of launches and GEMMs.
-pub struct EmuGraph {
-    ops: Vec<Op>,
-}
-
-impl EmuGraph {
-    /// The kernel names of the recorded launches, in order (GEMMs left out): what one replay
-    /// launches.
-    pub fn launches(&self) -> Vec<&str> {
-        self.ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::Launch { name, .. } => Some(name.as_str()),
-                Op::Gemm(_) => None,
-            })
-            .collect()
-    }
-
-    /// How many GEMMs (cuBLAS's on a GPU) one replay runs.
-    pub fn gemms(&self) -> usize {
-        self.ops
-            .iter()
-            .filter(|op| matches!(op, Op::Gemm(_)))
-            .count()
     }
 }
 
