@@ -55,6 +55,11 @@ pub enum Op {
         axes: Vec<i64>,
         keepdims: bool,
     },
+    /// `sqrt(sum(x^2))` over `axes`.
+    ReduceL2 {
+        axes: Vec<i64>,
+        keepdims: bool,
+    },
     Shape {
         start: Option<i64>,
         end: Option<i64>,
@@ -91,6 +96,14 @@ pub enum Op {
 }
 
 impl Op {
+    /// A reduction's axes (empty once lowered to the form that takes them as an input).
+    pub fn reduce_axes_mut(&mut self) -> Option<&mut Vec<i64>> {
+        match self {
+            Op::ReduceMean { axes, .. } | Op::ReduceL2 { axes, .. } => Some(axes),
+            _ => None,
+        }
+    }
+
     /// The oldest default-domain opset that has this operator in this form.
     pub fn min_opset(&self) -> i64 {
         match self {
@@ -128,6 +141,7 @@ impl Op {
             Op::Unsqueeze => "Unsqueeze",
             Op::Cast { .. } => "Cast",
             Op::ReduceMean { .. } => "ReduceMean",
+            Op::ReduceL2 { .. } => "ReduceL2",
             Op::Shape { .. } => "Shape",
             Op::Conv { .. } => "Conv",
             Op::InstanceNormalization { .. } => "InstanceNormalization",

@@ -141,15 +141,11 @@ fn lower_graph(
     for n in &graph.nodes {
         let mut input: Vec<String> = n.inputs.iter().map(|&i| name_of(i)).collect();
         let mut op = n.op.clone();
-        if let Op::ReduceMean { axes, keepdims } = &op {
+        if let Some(axes) = op.reduce_axes_mut() {
             if opset >= AXES_AS_INPUT {
                 let name = format!("{}.axes", n.name);
-                initializer.push(i64_tensor(&name, axes));
+                initializer.push(i64_tensor(&name, &std::mem::take(axes)));
                 input.push(name);
-                op = Op::ReduceMean {
-                    axes: Vec::new(),
-                    keepdims: *keepdims,
-                };
             }
         }
         node.push(proto::NodeProto {
@@ -264,10 +260,10 @@ fn attributes(op: &Op) -> Vec<proto::AttributeProto> {
         Op::Transpose { perm } => vec![ints("perm", perm)],
         Op::Cast { to } => vec![int("to", elem_type(*to) as i64)],
         // Empty axes: the opset-18 form, where they are an input.
-        Op::ReduceMean { axes, keepdims } if axes.is_empty() => {
+        Op::ReduceMean { axes, keepdims } | Op::ReduceL2 { axes, keepdims } if axes.is_empty() => {
             vec![int("keepdims", *keepdims as i64)]
         }
-        Op::ReduceMean { axes, keepdims } => {
+        Op::ReduceMean { axes, keepdims } | Op::ReduceL2 { axes, keepdims } => {
             vec![ints("axes", axes), int("keepdims", *keepdims as i64)]
         }
         Op::GeluTanh => vec![string("approximate", "tanh")],

@@ -114,13 +114,16 @@ pub fn build_step_graph(c: &VarConfig, em: &mut Emitter) -> Result<Graph, Error>
             &[qkv, split_qkv],
             3,
         );
-        let (mut q, mut k, v) = (parts[0], parts[1], parts[2]);
-        if c.attn_l2_norm {
-            q = l2_normalize(&mut g, &format!("{a}.q_l2"), q, hd);
-            k = l2_normalize(&mut g, &format!("{a}.k_l2"), k, hd);
-        }
+        let (q, k, v) = (parts[0], parts[1], parts[2]);
         let q_scale = q_scale(&mut g, em, c, i);
-        q = g.wire(&format!("{a}.q_scaled"), Op::Mul, &[q, q_scale]);
+        let (q, k) = if c.attn_l2_norm {
+            (
+                l2_normalize(&mut g, &format!("{a}.q_scaled"), q, Some(q_scale)),
+                l2_normalize(&mut g, &format!("{a}.k_l2"), k, None),
+            )
+        } else {
+            (g.wire(&format!("{a}.q_scaled"), Op::Mul, &[q, q_scale]), k)
+        };
         g.output(k, &io_names::present_key(i), slice_ty.clone());
         g.output(v, &io_names::present_value(i), slice_ty.clone());
 
