@@ -32,7 +32,8 @@ def main():
     v = m["var"]
     session = {role: ort.InferenceSession(os.path.join(a.bundle, g["file"]))
                for role, g in m["graphs"].items()}
-    step, embed, decoder = session["var_step"], session["var_embed"], session["vq_decoder"]
+    cond, step = session["var_cond"], session["var_step"]
+    embed, decoder = session["var_embed"], session["vq_decoder"]
     cache_shape = {i["name"]: i["shape"] for i in m["graphs"]["var_step"]["inputs"]}
 
     labels = [int(x) for x in a.labels.split(",")]
@@ -46,12 +47,13 @@ def main():
             caches[name] = np.zeros([rows] + shape[1:], np.float32)
     tokens = np.zeros((rows, total), np.int64)
     rng = np.random.default_rng(a.seed)
+    adaln = cond.run(["adaln"], {"labels": row_labels})[0]
     begin = 0
     for si, pn in enumerate(scales):
         end = begin + pn * pn
         x = embed.run(["inputs_embeds"], {"tokens": tokens, "scales_done": np.array([si], np.int64),
                                           "labels": row_labels})[0][:, begin:end]
-        feeds = {"inputs_embeds": x, "labels": row_labels,
+        feeds = {"inputs_embeds": x, "adaln": adaln,
                  "position": np.array([begin], np.int64), **caches}
         names = [o.name for o in step.get_outputs()]
         outs = dict(zip(names, step.run(names, feeds)))

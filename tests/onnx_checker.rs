@@ -74,6 +74,7 @@ fn graph_paths(bundle: &Path, m: &Manifest) -> Vec<(String, std::path::PathBuf)>
     let want: &[GraphRole] = match m.family {
         ModelFamily::LlamagenC2i => &[GraphRole::GptStep, GraphRole::VqDecoder],
         ModelFamily::Var => &[
+            GraphRole::VarCond,
             GraphRole::VarEmbed,
             GraphRole::VarStep,
             GraphRole::VqDecoder,

@@ -114,6 +114,7 @@ fn bench_reports_ms_per_scale_and_inspect_names_the_family() {
     let text = ok(LLAMAGEN, &["inspect", "--bundle", &b, "--verify"]);
     for needle in [
         "family     var",
+        "var_cond",
         "var_step",
         "var_embed",
         "vq_decoder",

@@ -69,6 +69,14 @@ fn var_manifest_values_are_cross_checked() {
             &["vq.grid"],
         ),
         ("no-var-section", |m| m.var = None, &["var"]),
+        (
+            // A bundle of before the cond graph: told to compile it again.
+            "no-cond-graph",
+            |m| {
+                m.graphs.remove(&llamagen_bundle::GraphRole::VarCond);
+            },
+            &["var_cond", "compile it again"],
+        ),
     ];
     for (name, edit, needles) in cases {
         let b = tmp.path().join(name);

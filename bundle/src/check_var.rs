@@ -1,6 +1,7 @@
 //! The loader's cross-checks for VAR bundles (see [`crate::check`] for the LlamaGen ones and
-//! the limits): the `var` section against itself and the limits, and the `var_step` and
-//! `var_embed` graphs against it, before anything is allocated from a manifest value.
+//! the limits): the `var` section against itself and the limits, and the `var_cond`,
+//! `var_step` and `var_embed` graphs against it, before anything is allocated from a manifest
+//! value.
 
 use std::path::Path;
 
@@ -9,7 +10,7 @@ use crate::check::{
     MAX_NUM_CLASSES, MAX_VOCAB,
 };
 use crate::config::{MAX_DIM, MAX_LAYERS};
-use crate::manifest::{GraphRole, Manifest};
+use crate::manifest::{GraphRole, Manifest, ModelFamily};
 use crate::names;
 use crate::onnx_proto::{data_type, GraphProto};
 use crate::var_config::VarConfig;
@@ -138,7 +139,7 @@ pub fn step_graph(path: &Path, m: &Manifest, g: &GraphProto) -> Result<(), Bundl
         &g.input,
         &f32_io(names::INPUTS_EMBEDS, vec![None, None, d]),
     )?;
-    check_io(path, &g.input, &i64_io(names::LABELS, vec![None]))?;
+    check_io(path, &g.input, &f32_io(names::ADALN, adaln_dims(c)))?;
     check_io(path, &g.input, &i64_io(names::POSITION, vec![Some(1)]))?;
     let logits = vec![None, None, Some(c.vocab_size)];
     check_io(path, &g.output, &f32_io(names::LOGITS, logits))?;
@@ -163,13 +164,55 @@ pub fn step_graph(path: &Path, m: &Manifest, g: &GraphProto) -> Result<(), Bundl
             check_io(path, list, &f32_io(&name, dims.clone()))?;
         }
     }
-    initializer_dims(path, g, names::var::CLASS_EMB, &[c.class_rows, c.embed_dim])?;
     initializer_dims(
         path,
         g,
         &names::var::weight(names::var::HEAD),
         &[c.embed_dim, c.vocab_size],
     )
+}
+
+/// `adaln`: `[batch, 6 depth + 2, dim]`.
+fn adaln_dims(c: &VarConfig) -> Vec<Option<usize>> {
+    vec![None, Some(6 * c.depth + 2), Some(c.embed_dim)]
+}
+
+/// The VAR cond graph declares what the manifest's `var` section says.
+pub fn cond_graph(path: &Path, m: &Manifest, g: &GraphProto) -> Result<(), BundleError> {
+    let c = m.var()?;
+    manifest_io_matches(path, m, GraphRole::VarCond, g)?;
+    check_io(path, &g.input, &i64_io(names::LABELS, vec![None]))?;
+    check_io(path, &g.output, &f32_io(names::ADALN, adaln_dims(c)))?;
+    initializer_dims(path, g, names::var::CLASS_EMB, &[c.class_rows, c.embed_dim])
+}
+
+/// A VAR bundle has its four graphs (bundles of before the cond graph computed the AdaLN
+/// vectors in every step and must be compiled again).
+pub fn family_graphs(path: &Path, m: &Manifest) -> Result<(), BundleError> {
+    if m.family != ModelFamily::Var {
+        return Ok(());
+    }
+    let roles = [
+        GraphRole::VarCond,
+        GraphRole::VarStep,
+        GraphRole::VarEmbed,
+        GraphRole::VqDecoder,
+    ];
+    match roles.into_iter().find(|r| !m.graphs.contains_key(r)) {
+        None => Ok(()),
+        Some(role) => Err(BundleError::BadManifest {
+            path: path.to_path_buf(),
+            reason: format!(
+                "a VAR bundle needs a '{role}' graph, this one has {:?}{}",
+                m.graphs.keys().map(|r| r.name()).collect::<Vec<_>>(),
+                if role == GraphRole::VarCond {
+                    " (compiled by an older llamagen-compile: compile it again)"
+                } else {
+                    ""
+                }
+            ),
+        }),
+    }
 }
 
 /// The VAR embed graph declares what the manifest's `var` section says.

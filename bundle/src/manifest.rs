@@ -86,11 +86,13 @@ pub enum GraphRole {
     /// The VQ decoder: image tokens (LlamaGen) or the code feature map `f_hat` (VAR) in,
     /// images out.
     VqDecoder,
-    /// VAR: one scale's token block in (input embeddings, labels, position, caches), its logits
-    /// and new KV slices out.
+    /// VAR: one scale's token block in (input embeddings, AdaLN vectors, position, caches),
+    /// its logits and new KV slices out.
     VarStep,
     /// VAR: tokens of the scales done so far in, the next inputs and `f_hat` out.
     VarEmbed,
+    /// VAR: labels in, every AdaLN's vectors out (once per request).
+    VarCond,
 }
 
 impl GraphRole {
@@ -101,6 +103,7 @@ impl GraphRole {
             GraphRole::VqDecoder => "vq_decoder",
             GraphRole::VarStep => "var_step",
             GraphRole::VarEmbed => "var_embed",
+            GraphRole::VarCond => "var_cond",
         }
     }
 }

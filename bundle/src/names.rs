@@ -34,9 +34,14 @@ pub const VQ_IMAGE: &str = "image";
 /// VAR step graph: the input embeddings of one scale's tokens, f32 `[batch, tokens, dim]`;
 /// also the VAR embed graph's output (every scale's inputs, `[batch, all tokens, dim]`).
 pub const INPUTS_EMBEDS: &str = "inputs_embeds";
-/// VAR step and embed graphs: class label per row, int64 `[batch]` (the null class
+/// VAR cond and embed graphs: class label per row, int64 `[batch]` (the null class
 /// `num_classes` for the unconditional CFG rows).
 pub const LABELS: &str = "labels";
+/// VAR cond graph output, step graph input: every AdaLN's vectors of a row, f32
+/// `[batch, 6 depth + 2, dim]`: per block `gamma1, gamma2, scale1, scale2, shift1, shift2`
+/// (rows `6 i ..`), then the head's `scale, shift`. They depend on the label alone, so they are
+/// computed once per request.
+pub const ADALN: &str = "adaln";
 /// VAR embed graph: how many scales of `tokens` are set, int64 `[1]`.
 pub const SCALES_DONE: &str = "scales_done";
 

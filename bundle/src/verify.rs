@@ -174,6 +174,7 @@ pub fn load_manifest(dir: &Path, verify_hashes: bool) -> Result<Manifest, Bundle
         });
     }
     check::manifest_values(&path, &manifest)?;
+    check_var::family_graphs(&path, &manifest)?;
     for graph in manifest.graphs.values() {
         for name in [&graph.file, &graph.weights] {
             if !manifest.files.contains_key(name.as_str()) {
@@ -219,6 +220,7 @@ pub fn load_manifest(dir: &Path, verify_hashes: bool) -> Result<Manifest, Bundle
             GraphRole::VqDecoder => check::vq_graph(&opened.path, &manifest, &g)?,
             GraphRole::VarStep => check_var::step_graph(&opened.path, &manifest, &g)?,
             GraphRole::VarEmbed => check_var::embed_graph(&opened.path, &manifest, &g)?,
+            GraphRole::VarCond => check_var::cond_graph(&opened.path, &manifest, &g)?,
         }
     }
     Ok(manifest)

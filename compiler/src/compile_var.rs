@@ -1,5 +1,5 @@
 //! The VAR compile driver: `--var-model` / `--var-ckpt` / `--vae-ckpt` -> a verified bundle of
-//! three graphs (`var_step`, `var_embed`, `vq_decoder`; see `models::var`).
+//! four graphs (`var_cond`, `var_step`, `var_embed`, `vq_decoder`; see `models::var`).
 //!
 //! fp16 and int8 (weight-only, per output channel) go through the same precision emitter as
 //! LlamaGen; the embed graph stays f32 (it is small and feeds every scale). A lower-precision
@@ -256,6 +256,9 @@ fn write_var(
         var: Arc::clone(&var_src),
         vae: Arc::clone(&vae_src),
     });
+    let mut cond_em = Emitter::new(precision.clone(), Arc::clone(&var_src));
+    cond_em.dynamic_activations = o.dynamic_int8;
+    let cond = var::build_cond_graph(&c, &mut cond_em)?;
     let mut step_em = Emitter::new(precision.clone(), var_src);
     step_em.dynamic_activations = o.dynamic_int8;
     let step = var::build_step_graph(&c, &mut step_em)?;
@@ -276,11 +279,16 @@ fn write_var(
 
     let mut roles = BTreeMap::new();
     roles.insert(
+        "request".into(),
+        "once per request: var_cond(labels) gives adaln, which every var_step reads".into(),
+    );
+    roles.insert(
         "scale".into(),
         "for scale s: var_embed(tokens, scales_done = s, labels) gives inputs_embeds, whose \
-         block s (tokens begin(s)..end(s)) is var_step's input at position = begin(s); write \
-         present_* at position; logits are CFG-combined (1 + t) cond - t uncond with \
-         t = cfg * s / (S - 1), the batch being [labels; null class]"
+         block s (tokens begin(s)..end(s)) is var_step's input (with adaln) at position = \
+         begin(s); write present_* at position; logits are CFG-combined \
+         (1 + t) cond - t uncond with t = cfg * s / (S - 1), the batch being \
+         [labels; null class]"
             .into(),
     );
     roles.insert(
@@ -319,6 +327,11 @@ fn write_var(
     };
     progress(Progress::Stage("writing weights"));
     let graphs = [
+        BundleGraph {
+            role: GraphRole::VarCond,
+            stem: "var_cond",
+            graph: &cond,
+        },
         BundleGraph {
             role: GraphRole::VarStep,
             stem: "var_step",
@@ -366,7 +379,7 @@ fn higher_precision(p: &OpPrecision, dynamic: bool, int8_convs: bool) -> BTreeMa
     );
     kept.insert(
         "class_emb".into(),
-        "f16 table in var_step (a gather: nothing to compute in int8)".into(),
+        "f16 table in var_cond (a gather: nothing to compute in int8)".into(),
     );
     if let OpPrecision::Int8(None) = p {
         let note = crate::compile::int8_activations_note(dynamic, int8_convs);

@@ -49,9 +49,11 @@ impl<D: Device> VarEngine<D> {
     ) -> Result<Self, CudaError> {
         let t0 = Instant::now();
         let c = m.var()?;
-        let step = BundleWeights::open(dir, m, m.graph(dir, GraphRole::VarStep)?)?;
-        let embed = BundleWeights::open(dir, m, m.graph(dir, GraphRole::VarEmbed)?)?;
-        let weights = VarWeights::load(&device, &step, &embed, c)?;
+        let open = |role| BundleWeights::open(dir, m, m.graph(dir, role)?);
+        let cond = open(GraphRole::VarCond)?;
+        let step = open(GraphRole::VarStep)?;
+        let embed = open(GraphRole::VarEmbed)?;
+        let weights = VarWeights::load(&device, [&cond, &step, &embed], c)?;
         let vq = VqDecoder::load(
             &device,
             &BundleWeights::open(dir, m, m.graph(dir, GraphRole::VqDecoder)?)?,

@@ -111,27 +111,28 @@ pub(crate) fn phi_slot(c: &VarConfig, si: usize) -> Option<usize> {
 }
 
 impl<D: Device> VarWeights<D> {
-    /// Uploads the step graph's (`step`) and the embed graph's (`embed`) weights for `c`.
+    /// Uploads the cond graph's (`cond`: class embedding, AdaLN linears), the step graph's
+    /// (`step`) and the embed graph's (`embed`) weights for `c`.
     pub fn load(
         d: &D,
-        step: &BundleWeights,
-        embed: &BundleWeights,
+        [cond, step, embed]: [&BundleWeights; 3],
         c: &VarConfig,
     ) -> Result<Self, CudaError> {
         let (dim, hid) = (c.embed_dim, c.ffn_hidden);
+        let a = Reader { d, w: cond };
         let s = Reader { d, w: step };
         let e = Reader { d, w: embed };
         let shared_ada = if c.shared_aln {
-            Some(s.linear(names::SHARED_ADA_LIN, dim, 6 * dim)?)
+            Some(a.linear(names::SHARED_ADA_LIN, dim, 6 * dim)?)
         } else {
             None
         };
         let blocks = (0..c.depth)
             .map(|i| {
                 let ada = if c.shared_aln {
-                    BlockAda::Shared(s.f32(&names::ada_gss(i), &[6 * dim])?)
+                    BlockAda::Shared(a.f32(&names::ada_gss(i), &[6 * dim])?)
                 } else {
-                    BlockAda::Own(s.linear(&names::block(i, "ada_lin.1"), dim, 6 * dim)?)
+                    BlockAda::Own(a.linear(&names::block(i, "ada_lin.1"), dim, 6 * dim)?)
                 };
                 let mat_qkv = names::block(i, "attn.mat_qkv");
                 Ok(VarBlock {
@@ -187,10 +188,10 @@ impl<D: Device> VarWeights<D> {
             .map(|&pn| upload_f32(d, &resample::area(p, pn)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(VarWeights {
-            class_emb: s.f32(names::CLASS_EMB, &[c.class_rows, dim])?,
+            class_emb: a.f32(names::CLASS_EMB, &[c.class_rows, dim])?,
             shared_ada,
             blocks,
-            head_ada: s.linear(names::HEAD_ADA_LIN, dim, 2 * dim)?,
+            head_ada: a.linear(names::HEAD_ADA_LIN, dim, 2 * dim)?,
             head: s.linear(names::HEAD, dim, c.vocab_size)?,
             codebook: e.f32(names::CODEBOOK, &[c.vocab_size, cv])?,
             word_embed: e.linear(names::WORD_EMBED, cv, dim)?,

@@ -137,6 +137,7 @@ impl Generator for VarOrtCpu {
         let mut logits = Vec::new();
         let opts = var_sampling(&req.sampling);
         let start = Instant::now();
+        let adaln = self.sessions.cond(c, &labels)?;
         let mut scale_ms = Vec::with_capacity(c.scales());
         for si in 0..c.scales() {
             let t0 = Instant::now();
@@ -149,7 +150,7 @@ impl Generator for VarOrtCpu {
                 x.extend_from_slice(&row[range.start * d..range.end * d]);
             }
             self.sessions
-                .step(c, &x, &labels, range.start, &mut cache, &mut logits)?;
+                .step(c, &x, &adaln, range.start, &mut cache, &mut logits)?;
             let t = c.guidance(req.cfg_scale, si);
             let per_row = range.len() * vocab;
             let (cond, uncond) = logits.split_at_mut(n * per_row);

@@ -1,6 +1,7 @@
-//! VAR's three graphs on ONNX Runtime's CPU execution provider: the step (one scale's token
-//! block with the KV cache), the embed graph (tokens -> next inputs and `f_hat`) and the VQVAE
-//! decoder. Shapes are checked on every output.
+//! VAR's four graphs on ONNX Runtime's CPU execution provider: the cond graph (labels ->
+//! AdaLN vectors, once per request), the step (one scale's token block with the KV cache), the
+//! embed graph (tokens -> next inputs and `f_hat`) and the VQVAE decoder. Shapes are checked on
+//! every output.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -18,6 +19,7 @@ use crate::error::RuntimeError;
 use crate::kv_cache::KvCache;
 
 pub(crate) struct VarSessions {
+    cond: Mutex<Session>,
     step: Mutex<Session>,
     embed: Mutex<Session>,
     decoder: Mutex<Session>,
@@ -52,12 +54,28 @@ impl VarSessions {
         let layers = c.depth;
         let decoder = session(dir, m, GraphRole::VqDecoder, threads, Activations::Arena)?;
         Ok(VarSessions {
+            cond: open(GraphRole::VarCond, Activations::Arena)?,
             step: open(GraphRole::VarStep, Activations::Arena)?,
             embed: open(GraphRole::VarEmbed, Activations::Arena)?,
             decoder_probes: probes(&decoder),
             decoder: Mutex::new(decoder),
             names: CacheNames::new(layers),
         })
+    }
+
+    /// The cond graph on `labels`: every AdaLN's vectors, `[rows, 6 depth + 2, C]`.
+    pub(crate) fn cond(&self, c: &VarConfig, labels: &[i64]) -> Result<Vec<f32>, RuntimeError> {
+        let rows = labels.len();
+        let inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![(
+            io_names::LABELS.into(),
+            tensor(vec![rows], labels, io_names::LABELS)?,
+        )];
+        let mut session = self.cond.lock().unwrap_or_else(|p| p.into_inner());
+        let out = session
+            .run(inputs)
+            .map_err(|e| RuntimeError::ort("var cond", e))?;
+        let dims = vec![rows, adaln_rows(c), c.embed_dim];
+        Ok(output(&out, GraphRole::VarCond, io_names::ADALN, dims)?.to_vec())
     }
 
     /// The embed graph on `tokens` `[rows, tokens_total]` with `scales_done` scales set.
@@ -102,18 +120,19 @@ impl VarSessions {
         })
     }
 
-    /// One scale: `x` `[rows, n, C]` at cache slot `position`; writes the new keys and values
-    /// into `cache` and the logits `[rows, n, V]` into `logits`.
+    /// One scale: `x` `[rows, n, C]` at cache slot `position` with the cond graph's `adaln`;
+    /// writes the new keys and values into `cache` and the logits `[rows, n, V]` into `logits`.
     pub(crate) fn step(
         &self,
         c: &VarConfig,
         x: &[f32],
-        labels: &[i64],
+        adaln: &[f32],
         position: usize,
         cache: &mut KvCache,
         logits: &mut Vec<f32>,
     ) -> Result<(), RuntimeError> {
-        let rows = labels.len();
+        let ada_dims = [adaln_rows(c), c.embed_dim];
+        let rows = adaln.len() / (ada_dims[0] * ada_dims[1]).max(1);
         let n = x.len() / (rows * c.embed_dim).max(1);
         let pos = [position as i64];
         let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
@@ -123,8 +142,8 @@ impl VarSessions {
             tensor(vec![rows, n, c.embed_dim], x, io_names::INPUTS_EMBEDS)?,
         ));
         inputs.push((
-            io_names::LABELS.into(),
-            tensor(vec![rows], labels, io_names::LABELS)?,
+            io_names::ADALN.into(),
+            tensor(vec![rows, ada_dims[0], ada_dims[1]], adaln, io_names::ADALN)?,
         ));
         inputs.push((
             io_names::POSITION.into(),
@@ -172,4 +191,9 @@ impl VarSessions {
         )?
         .to_vec())
     }
+}
+
+/// Rows of `adaln`: six per block, two for the head.
+fn adaln_rows(c: &VarConfig) -> usize {
+    6 * c.depth + 2
 }

@@ -110,23 +110,3 @@ pub fn l2_normalize(g: &mut Graph, name: &str, x: ValueId, scale: Option<ValueId
         }
     }
 }
-
-/// Splits `[B, k * C]` into k `[B, 1, C]` modulation vectors (AdaLN's `view(-1, 1, k, C)
-/// .unbind(2)`).
-pub fn split_modulation(
-    g: &mut Graph,
-    name: &str,
-    ada: ValueId,
-    k: usize,
-    c: usize,
-) -> Vec<ValueId> {
-    let shape = g.const_i64(&format!("const.shape.ada{k}.{c}"), &[0, k as i64, c as i64]);
-    let r = g.wire(&format!("{name}.rows"), Op::Reshape, &[ada, shape]);
-    let ones = g.const_i64(&format!("const.split.ones{k}"), &vec![1; k]);
-    g.wire_n(
-        &format!("{name}.split"),
-        Op::Split { axis: 1 },
-        &[r, ones],
-        k,
-    )
-}

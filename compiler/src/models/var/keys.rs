@@ -42,10 +42,7 @@ fn linear(keys: &mut Keys, prefix: &str, out: usize, inp: usize, bias: bool) {
 /// Every key the step graph reads, with its official shape.
 pub fn step_keys(c: &VarConfig) -> Keys {
     let (d, h, heads) = (c.embed_dim, c.ffn_hidden, c.num_heads);
-    let mut keys = vec![(CLASS_EMB.to_string(), vec![c.class_rows, d])];
-    if c.shared_aln {
-        linear(&mut keys, SHARED_ADA_LIN, 6 * d, d, true);
-    }
+    let mut keys = Vec::new();
     for i in 0..c.depth {
         if c.attn_l2_norm {
             keys.push((block(i, "attn.scale_mul_1H11"), vec![1, heads, 1, 1]));
@@ -56,6 +53,19 @@ pub fn step_keys(c: &VarConfig) -> Keys {
         linear(&mut keys, &block(i, "attn.proj"), d, d, true);
         linear(&mut keys, &block(i, "ffn.fc1"), h, d, true);
         linear(&mut keys, &block(i, "ffn.fc2"), d, h, true);
+    }
+    linear(&mut keys, HEAD, c.vocab_size, d, true);
+    keys
+}
+
+/// Every key the cond graph reads: the class embedding and every AdaLN linear.
+pub fn cond_keys(c: &VarConfig) -> Keys {
+    let d = c.embed_dim;
+    let mut keys = vec![(CLASS_EMB.to_string(), vec![c.class_rows, d])];
+    if c.shared_aln {
+        linear(&mut keys, SHARED_ADA_LIN, 6 * d, d, true);
+    }
+    for i in 0..c.depth {
         if c.shared_aln {
             keys.push((block(i, "ada_gss"), vec![1, 1, 6, d]));
         } else {
@@ -63,7 +73,6 @@ pub fn step_keys(c: &VarConfig) -> Keys {
         }
     }
     linear(&mut keys, HEAD_ADA_LIN, 2 * d, d, true);
-    linear(&mut keys, HEAD, c.vocab_size, d, true);
     keys
 }
 

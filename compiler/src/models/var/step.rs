@@ -1,9 +1,10 @@
 //! The VAR transformer step over one scale's token block (`AdaLNSelfAttn` blocks with the KV
-//! cache, `AdaLNBeforeHead`, `head`).
+//! cache, `AdaLNBeforeHead`, `head`), modulated by the cond graph's AdaLN vectors.
 //!
 //! Contract (names in `llamagen_bundle::names`):
 //! - inputs: `inputs_embeds` f32 `[batch, tokens, C]` (the scale's inputs, from the embed
-//!   graph); `labels` i64 `[batch]` (the null class `num_classes` on the CFG rows); `position`
+//!   graph); `adaln` f32 `[batch, 6 depth + 2, C]` (every AdaLN's vectors, from the cond
+//!   graph, once per request); `position`
 //!   i64 `[1]`, the number of tokens already cached (the scale's first slot); per layer
 //!   `past_key.i` / `past_value.i` f32 `[batch, heads, tokens_total, head_dim]`.
 //! - outputs: `logits` f32 `[batch, tokens, V]`; per layer `present_key.i` / `present_value.i`
@@ -23,7 +24,7 @@ use crate::ir::{Dim, ElemType, Graph, Op, TensorType, ValueId};
 use crate::models::precision::{Emitter, WeightFn};
 use crate::Error;
 
-use super::blocks::{gelu_tanh, l2_normalize, linear, modulate, silu, split_modulation};
+use super::blocks::{gelu_tanh, l2_normalize, linear, modulate};
 use super::keys;
 
 /// Checks every key, then builds the step graph (weights stay lazy).
@@ -52,25 +53,23 @@ pub fn build_step_graph(c: &VarConfig, em: &mut Emitter) -> Result<Graph, Error>
         io_names::INPUTS_EMBEDS,
         f32_of(vec![batch.clone(), tokens.clone(), Dim::Fixed(d)]),
     );
-    let labels = g.input(
-        io_names::LABELS,
-        TensorType::new(ElemType::I64, vec![batch.clone()]),
+    let ada_rows = 6 * c.depth + 2;
+    let adaln = g.input(
+        io_names::ADALN,
+        f32_of(vec![batch.clone(), Dim::Fixed(ada_rows), Dim::Fixed(d)]),
     );
     let position = g.input(
         io_names::POSITION,
         TensorType::new(ElemType::I64, vec![Dim::Fixed(1)]),
     );
-
-    // cond_BD = class_emb(label); every AdaLN reads SiLU(cond_BD).
-    let (rows, cols) = (c.class_rows, d);
-    let f: WeightFn = Arc::new(move |s| s.load(keys::CLASS_EMB, &[rows, cols]));
-    let table = em.table(&mut g, keys::CLASS_EMB, vec![rows, d], f);
-    let cond = g.wire("class_emb", Op::Gather { axis: 0 }, &[table, labels]);
-    let cond = em.table_to_f32(&mut g, "class_emb_f32", cond);
-    let cond_silu = silu(&mut g, "cond_silu", cond);
-    let shared = c
-        .shared_aln
-        .then(|| linear(&mut g, em, keys::SHARED_ADA_LIN, cond_silu, 6 * d, d, true));
+    // One [B, 1, C] vector per row of `adaln`: block i's six, then the head's two.
+    let ones = g.const_i64("const.split.adaln", &vec![1; ada_rows]);
+    let ada = g.wire_n(
+        "adaln.split",
+        Op::Split { axis: 1 },
+        &[adaln, ones],
+        ada_rows,
+    );
 
     let to_heads = g.const_i64(
         "const.shape.qkv_heads",
@@ -86,20 +85,8 @@ pub fn build_step_graph(c: &VarConfig, em: &mut Emitter) -> Result<Graph, Error>
         let p = format!("blocks.{i}");
         let past_k = g.input(&io_names::past_key(i), cache_ty.clone());
         let past_v = g.input(&io_names::past_value(i), cache_ty.clone());
-        let ada = match shared {
-            Some(gss) => shared_modulation(&mut g, em, c, i, gss),
-            None => linear(
-                &mut g,
-                em,
-                &format!("{p}.ada_lin.1"),
-                cond_silu,
-                6 * d,
-                d,
-                true,
-            ),
-        };
         // gamma1, gamma2, scale1, scale2, shift1, shift2.
-        let m = split_modulation(&mut g, &format!("{p}.ada"), ada, 6, d);
+        let m = &ada[6 * i..6 * i + 6];
 
         let a = format!("{p}.attn");
         let h = modulate(&mut g, &format!("{a}.norm"), x, [m[2], m[4]], d, c.norm_eps);
@@ -143,9 +130,8 @@ pub fn build_step_graph(c: &VarConfig, em: &mut Emitter) -> Result<Graph, Error>
         x = g.wire(&format!("{f}.residual"), Op::Add, &[x, h]);
     }
 
-    // AdaLNBeforeHead: scale, shift = ada_lin(cond).
-    let ada = linear(&mut g, em, keys::HEAD_ADA_LIN, cond_silu, 2 * d, d, true);
-    let m = split_modulation(&mut g, "head_nm.ada", ada, 2, d);
+    // AdaLNBeforeHead: scale, shift.
+    let m = &ada[6 * c.depth..];
     let h = modulate(&mut g, "head_nm", x, [m[0], m[1]], d, c.norm_eps);
     let logits = linear(&mut g, em, keys::HEAD, h, c.vocab_size, d, true);
     g.output(
@@ -186,21 +172,6 @@ fn q_scale(g: &mut Graph, em: &mut Emitter, c: &VarConfig, i: usize) -> ValueId 
         Arc::new(move |_| Ok(vec![v; heads]))
     };
     em.vector(g, &io_names::var::q_scale(i), vec![1, heads, 1, 1], f)
-}
-
-/// `shared_aln`: `ada_gss + shared_ada_lin(cond)` of block i, as `[B, 6C]`.
-fn shared_modulation(
-    g: &mut Graph,
-    em: &mut Emitter,
-    c: &VarConfig,
-    i: usize,
-    gss: ValueId,
-) -> ValueId {
-    let d = c.embed_dim;
-    let key = keys::block(i, "ada_gss");
-    let f: WeightFn = Arc::new(move |s| s.load(&key, &[1, 1, 6, d]));
-    let own = em.vector(g, &io_names::var::ada_gss(i), vec![1, 6 * d], f);
-    g.wire(&format!("blocks.{i}.ada_gss_add"), Op::Add, &[gss, own])
 }
 
 /// Softmax attention of `q` over the cache slots before `position` and the block's own keys
