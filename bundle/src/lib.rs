@@ -15,6 +15,7 @@
 //! - [`site_packages`]: where pip-installed native libraries live, for every backend's finder.
 
 pub mod check;
+mod check_graph;
 pub mod check_var;
 pub mod config;
 pub mod confine;
