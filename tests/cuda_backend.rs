@@ -17,10 +17,11 @@ use std::path::Path;
 use llamagen_compiler::bundle::Precision;
 use llamagen_runtime::compare::cosine;
 use llamagen_runtime::{
-    BackendChoice, BackendKind, CudaAttention, CudaOptions, DecodeGemm, GenerateRequest, Observer,
-    Pipeline, PipelineOptions, RuntimeError, SamplingOptions,
+    BackendKind, CudaAttention, CudaOptions, DecodeGemm, GenerateRequest, Observer, Pipeline,
+    SamplingOptions,
 };
 use llamagen_test_support::FP16_VS_FP32;
+use support::backend::load_on;
 use support::golden::{compile_tiny, read_f32, read_i64, tiny_dir};
 
 /// Loads `bundle` on `kind`, or `None` (with a message) when this machine cannot run it; the
@@ -41,28 +42,7 @@ fn load_with(
         attention,
         ..CudaOptions::default()
     };
-    load_options(bundle, kind, cuda)
-}
-
-/// [`load`] with CUDA options `cuda`.
-fn load_options(bundle: &Path, kind: BackendKind, cuda: CudaOptions) -> Option<Pipeline> {
-    let backend = match kind {
-        BackendKind::Cpu => BackendChoice::default(),
-        BackendKind::Cuda => BackendChoice::Cuda(cuda),
-        BackendKind::CudaEmu => BackendChoice::CudaEmu(cuda),
-    };
-    let opts = PipelineOptions {
-        backend,
-        ..PipelineOptions::default()
-    };
-    match Pipeline::load(bundle, &opts) {
-        Ok(p) => Some(p),
-        Err(RuntimeError::BackendUnavailable { reason, .. }) if kind == BackendKind::Cuda => {
-            eprintln!("skipped: no CUDA GPU ({reason})");
-            None
-        }
-        Err(e) => panic!("loading {kind:?}: {e}"),
-    }
+    load_on(bundle, kind, cuda)
 }
 
 fn request(cfg_scale: f32, sampling: SamplingOptions, seed: u64) -> GenerateRequest {
@@ -415,25 +395,6 @@ fn top2(logits: &[f32]) -> (f32, f32) {
     (sorted[0] - sorted[1], sorted[0] - sorted[sorted.len() - 1])
 }
 
-macro_rules! backend_tests {
-    ($($check:ident),* $(,)?) => {
-        #[cfg(feature = "cuda-emu")]
-        mod emu {
-            $(#[test]
-            fn $check() {
-                super::$check(llamagen_runtime::BackendKind::CudaEmu);
-            })*
-        }
-        #[cfg(feature = "cuda")]
-        mod gpu {
-            $(#[test]
-            fn $check() {
-                super::$check(llamagen_runtime::BackendKind::Cuda);
-            })*
-        }
-    };
-}
-
 /// Our decode GEMM (RMSNorm and SwiGLU fused) chosen in the options, whatever
 /// `LLAMAGEN_CUDA_DECODE_GEMM` says: the official greedy tokens from the fp32-compiled tiny
 /// bundle (weights converted to f16 at load) and from an fp16 bundle (its f16 bytes transposed),
@@ -457,7 +418,7 @@ fn own_decode_gemm_matches_official(kind: BackendKind) {
     opts.precision = Precision::Fp16;
     llamagen_compiler::compile::compile(&opts, &mut |_| {}).unwrap();
     for (what, b) in [("fp32 bundle", &bundle), ("fp16 bundle", &fp16)] {
-        let Some(p) = load_options(b, kind, own.clone()) else {
+        let Some(p) = load_on(b, kind, own.clone()) else {
             return;
         };
         let weights = p.device_weights().expect("device weights");

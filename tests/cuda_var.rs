@@ -20,10 +20,11 @@ use std::path::Path;
 use llamagen_compiler::bundle::Precision;
 use llamagen_runtime::compare::cosine;
 use llamagen_runtime::{
-    BackendChoice, BackendKind, CudaOptions, GenerateRequest, Observer, Pipeline, PipelineOptions,
-    RowSeed, RunOptions, RuntimeError, SamplingOptions,
+    BackendKind, CudaOptions, GenerateRequest, Observer, Pipeline, RowSeed, RunOptions,
+    SamplingOptions,
 };
 use llamagen_test_support::{FP16_DEVICE_IMAGE, FP16_VS_FP32};
+use support::backend::load_on;
 use support::golden::{compile_tiny_var, read_f32, read_i64, tiny_var_dir};
 use support::recorder::LogitsRecorder;
 use support::var_greedy::{rows, TOKENS, VOCAB};
@@ -33,23 +34,7 @@ fn load(bundle: &Path, kind: BackendKind, cuda_graph: bool) -> Option<Pipeline> 
         graph: cuda_graph,
         ..CudaOptions::default()
     };
-    let backend = match kind {
-        BackendKind::Cpu => BackendChoice::default(),
-        BackendKind::Cuda => BackendChoice::Cuda(cuda),
-        BackendKind::CudaEmu => BackendChoice::CudaEmu(cuda),
-    };
-    let opts = PipelineOptions {
-        backend,
-        ..PipelineOptions::default()
-    };
-    match Pipeline::load(bundle, &opts) {
-        Ok(p) => Some(p),
-        Err(RuntimeError::BackendUnavailable { reason, .. }) if kind == BackendKind::Cuda => {
-            eprintln!("skipped: no CUDA GPU ({reason})");
-            None
-        }
-        Err(e) => panic!("loading {kind:?}: {e}"),
-    }
+    load_on(bundle, kind, cuda)
 }
 
 fn bundle(precision: Precision) -> (tempfile::TempDir, std::path::PathBuf) {
@@ -336,25 +321,6 @@ fn fp16_bundle_runs(kind: BackendKind) {
         want,
         "{kind:?} fp16 bundle greedy tokens"
     );
-}
-
-macro_rules! backend_tests {
-    ($($check:ident),* $(,)?) => {
-        #[cfg(feature = "cuda-emu")]
-        mod emu {
-            $(#[test]
-            fn $check() {
-                super::$check(llamagen_runtime::BackendKind::CudaEmu);
-            })*
-        }
-        #[cfg(feature = "cuda")]
-        mod gpu {
-            $(#[test]
-            fn $check() {
-                super::$check(llamagen_runtime::BackendKind::Cuda);
-            })*
-        }
-    };
 }
 
 backend_tests!(

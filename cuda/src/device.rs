@@ -313,3 +313,38 @@ impl<D: Device> Drop for CaptureGuard<'_, D> {
 pub fn blocks_for(n: usize, per_block: usize) -> u32 {
     n.div_ceil(per_block).max(1) as u32
 }
+
+/// Replaces `out` with the first `n` f32 values of `buf` (waits for the device).
+pub(crate) fn download_f32<D: Device>(
+    d: &D,
+    buf: &D::Buf,
+    n: usize,
+    out: &mut Vec<f32>,
+) -> Result<(), CudaError> {
+    let mut bytes = vec![0u8; n * 4];
+    d.download(buf, 0, &mut bytes)?;
+    out.clear();
+    out.extend(
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+    );
+    Ok(())
+}
+
+/// `n` rows of `per` tokens from the start of `buf`, i32 `[n, per]` on the device (waits for
+/// the device).
+pub(crate) fn download_tokens<D: Device>(
+    d: &D,
+    buf: &D::Buf,
+    n: usize,
+    per: usize,
+) -> Result<Vec<Vec<u32>>, CudaError> {
+    let mut bytes = vec![0u8; n * per * 4];
+    d.download(buf, 0, &mut bytes)?;
+    let flat: Vec<u32> = bytes
+        .chunks_exact(4)
+        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u32)
+        .collect();
+    Ok(flat.chunks(per).map(<[u32]>::to_vec).collect())
+}

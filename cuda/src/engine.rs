@@ -18,6 +18,7 @@ use crate::error::CudaError;
 use crate::gemm_weight::DecodeGemm;
 use crate::gpt::{issue_step, AttentionPath, GptWeights, Session, WeightBytes};
 use crate::ops::sampler::{RowKey, SampleParams};
+use crate::session_pool::SessionPool;
 use crate::vq::VqDecoder;
 use crate::weights::BundleWeights;
 
@@ -46,7 +47,7 @@ pub struct Engine<D: Device> {
     attention: AttentionPath,
     /// Sessions of finished generations, reused by the next one of the same shape (their
     /// graphs included).
-    sessions: Mutex<Vec<Session<D>>>,
+    sessions: SessionPool<Session<D>>,
     exec: Mutex<()>,
     device: D,
 }
@@ -90,34 +91,9 @@ impl<D: Device> Engine<D> {
             tokens_per_image: m.generation.tokens_per_image,
             use_graph,
             attention,
-            sessions: Mutex::new(Vec::new()),
+            sessions: SessionPool::new(),
             exec: Mutex::new(()),
         })
-    }
-
-    fn take_session(&self, rows: usize, n: usize) -> Result<Session<D>, CudaError> {
-        let mut pool = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        match pool.iter().position(|s| s.rows == rows && s.n == n) {
-            Some(i) => Ok(pool.swap_remove(i)),
-            None => Session::new(
-                &self.device,
-                &self.gpt.config,
-                rows,
-                n,
-                self.tokens_per_image,
-                self.attention,
-            ),
-        }
-    }
-
-    /// Keeps a few sessions (each holds full-length KV caches).
-    fn return_session(&self, s: Session<D>) {
-        const POOL: usize = 2;
-        let mut pool = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() >= POOL {
-            pool.remove(0);
-        }
-        pool.push(s);
     }
 
     fn run_fused(
@@ -283,10 +259,14 @@ impl<D: Device> Engine<D> {
     ) -> Result<Generated, CudaError> {
         let (n, rows) = (params.n as usize, prefill_ids.len());
         let _exec = self.exec.lock().unwrap_or_else(|p| p.into_inner());
-        let mut s = self.take_session(rows, n)?;
+        let (d, c, per) = (&self.device, &self.gpt.config, self.tokens_per_image);
+        let mut s = self.sessions.take(
+            |s| s.rows == rows && s.n == n,
+            || Session::new(d, c, rows, n, per, self.attention),
+        )?;
         let out = self.run_fused(prefill_ids, params, row_keys, &mut s);
         if out.is_ok() {
-            self.return_session(s);
+            self.sessions.put(s);
         }
         out
     }

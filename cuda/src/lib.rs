@@ -33,6 +33,7 @@ pub mod gemm_weight;
 pub mod gpt;
 pub mod kernels;
 pub mod ops;
+mod session_pool;
 pub mod var;
 pub mod var_engine;
 mod var_weights;

@@ -16,13 +16,11 @@ use crate::device::Device;
 use crate::engine::Generated;
 use crate::error::CudaError;
 use crate::ops::sampler::{RowKey, SampleParams};
+use crate::session_pool::SessionPool;
 use crate::var::{issue_f_hat, issue_scale, VarSession};
 use crate::var_weights::VarWeights;
 use crate::vq::VqDecoder;
 use crate::weights::BundleWeights;
-
-/// Sessions kept for reuse (each holds every scale's KV caches).
-const POOL: usize = 2;
 
 /// Fields drop in declaration order: buffers and graphs before the device.
 pub struct VarEngine<D: Device> {
@@ -31,7 +29,7 @@ pub struct VarEngine<D: Device> {
     vq: VqDecoder<D>,
     /// Capture each scale into a graph (off: the same launches, issued per scale).
     use_graph: bool,
-    sessions: Mutex<Vec<VarSession<D>>>,
+    sessions: SessionPool<VarSession<D>>,
     /// The decode-only session of the last decode (tokens and `f_hat` buffers only).
     decode_session: Mutex<Option<VarSession<D>>>,
     exec: Mutex<()>,
@@ -83,7 +81,7 @@ impl<D: Device> VarEngine<D> {
             weights,
             vq,
             use_graph,
-            sessions: Mutex::new(Vec::new()),
+            sessions: SessionPool::new(),
             decode_session: Mutex::new(None),
             exec: Mutex::new(()),
             device,
@@ -97,22 +95,6 @@ impl<D: Device> VarEngine<D> {
 
     pub fn config(&self) -> &VarConfig {
         &self.weights.config
-    }
-
-    fn take_session(&self, n: usize, cfg: bool) -> Result<VarSession<D>, CudaError> {
-        let mut pool = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        match pool.iter().position(|s| s.n == n && s.cfg == cfg) {
-            Some(i) => Ok(pool.swap_remove(i)),
-            None => VarSession::new(&self.device, self.config(), n, cfg),
-        }
-    }
-
-    fn return_session(&self, s: VarSession<D>) {
-        let mut pool = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() >= POOL {
-            pool.remove(0);
-        }
-        pool.push(s);
     }
 
     /// A whole generation on the device for `labels` (CFG rows when `cfg_scale != 0`),
@@ -131,10 +113,14 @@ impl<D: Device> VarEngine<D> {
     ) -> Result<Generated, CudaError> {
         let cfg = cfg_scale != 0.0;
         let _exec = self.exec.lock().unwrap_or_else(|p| p.into_inner());
-        let mut s = self.take_session(labels.len(), cfg)?;
+        let n = labels.len();
+        let mut s = self.sessions.take(
+            |s| s.n == n && s.cfg == cfg,
+            || VarSession::new(&self.device, self.config(), n, cfg),
+        )?;
         let out = self.run_fused(labels, cfg_scale, params, row_keys, &mut s);
         if out.is_ok() {
-            self.return_session(s);
+            self.sessions.put(s);
         }
         out
     }

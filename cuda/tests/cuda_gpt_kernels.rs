@@ -15,8 +15,10 @@
 use llamagen_test_support::device as cuda_common;
 use llamagen_test_support::device_tests;
 
+mod attention;
+
+use attention::{big_f16, cache_at, Claims};
 use cuda_common::{download_f16, download_f32, upload_f16, upload_f32, upload_i32, Rng};
-use half::f16;
 use llamagen_cuda::device::{DevSlice, Device};
 use llamagen_cuda::ops::gpt::{
     decode_attention, embed_rows, rms_norm, rotary_kv_write, swiglu, AttnShape, LayerCache, Rotary,
@@ -154,11 +156,6 @@ fn shapes() -> Vec<AttnShape> {
         shape(5, 4, 4, 40),
         shape(2, 2, 1, 150),
     ]
-}
-
-/// Cache index of (row, kv head, slot, dim) in f16 [rows, kv_heads, max_len, head_dim].
-fn cache_at(s: &AttnShape, r: usize, kvh: usize, t: usize, e: usize) -> usize {
-    ((r * s.kv_heads + kvh) * s.max_len + t) * s.head_dim + e
 }
 
 fn check_rotary_kv_write<D: Device>(d: &D) {
@@ -393,21 +390,8 @@ fn check_bad_positions_and_shapes<D: Device>(d: &D) {
         );
     }
 
-    // Views that claim enough elements, so each call fails for the reason it tests; the
-    // checks run before any launch, so nothing reads them.
-    let buf = d.alloc(256).unwrap();
-    let p = d.addr(&buf);
-    let big = 1 << 30;
-    let f16s = |addr: u64| DevSlice::<f16>::from_raw(addr, big);
-    let cache = LayerCache {
-        k: f16s(p),
-        v: f16s(p),
-        pos: DevSlice::from_raw(p, 1),
-    };
-    let rotary = Rotary {
-        cos: DevSlice::from_raw(p, big),
-        sin: DevSlice::from_raw(p, big),
-    };
+    let claims = Claims::new(d);
+    let (p, cache, rotary, f16s) = (claims.p, claims.cache, claims.rotary, big_f16);
     // The generic kernel keeps max_len scores in shared memory: past 48 KiB is an error.
     let too_long = AttnShape {
         head_dim: 48,

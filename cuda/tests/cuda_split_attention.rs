@@ -18,6 +18,9 @@
 use llamagen_test_support::device as cuda_common;
 use llamagen_test_support::device_tests;
 
+mod attention;
+
+use attention::{big_f16, cache_at, Claims, BIG};
 use cuda_common::{download_f16, download_i32, round_f16, upload_f16, upload_f32, Rng};
 use half::f16;
 use llamagen_cuda::device::{DevSlice, Device};
@@ -54,11 +57,6 @@ fn cases() -> Vec<(AttnShape, Vec<usize>)> {
         (shape(2, 2, 2, 128, 100), vec![0, c + 1, 99]),
         (shape(1, 3, 1, 8, 65), vec![c - 1, c]),
     ]
-}
-
-/// Cache index of (row, kv head, slot, dim) in f16 [rows, kv_heads, max_len, head_dim].
-fn cache_at(s: &AttnShape, r: usize, kvh: usize, t: usize, e: usize) -> usize {
-    ((r * s.kv_heads + kvh) * s.max_len + t) * s.head_dim + e
 }
 
 /// One head rotated as `rotary_pair` does: f32 products and difference/sum, each exactly rounded
@@ -384,24 +382,11 @@ fn check_fused_bad_positions_and_shapes<D: Device>(d: &D) {
         b.assert_counters_zero(d, &s, &what);
     }
 
-    // Views that claim enough elements, so each call fails for the reason it tests; the
-    // checks run before any launch, so nothing reads them.
-    let buf = d.alloc(256).unwrap();
-    let p = d.addr(&buf);
-    let big = 1 << 30;
-    let f16s = |addr: u64| DevSlice::<f16>::from_raw(addr, big);
-    let cache = LayerCache {
-        k: f16s(p),
-        v: f16s(p),
-        pos: DevSlice::from_raw(p, 1),
-    };
-    let rotary = Rotary {
-        cos: DevSlice::from_raw(p, big),
-        sin: DevSlice::from_raw(p, big),
-    };
+    let claims = Claims::new(d);
+    let (p, cache, rotary, f16s) = (claims.p, claims.cache, claims.rotary, big_f16);
     let scratch = SplitScratch {
-        partials: DevSlice::from_raw(p, big),
-        counters: DevSlice::from_raw(p, big),
+        partials: DevSlice::from_raw(p, BIG),
+        counters: DevSlice::from_raw(p, BIG),
     };
     let run = |out: u64, cache: LayerCache, qkv: u64, scratch: SplitScratch, s: &AttnShape| {
         decode_attention_fused(d, f16s(out), cache, f16s(qkv), rotary, scratch, s)

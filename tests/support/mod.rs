@@ -1,5 +1,6 @@
 //! Shared helpers for the end-to-end tests (each test binary uses a subset).
 #![allow(dead_code)]
+pub mod backend;
 pub mod cli;
 pub mod golden;
 pub mod recorder;

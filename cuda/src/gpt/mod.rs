@@ -6,7 +6,7 @@ use llamagen_bundle::config::GptConfig;
 use llamagen_bundle::names::gpt as names;
 use llamagen_bundle::rotary;
 
-use crate::device::Device;
+use crate::device::{download_f32, download_tokens, Device};
 use crate::error::CudaError;
 use crate::gemm_weight::{DecodeGemm, GemmWeight, WeightDType};
 use crate::ops::gpt_split_attention::{self as split, SplitScratch};
@@ -282,25 +282,11 @@ impl<D: Device> Session<D> {
 
     /// The logits of the last step, `[rows, vocab]` (waits for the device).
     pub fn read_logits(&self, d: &D, vocab: usize, out: &mut Vec<f32>) -> Result<(), CudaError> {
-        let mut bytes = vec![0u8; self.rows * vocab * 4];
-        d.download(&self.logits, 0, &mut bytes)?;
-        out.clear();
-        out.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        );
-        Ok(())
+        download_f32(d, &self.logits, self.rows * vocab, out)
     }
 
     /// The sampled tokens, `[n][per]` (waits for the device).
     pub fn read_tokens(&self, d: &D, per: usize) -> Result<Vec<Vec<u32>>, CudaError> {
-        let mut bytes = vec![0u8; self.n * per * 4];
-        d.download(&self.tokens, 0, &mut bytes)?;
-        let flat: Vec<u32> = bytes
-            .chunks_exact(4)
-            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u32)
-            .collect();
-        Ok(flat.chunks(per).map(<[u32]>::to_vec).collect())
+        download_tokens(d, &self.tokens, self.n, per)
     }
 }

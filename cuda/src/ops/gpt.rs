@@ -146,6 +146,11 @@ impl AttnShape {
     pub(crate) fn q_len(&self) -> usize {
         self.rows * self.heads * self.head_dim
     }
+
+    /// Elements of qkv `[rows, (heads + 2 kv_heads) * head_dim]`.
+    pub(crate) fn qkv_len(&self) -> usize {
+        self.rows * (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
 }
 
 /// One layer's KV cache and the decode position (i32 in device memory).
@@ -162,6 +167,25 @@ impl LayerCache {
         self.v.require(ctx, "cache_v", s.cache_len())?;
         self.pos.require(ctx, "pos", 1)
     }
+
+    /// Fails unless the two named `views` (the output and q or qkv) and the caches are 16-byte
+    /// aligned: the attention kernels that load 8 f16 at a time need it.
+    pub(crate) fn check_aligned_with(
+        &self,
+        ctx: &str,
+        views: [(&str, DevSlice<f16>); 2],
+    ) -> Result<(), CudaError> {
+        let [(a, x), (b, y)] = views;
+        check_aligned(
+            ctx,
+            &[
+                (a, x.addr()),
+                (b, y.addr()),
+                ("cache_k", self.k.addr()),
+                ("cache_v", self.v.addr()),
+            ],
+        )
+    }
 }
 
 /// The rotary tables, f32 `[max_len, head_dim]` each.
@@ -169,6 +193,14 @@ impl LayerCache {
 pub struct Rotary {
     pub cos: DevSlice<f32>,
     pub sin: DevSlice<f32>,
+}
+
+impl Rotary {
+    /// Fails unless both tables hold `[max_len, head_dim]`.
+    pub(crate) fn check(&self, ctx: &str, s: &AttnShape) -> Result<(), CudaError> {
+        self.cos.require(ctx, "cos", s.max_len * s.head_dim)?;
+        self.sin.require(ctx, "sin", s.max_len * s.head_dim)
+    }
 }
 
 /// Reads `pos` (i32, device memory) and qkv f16 [rows, (heads + 2 kv_heads) * head_dim]; writes
@@ -194,9 +226,8 @@ pub fn rotary_kv_write<D: Device>(
     s.check(CTX)?;
     cache.check(CTX, s)?;
     q_out.require(CTX, "q_out", s.q_len())?;
-    qkv.require(CTX, "qkv", s.rows * (s.heads + 2 * s.kv_heads) * s.head_dim)?;
-    rotary.cos.require(CTX, "cos", s.max_len * s.head_dim)?;
-    rotary.sin.require(CTX, "sin", s.max_len * s.head_dim)?;
+    qkv.require(CTX, "qkv", s.qkv_len())?;
+    rotary.check(CTX, s)?;
     // One block per (head of q|k|v, row), one thread per pair: a warp for head_dim 64.
     let grid = [(s.heads + 2 * s.kv_heads) as u32, s.rows as u32, 1];
     let threads = (s.head_dim / 2)
@@ -248,15 +279,7 @@ pub fn decode_attention<D: Device>(
     if s.head_dim != ATTN_HEAD_DIM {
         return decode_attention_generic(d, args, s);
     }
-    check_aligned(
-        CTX,
-        &[
-            ("out", out.addr()),
-            ("q", q.addr()),
-            ("cache_k", cache.k.addr()),
-            ("cache_v", cache.v.addr()),
-        ],
-    )?;
+    cache.check_aligned_with(CTX, [("out", out), ("q", q)])?;
     // One block per (head, row); grid sized by shape only, the kernel loops to pos. The fast
     // kernel is specialised for head_dim 64: it takes no head_dim argument.
     let [heads, kv_heads, _, max_len] = shape_args(CTX, s)?;
@@ -325,7 +348,7 @@ fn elementwise(grid: [u32; 3]) -> LaunchConfig {
 }
 
 /// heads, kv_heads, head_dim, max_len as i32 kernel arguments.
-fn shape_args(ctx: &str, s: &AttnShape) -> Result<[KArg; 4], CudaError> {
+pub(crate) fn shape_args(ctx: &str, s: &AttnShape) -> Result<[KArg; 4], CudaError> {
     Ok([
         i32_arg(ctx, "heads", s.heads)?,
         i32_arg(ctx, "kv_heads", s.kv_heads)?,

@@ -12,7 +12,7 @@
 
 use half::f16;
 
-use super::gpt::{check_aligned, i32_arg, AttnShape, LayerCache, Rotary};
+use super::gpt::{shape_args, AttnShape, LayerCache, Rotary};
 use crate::device::{DevSlice, Device, KArg, LaunchConfig};
 use crate::error::CudaError;
 
@@ -100,25 +100,16 @@ pub fn decode_attention_fused<D: Device>(
     }
     cache.check(CTX, s)?;
     out.require(CTX, "out", s.q_len())?;
-    qkv.require(CTX, "qkv", s.rows * (s.heads + 2 * s.kv_heads) * s.head_dim)?;
-    rotary.cos.require(CTX, "cos", s.max_len * s.head_dim)?;
-    rotary.sin.require(CTX, "sin", s.max_len * s.head_dim)?;
+    qkv.require(CTX, "qkv", s.qkv_len())?;
+    rotary.check(CTX, s)?;
     scratch
         .partials
         .require(CTX, "partials", SplitScratch::partials_len(s))?;
     scratch
         .counters
         .require(CTX, "counters", SplitScratch::counters_len(s))?;
-    check_aligned(
-        CTX,
-        &[
-            ("out", out.addr()),
-            ("qkv", qkv.addr()),
-            ("cache_k", cache.k.addr()),
-            ("cache_v", cache.v.addr()),
-        ],
-    )?;
-    let args: Vec<KArg> = vec![
+    cache.check_aligned_with(CTX, [("out", out), ("qkv", qkv)])?;
+    let mut args: Vec<KArg> = vec![
         out.into(),
         cache.k.into(),
         cache.v.into(),
@@ -128,11 +119,8 @@ pub fn decode_attention_fused<D: Device>(
         cache.pos.into(),
         scratch.partials.into(),
         scratch.counters.into(),
-        i32_arg(CTX, "heads", s.heads)?,
-        i32_arg(CTX, "kv_heads", s.kv_heads)?,
-        i32_arg(CTX, "head_dim", s.head_dim)?,
-        i32_arg(CTX, "max_len", s.max_len)?,
     ];
+    args.extend(shape_args(CTX, s)?);
     let grid = [s.heads as u32, s.rows as u32, splits as u32];
     d.launch(
         CTX,

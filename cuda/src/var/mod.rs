@@ -22,7 +22,7 @@
 use llamagen_bundle::sampling::TopPRule;
 use llamagen_bundle::VarConfig;
 
-use crate::device::{DevSlice, Device};
+use crate::device::{download_f32, download_tokens, DevSlice, Device};
 use crate::error::CudaError;
 use crate::ops::sampler::{self, RowKey, SampleParams};
 
@@ -226,26 +226,12 @@ impl<D: Device> VarSession<D> {
         out: &mut Vec<f32>,
     ) -> Result<(), CudaError> {
         let n = self.n * c.scale_range(si).len() * c.vocab_size;
-        let mut bytes = vec![0u8; n * 4];
-        d.download(&self.logits, 0, &mut bytes)?;
-        out.clear();
-        out.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        );
-        Ok(())
+        download_f32(d, &self.logits, n, out)
     }
 
     /// Every scale's tokens, `[n][L]` (waits for the device).
     pub fn read_tokens(&self, d: &D, c: &VarConfig) -> Result<Vec<Vec<u32>>, CudaError> {
-        let mut bytes = vec![0u8; self.n * c.tokens * 4];
-        d.download(&self.tokens, 0, &mut bytes)?;
-        let flat: Vec<u32> = bytes
-            .chunks_exact(4)
-            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u32)
-            .collect();
-        Ok(flat.chunks(c.tokens).map(<[u32]>::to_vec).collect())
+        download_tokens(d, &self.tokens, self.n, c.tokens)
     }
 
     /// `f_hat` of the first `n` rows, f32 NHWC `[n, P, P, Cvae]`.
