@@ -76,6 +76,7 @@ fn shared_pipeline_matches_a_serial_run_survives_a_panicking_observer_and_keeps_
     let opts = PipelineOptions {
         backend: llamagen_runtime::BackendChoice::Cpu(llamagen_runtime::CpuOptions {
             threads: Some(1),
+            ..Default::default()
         }),
         ..PipelineOptions::default()
     };

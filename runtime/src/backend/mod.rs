@@ -157,6 +157,21 @@ impl std::fmt::Display for BackendKind {
 pub struct CpuOptions {
     /// Intra-op threads; `None` = all available cores.
     pub threads: Option<usize>,
+    /// Let ONNX Runtime's worker threads spin between operators instead of sleeping. It saves
+    /// a wake-up per operator on an otherwise idle machine, and burns the cores other work
+    /// needs on a shared one (see `ort_cpu::commit`).
+    pub idle_spin: bool,
+}
+
+impl CpuOptions {
+    /// The intra-op thread count: the option, else every available core.
+    pub fn thread_count(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+    }
 }
 
 /// A backend and its options.

@@ -111,7 +111,7 @@ pub(crate) fn session(
     dir: &Path,
     m: &Manifest,
     role: GraphRole,
-    threads: usize,
+    opts: &CpuOptions,
     activations: Activations,
 ) -> Result<Session, RuntimeError> {
     let entry = m.graph(dir, role)?;
@@ -124,7 +124,7 @@ pub(crate) fn session(
     // Decoder convolutions fuse into int8 kernels only in graphs that quantize their
     // activations themselves.
     let qdq = !matches!(role, GraphRole::VqDecoder) || entry.int8_activations;
-    let session = commit(&onnx.path, threads, activations, qdq)?;
+    let session = commit(&onnx.path, opts, activations, qdq)?;
     for f in [&onnx, &weights] {
         f.check_unchanged()?;
     }
@@ -134,7 +134,7 @@ pub(crate) fn session(
 /// `qdq`: ONNX Runtime's Q/DQ fusions on (see below for why decoders turn them off).
 fn commit(
     path: &Path,
-    threads: usize,
+    opts: &CpuOptions,
     activations: Activations,
     qdq: bool,
 ) -> Result<Session, RuntimeError> {
@@ -155,7 +155,9 @@ fn commit(
         // load: the same numbers, fp32's speed, at fp32's memory for the decoder.
         .with_quant_qdq(qdq)
         .map_err(|e| err(&e))?
-        .with_intra_threads(threads)
+        .with_intra_threads(opts.thread_count())
+        .map_err(|e| err(&e))?
+        .with_intra_op_spinning(opts.idle_spin)
         .map_err(|e| err(&e))?
         .commit_from_file(path)
         .map_err(|e| err(&e))
@@ -163,15 +165,10 @@ fn commit(
 
 impl OrtCpu {
     pub fn load(dir: &Path, m: &Manifest, opts: &CpuOptions) -> Result<Self, RuntimeError> {
-        let threads = opts.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
         let config = m.gpt()?.clone();
         let layers = config.n_layer;
-        let gpt = session(dir, m, GraphRole::GptStep, threads, Activations::Planned)?;
-        let vq = session(dir, m, GraphRole::VqDecoder, threads, Activations::Arena)?;
+        let gpt = session(dir, m, GraphRole::GptStep, opts, Activations::Planned)?;
+        let vq = session(dir, m, GraphRole::VqDecoder, opts, Activations::Arena)?;
         Ok(OrtCpu {
             gpt_probes: probes(&gpt),
             vq_probes: probes(&vq),

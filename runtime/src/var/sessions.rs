@@ -43,16 +43,11 @@ impl VarSessions {
         c: &VarConfig,
         opts: &CpuOptions,
     ) -> Result<Self, RuntimeError> {
-        let threads = opts.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
         let open = |role, act| -> Result<Mutex<Session>, RuntimeError> {
-            Ok(Mutex::new(session(dir, m, role, threads, act)?))
+            Ok(Mutex::new(session(dir, m, role, opts, act)?))
         };
         let layers = c.depth;
-        let decoder = session(dir, m, GraphRole::VqDecoder, threads, Activations::Arena)?;
+        let decoder = session(dir, m, GraphRole::VqDecoder, opts, Activations::Arena)?;
         Ok(VarSessions {
             cond: open(GraphRole::VarCond, Activations::Arena)?,
             step: open(GraphRole::VarStep, Activations::Arena)?,

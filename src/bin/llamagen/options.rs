@@ -57,6 +57,10 @@ pub struct RunFlags {
     /// cpu: intra-op threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// cpu: let idle worker threads spin between operators instead of sleeping (a little
+    /// faster on an idle machine, much slower when other work shares the cores).
+    #[arg(long)]
+    pub cpu_spin: bool,
     /// Skip the sha256 check of the bundle's files on load.
     #[arg(long)]
     pub no_verify: bool,
@@ -101,6 +105,7 @@ impl RunFlags {
         match self.backend {
             BackendArg::Cpu => BackendChoice::Cpu(CpuOptions {
                 threads: self.threads,
+                idle_spin: self.cpu_spin,
             }),
             BackendArg::Cuda => BackendChoice::Cuda(cuda),
             BackendArg::CudaEmu => BackendChoice::CudaEmu(cuda),

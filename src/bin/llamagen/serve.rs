@@ -37,6 +37,9 @@ pub struct Args {
     /// cpu: intra-op threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// cpu: let idle worker threads spin between operators instead of sleeping.
+    #[arg(long)]
+    pub cpu_spin: bool,
     /// cuda: which GPU (ordinal).
     #[arg(long, default_value_t = 0)]
     pub cuda_device: usize,
@@ -56,6 +59,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let backend = match a.backend {
         BackendArg::Cpu => llamagen_runtime::BackendChoice::Cpu(llamagen_runtime::CpuOptions {
             threads: a.threads,
+            idle_spin: a.cpu_spin,
         }),
         BackendArg::Cuda => llamagen_runtime::BackendChoice::Cuda(cuda),
         BackendArg::CudaEmu => llamagen_runtime::BackendChoice::CudaEmu(cuda),
