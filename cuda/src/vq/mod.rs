@@ -22,19 +22,15 @@
 
 use std::sync::Mutex;
 
-use half::f16;
-
 use llamagen_bundle::config::VqConfig;
 use llamagen_bundle::names::vq::NORMALIZED_CODEBOOK as CODEBOOK;
 use llamagen_bundle::vq_plan::DecoderPlan;
 
 use crate::device::{DevSlice, Device};
 use crate::error::CudaError;
-use crate::ops::vq::{
-    self as k, f16_bytes, f32_bytes, padded_rows, ConvShape, GroupNormArgs, MapF32,
-};
+use crate::ops::vq::{self as k, f32_bytes, MapF32};
 use crate::ops::vq_gemm as kg;
-use crate::vq_weights::{AttnBlock, Block, Conv, Loader, Norm, ResBlock, Stage};
+use crate::vq_weights::{Block, Conv, Loader, Norm, Stage};
 use crate::weights::{upload_f32, BundleWeights};
 
 /// Groups and epsilon of every GroupNorm of the decoder (the official `Normalize`).
@@ -43,108 +39,11 @@ const EPS: f32 = 1e-6;
 /// Image channels of `conv_out`.
 const IMAGE_CHANNELS: usize = 3;
 
-/// Per-image element counts of the activation buffers (the largest any stage needs).
-#[derive(Clone, Copy, Debug, Default)]
-struct Needs {
-    /// f32 residual stream (two buffers).
-    x: usize,
-    /// f32 GEMM output.
-    t: usize,
-    /// f16 GEMM input (padded or compact).
-    p: usize,
-    /// f16 fused q|k|v.
-    qkv: usize,
-    /// f32 scores and f16 probabilities.
-    scores: usize,
-}
+mod pass;
+mod scratch;
 
-impl Needs {
-    /// What decoding `cfg` through `stages` needs, `out_ch` channels entering `conv_out`.
-    fn of<D: Device>(cfg: &VqConfig, stages: &[Stage<D>], out_ch: usize) -> Self {
-        let (g, e, z) = (cfg.grid, cfg.codebook_embed_dim, cfg.z_channels);
-        let mut n = Needs {
-            p: g * g * e,
-            t: g * g * z,
-            ..Needs::default()
-        };
-        let mid = stages.first().map_or(0, |s| s.channels_in());
-        if cfg.post_quant_kernel == 3 {
-            n.conv3(g, e, z);
-        }
-        n.conv3(g, z, mid);
-        n.map(g, mid);
-        for st in stages {
-            let side = st.side;
-            match &st.block {
-                Block::Res(r) => {
-                    let (cin, cout) = (r.conv1.cin, r.conv1.cout);
-                    n.p = n.p.max(side * side * cin);
-                    n.map(side, cout);
-                    n.conv3(side, cin, cout);
-                    n.conv3(side, cout, cout);
-                }
-                Block::Attn(a) => {
-                    let (hw, c) = (side * side, a.proj.cout);
-                    n.p = n.p.max(hw * c);
-                    n.t = n.t.max(hw * 3 * c);
-                    n.qkv = n.qkv.max(hw * 3 * c);
-                    n.scores = n.scores.max(hw * hw);
-                }
-                Block::Upsample(conv) => {
-                    n.conv3(2 * side, conv.cin, conv.cout);
-                    n.map(2 * side, conv.cout);
-                }
-            }
-        }
-        n.conv3(cfg.image_size, out_ch, IMAGE_CHANNELS);
-        n.map(cfg.image_size, IMAGE_CHANNELS);
-        n
-    }
-
-    /// A 3x3 conv at `side`: its padded f16 input and f32 output.
-    fn conv3(&mut self, side: usize, cin: usize, cout: usize) {
-        self.p = self.p.max(padded_rows(side, side) * cin);
-        self.t = self.t.max(side * (side + 2) * cout);
-    }
-
-    /// A residual-stream map at `side`.
-    fn map(&mut self, side: usize, c: usize) {
-        self.x = self.x.max(side * side * c);
-    }
-}
-
-/// Activation buffers for up to `batch` images.
-struct Scratch<D: Device> {
-    batch: usize,
-    tokens: D::Buf,
-    x: [D::Buf; 2],
-    t: D::Buf,
-    p: D::Buf,
-    qkv: D::Buf,
-    scores: D::Buf,
-    probs: D::Buf,
-    stats: D::Buf,
-    partial: D::Buf,
-}
-
-impl<D: Device> Scratch<D> {
-    fn new(d: &D, n: &Needs, batch: usize, tokens: usize) -> Result<Self, CudaError> {
-        let f32s = |per: usize| d.alloc(f32_bytes(per * batch).max(4));
-        let f16s = |per: usize| d.alloc(f16_bytes(per * batch).max(4));
-        Ok(Scratch {
-            batch,
-            tokens: d.alloc((4 * tokens * batch).max(4))?,
-            x: [f32s(n.x)?, f32s(n.x)?],
-            t: f32s(n.t)?,
-            p: f16s(n.p)?,
-            qkv: f16s(n.qkv)?,
-            scores: f32s(n.scores)?,
-            probs: f16s(n.scores)?,
-            stats: f32s(GROUPS * 2)?,
-            partial: f32s(GROUPS * k::MAX_STAT_CHUNKS * 3)?,
-        })
-    }
-}
+use pass::Pass;
+use scratch::{Needs, Scratch};
 
 /// The VQ decoder's device weights and reusable activation buffers.
 pub struct VqDecoder<D: Device> {
@@ -422,107 +321,4 @@ enum Input {
     Tokens,
     /// A feature map f32 NHWC `[batch, grid, grid, embed_dim]`.
     Features(DevSlice<f32>),
-}
-
-/// One decode's launches: the device, the batch and the activation buffers (`p` the f16 GEMM
-/// input, `t` the f32 GEMM output, `x` the two residual-stream buffers). Block methods take the
-/// residual buffer in use and return the one holding their output.
-struct Pass<'a, D: Device> {
-    d: &'a D,
-    s: &'a Scratch<D>,
-    batch: usize,
-    p: DevSlice<f16>,
-    t: DevSlice<f32>,
-    x: [DevSlice<f32>; 2],
-}
-
-impl<D: Device> Pass<'_, D> {
-    /// Shortcut (into the other buffer), GroupNorm1 + swish, conv1, GroupNorm2 + swish (of
-    /// `T + b1`), conv2, and `skip + T + b2` in one epilogue.
-    fn res(&self, r: &ResBlock<D>, side: usize, cur: usize) -> Result<usize, CudaError> {
-        let (d, b) = (self.d, self.batch);
-        let (cin, cout) = (r.conv1.cin, r.conv1.cout);
-        let xin = MapF32::compact(self.x[cur], b, side, side, cin);
-        let dst = match &r.shortcut {
-            Some(w) => {
-                // skip = nin_shortcut(x); its bias is folded into conv2's.
-                k::upsample_pad_f16(d, self.p, &xin, 1, false)?;
-                let rows = b * side * side;
-                kg::conv1x1(d, self.x[1 - cur], self.p, d.slice(w), rows, cin, cout)?;
-                1 - cur
-            }
-            None => cur,
-        };
-        k::group_norm_f16(d, self.p, &xin, &self.gn(&r.norm1, true), true)?;
-        let h = self.conv3x3_raw(&r.conv1, side)?;
-        k::group_norm_f16(d, self.p, &h, &self.gn(&r.norm2, true), true)?;
-        self.conv3x3(&r.conv2, side, self.x[dst], Some(self.x[dst]))?;
-        Ok(dst)
-    }
-
-    /// GroupNorm, fused q|k|v, softmax(q k^T / sqrt(C)) v, proj, `x += T + b`.
-    fn attn(&self, at: &AttnBlock<D>, side: usize, cur: usize) -> Result<usize, CudaError> {
-        let (d, b, s) = (self.d, self.batch, self.s);
-        let (ch, hw) = (at.proj.cout, side * side);
-        let (qkv, scores, probs) = (d.slice(&s.qkv), d.slice(&s.scores), d.slice(&s.probs));
-        let xin = MapF32::compact(self.x[cur], b, side, side, ch);
-        k::group_norm_f16(d, self.p, &xin, &self.gn(&at.norm, false), false)?;
-        kg::conv1x1(d, self.t, self.p, d.slice(&at.qkv.w), b * hw, ch, 3 * ch)?;
-        k::bias_f16(d, qkv, self.t, d.slice(&at.qkv.b), b * hw, 3 * ch)?;
-        let scale = 1.0 / (ch as f32).sqrt();
-        kg::attention_scores(d, scores, qkv, b, hw, ch, scale)?;
-        k::softmax_rows_f16(d, probs, scores, b * hw, hw)?;
-        kg::attention_values(d, self.p, probs, qkv, b, hw, ch)?;
-        kg::conv1x1(d, self.t, self.p, d.slice(&at.proj.w), b * hw, ch, ch)?;
-        let o = MapF32::compact(self.t, b, side, side, ch).with_bias(d.slice(&at.proj.b));
-        k::bias_residual(d, self.x[cur], &o, Some(self.x[cur]), false)?;
-        Ok(cur)
-    }
-
-    /// Nearest x2 into the padded input, then the conv: `x` becomes `[2 side, 2 side]`.
-    fn upsample(&self, conv: &Conv<D>, side: usize, cur: usize) -> Result<usize, CudaError> {
-        let xin = MapF32::compact(self.x[cur], self.batch, side, side, conv.cin);
-        k::upsample_pad_f16(self.d, self.p, &xin, 2, true)?;
-        self.conv3x3(conv, 2 * side, self.x[cur], None)?;
-        Ok(cur)
-    }
-
-    /// `out` = conv(`P`) + bias (+ `residual`), compact f32 `[batch, side, side, cout]`.
-    fn conv3x3(
-        &self,
-        conv: &Conv<D>,
-        side: usize,
-        out: DevSlice<f32>,
-        residual: Option<DevSlice<f32>>,
-    ) -> Result<(), CudaError> {
-        let map = self.conv3x3_raw(conv, side)?;
-        k::bias_residual(self.d, out, &map, residual, false)
-    }
-
-    /// conv(`P`) into `T`, returned as a map with the conv's bias added on read.
-    fn conv3x3_raw(&self, conv: &Conv<D>, side: usize) -> Result<MapF32, CudaError> {
-        let shape = ConvShape {
-            batch: self.batch,
-            h: side,
-            w: side,
-            cin: conv.cin,
-            cout: conv.cout,
-        };
-        kg::conv3x3(self.d, &shape, self.p, self.d.slice(&conv.w), self.t)?;
-        let map = MapF32::conv_out(self.t, self.batch, side, side, conv.cout);
-        Ok(map.with_bias(self.d.slice(&conv.b)))
-    }
-
-    /// GroupNorm arguments for `n` with the scratch statistics buffers.
-    fn gn(&self, n: &Norm<D>, swish: bool) -> GroupNormArgs {
-        GroupNormArgs {
-            gamma: self.d.slice(&n.gamma),
-            beta: self.d.slice(&n.beta),
-            groups: GROUPS,
-            eps: EPS,
-            stats: self.d.slice(&self.s.stats),
-            partial: self.d.slice(&self.s.partial),
-            swish,
-        }
-    }
 }
