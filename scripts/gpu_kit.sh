@@ -9,7 +9,8 @@
 #                                # the repository), links the checkout's tests/golden into it,
 #                                # runs doctor and every GPU test from there (kernels vs CPU
 #                                # references, end to end vs the CPU backend and the official
-#                                # fixtures)
+#                                # fixtures); env TESTS="cuda_var cuda_sampler ...": only
+#                                # these binaries, in this order
 #
 # The golden fixtures (~40 MB, mostly checkpoints that do not compress) travel once, as tracked
 # files of the checkout the device receives: a kit with its own copy put checkout + kit over the
@@ -39,7 +40,7 @@ build)
     --manifest-path "$here/Cargo.toml" --workspace \
     --test cuda_gpt_kernels --test cuda_sampler --test cuda_vq_kernels --test cuda_emu \
     --test cuda_nvrtc --test cuda_backend --test cuda_decode_gemm --test cuda_var_kernels \
-    --test cuda_var --test cuda_split_attention 2>/dev/null |
+    --test cuda_var --test cuda_var_attention --test cuda_split_attention 2>/dev/null |
     copy_artifacts test "$kit/tests/bin"
   # The device sampler's criterion bench (gpu_bench.sh runs it: us per sampling step).
   mkdir -p "$kit/bench"
@@ -61,8 +62,10 @@ test)
   cd "$dir/gpu-kit"
   ./bin/llamagen doctor
   status=0
-  for t in tests/bin/*; do
-    echo "== $(basename "$t")"
+  names=${TESTS:-$(ls tests/bin)}
+  for name in $names; do
+    t=tests/bin/$name
+    echo "== $name"
     # A build without cuda-emu: the emulator's cases are absent, the GPU ones run.
     "$t" --test-threads=1 --nocapture || status=1
   done

@@ -204,6 +204,51 @@ inline int __all_sync(unsigned mask, int pred, const char* file = __builtin_FILE
 // ---- bit casts, integer and float intrinsics, fp16 (emu_math.hpp) ---------------------------
 #include "emu_math.hpp"
 
+// ---- tensor-core mma (prelude.cuh's contract) -------------------------------------------------
+inline u32 pack_f16x2(f16 lo, f16 hi) { return u32(lo) | (u32(hi) << 16); }
+
+// mma.sync.m16n8k16 (f16 operands, f32 accumulation) as a warp collective: the lanes publish
+// their A and B fragments, and each lane computes its four D elements from the whole tiles. The
+// products are exact in double and added to d in double, then rounded once (the hardware keeps
+// at least f32 precision inside the instruction).
+inline void mma_16816(float* d, const u32* a, const u32* b, const char* file = __builtin_FILE(),
+                      int line = __builtin_LINE()) {
+    // A[16][16] and B[16][8] as f16 bits, gathered from the lanes' fragments.
+    f16 A[16][16];
+    f16 B[16][8];
+    uint64_t mine[3] = {uint64_t(a[0]) | (uint64_t(a[1]) << 32),
+                        uint64_t(a[2]) | (uint64_t(a[3]) << 32),
+                        uint64_t(b[0]) | (uint64_t(b[1]) << 32)};
+    uint64_t all[3][32];
+    for (int x = 0; x < 3; x++) {
+        const uint64_t* lanes =
+            ::emu::warp_exchange(mine[x], ::emu::Collective::Shuffle, 0xffffffffu, file, line);
+        memcpy(all[x], lanes, sizeof all[x]);
+    }
+    for (int lane = 0; lane < 32; lane++) {
+        const int g = lane >> 2, t = lane & 3;
+        const u32 ra[4] = {u32(all[0][lane]), u32(all[0][lane] >> 32), u32(all[1][lane]),
+                           u32(all[1][lane] >> 32)};
+        for (int i = 0; i < 4; i++) {
+            const int row = g + (i & 1) * 8, col = 2 * t + (i >> 1) * 8;
+            A[row][col] = f16(ra[i] & 0xffff);
+            A[row][col + 1] = f16(ra[i] >> 16);
+        }
+        const u32 rb[2] = {u32(all[2][lane]), u32(all[2][lane] >> 32)};
+        for (int i = 0; i < 2; i++) {
+            B[2 * t + i * 8][g] = f16(rb[i] & 0xffff);
+            B[2 * t + i * 8 + 1][g] = f16(rb[i] >> 16);
+        }
+    }
+    const int lane = int(::emu::lane_id()), g = lane >> 2, t = lane & 3;
+    for (int i = 0; i < 4; i++) {
+        const int row = g + (i >> 1) * 8, col = 2 * t + (i & 1);
+        double acc = d[i];
+        for (int k = 0; k < 16; k++) acc += double(f16_to_f32(A[row][k])) * f16_to_f32(B[k][col]);
+        d[i] = float(acc);
+    }
+}
+
 // ---- atomics: plain read-modify-write (fibers never run concurrently) -------------------------
 inline int atomicAdd(int* p, int v) { int o = *p; *p = int(unsigned(o) + unsigned(v)); return o; }
 inline unsigned atomicAdd(unsigned* p, unsigned v) { unsigned o = *p; *p = o + v; return o; }

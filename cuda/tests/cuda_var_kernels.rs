@@ -16,9 +16,9 @@ use llamagen_test_support::device_tests;
 use cuda_common::{download_f16, download_f32, upload_f16, upload_f32, upload_i32, Rng};
 use llamagen_cuda::device::Device;
 use llamagen_cuda::ops::var::{
-    adaln, add_positions, area_tokens, attention, attention_per_token, bias_rows, cond_silu,
-    embed_resize, first_inputs, gate_residual, gelu_bias, head_cfg, phi_accumulate, qkv, zero, Ada,
-    AttnShape, Block, Cache, MapShape, ScaleTokens,
+    adaln, add_positions, area_tokens, attention, attention_per_token, attention_tiled, bias_rows,
+    cond_silu, embed_resize, first_inputs, gate_residual, gelu_bias, head_cfg, phi_accumulate, qkv,
+    zero, Ada, AttnShape, Block, Cache, MapShape, ScaleTokens,
 };
 use llamagen_test_support::{
     EXACT, GPT_KERNEL_FP16_ATTN, GPT_KERNEL_FP16_OUT, VAR_KERNEL_FP32, VQ_KERNEL_FP16_NORM,
@@ -226,7 +226,7 @@ fn check_qkv_and_attention<D: Device>(d: &D) {
         // Attention over slots 0..pos + tokens of what the caches now hold, both kernels.
         let out = d.alloc(rows * tokens * heads * hd * 2).unwrap();
         let out_simple = d.alloc(rows * tokens * heads * hd * 2).unwrap();
-        attention(d, d.slice(&out), d.slice(&q), cache, &s).unwrap();
+        attention_tiled(d, d.slice(&out), d.slice(&q), cache, &s).unwrap();
         attention_per_token(d, d.slice(&out_simple), d.slice(&q), cache, &s).unwrap();
         let q_dev = download_f32(d, &q, want_q.len());
         let len = pos + tokens;

@@ -107,6 +107,16 @@ pub const GPT_KERNEL_FP16_ATTN: Tolerance = Tolerance::rel(
 )
 .nan_equal();
 
+/// VAR's tensor-core attention vs an f64 reference over the same f16-rounded q: the softmax
+/// weights enter P . V rounded to f16 (half an ulp, 2^-11 of each weight, moves a weighted mean
+/// of values |v| <= 1 by at most 4.9e-4) and the output is rounded to f16 (4.9e-4 relative):
+/// atol 1e-3, rtol 5e-4.
+pub const VAR_KERNEL_FP16_MMA_ATTN: Tolerance = Tolerance::rel(
+    "VAR kernel tensor-core attention (1e-3 abs + 5e-4 rel)",
+    1e-3,
+    5e-4,
+);
+
 /// VQ decoder kernels: the codebook's L2 normalisation in f32 vs f64 (sum of 8 squares, sqrt,
 /// divide: a few ulp, 1.2e-7 each; the GPU may contract the sum into FMAs): rtol 1e-6, atol 1e-9.
 pub const VQ_KERNEL_FP32_NORMALISE: Tolerance = Tolerance::rel(

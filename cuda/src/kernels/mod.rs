@@ -80,6 +80,12 @@ pub const SOURCES: &[KernelSource] = &[
         options: &[],
         headers: &[],
     },
+    KernelSource {
+        file: "var_attention.cu",
+        src: include_str!("var_attention.cu"),
+        options: &[],
+        headers: &[],
+    },
 ];
 
 impl KernelSource {

@@ -1,5 +1,6 @@
-//! VAR's attention over a scale's token block and the KV cache (no mask): flash-style tiles,
-//! or one block per token where the tiles' shared memory does not fit.
+//! VAR's attention over a scale's token block and the KV cache (no mask): on the tensor cores
+//! for head_dim 64 (every released VAR), else flash-style f32 tiles, or one block per token
+//! where the tiles' shared memory does not fit.
 
 use half::f16;
 
@@ -21,11 +22,73 @@ fn tiled_shared_bytes(head_dim: usize) -> usize {
     floats * 4
 }
 
+/// Tokens per block of the tensor-core kernels (16 per warp, `VAR_MMA_WARPS` warps).
+const MMA_WARPS: usize = 4;
+
+/// The tensor-core kernel for `head_dim`, if there is one.
+fn mma_kernel(head_dim: usize) -> Option<&'static str> {
+    match head_dim {
+        64 => Some("var_attention_mma64"),
+        16 => Some("var_attention_mma16"),
+        _ => None,
+    }
+}
+
 /// `out` f16 `[rows, T, H hd]` = softmax(q . K^T) . V over cache slots `0..pos + T` (no mask);
-/// q f32 `[rows, H, T, hd]` already scaled. Flash-style tiles (16 tokens share each K/V chunk,
-/// online softmax) when their shared memory fits 48 KiB (head_dim <= 96, every released VAR
-/// has 64); else [`attention_per_token`].
+/// q f32 `[rows, H, T, hd]` already scaled. [`attention_mma`] for head_dim 64 (every released
+/// VAR) and 16, else [`attention_tiled`].
 pub fn attention<D: Device>(
+    d: &D,
+    out: DevSlice<f16>,
+    q: DevSlice<f32>,
+    cache: Cache,
+    s: &AttnShape,
+) -> Result<(), CudaError> {
+    if mma_kernel(s.head_dim).is_some() {
+        attention_mma(d, out, q, cache, s)
+    } else {
+        attention_tiled(d, out, q, cache, s)
+    }
+}
+
+/// [`attention`] on the tensor cores (mma.sync, sm_80 and later), flash-style, head_dim 64 or
+/// 16: q and the softmax weights are rounded to f16 for the products (as the official fp16
+/// autocast attention does); the softmax and the output accumulate in f32.
+pub fn attention_mma<D: Device>(
+    d: &D,
+    out: DevSlice<f16>,
+    q: DevSlice<f32>,
+    cache: Cache,
+    s: &AttnShape,
+) -> Result<(), CudaError> {
+    const CTX: &str = "var_attention_mma";
+    let Some(kernel) = mma_kernel(s.head_dim) else {
+        return Err(CudaError::call(
+            CTX,
+            format!("head_dim {} (the kernels take 16 or 64)", s.head_dim),
+        ));
+    };
+    if s.is_empty() {
+        return Ok(());
+    }
+    let [out, q, k, v, tokens, heads, _head_dim, cache_len, len] =
+        checked_args(kernel, out, q, cache, s)?;
+    let grid = [
+        blocks_for(s.tokens, 16 * MMA_WARPS),
+        grid_yz(kernel, "heads", s.heads)?,
+        grid_yz(kernel, "rows", s.rows)?,
+    ];
+    let block = [32 * MMA_WARPS as u32, 1, 1];
+    d.launch(
+        kernel,
+        &LaunchConfig::new(grid, block),
+        &[out, q, k, v, tokens, heads, cache_len, len],
+    )
+}
+
+/// [`attention`] with flash-style f32 tiles (16 tokens share each K/V chunk, online softmax) when
+/// their shared memory fits 48 KiB (head_dim <= 96); else [`attention_per_token`].
+pub fn attention_tiled<D: Device>(
     d: &D,
     out: DevSlice<f16>,
     q: DevSlice<f32>,

@@ -10,7 +10,7 @@
 mod attention;
 mod between_scales;
 
-pub use attention::{attention, attention_per_token};
+pub use attention::{attention, attention_mma, attention_per_token, attention_tiled};
 pub use between_scales::{area_tokens, embed_resize, phi_accumulate, MapShape, ScaleTokens};
 
 use half::f16;
