@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Issue 10's GPU table, side by side in one run on one NVIDIA GPU: the official VAR code
 # (fp16 autocast, flash/fused kernels where installed, as its demo runs; VQVAE decode included)
-# and llamagen-rs --backend cuda (fp16 bundle of the same random official-format weights), VAR-d16
+# and llamagen-rs --backend cuda (a bundle of the same random official-format weights), VAR-d16
 # and VAR-d30, batch 8 and 64 labels, cfg 4, top-k 900, top-p 0.95. The targets: >= 4x the
 # official code at batch 8, >= 2x at batch 64. Also greedy (top-k 1) tokens of both sides.
 #
 # Usage: scripts/gpu_bench_var.sh VAR_REPO_CHECKOUT OUT_DIR
 #   VAR_REPO_CHECKOUT: FoundationVision/VAR's models/, dist.py and utils/ (git archive of them is
 #   enough); env: DEPTHS (default "16 30"), BATCHES (default "8 64"), BIN (default
-#   target/release, built with --features cuda; scripts/gpu_kit.sh bin/ works), RUNS (3).
+#   target/release, built with --features cuda; scripts/gpu_kit.sh bin/ works), RUNS (3),
+#   FP32_DEPTHS (default "30"): depths compiled at fp32 instead of fp16. The CUDA backend
+#   computes in f16 from either (an fp32 bundle's weights are converted as they load), and an
+#   fp32 compile skips the fp16 bundle's accuracy measurement, which runs the model twice on the
+#   CPU: minutes for VAR-d30. Those bundles load without hash verification (--no-verify).
+#   GREEDY (default: every batch): the batches whose greedy tokens are compared (each costs a
+#   load of the bundle). DEVICE=cpu BACKEND=cpu: a dry run of this script on a machine without a GPU.
 # Needs python3 with torch (and huggingface_hub, which var.py imports) on the GPU machine. Prints
 # a JSON line per measurement into OUT_DIR/results.jsonl and a table at the end.
 set -euo pipefail
@@ -17,37 +23,51 @@ out=${2:?usage: $0 VAR_REPO_CHECKOUT OUT_DIR}
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${BIN:-$here/target/release}
 runs=${RUNS:-3}
+threads=$(nproc)
 mkdir -p "$out"
 results="$out/results.jsonl"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+device=${DEVICE:-cuda}
+backend=${BACKEND:-cuda}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt" ||
+  true
 
+stamp() { echo "[$(date -u +%T)] $*"; }
 labels_of() { python3 -c "import sys; print(','.join(str((i * 131 + 7) % 1000) for i in range(int(sys.argv[1]))))" "$1"; }
+with_depth() { python3 -c "import json,sys; r=json.load(sys.stdin); r['depth']=$1; print(json.dumps(r))"; }
 for depth in ${DEPTHS:-16 30}; do
   work="$out/d$depth"
   mkdir -p "$work"
+  precision=fp16
+  load=()
+  for d in ${FP32_DEPTHS-30}; do
+    if [ "$d" = "$depth" ]; then precision=fp32; load=(--no-verify); fi
+  done
   first=1
   for batch in ${BATCHES:-8 64}; do
     labels=$(labels_of "$batch")
     reuse=(); [ $first = 1 ] || reuse=(--reuse-ckpt)
+    stamp "VAR-d$depth batch $batch: official"
     python3 "$here/scripts/var_official_baseline.py" --var-repo "$repo" --out "$work" \
-      --depth "$depth" --device cuda --labels "$labels" --cfg-scale 4 --top-k 900 --top-p 0.95 \
-      --runs "$runs" "${reuse[@]}" | tail -n 1 |
-      python3 -c "import json,sys; r=json.load(sys.stdin); r['depth']=$depth; print(json.dumps(r))" |
+      --depth "$depth" --device "$device" --threads "$threads" --labels "$labels" --cfg-scale 4 \
+      --top-k 900 --top-p 0.95 --runs "$runs" "${reuse[@]}" | tail -n 1 | with_depth "$depth" |
       tee -a "$results"
     cp "$work/greedy.tokens.npy" "$work/official-greedy-b$batch.npy"
     if [ $first = 1 ]; then
+      stamp "VAR-d$depth: compile $precision"
       "$bin/llamagen-compile" --var-model "d$depth" --var-ckpt "$work/var.pth" \
-        --vae-ckpt "$work/vae.pth" --precision fp16 --out "$work/bundle-fp16" >/dev/null
+        --vae-ckpt "$work/vae.pth" --precision "$precision" --out "$work/bundle" >/dev/null
       first=0
     fi
-    "$bin/llamagen" bench --bundle "$work/bundle-fp16" --backend cuda --labels "$labels" \
-      --cfg-scale 4 --top-k 900 --top-p 0.95 --runs "$runs" --json |
-      python3 -c "import json,sys; r=json.load(sys.stdin); r['depth']=$depth; print(json.dumps(r))" |
+    stamp "VAR-d$depth batch $batch: ours"
+    "$bin/llamagen" bench --bundle "$work/bundle" --backend "$backend" "${load[@]}" --labels "$labels" \
+      --cfg-scale 4 --top-k 900 --top-p 0.95 --runs "$runs" --json | with_depth "$depth" |
       tee -a "$results"
+    case " ${GREEDY:-${BATCHES:-8 64}} " in *" $batch "*) ;; *) continue ;; esac
     rm -rf "$work/greedy-b$batch"
-    "$bin/llamagen" generate --bundle "$work/bundle-fp16" --backend cuda --labels "$labels" \
-      --cfg-scale 4 --top-k 1 --out "$work/greedy-b$batch" >/dev/null
+    "$bin/llamagen" generate --bundle "$work/bundle" --backend "$backend" "${load[@]}" \
+      --labels "$labels" --cfg-scale 4 --top-k 1 --out "$work/greedy-b$batch" >/dev/null
   done
+  stamp "VAR-d$depth done"
 done
 
 python3 - "$results" "$out" <<'PY'
@@ -57,16 +77,20 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 out = sys.argv[2]
 off = {(r["depth"], r["batch"]): r for r in rows if r.get("impl") == "official-pytorch"}
 ours = {(r["depth"], r["batch"]): r for r in rows if "backend" in r}
-print(f"{'model':10}{'batch':>6}{'official ms':>13}{'ours ms':>10}{'speed-up':>10}{'target':>8}"
-      f"{'greedy =':>10}")
+print(f"{'model':10}{'batch':>6}{'official ms':>13}{'ours ms':>10}{'(gpt':>8}{'vq)':>7}"
+      f"{'speed-up':>10}{'target':>8}{'greedy =':>10}")
 for (depth, batch), o in sorted(off.items()):
     r = ours.get((depth, batch))
     if r is None:
         continue
-    a = np.load(f"{out}/d{depth}/official-greedy-b{batch}.npy")
-    b = np.load(f"{out}/d{depth}/greedy-b{batch}/tokens.npy")
-    same = float((a == b).mean()) if a.shape == b.shape else float("nan")
+    try:
+        a = np.load(f"{out}/d{depth}/official-greedy-b{batch}.npy")
+        b = np.load(f"{out}/d{depth}/greedy-b{batch}/tokens.npy")
+        same = float((a == b).mean()) if a.shape == b.shape else float("nan")
+    except OSError:
+        same = float("nan")
     target = 4.0 if batch <= 8 else 2.0
     print(f"VAR-d{depth:<5}{batch:6d}{o['total_ms']:13.1f}{r['total_ms']:10.1f}"
+          f"{r.get('gpt_ms', 0):8.1f}{r.get('vq_ms', 0):7.1f}"
           f"{o['total_ms'] / r['total_ms']:9.2f}x{target:7.0f}x{same:10.4f}")
 PY
