@@ -23,7 +23,7 @@ use cuda_common::{
 use half::f16;
 use llamagen_cuda::device::{DevSlice, Device};
 use llamagen_cuda::ops::vq::{
-    bias_f16, bias_residual, codebook_gather, group_norm_f16, l2_normalize_rows, padded_rows,
+    bias_f16, bias_residual, codebook_gather, conv_input_rows, group_norm_f16, l2_normalize_rows,
     softmax_rows_f16, upsample_pad_f16, ConvShape, GroupNormArgs, MapF32, MAX_STAT_CHUNKS,
 };
 use llamagen_cuda::ops::vq_gemm::{attention_scores, attention_values, conv1x1, conv3x3};
@@ -89,8 +89,9 @@ impl HostMap {
     }
 }
 
-/// Values of a padded (`pad`) or compact `[batch, rows, c]` f16 buffer for an `h x w` image
-/// whose position (y, x) holds `f(b, y, x, ch)`; borders and trailing rows are 0.
+/// Values of an `h x w` image whose position (y, x) holds `f(b, y, x, ch)`: the compact
+/// `[batch, h*w, c]` f16 buffer, or with `pad` the 3-tap conv input
+/// `[batch, conv_input_rows(h, w), 3c]` of its zero-padded map (see [`three_tap`]).
 fn layout(
     batch: usize,
     h: usize,
@@ -99,23 +100,64 @@ fn layout(
     pad: bool,
     f: impl Fn(usize, usize, usize, usize) -> f64,
 ) -> Vec<f64> {
-    let (p, rows) = if pad {
-        (1, padded_rows(h, w))
-    } else {
-        (0, h * w)
-    };
-    let wp = w + 2 * p;
-    let mut out = vec![0f64; batch * rows * c];
+    if !pad {
+        let mut out = vec![0f64; batch * h * w * c];
+        for (i, v) in out.iter_mut().enumerate() {
+            let (b, p, ch) = (i / (h * w * c), (i / c) % (h * w), i % c);
+            *v = f(b, p / w, p % w, ch);
+        }
+        return out;
+    }
+    three_tap(&padded_positions(batch, h, w, c, f), batch, h, w, c)
+}
+
+/// The zero-padded map of an image whose (y, x) holds `f(b, y, x, ch)`: per image the
+/// `(h+2)(w+2)` positions plus the 2 (zero) positions past them, `c` values each.
+fn padded_positions(
+    batch: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    f: impl Fn(usize, usize, usize, usize) -> f64,
+) -> Vec<f64> {
+    let (wp, n) = (w + 2, conv_input_rows(h, w) + 2);
+    let mut out = vec![0f64; batch * n * c];
     for b in 0..batch {
         for y in 0..h {
             for x in 0..w {
                 for ch in 0..c {
-                    out[(b * rows + (y + p) * wp + x + p) * c + ch] = f(b, y, x, ch);
+                    out[(b * n + (y + 1) * wp + x + 1) * c + ch] = f(b, y, x, ch);
                 }
             }
         }
     }
     out
+}
+
+/// [`padded_positions`] in the 3-tap layout: row `j` holds positions `j, j+1, j+2`.
+fn three_tap(positions: &[f64], batch: usize, h: usize, w: usize, c: usize) -> Vec<f64> {
+    let (rows, n) = (conv_input_rows(h, w), conv_input_rows(h, w) + 2);
+    let mut out = vec![0f64; batch * rows * 3 * c];
+    for b in 0..batch {
+        for j in 0..rows {
+            for kx in 0..3 {
+                let src = &positions[(b * n + j + kx) * c..][..c];
+                out[((b * rows + j) * 3 + kx) * c..][..c].copy_from_slice(src);
+            }
+        }
+    }
+    out
+}
+
+/// f16 values of a writer's output for `batch` images of `h x w x c` (see [`layout`]).
+fn input_len(batch: usize, h: usize, w: usize, c: usize, pad: bool) -> usize {
+    batch
+        * c
+        * if pad {
+            3 * conv_input_rows(h, w)
+        } else {
+            h * w
+        }
 }
 
 fn check_codebook_normalise_and_gather<D: Device>(d: &D) {
@@ -236,7 +278,7 @@ fn check_group_norm<D: Device>(d: &D) {
                 partial: d.slice(&partial),
                 swish,
             };
-            let n = batch * c * if pad { padded_rows(h, w) } else { h * w };
+            let n = input_len(batch, h, w, c, pad);
             let out = poisoned(d, 2 * n);
             group_norm_f16(d, d.slice(&out), &map, &gn, pad).unwrap();
             let f = group_norm_ref(&m, &bias, &gamma, &beta, groups, swish);
@@ -265,7 +307,7 @@ fn check_upsample_pad<D: Device>(d: &D) {
                 map
             };
             let (fh, fw) = (h * factor, w * factor);
-            let n = batch * c * if pad { padded_rows(fh, fw) } else { fh * fw };
+            let n = input_len(batch, fh, fw, c, pad);
             let out = poisoned(d, 2 * n);
             upsample_pad_f16(d, d.slice(&out), &map, factor, pad).unwrap();
             let want = layout(batch, fh, fw, c, pad, |b, y, x, ch| {
@@ -355,15 +397,19 @@ fn check_conv3x3<D: Device>(d: &D) {
         let w = rng.vec_f16(s.cout * s.cin * 9, -1.0, 1.0);
         let bias = rng.vec_f32(s.cout, -1.0, 1.0);
         let residual = rng.vec_f32(s.batch * s.h * s.w * s.cout, -1.0, 1.0);
-        // The padded input with NaN in its two trailing rows: they may feed only junk columns.
-        let rows = padded_rows(s.h, s.w);
-        let mut padded = layout(s.batch, s.h, s.w, s.cin, true, |b, y, xx, i| {
+        // The 3-tap input with NaN at the two positions past the padded map: they may feed
+        // only junk columns.
+        let n = conv_input_rows(s.h, s.w) + 2;
+        let mut positions = padded_positions(s.batch, s.h, s.w, s.cin, |b, y, xx, i| {
             f64::from(x[((b * s.h + y) * s.w + xx) * s.cin + i])
         });
         for b in 0..s.batch {
-            padded[((b + 1) * rows - 2) * s.cin..(b + 1) * rows * s.cin].fill(f64::NAN);
+            positions[((b + 1) * n - 2) * s.cin..(b + 1) * n * s.cin].fill(f64::NAN);
         }
-        let padded: Vec<f32> = padded.iter().map(|&v| v as f32).collect();
+        let padded: Vec<f32> = three_tap(&positions, s.batch, s.h, s.w, s.cin)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
         let input = upload_f16(d, &padded);
         let weights = upload_f16(d, &gemm_layout(&w, s.cout, s.cin, 9));
         let bias_b = upload_f32(d, &bias);

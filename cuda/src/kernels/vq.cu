@@ -3,8 +3,10 @@
 // softmax. Convolutions themselves are GEMMs (ops/vq.rs); launch configurations live there too.
 //
 // Layouts. Activations are NHWC. The residual stream and every GEMM output are f32; GEMM inputs
-// are f16. A 3x3 conv reads a zero-padded f16 buffer of (h+2)(w+2)+2 rows of C channels per
-// image and writes rows of pitch w+2 (the last two positions of each row are junk), so the
+// are f16. A 3x3 conv reads the zero-padded map (h+2)(w+2) positions of C channels per image,
+// position (y+1)(w+2) + (x+1) holding (y, x), in a "3-tap" layout: row j of (h+2)(w+2) holds
+// positions j, j+1 and j+2 (3C values), so the three kx taps of one ky are one GEMM with K = 3C
+// (ops/vq_gemm.rs). The conv writes rows of pitch w+2 (the last two positions junk), so the
 // kernels below read an f32 "map" described by (pitch, img_stride) plus an optional per-channel
 // bias added on read (`bias` may be null): value(b, y, x, c) =
 //   src[b * img_stride + (y * pitch + x) * C + c] + bias[c].
@@ -22,9 +24,9 @@ DEVICE float vq_map_read(const float* src, const float* bias, i32 b, i32 y, i32 
     return bias ? v + bias[c] : v;
 }
 
-// Output row `r` of an image laid out `w_out` wide with `pad` zero positions on every side:
-// sets (y, x) in the unpadded image and returns whether it lies inside it (padding rows,
-// padding columns and the 2 trailing rows of a padded buffer lie outside).
+// Position `r` of an image laid out `w_out` wide with `pad` zero positions on every side: sets
+// (y, x) in the unpadded image and returns whether it lies inside it (padding rows, padding
+// columns and the 2 positions past the padded map lie outside).
 DEVICE bool vq_unpad(i32 r, i32 h_out, i32 w_out, i32 pad, i32* y, i32* x) {
     i32 wp = w_out + 2 * pad;
     *y = r / wp - pad;
@@ -32,9 +34,31 @@ DEVICE bool vq_unpad(i32 r, i32 h_out, i32 w_out, i32 pad, i32* y, i32* x) {
     return *y >= 0 && *y < h_out && *x >= 0 && *x < w_out;
 }
 
-// Rows per image of the f16 output: (h+2)(w+2)+2 when padded, h*w when not.
-DEVICE i32 vq_out_rows(i32 h_out, i32 w_out, i32 pad) {
+// Positions per image the f16 writers below visit: the padded map and the 2 positions past it
+// (zero; the last row's kx = 1, 2 parts) when padded, h*w when not.
+DEVICE i32 vq_out_positions(i32 h_out, i32 w_out, i32 pad) {
     return pad ? (h_out + 2) * (w_out + 2) + 2 : h_out * w_out;
+}
+
+// f16 values per image of a writer's output: (h+2)(w+2) rows of 3C when padded (3-tap), h*w
+// rows of C when not.
+DEVICE i32 vq_out_len(i32 h_out, i32 w_out, i32 pad, i32 channels) {
+    return pad ? (h_out + 2) * (w_out + 2) * 3 * channels : h_out * w_out * channels;
+}
+
+// Stores `v`, channel c of position r, into an image's f16 output: out[r][c] when compact; when
+// padded (3-tap), into part kx of row r - kx for each kx = 0, 1, 2 that names a row, so each
+// output value is written exactly once over all positions.
+DEVICE void vq_store_input(f16* out_b, i32 r, i32 c, i32 h_out, i32 w_out, i32 pad, i32 channels, f16 v) {
+    if (!pad) {
+        out_b[(i64)r * channels + c] = v;
+        return;
+    }
+    i32 rows = (h_out + 2) * (w_out + 2);
+    for (i32 kx = 0; kx < 3; kx++) {
+        i32 j = r - kx;
+        if (j >= 0 && j < rows) out_b[((i64)j * 3 + kx) * channels + c] = v;
+    }
 }
 
 // rows f32 [n, dim] /= max(||row||_2, 1e-12) in place (F.normalize(p=2, dim=-1)); one thread per
@@ -122,16 +146,16 @@ KERNEL void vq_group_stats_finalize(float* stats, const float* partial, i32 n, i
 
 // out f16 = GroupNorm(map) * gamma + beta, then swish (x * sigmoid(x)) when `swish` != 0, for the
 // f32 map [batch, h, w, C] (pitch, img_stride, optional bias). stats f32 [batch, groups, 2] from
-// vq_group_stats_*; gamma, beta f32 [C]. With `pad` = 1 the output is the zero-padded conv input
-// [batch, (h+2)(w+2)+2, C] written whole (borders included, so a reused buffer needs no
+// vq_group_stats_*; gamma, beta f32 [C]. With `pad` = 1 the output is the zero-padded 3-tap conv
+// input [batch, (h+2)(w+2), 3C] written whole (borders included, so a reused buffer needs no
 // clearing); with `pad` = 0 it is compact [batch, h*w, C]. Grid (x, batch).
 KERNEL void vq_group_norm_f16(f16* out, const float* src, const float* bias, const float* stats,
                               const float* gamma, const float* beta, i32 h, i32 w, i32 pitch,
                               i32 img_stride, i32 channels, i32 groups, i32 pad, i32 swish) {
     i32 b = blockIdx.y;
-    i32 n = vq_out_rows(h, w, pad) * channels;
+    i32 n = vq_out_positions(h, w, pad) * channels;
     i32 cpg = channels / groups;
-    f16* out_b = out + (i64)b * n;
+    f16* out_b = out + (i64)b * vq_out_len(h, w, pad, channels);
     VQ_FOR_EACH(i, n) {
         i32 c = i % channels;
         i32 y, x;
@@ -142,29 +166,29 @@ KERNEL void vq_group_norm_f16(f16* out, const float* src, const float* bias, con
             v = (v - st[0]) * st[1] * gamma[c] + beta[c];
             if (swish) v = v / (1.0f + expf(-v));
         }
-        out_b[i] = f32_to_f16(v);
+        vq_store_input(out_b, i / channels, c, h, w, pad, channels, f32_to_f16(v));
     }
 }
 
 // out f16 = the f32 map [batch, h, w, C] (pitch, img_stride, optional bias) upsampled by
 // `factor` (1 or 2, nearest: output (y, x) reads (y / factor, x / factor), torch's
-// F.interpolate(scale_factor=2, mode="nearest")), written zero-padded
-// [batch, (fh+2)(fw+2)+2, C] when `pad` = 1, compact [batch, fh*fw, C] when 0 (factor 1, pad 0
+// F.interpolate(scale_factor=2, mode="nearest")), written as the zero-padded 3-tap conv input
+// [batch, (fh+2)(fw+2), 3C] when `pad` = 1, compact [batch, fh*fw, C] when 0 (factor 1, pad 0
 // is a plain f32 -> f16 conversion). Grid (x, batch).
 KERNEL void vq_upsample_pad_f16(f16* out, const float* src, const float* bias, i32 h, i32 w, i32 pitch,
                                 i32 img_stride, i32 channels, i32 factor, i32 pad) {
     i32 b = blockIdx.y;
     i32 fh = h * factor;
     i32 fw = w * factor;
-    i32 n = vq_out_rows(fh, fw, pad) * channels;
-    f16* out_b = out + (i64)b * n;
+    i32 n = vq_out_positions(fh, fw, pad) * channels;
+    f16* out_b = out + (i64)b * vq_out_len(fh, fw, pad, channels);
     VQ_FOR_EACH(i, n) {
         i32 c = i % channels;
         i32 y, x;
         float v = 0.0f;
         if (vq_unpad(i / channels, fh, fw, pad, &y, &x))
             v = vq_map_read(src, bias, b, y / factor, x / factor, c, pitch, img_stride, channels);
-        out_b[i] = f32_to_f16(v);
+        vq_store_input(out_b, i / channels, c, fh, fw, pad, channels, f32_to_f16(v));
     }
 }
 

@@ -4,16 +4,19 @@
 //! Layouts (NHWC, `batch` images of `h x w` positions, `C` channels):
 //! - f32 feature maps ([`MapF32`]): the residual stream (compact, pitch `w`) and every GEMM output
 //!   (a 3x3 conv writes rows of pitch `w + 2`, the last two positions junk);
-//! - f16 GEMM inputs: compact `[batch, h*w, C]`, or zero-padded `[batch, padded_rows(h, w), C]`
-//!   for a 3x3 conv (row `(y+1)(w+2) + (x+1)` holds position (y, x); see [`padded_rows`]);
+//! - f16 GEMM inputs: compact `[batch, h*w, C]`, or for a 3x3 conv the zero-padded map in the
+//!   3-tap layout `[batch, conv_input_rows(h, w), 3C]`: padded position `(y+1)(w+2) + (x+1)`
+//!   holds (y, x), and row `j` holds positions `j, j+1, j+2` (see [`conv_input_rows`]);
 //! - conv weights f16: 3x3 as `[9, cin, cout]` (tap `ky*3 + kx`), 1x1 as `[cin, cout]`.
 //!
-//! A 3x3 conv is 9 GEMMs accumulated into one f32 output, no im2col: output row `y(w+2) + x`
-//! of tap (ky, kx) reads padded row `(y+ky)(w+2) + x+kx`, i.e. the padded buffer shifted by
-//! `ky(w+2) + kx` rows, so each tap is a plain GEMM with `lda = cin` at an address offset (`beta`
-//! 0 for the first tap, 1 after). It costs no 9x im2col buffer (2.4 GB for 16 images at 256 px)
-//! and sums the taps in f32. The price: the two junk columns per row (`2 / (w+2)` extra work)
-//! that the next kernel skips.
+//! A 3x3 conv is 3 GEMMs accumulated into one f32 output, one per kernel row: output row
+//! `y(w+2) + x` of tap (ky, kx) reads padded position `(y+ky)(w+2) + x+kx`, so with the 3-tap
+//! rows the three kx taps of one ky are one GEMM with `K = 3 cin` over the input shifted by
+//! `ky(w+2)` rows (`beta` 0 for ky 0, 1 after), and the weights of ky are the contiguous
+//! `[3 cin, cout]` block of taps `3ky..3ky+3`. The input is 3x the padded map (the writers store
+//! each value three times), against 9x for a full im2col (2.4 GB for 16 images at 256 px); the
+//! f32 output is read and written 3 times instead of 9 with one GEMM per tap. The price: the
+//! two junk columns per row (`2 / (w+2)` extra work) that the next kernel skips.
 
 use half::f16;
 
@@ -31,10 +34,22 @@ const STAT_CHUNK_VALUES: usize = 4096;
 const F16: usize = 2;
 const F32: usize = 4;
 
-/// Rows per image of the zero-padded conv input for an `h x w` map: `(h+2)(w+2)` plus 2, so the
-/// last tap (offset `2(w+2) + 2`) of the last output row stays inside the image's block.
-pub fn padded_rows(h: usize, w: usize) -> usize {
-    (h + 2) * (w + 2) + 2
+/// Rows per image of a 3x3 conv's 3-tap input for an `h x w` map (`3 c` values each): the
+/// padded map's `(h+2)(w+2)` positions, enough for the last output row's ky = 2 (row
+/// `(h+1)(w+2) + w - 1`); its kx = 1, 2 parts are the 2 zero positions past the padded map.
+pub fn conv_input_rows(h: usize, w: usize) -> usize {
+    (h + 2) * (w + 2)
+}
+
+/// f16 values per image that a writer of an `h x w` map of `c` channels stores: the 3-tap conv
+/// input when `pad`, else compact `[h*w, c]`; and the positions its kernel visits (the padded
+/// map and the 2 positions past it, or `h*w`).
+fn f16_input_layout(h: usize, w: usize, c: usize, pad: bool) -> (usize, usize) {
+    if pad {
+        (conv_input_rows(h, w) * 3 * c, conv_input_rows(h, w) + 2)
+    } else {
+        (h * w * c, h * w)
+    }
 }
 
 /// An f32 NHWC feature map in device memory, read as `data[b*img_stride + (y*pitch + x)*c + ch]`
@@ -245,8 +260,8 @@ fn stat_chunks(map: &MapF32, groups: usize) -> usize {
 }
 
 /// `out` f16 = GroupNorm(`map`) with `gn`'s affine (and swish), f32 statistics (two-pass per
-/// slice, merged with Chan's update). `pad`: write the zero-padded 3x3 conv input of the map
-/// (borders included), else compact `[batch, h*w, c]`.
+/// slice, merged with Chan's update). `pad`: write the zero-padded 3-tap 3x3 conv input of the
+/// map (borders included), else compact `[batch, h*w, c]`.
 pub fn group_norm_f16<D: Device>(
     d: &D,
     out: DevSlice<f16>,
@@ -295,12 +310,9 @@ pub fn group_norm_f16<D: Device>(
         KArg::F32(gn.eps),
     ];
     launch_elementwise(d, "vq_group_stats_finalize", n, &finalize_args)?;
-    let rows = if pad {
-        padded_rows(map.h, map.w)
-    } else {
-        map.h * map.w
-    };
-    out.require(CTX, "out", map.batch * rows * map.c)?;
+    let (len, positions) = f16_input_layout(map.h, map.w, map.c, pad);
+    out.require(CTX, "out", map.batch * len)?;
+    int(len)?;
     let args = [
         out.into(),
         src[0],
@@ -317,11 +329,11 @@ pub fn group_norm_f16<D: Device>(
         flag(pad),
         flag(gn.swish),
     ];
-    launch_per_image(d, "vq_group_norm_f16", map.batch, rows * map.c, &args)
+    launch_per_image(d, "vq_group_norm_f16", map.batch, positions * map.c, &args)
 }
 
-/// `out` f16 = `map` nearest-upsampled by `factor` (1 or 2), zero-padded for a 3x3 conv when
-/// `pad`, else compact (factor 1 without pad converts f32 to f16).
+/// `out` f16 = `map` nearest-upsampled by `factor` (1 or 2), as the zero-padded 3-tap 3x3 conv
+/// input when `pad`, else compact (factor 1 without pad converts f32 to f16).
 pub fn upsample_pad_f16<D: Device>(
     d: &D,
     out: DevSlice<f16>,
@@ -331,8 +343,9 @@ pub fn upsample_pad_f16<D: Device>(
 ) -> Result<(), CudaError> {
     let (src, [h, w, pitch, stride, c]) = map.args()?;
     let (fh, fw) = (map.h * factor, map.w * factor);
-    let rows = if pad { padded_rows(fh, fw) } else { fh * fw };
-    out.require("vq_upsample_pad_f16", "out", map.batch * rows * map.c)?;
+    let (len, positions) = f16_input_layout(fh, fw, map.c, pad);
+    out.require("vq_upsample_pad_f16", "out", map.batch * len)?;
+    int(len)?;
     let args = [
         out.into(),
         src[0],
@@ -345,7 +358,13 @@ pub fn upsample_pad_f16<D: Device>(
         int(factor)?,
         flag(pad),
     ];
-    launch_per_image(d, "vq_upsample_pad_f16", map.batch, rows * map.c, &args)
+    launch_per_image(
+        d,
+        "vq_upsample_pad_f16",
+        map.batch,
+        positions * map.c,
+        &args,
+    )
 }
 
 /// `out` f32 = `map` (+ its bias) + `residual` (compact NHWC, may be `out`), compact NHWC, or

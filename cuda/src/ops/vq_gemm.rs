@@ -1,15 +1,15 @@
 //! The VQ decoder's convolutions and mid-block attention as cuBLAS GEMMs (see `vq.rs` for the
-//! layouts and why a 3x3 conv is 9 shifted GEMMs).
+//! layouts and why a 3x3 conv is 3 shifted GEMMs).
 
 use half::f16;
 
-use super::vq::{padded_rows, ConvShape};
+use super::vq::{conv_input_rows, ConvShape};
 use crate::device::{DType, DevSlice, Device, Gemm};
 use crate::error::CudaError;
 
-/// 3x3 conv, stride 1, zero padding 1, no bias, as 9 accumulated GEMMs (module doc):
-/// `out` f32 `[batch, h, w + 2, cout]` ([`super::vq::MapF32::conv_out`]) from `input` f16
-/// `[batch, padded_rows(h, w), cin]` and `weights` f16 `[9, cin, cout]`.
+/// 3x3 conv, stride 1, zero padding 1, no bias, as 3 accumulated GEMMs (module doc of
+/// `vq.rs`): `out` f32 `[batch, h, w + 2, cout]` ([`super::vq::MapF32::conv_out`]) from `input`
+/// f16 `[batch, conv_input_rows(h, w), 3 cin]` (3-tap) and `weights` f16 `[9, cin, cout]`.
 pub fn conv3x3<D: Device>(
     d: &D,
     s: &ConvShape,
@@ -19,29 +19,28 @@ pub fn conv3x3<D: Device>(
 ) -> Result<(), CudaError> {
     const CTX: &str = "conv3x3";
     let wp = s.w + 2;
-    input.require(CTX, "input", s.batch * padded_rows(s.h, s.w) * s.cin)?;
+    let k = 3 * s.cin;
+    let rows = conv_input_rows(s.h, s.w);
+    input.require(CTX, "input", s.batch * rows * k)?;
     weights.require(CTX, "weights", 9 * s.cin * s.cout)?;
     out.require(CTX, "out", s.batch * s.h * wp * s.cout)?;
-    for tap in 0..9 {
-        let (ky, kx) = (tap / 3, tap % 3);
-        // Each tap reads the padded input shifted by whole rows; the last image's last tap stays
-        // inside its block (padded_rows), so the whole shifted view lies in `input`.
-        let shift = (ky * wp + kx) * s.cin;
+    for ky in 0..3 {
+        // Kernel row ky reads the 3-tap rows shifted by ky whole map rows; the last image's
+        // last output row reads row (h+1)(w+2) + w - 1, inside its block.
+        let shift = ky * wp * k;
         d.gemm(&Gemm {
-            lda: s.cin,
-            beta: if tap == 0 { 0.0 } else { 1.0 },
+            lda: k,
+            beta: if ky == 0 { 0.0 } else { 1.0 },
             batch: s.batch,
-            stride_a: padded_rows(s.h, s.w) * s.cin,
+            stride_a: rows * k,
             stride_b: 0,
             stride_c: s.h * wp * s.cout,
             ..Gemm::dense(
                 s.h * wp,
                 s.cout,
-                s.cin,
+                k,
                 input.addr() + (shift * 2) as u64,
-                weights
-                    .at(CTX, tap * s.cin * s.cout, s.cin * s.cout)?
-                    .addr(),
+                weights.at(CTX, ky * k * s.cout, k * s.cout)?.addr(),
                 out.addr(),
                 DType::F32,
             )

@@ -5,7 +5,7 @@ use llamagen_bundle::config::VqConfig;
 
 use crate::device::Device;
 use crate::error::CudaError;
-use crate::ops::vq::{self as k, f16_bytes, f32_bytes, padded_rows};
+use crate::ops::vq::{self as k, conv_input_rows, f16_bytes, f32_bytes};
 use crate::vq_weights::{Block, Stage};
 
 use super::{GROUPS, IMAGE_CHANNELS};
@@ -70,7 +70,7 @@ impl Needs {
 
     /// A 3x3 conv at `side`: its padded f16 input and f32 output.
     fn conv3(&mut self, side: usize, cin: usize, cout: usize) {
-        self.p = self.p.max(padded_rows(side, side) * cin);
+        self.p = self.p.max(conv_input_rows(side, side) * 3 * cin);
         self.t = self.t.max(side * (side + 2) * cout);
     }
 
