@@ -279,15 +279,20 @@ fn check_group_norm<D: Device>(d: &D) {
                 swish,
             };
             let n = input_len(batch, h, w, c, pad);
-            let out = poisoned(d, 2 * n);
-            group_norm_f16(d, d.slice(&out), &map, &gn, pad).unwrap();
             let f = group_norm_ref(&m, &bias, &gamma, &beta, groups, swish);
             let want = layout(batch, h, w, c, pad, f);
-            VQ_KERNEL_FP16_NORM.assert_close(
-                &format!("group norm {batch}x{h}x{w}x{c} pad {pad} swish {swish}"),
-                &f64s(&download_f16(d, &out, n)),
-                &want,
-            );
+            // At the buffer's start (16-byte aligned: the 8-channel kernel) and one element in
+            // (the one-channel kernel).
+            for skip in [0, 1] {
+                let out = poisoned(d, 2 * (n + skip));
+                let view = d.slice(&out).at("test", skip, n).unwrap();
+                group_norm_f16(d, view, &map, &gn, pad).unwrap();
+                VQ_KERNEL_FP16_NORM.assert_close(
+                    &format!("group norm {batch}x{h}x{w}x{c} pad {pad} swish {swish} at {skip}"),
+                    &f64s(&download_f16(d, &out, n + skip)[skip..]),
+                    &want,
+                );
+            }
         }
     }
 }

@@ -61,6 +61,38 @@ DEVICE void vq_store_input(f16* out_b, i32 r, i32 c, i32 h_out, i32 w_out, i32 p
     }
 }
 
+// vq_store_input for 8 consecutive channels c0..c0+8 (packed f16 pairs; 16-byte aligned, as
+// the _x8 kernels' callers guarantee).
+DEVICE void vq_store_input8(f16* out_b, i32 r, i32 c0, i32 h_out, i32 w_out, i32 pad, i32 channels, uint4 v) {
+    if (!pad) {
+        *reinterpret_cast<uint4*>(out_b + (i64)r * channels + c0) = v;
+        return;
+    }
+    i32 rows = (h_out + 2) * (w_out + 2);
+    for (i32 kx = 0; kx < 3; kx++) {
+        i32 j = r - kx;
+        if (j >= 0 && j < rows) *reinterpret_cast<uint4*>(out_b + ((i64)j * 3 + kx) * channels + c0) = v;
+    }
+}
+
+// vq_map_read of channels c0..c0+8 (bias added when present) into v.
+DEVICE void vq_map_read8(const float* src, const float* bias, i32 b, i32 y, i32 x, i32 c0, i32 pitch,
+                         i32 img_stride, i32 channels, float* v) {
+    const float* p = src + (i64)b * img_stride + ((i64)y * pitch + x) * channels + c0;
+    float4 lo = *reinterpret_cast<const float4*>(p);
+    float4 hi = *reinterpret_cast<const float4*>(p + 4);
+    v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
+    v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+    if (bias)
+        for (i32 k = 0; k < 8; k++) v[k] += bias[c0 + k];
+}
+
+// Eight f32 as f16 pairs.
+DEVICE uint4 vq_pack8(const float* v) {
+    return make_uint4(pack_f16x2(f32_to_f16(v[0]), f32_to_f16(v[1])), pack_f16x2(f32_to_f16(v[2]), f32_to_f16(v[3])),
+                      pack_f16x2(f32_to_f16(v[4]), f32_to_f16(v[5])), pack_f16x2(f32_to_f16(v[6]), f32_to_f16(v[7])));
+}
+
 // rows f32 [n, dim] /= max(||row||_2, 1e-12) in place (F.normalize(p=2, dim=-1)); one thread per
 // row (the codebook's rows are short: 8 values).
 KERNEL void vq_l2_normalize_rows(float* rows, i32 n, i32 dim) {
@@ -85,9 +117,10 @@ KERNEL void vq_codebook_gather(f16* out, const float* codebook, const i32* token
 }
 
 // GroupNorm statistics, pass 1: block (chunk, g, b) of a (chunks, groups, batch) grid takes a
-// contiguous slice of group g's h*w*(C/groups) values of image b and writes (count, mean, M2)
-// (M2 = sum of squared deviations from the slice mean, two passes over the slice) to
-// partial f32 [batch, groups, chunks, 3]. Values are read channel-fastest within the group.
+// contiguous range of image b's h*w positions and group g's C/groups channels at each, and writes
+// (count, mean, M2) (M2 = sum of squared deviations from the range's mean, two passes over it)
+// to partial f32 [batch, groups, chunks, 3]. A thread walks positions, the group's channels of
+// one position in a row (one position's index arithmetic for all of them).
 KERNEL void vq_group_stats_partial(float* partial, const float* src, const float* bias, i32 h, i32 w, i32 pitch,
                                    i32 img_stride, i32 channels, i32 groups) {
     __shared__ float scratch[32];
@@ -96,22 +129,25 @@ KERNEL void vq_group_stats_partial(float* partial, const float* src, const float
     i32 g = blockIdx.y;
     i32 b = blockIdx.z;
     i32 cpg = channels / groups;
-    i32 n = h * w * cpg;
+    i32 c0 = g * cpg;
+    i32 n = h * w;
     i32 per = (n + chunks - 1) / chunks;
     i32 lo = min(chunk * per, n);
     i32 hi = min(lo + per, n);
     float sum = 0.0f;
-    for (i32 e = lo + threadIdx.x; e < hi; e += blockDim.x) {
-        i32 p = e / cpg;
-        sum += vq_map_read(src, bias, b, p / w, p % w, g * cpg + e % cpg, pitch, img_stride, channels);
+    for (i32 p = lo + threadIdx.x; p < hi; p += blockDim.x) {
+        i32 y = p / w, x = p % w;
+        for (i32 k = 0; k < cpg; k++) sum += vq_map_read(src, bias, b, y, x, c0 + k, pitch, img_stride, channels);
     }
-    float count = (float)(hi - lo);
+    float count = (float)((hi - lo) * cpg);
     float mean = hi > lo ? block_reduce(sum, scratch, 0) / count : 0.0f;
     float m2 = 0.0f;
-    for (i32 e = lo + threadIdx.x; e < hi; e += blockDim.x) {
-        i32 p = e / cpg;
-        float d = vq_map_read(src, bias, b, p / w, p % w, g * cpg + e % cpg, pitch, img_stride, channels) - mean;
-        m2 += d * d;
+    for (i32 p = lo + threadIdx.x; p < hi; p += blockDim.x) {
+        i32 y = p / w, x = p % w;
+        for (i32 k = 0; k < cpg; k++) {
+            float d = vq_map_read(src, bias, b, y, x, c0 + k, pitch, img_stride, channels) - mean;
+            m2 += d * d;
+        }
     }
     m2 = block_reduce(m2, scratch, 0);
     if (threadIdx.x == 0) {
@@ -170,6 +206,34 @@ KERNEL void vq_group_norm_f16(f16* out, const float* src, const float* bias, con
     }
 }
 
+// vq_group_norm_f16 with 8 channels per thread (one position's c0..c0+8): C % 8 == 0, src and
+// out 16-byte aligned (checked by the wrapper); the same arithmetic per value.
+KERNEL void vq_group_norm_f16_x8(f16* out, const float* src, const float* bias, const float* stats,
+                                 const float* gamma, const float* beta, i32 h, i32 w, i32 pitch,
+                                 i32 img_stride, i32 channels, i32 groups, i32 pad, i32 swish) {
+    i32 b = blockIdx.y;
+    i32 c8 = channels / 8;
+    i32 n = vq_out_positions(h, w, pad) * c8;
+    i32 cpg = channels / groups;
+    f16* out_b = out + (i64)b * vq_out_len(h, w, pad, channels);
+    VQ_FOR_EACH(i, n) {
+        i32 r = i / c8;
+        i32 c0 = (i % c8) * 8;
+        i32 y, x;
+        float v[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        if (vq_unpad(r, h, w, pad, &y, &x)) {
+            vq_map_read8(src, bias, b, y, x, c0, pitch, img_stride, channels, v);
+            for (i32 k = 0; k < 8; k++) {
+                i32 c = c0 + k;
+                const float* st = stats + ((i64)b * groups + c / cpg) * 2;
+                float u = (v[k] - st[0]) * st[1] * gamma[c] + beta[c];
+                v[k] = swish ? u / (1.0f + expf(-u)) : u;
+            }
+        }
+        vq_store_input8(out_b, r, c0, h, w, pad, channels, vq_pack8(v));
+    }
+}
+
 // out f16 = the f32 map [batch, h, w, C] (pitch, img_stride, optional bias) upsampled by
 // `factor` (1 or 2, nearest: output (y, x) reads (y / factor, x / factor), torch's
 // F.interpolate(scale_factor=2, mode="nearest")), written as the zero-padded 3-tap conv input
@@ -189,6 +253,26 @@ KERNEL void vq_upsample_pad_f16(f16* out, const float* src, const float* bias, i
         if (vq_unpad(i / channels, fh, fw, pad, &y, &x))
             v = vq_map_read(src, bias, b, y / factor, x / factor, c, pitch, img_stride, channels);
         vq_store_input(out_b, i / channels, c, fh, fw, pad, channels, f32_to_f16(v));
+    }
+}
+
+// vq_upsample_pad_f16 with 8 channels per thread, under vq_group_norm_f16_x8's conditions.
+KERNEL void vq_upsample_pad_f16_x8(f16* out, const float* src, const float* bias, i32 h, i32 w, i32 pitch,
+                                   i32 img_stride, i32 channels, i32 factor, i32 pad) {
+    i32 b = blockIdx.y;
+    i32 fh = h * factor;
+    i32 fw = w * factor;
+    i32 c8 = channels / 8;
+    i32 n = vq_out_positions(fh, fw, pad) * c8;
+    f16* out_b = out + (i64)b * vq_out_len(fh, fw, pad, channels);
+    VQ_FOR_EACH(i, n) {
+        i32 r = i / c8;
+        i32 c0 = (i % c8) * 8;
+        i32 y, x;
+        float v[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        if (vq_unpad(r, fh, fw, pad, &y, &x))
+            vq_map_read8(src, bias, b, y / factor, x / factor, c0, pitch, img_stride, channels, v);
+        vq_store_input8(out_b, r, c0, fh, fw, pad, channels, vq_pack8(v));
     }
 }
 

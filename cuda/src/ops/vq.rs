@@ -101,6 +101,12 @@ impl MapF32 {
         }
     }
 
+    /// Whether the `_x8` kernels (8 channels per thread, 16-byte loads and stores) may read this
+    /// map and write `out`: channels a multiple of 8 and both buffers 16-byte aligned.
+    fn vec8(&self, out: DevSlice<f16>) -> bool {
+        self.c % 8 == 0 && self.data.addr() % 16 == 0 && out.addr() % 16 == 0
+    }
+
     /// The leading kernel arguments `src, bias` (a null bias pointer when there is none), and
     /// `h, w, pitch, img_stride, c`; an error when the map's layout or its buffers do not add up.
     fn args(&self) -> Result<([KArg; 2], [KArg; 5]), CudaError> {
@@ -329,7 +335,12 @@ pub fn group_norm_f16<D: Device>(
         flag(pad),
         flag(gn.swish),
     ];
-    launch_per_image(d, "vq_group_norm_f16", map.batch, positions * map.c, &args)
+    let (name, per_thread) = if map.vec8(out) {
+        ("vq_group_norm_f16_x8", 8)
+    } else {
+        ("vq_group_norm_f16", 1)
+    };
+    launch_per_image(d, name, map.batch, positions * map.c / per_thread, &args)
 }
 
 /// `out` f16 = `map` nearest-upsampled by `factor` (1 or 2), as the zero-padded 3-tap 3x3 conv
@@ -358,13 +369,12 @@ pub fn upsample_pad_f16<D: Device>(
         int(factor)?,
         flag(pad),
     ];
-    launch_per_image(
-        d,
-        "vq_upsample_pad_f16",
-        map.batch,
-        positions * map.c,
-        &args,
-    )
+    let (name, per_thread) = if map.vec8(out) {
+        ("vq_upsample_pad_f16_x8", 8)
+    } else {
+        ("vq_upsample_pad_f16", 1)
+    };
+    launch_per_image(d, name, map.batch, positions * map.c / per_thread, &args)
 }
 
 /// `out` f32 = `map` (+ its bias) + `residual` (compact NHWC, may be `out`), compact NHWC, or
