@@ -117,10 +117,9 @@ KERNEL void vq_codebook_gather(f16* out, const float* codebook, const i32* token
 }
 
 // GroupNorm statistics, pass 1: block (chunk, g, b) of a (chunks, groups, batch) grid takes a
-// contiguous range of image b's h*w positions and group g's C/groups channels at each, and writes
-// (count, mean, M2) (M2 = sum of squared deviations from the range's mean, two passes over it)
-// to partial f32 [batch, groups, chunks, 3]. A thread walks positions, the group's channels of
-// one position in a row (one position's index arithmetic for all of them).
+// contiguous slice of group g's h*w*(C/groups) values of image b and writes (count, mean, M2)
+// (M2 = sum of squared deviations from the slice mean, two passes over the slice) to
+// partial f32 [batch, groups, chunks, 3]. Values are read channel-fastest within the group.
 KERNEL void vq_group_stats_partial(float* partial, const float* src, const float* bias, i32 h, i32 w, i32 pitch,
                                    i32 img_stride, i32 channels, i32 groups) {
     __shared__ float scratch[32];
@@ -129,25 +128,22 @@ KERNEL void vq_group_stats_partial(float* partial, const float* src, const float
     i32 g = blockIdx.y;
     i32 b = blockIdx.z;
     i32 cpg = channels / groups;
-    i32 c0 = g * cpg;
-    i32 n = h * w;
+    i32 n = h * w * cpg;
     i32 per = (n + chunks - 1) / chunks;
     i32 lo = min(chunk * per, n);
     i32 hi = min(lo + per, n);
     float sum = 0.0f;
-    for (i32 p = lo + threadIdx.x; p < hi; p += blockDim.x) {
-        i32 y = p / w, x = p % w;
-        for (i32 k = 0; k < cpg; k++) sum += vq_map_read(src, bias, b, y, x, c0 + k, pitch, img_stride, channels);
+    for (i32 e = lo + threadIdx.x; e < hi; e += blockDim.x) {
+        i32 p = e / cpg;
+        sum += vq_map_read(src, bias, b, p / w, p % w, g * cpg + e % cpg, pitch, img_stride, channels);
     }
-    float count = (float)((hi - lo) * cpg);
+    float count = (float)(hi - lo);
     float mean = hi > lo ? block_reduce(sum, scratch, 0) / count : 0.0f;
     float m2 = 0.0f;
-    for (i32 p = lo + threadIdx.x; p < hi; p += blockDim.x) {
-        i32 y = p / w, x = p % w;
-        for (i32 k = 0; k < cpg; k++) {
-            float d = vq_map_read(src, bias, b, y, x, c0 + k, pitch, img_stride, channels) - mean;
-            m2 += d * d;
-        }
+    for (i32 e = lo + threadIdx.x; e < hi; e += blockDim.x) {
+        i32 p = e / cpg;
+        float d = vq_map_read(src, bias, b, p / w, p % w, g * cpg + e % cpg, pitch, img_stride, channels) - mean;
+        m2 += d * d;
     }
     m2 = block_reduce(m2, scratch, 0);
     if (threadIdx.x == 0) {
