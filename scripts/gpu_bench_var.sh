@@ -52,6 +52,7 @@ for depth in ${DEPTHS:-16 30}; do
       --top-k 900 --top-p 0.95 --runs "$runs" "${reuse[@]}" | tail -n 1 | with_depth "$depth" |
       tee -a "$results"
     cp "$work/greedy.tokens.npy" "$work/official-greedy-b$batch.npy"
+    cp "$work/greedy_fp32.tokens.npy" "$work/official-greedy-fp32-b$batch.npy" 2>/dev/null || true
     if [ $first = 1 ]; then
       stamp "VAR-d$depth: compile $precision"
       "$bin/llamagen-compile" --var-model "d$depth" --var-ckpt "$work/var.pth" \
@@ -93,4 +94,35 @@ for (depth, batch), o in sorted(off.items()):
     print(f"VAR-d{depth:<5}{batch:6d}{o['total_ms']:13.1f}{r['total_ms']:10.1f}"
           f"{r.get('gpt_ms', 0):8.1f}{r.get('vq_ms', 0):7.1f}"
           f"{o['total_ms'] / r['total_ms']:9.2f}x{target:7.0f}x{same:10.4f}")
+
+# Greedy agreement by scale: a token that differs changes every later scale's input, so the
+# scale where a row first differs says more than the share of equal tokens. The official fp16
+# run against its own fp32 run is the yardstick for what fp16 alone does.
+patch = [1, 2, 3, 4, 5, 6, 8, 10, 13, 16]
+ends = np.cumsum([p * p for p in patch])
+def first_diff(a, b):
+    out = []
+    for ra, rb in zip(a, b):
+        bad = np.nonzero(ra != rb)[0]
+        out.append(int(np.searchsorted(ends, bad[0], side="right")) if len(bad) else len(patch))
+    return out
+print("rows' first differing scale (10 = identical):")
+for (depth, batch) in sorted(off):
+    base = f"{out}/d{depth}"
+    try:
+        ours_t = np.load(f"{base}/greedy-b{batch}/tokens.npy")
+        o16 = np.load(f"{base}/official-greedy-b{batch}.npy")
+    except OSError:
+        continue
+    pairs = [("ours vs official fp16", ours_t, o16)]
+    try:
+        o32 = np.load(f"{base}/official-greedy-fp32-b{batch}.npy")
+        pairs += [("ours vs official fp32", ours_t, o32), ("official fp16 vs fp32", o16, o32)]
+    except OSError:
+        pass
+    for name, a, b in pairs:
+        f = first_diff(a, b)
+        print(f"VAR-d{depth} b{batch} {name}: mean {np.mean(f):.2f}, rows identical "
+              f"{sum(x == len(patch) for x in f)}/{len(f)}, histogram "
+              f"{np.bincount(f, minlength=len(patch) + 1).tolist()}")
 PY

@@ -114,7 +114,7 @@ if [ -n "$var" ]; then
     greedy=$([ $depth = 16 ] && echo "8 64" || echo 8)
     step "var$depth" "${!limit:-$default}" env BIN="$bin" DEPTHS=$depth GREEDY="$greedy" \
       bash "$here/scripts/gpu_bench_var.sh" "$var" "$work/var"
-    grep -E "^\[|^VAR-d|^model" "$work/logs/var$depth.log" >>"$summary" 2>/dev/null
+    grep -E "^\[|^VAR-d|^model|^rows" "$work/logs/var$depth.log" >>"$summary" 2>/dev/null
   done
   # Every measurement so far, a line each (the tables above print only when a step completes).
   [ -f "$work/var/results.jsonl" ] && python3 - "$work/var/results.jsonl" <<'PY' >>"$summary"

@@ -19,8 +19,9 @@ What it does:
    warm-up, on CPU with --threads threads, or with --device cuda as the official demo runs it
    (fp16 autocast, flash attention and fused kernels where installed), and the VQVAE decode alone;
 4. runs it greedily (top_k 1) and saves the tokens `[B, 680]` (int64, scales concatenated) as
-   `greedy.tokens.npy`: the script wraps `models.var.sample_with_top_k_top_p_` to record the
-   tokens it returns (the only change to the official loop, and only for this run).
+   `greedy.tokens.npy`, and with --device cuda also without autocast (fp32) as
+   `greedy_fp32.tokens.npy`: the script wraps `models.var.sample_with_top_k_top_p_` to record
+   the tokens it returns (the only change to the official loop, and only for these runs).
 
 Prints one JSON object on the last line.
 """
@@ -116,8 +117,8 @@ def main():
         if gpu:
             torch.cuda.synchronize()
 
-    def infer(top_k, top_p):
-        with torch.autocast("cuda", enabled=gpu, dtype=torch.float16, cache_enabled=True):
+    def infer(top_k, top_p, autocast=gpu):
+        with torch.autocast("cuda", enabled=autocast, dtype=torch.float16, cache_enabled=True):
             out = var.autoregressive_infer_cfg(B=B, label_B=label_B, g_seed=a.seed,
                                                cfg=a.cfg_scale, top_k=top_k, top_p=top_p)
         sync()
@@ -148,15 +149,23 @@ def main():
         recorded.append(idx[:, :, 0].clone())
         return idx
 
-    var_module.sample_with_top_k_top_p_ = recording_sampler
-    try:
-        infer(1, 0.0)
-    finally:
-        var_module.sample_with_top_k_top_p_ = official_sampler
-    greedy = torch.cat(recorded, dim=1).cpu().numpy().astype(np.int64)
-    assert greedy.shape == (B, sum(p * p for p in patch_nums)), greedy.shape
+    def greedy_tokens(autocast):
+        recorded.clear()
+        var_module.sample_with_top_k_top_p_ = recording_sampler
+        try:
+            infer(1, 0.0, autocast)
+        finally:
+            var_module.sample_with_top_k_top_p_ = official_sampler
+        tokens = torch.cat(recorded, dim=1).cpu().numpy().astype(np.int64)
+        assert tokens.shape == (B, sum(p * p for p in patch_nums)), tokens.shape
+        return tokens
+
+    greedy = greedy_tokens(gpu)
     if not a.no_save:
         np.save(os.path.join(a.out, "greedy.tokens.npy"), greedy)
+        if gpu:
+            # The same run in fp32 (no autocast): how far the official fp16 run itself strays.
+            np.save(os.path.join(a.out, "greedy_fp32.tokens.npy"), greedy_tokens(False))
 
     total = sorted(times)[len(times) // 2]
     print(json.dumps({
