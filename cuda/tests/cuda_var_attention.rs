@@ -111,22 +111,4 @@ fn check_attention_mma<D: Device>(d: &D) {
     }
 }
 
-fn check_other_head_dims_are_errors<D: Device>(d: &D) {
-    let buf = d.alloc(4096).unwrap();
-    let s = AttnShape {
-        rows: 1,
-        tokens: 2,
-        heads: 1,
-        head_dim: 32,
-        cache_len: 4,
-        pos: 0,
-    };
-    let cache = Cache {
-        k: d.slice(&buf),
-        v: d.slice(&buf),
-    };
-    let err = attention_mma(d, d.slice(&buf), d.slice(&buf), cache, &s).unwrap_err();
-    assert!(err.to_string().contains("head_dim 32"), "{err}");
-}
-
-device_tests!(check_attention_mma, check_other_head_dims_are_errors);
+device_tests!(check_attention_mma);

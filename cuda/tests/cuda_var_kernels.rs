@@ -16,9 +16,9 @@ use llamagen_test_support::device_tests;
 use cuda_common::{download_f16, download_f32, upload_f16, upload_f32, upload_i32, Rng};
 use llamagen_cuda::device::Device;
 use llamagen_cuda::ops::var::{
-    adaln, add_positions, area_tokens, attention, attention_per_token, attention_tiled, bias_rows,
-    cond_silu, embed_resize, first_inputs, gate_residual, gelu_bias, head_cfg, phi_accumulate, qkv,
-    zero, Ada, AttnShape, Block, Cache, MapShape, ScaleTokens,
+    adaln, add_positions, area_tokens, attention, attention_mma, attention_per_token,
+    attention_tiled, bias_rows, cond_silu, embed_resize, first_inputs, gate_residual, gelu_bias,
+    head_cfg, phi_accumulate, qkv, zero, Ada, AttnShape, Block, Cache, MapShape, ScaleTokens,
 };
 use llamagen_test_support::{
     EXACT, GPT_KERNEL_FP16_ATTN, GPT_KERNEL_FP16_OUT, VAR_KERNEL_FP32, VQ_KERNEL_FP16_NORM,
@@ -530,6 +530,9 @@ fn check_bad_shapes_are_errors<D: Device>(d: &D) {
     };
     let err = attention(d, d.slice(&small), d.slice(&small), cache, &s).unwrap_err();
     assert!(err.to_string().contains("outside a cache"), "{err}");
+    // The tensor-core kernels take head_dim 16 and 64 only.
+    let err = attention_mma(d, d.slice(&small), d.slice(&small), cache, &s).unwrap_err();
+    assert!(err.to_string().contains("head_dim 8"), "{err}");
     let b = Block {
         rows: 2,
         tokens: 3,
