@@ -8,3 +8,4 @@ pub mod sampler;
 pub mod var;
 pub mod vq;
 pub mod vq_gemm;
+mod vq_map;
