@@ -38,7 +38,8 @@ impl MapF32 {
         }
     }
 
-    /// The output of [`super::vq_gemm::conv3x3`] over an `h x w` map: `[batch, h, w + 2, c]` without bias.
+    /// The output of [`super::vq_gemm::conv3x3`] over an `h x w` map: `[batch, h, w + 2, c]`
+    /// without bias.
     pub fn conv_out(data: DevSlice<f32>, batch: usize, h: usize, w: usize, c: usize) -> Self {
         MapF32 {
             pitch: w + 2,
