@@ -30,6 +30,7 @@ pub mod rotary;
 pub mod sampling;
 pub mod site_packages;
 pub mod tensor_type;
+mod var_arch;
 pub mod var_config;
 pub mod verify;
 pub mod vq_plan;

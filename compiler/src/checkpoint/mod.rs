@@ -18,6 +18,7 @@ mod dtype;
 mod error;
 mod pickle;
 mod pickle_calls;
+mod pickle_input;
 mod pickle_value;
 mod safetensors_file;
 mod tensor;

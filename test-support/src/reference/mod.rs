@@ -23,12 +23,14 @@ use std::collections::HashMap;
 
 mod gpt;
 mod var;
+mod var_arch;
 mod var_quant;
 mod var_vae;
 mod vq;
 
 pub use gpt::*;
 pub use var::*;
+pub use var_arch::*;
 pub use var_quant::*;
 pub use var_vae::*;
 pub use vq::*;
