@@ -10,11 +10,12 @@
 #   tokenizer/tokenizer_image/vq_model.py (the LlamaGen table and its profile are skipped
 #   without it; pass "" to skip them);
 #   VAR_CODE: FoundationVision/VAR's models, dist.py and utils (the VAR tables likewise).
-#   Order: the VAR tests, the VAR-d16 table, the VAR-d30 table, the VAR-d16 profile, the other
-#   tests, then the LlamaGen table and profile.
-#   env: VAR_TEST_S (90), VAR16_S (160), VAR30_S (210), NCU_VAR_S (60), TEST_S (120), BENCH_S
-#   (220), NCU_S (45, twice): each step's limit in seconds, all cut to LEASE_S (570) in total,
-#   under the device's 600 s per call; MODELS (GPT-B), INT8_MODELS (GPT-B), SKIP_COMPILE (1: no
+#   Order: the VAR tests, the VAR-d16 table, the VAR-d30 table, the VQ convolution A/B
+#   (scripts/gpu_vq_ab.sh), the VAR-d16 profile, the other tests, then the LlamaGen table and
+#   profile.
+#   env: VAR_TEST_S (90), VAR16_S (160), VAR30_S (210), VQ_AB_S (60), NCU_VAR_S (60), TEST_S
+#   (120), BENCH_S (220), NCU_S (45, twice): each step's limit in seconds, all cut to LEASE_S
+#   (570) in total, under the device's 600 s per call; MODELS (GPT-B), INT8_MODELS (GPT-B), SKIP_COMPILE (1: no
 #   torch.compile run). GPT-XL's rows need a second call (MODELS=GPT-XL).
 # Writes at most 8 files into OUT (what a lease sends back): summary.txt (each step's exit
 # status and the tables), results.tar.gz (every log and JSON line), ncu-var.csv, ncu-cublas.csv,
@@ -124,6 +125,13 @@ for line in open(sys.argv[1]):
     print(f"d{r['depth']} b{r['batch']} {r.get('impl', r.get('backend'))}: total {r['total_ms']:.1f} ms, "
           f"vq {r.get('vq_ms', 0):.1f} ms, gpt {r.get('gpt_ms', 0):.1f} ms, load {r.get('load_ms', 0):.0f} ms")
 PY
+fi
+
+# 2a. The VQ decoder's 3x3 convolutions, cuBLAS vs the tensor-core kernel, on the d16 bundle.
+if [ -d "$work/var/d16/bundle" ]; then
+  step vq-ab "${VQ_AB_S:-60}" env BIN="$bin" bash "$here/scripts/gpu_vq_ab.sh" \
+    "$work/var/d16/bundle" "$work/vq-ab"
+  grep -E "^(round|image)" "$work/logs/vq-ab.log" >>"$summary" 2>/dev/null
 fi
 
 # 2b. The VAR-d16 batch-8 loop under Nsight Compute, without the graph: launches NCU_VAR_SKIP

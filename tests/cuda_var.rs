@@ -21,7 +21,7 @@ use llamagen_compiler::bundle::Precision;
 use llamagen_runtime::compare::cosine;
 use llamagen_runtime::{
     BackendKind, CudaOptions, GenerateRequest, Observer, Pipeline, RowSeed, RunOptions,
-    SamplingOptions,
+    SamplingOptions, VqConv,
 };
 use llamagen_test_support::{FP16_DEVICE_IMAGE, FP16_VS_FP32};
 use support::backend::load_on;
@@ -210,6 +210,34 @@ fn images_match_cpu_and_official(kind: BackendKind) {
     check_images(&p, kind, &golden, "cfg4");
 }
 
+/// The VQVAE decode with the 3x3 convolutions on the tensor cores (`VqConv::Mma`; the tiny
+/// decoder's 32/64-channel convolutions take it, its 8-channel ones stay on cuBLAS) against the
+/// official decode, as `images_match_cpu_and_official` checks the default.
+fn tensor_core_convs_match_official(kind: BackendKind) {
+    let (_tmp, dir) = bundle(Precision::Fp32);
+    let cuda = CudaOptions {
+        vq_conv: Some(VqConv::Mma),
+        ..CudaOptions::default()
+    };
+    let Some(p) = load_on(&dir, kind, cuda) else {
+        return;
+    };
+    let golden = tiny_var_dir();
+    let (_, tokens) = read_i64(&golden.join("vae_decode.tokens.npy"));
+    let (_, want) = read_f32(&golden.join("vae_decode.images.npy"));
+    let got: Vec<f32> = p.decode_images(&rows(&tokens)).unwrap().pixels.concat();
+    let got: Vec<f32> = got.iter().map(|&x| x.clamp(-1.0, 1.0)).collect();
+    let (max, psnr) = image_error(&got, &want);
+    eprintln!(
+        "{kind:?} VQVAE decode (mma convs) vs official: max abs error {max:.3e}, {psnr:.1} dB"
+    );
+    FP16_DEVICE_IMAGE.assert_close(
+        &format!("{kind:?} VQVAE decode with mma convs vs official"),
+        &got,
+        &want,
+    );
+}
+
 /// Sampling with top-k and VAR's top-p.
 fn nucleus() -> SamplingOptions {
     SamplingOptions {
@@ -327,6 +355,7 @@ backend_tests!(
     greedy_matches_official,
     per_token_logits_match_official,
     images_match_cpu_and_official,
+    tensor_core_convs_match_official,
     sampled_tokens_match_cpu_sampler,
     graph_replay_equals_per_scale_launches,
     fp16_bundle_runs,

@@ -53,6 +53,11 @@ pub struct Engine<D: Device> {
 }
 
 impl<D: Device> Engine<D> {
+    /// How the VQ decoder runs its 3x3 convolutions (default cuBLAS).
+    pub fn set_vq_conv(&mut self, conv: crate::ops::vq_gemm::Conv3x3) {
+        self.vq.set_conv(conv);
+    }
+
     /// Uploads the bundle's weights (any precision) to `device`, f16 GEMM weights for the
     /// `decode` GEMM; the decode steps will launch `attention` (an error where it cannot run the
     /// model's head size).

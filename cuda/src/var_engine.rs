@@ -37,6 +37,11 @@ pub struct VarEngine<D: Device> {
 }
 
 impl<D: Device> VarEngine<D> {
+    /// How the VQ decoder runs its 3x3 convolutions (default cuBLAS).
+    pub fn set_vq_conv(&mut self, conv: crate::ops::vq_gemm::Conv3x3) {
+        self.vq.set_conv(conv);
+    }
+
     /// Uploads the bundle's VAR weights (any precision) and its VQVAE decoder to `device`.
     pub fn load(
         name: &'static str,

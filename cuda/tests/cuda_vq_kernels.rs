@@ -26,7 +26,9 @@ use llamagen_cuda::ops::vq::{
     bias_f16, bias_residual, codebook_gather, conv_input_rows, group_norm_f16, l2_normalize_rows,
     softmax_rows_f16, upsample_pad_f16, ConvShape, GroupNormArgs, MapF32, MAX_STAT_CHUNKS,
 };
-use llamagen_cuda::ops::vq_gemm::{attention_scores, attention_values, conv1x1, conv3x3};
+use llamagen_cuda::ops::vq_gemm::{
+    attention_scores, attention_values, conv1x1, conv3x3, conv3x3_mma, conv3x3_mma_fits,
+};
 use llamagen_test_support::{
     EXACT, VQ_KERNEL_FP16_ATTN, VQ_KERNEL_FP16_NORM, VQ_KERNEL_FP16_OUT, VQ_KERNEL_FP32_GEMM,
     VQ_KERNEL_FP32_NORMALISE,
@@ -397,6 +399,22 @@ fn check_conv3x3<D: Device>(d: &D) {
             cin: 5,
             cout: 6,
         },
+        // Shapes the tensor-core kernel takes too: 216 output rows across images and a
+        // 128-row tile, 40 channels (a partial 32-channel tile), a 1x1 map.
+        ConvShape {
+            batch: 3,
+            h: 9,
+            w: 6,
+            cin: 16,
+            cout: 40,
+        },
+        ConvShape {
+            batch: 2,
+            h: 1,
+            w: 1,
+            cin: 16,
+            cout: 8,
+        },
     ] {
         let x = rng.vec_f16(s.batch * s.h * s.w * s.cin, -1.0, 1.0);
         let w = rng.vec_f16(s.cout * s.cin * 9, -1.0, 1.0);
@@ -418,41 +436,64 @@ fn check_conv3x3<D: Device>(d: &D) {
         let input = upload_f16(d, &padded);
         let weights = upload_f16(d, &gemm_layout(&w, s.cout, s.cin, 9));
         let bias_b = upload_f32(d, &bias);
-        let t = poisoned(d, 4 * s.batch * s.h * (s.w + 2) * s.cout);
-        conv3x3(d, &s, d.slice(&input), d.slice(&weights), d.slice(&t)).unwrap();
-        let map =
-            MapF32::conv_out(d.slice(&t), s.batch, s.h, s.w, s.cout).with_bias(d.slice(&bias_b));
         let conv = conv_ref(&x, &w, &s, 3);
-
-        // Epilogue into NHWC with the residual added in place.
-        let out = upload_f32(d, &residual);
-        bias_residual(d, d.slice(&out), &map, Some(d.slice(&out)), false).unwrap();
-        let n = residual.len();
-        let want: Vec<f64> = (0..n)
-            .map(|i| conv[i] + f64::from(bias[i % s.cout]) + f64::from(residual[i]))
-            .collect();
-        VQ_KERNEL_FP32_GEMM.assert_close(
-            &format!("conv3x3 {s:?} + bias + residual"),
-            &f64s(&download_f32(d, &out, n)),
-            &want,
-        );
-
-        // Epilogue into NCHW (the decoder's image), no residual.
-        let img = poisoned(d, 4 * n);
-        bias_residual(d, d.slice(&img), &map, None, true).unwrap();
-        let hw = s.h * s.w;
-        let want: Vec<f64> = (0..n)
-            .map(|i| {
-                let (b, ch, p) = (i / (s.cout * hw), (i / hw) % s.cout, i % hw);
-                conv[(b * hw + p) * s.cout + ch] + f64::from(bias[ch])
-            })
-            .collect();
-        VQ_KERNEL_FP32_GEMM.assert_close(
-            &format!("conv3x3 {s:?} NCHW"),
-            &f64s(&download_f32(d, &img, n)),
-            &want,
-        );
+        for mma in [false, true] {
+            if mma && !conv3x3_mma_fits(&s) {
+                continue;
+            }
+            let t = poisoned(d, 4 * s.batch * s.h * (s.w + 2) * s.cout);
+            let (input, weights, out) = (d.slice(&input), d.slice(&weights), d.slice(&t));
+            if mma {
+                conv3x3_mma(d, &s, input, weights, out).unwrap();
+            } else {
+                conv3x3(d, &s, input, weights, out).unwrap();
+            }
+            let map = MapF32::conv_out(d.slice(&t), s.batch, s.h, s.w, s.cout)
+                .with_bias(d.slice(&bias_b));
+            check_conv_epilogues(d, &s, &map, &conv, &bias, &residual, mma);
+        }
     }
+}
+
+/// The epilogues of a conv output `map` (bias `bias`) against the reference `conv`: into NHWC
+/// with `residual` added in place, and into NCHW.
+fn check_conv_epilogues<D: Device>(
+    d: &D,
+    s: &ConvShape,
+    map: &MapF32,
+    conv: &[f64],
+    bias: &[f32],
+    residual: &[f32],
+    mma: bool,
+) {
+    // Epilogue into NHWC with the residual added in place.
+    let out = upload_f32(d, residual);
+    bias_residual(d, d.slice(&out), map, Some(d.slice(&out)), false).unwrap();
+    let n = residual.len();
+    let want: Vec<f64> = (0..n)
+        .map(|i| conv[i] + f64::from(bias[i % s.cout]) + f64::from(residual[i]))
+        .collect();
+    VQ_KERNEL_FP32_GEMM.assert_close(
+        &format!("conv3x3 (mma {mma}) {s:?} + bias + residual"),
+        &f64s(&download_f32(d, &out, n)),
+        &want,
+    );
+
+    // Epilogue into NCHW (the decoder's image), no residual.
+    let img = poisoned(d, 4 * n);
+    bias_residual(d, d.slice(&img), map, None, true).unwrap();
+    let hw = s.h * s.w;
+    let want: Vec<f64> = (0..n)
+        .map(|i| {
+            let (b, ch, p) = (i / (s.cout * hw), (i / hw) % s.cout, i % hw);
+            conv[(b * hw + p) * s.cout + ch] + f64::from(bias[ch])
+        })
+        .collect();
+    VQ_KERNEL_FP32_GEMM.assert_close(
+        &format!("conv3x3 (mma {mma}) {s:?} NCHW"),
+        &f64s(&download_f32(d, &img, n)),
+        &want,
+    );
 }
 
 fn check_conv1x1<D: Device>(d: &D) {

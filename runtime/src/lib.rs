@@ -27,6 +27,7 @@ mod var;
 
 pub use backend::{
     BackendChoice, BackendKind, CpuOptions, CudaAttention, CudaOptions, DecodeGemm, DeviceWeights,
+    VqConv,
 };
 pub use error::{BundleError, RuntimeError};
 /// The Philox stream both samplers draw from (the bundle contract's).

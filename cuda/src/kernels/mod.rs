@@ -75,6 +75,12 @@ pub const SOURCES: &[KernelSource] = &[
         headers: &[],
     },
     KernelSource {
+        file: "vq_conv.cu",
+        src: include_str!("vq_conv.cu"),
+        options: &[],
+        headers: &[],
+    },
+    KernelSource {
         file: "var.cu",
         src: include_str!("var.cu"),
         options: &[],

@@ -4,7 +4,7 @@
 use half::f16;
 
 use super::vq::{conv_input_rows, ConvShape};
-use crate::device::{DType, DevSlice, Device, Gemm};
+use crate::device::{DType, DevSlice, Device, Gemm, KArg, LaunchConfig};
 use crate::error::CudaError;
 
 /// 3x3 conv, stride 1, zero padding 1, no bias, as 3 accumulated GEMMs (module doc of
@@ -47,6 +47,94 @@ pub fn conv3x3<D: Device>(
         })?;
     }
     Ok(())
+}
+
+/// How the VQ decoder runs its 3x3 convolutions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Conv3x3 {
+    /// [`conv3x3`]: 3 cuBLAS GEMMs (the default until the other is measured on hardware).
+    #[default]
+    Cublas,
+    /// [`conv3x3_mma`] where the shape fits ([`conv3x3_mma_fits`]), else [`conv3x3`].
+    Mma,
+}
+
+/// `s`'s convolution the way `how` says (same contract as [`conv3x3`]).
+pub fn conv3x3_with<D: Device>(
+    d: &D,
+    how: Conv3x3,
+    s: &ConvShape,
+    input: DevSlice<f16>,
+    weights: DevSlice<f16>,
+    out: DevSlice<f32>,
+) -> Result<(), CudaError> {
+    match how {
+        Conv3x3::Mma if conv3x3_mma_fits(s) => conv3x3_mma(d, s, input, weights, out),
+        _ => conv3x3(d, s, input, weights, out),
+    }
+}
+
+/// [`conv3x3`] as one implicit GEMM on the tensor cores (`vq_conv.cu`: mma.sync, f32
+/// accumulation, the output written once): the same contract, for `cin` a multiple of 16 and
+/// `cout` a multiple of 8 (every released VQ decoder's convolution but the image's, 3 channels).
+pub fn conv3x3_mma<D: Device>(
+    d: &D,
+    s: &ConvShape,
+    input: DevSlice<f16>,
+    weights: DevSlice<f16>,
+    out: DevSlice<f32>,
+) -> Result<(), CudaError> {
+    const CTX: &str = "vq_conv3x3_mma";
+    if !conv3x3_mma_fits(s) {
+        return Err(CudaError::call(
+            CTX,
+            format!(
+                "cin {} and cout {} (the kernel takes cin % 16 == 0, cout % 8 == 0)",
+                s.cin, s.cout
+            ),
+        ));
+    }
+    let wp = s.w + 2;
+    let rows = conv_input_rows(s.h, s.w);
+    input.require(CTX, "input", s.batch * rows * 3 * s.cin)?;
+    weights.require(CTX, "weights", 9 * s.cin * s.cout)?;
+    out.require(CTX, "out", s.batch * s.h * wp * s.cout)?;
+    let int = |name: &str, v: usize| {
+        i32::try_from(v)
+            .map(KArg::I32)
+            .map_err(|_| CudaError::call(CTX, format!("{name} {v} exceeds 32 bits")))
+    };
+    let rows_out = s.h * wp;
+    let blocks = |n: usize, per: usize| {
+        u32::try_from(n.div_ceil(per))
+            .map_err(|_| CudaError::call(CTX, format!("{n} rows exceed a grid")))
+    };
+    let grid = [
+        blocks(s.batch * rows_out, CONV_MMA_ROWS)?,
+        blocks(s.cout, CONV_MMA_COLS)?,
+        1,
+    ];
+    let args = [
+        out.into(),
+        input.into(),
+        weights.into(),
+        int("rows", rows_out)?,
+        int("batch", s.batch)?,
+        int("w + 2", wp)?,
+        int("input rows", rows)?,
+        int("cin", s.cin)?,
+        int("cout", s.cout)?,
+    ];
+    d.launch(CTX, &LaunchConfig::new(grid, [128, 1, 1]), &args)
+}
+
+/// Output rows and channels of a `vq_conv3x3_mma` block (`VQ_CONV_BM`, `VQ_CONV_BN`).
+const CONV_MMA_ROWS: usize = 128;
+const CONV_MMA_COLS: usize = 32;
+
+/// Whether [`conv3x3_mma`] takes this shape.
+pub fn conv3x3_mma_fits(s: &ConvShape) -> bool {
+    s.cin % 16 == 0 && s.cout % 8 == 0 && s.cin > 0 && s.cout > 0
 }
 
 /// 1x1 conv (no bias) over `rows` positions: `out` f32 `[rows, cout]` = `input` f16

@@ -29,7 +29,7 @@ use llamagen_bundle::vq_plan::DecoderPlan;
 use crate::device::{DevSlice, Device};
 use crate::error::CudaError;
 use crate::ops::vq::{self as k, f32_bytes, MapF32};
-use crate::ops::vq_gemm as kg;
+use crate::ops::vq_gemm::{self as kg, Conv3x3};
 use crate::vq_weights::{Block, Conv, Loader, Norm, Stage};
 use crate::weights::{upload_f32, BundleWeights};
 
@@ -58,6 +58,8 @@ pub struct VqDecoder<D: Device> {
     conv_out: Conv<D>,
     needs: Needs,
     scratch: Mutex<Option<Scratch<D>>>,
+    /// How the 3x3 convolutions run.
+    conv: Conv3x3,
 }
 
 fn config_error(c: &VqConfig, reason: String) -> CudaError {
@@ -65,6 +67,11 @@ fn config_error(c: &VqConfig, reason: String) -> CudaError {
 }
 
 impl<D: Device> VqDecoder<D> {
+    /// Runs the 3x3 convolutions as `conv` says from now on (default [`Conv3x3::Cublas`]).
+    pub fn set_conv(&mut self, conv: Conv3x3) {
+        self.conv = conv;
+    }
+
     /// Uploads the `vq_decoder` graph's weights (any bundle precision; GEMM weights become f16)
     /// for the decoder `cfg` describes (the bundle manifest's `vq`).
     pub fn load(d: &D, weights: &BundleWeights, cfg: &VqConfig) -> Result<Self, CudaError> {
@@ -150,6 +157,7 @@ impl<D: Device> VqDecoder<D> {
             needs: Needs::of(cfg, &stages, c),
             stages,
             scratch: Mutex::new(None),
+            conv: Conv3x3::default(),
             cfg: cfg.clone(),
         })
     }
@@ -257,6 +265,7 @@ impl<D: Device> VqDecoder<D> {
         let c = &self.cfg;
         let run = Pass {
             d,
+            conv: self.conv,
             batch,
             p: d.slice(&s.p),
             t: d.slice(&s.t),

@@ -5,7 +5,7 @@ use half::f16;
 use crate::device::{DevSlice, Device};
 use crate::error::CudaError;
 use crate::ops::vq::{self as k, ConvShape, GroupNormArgs, MapF32};
-use crate::ops::vq_gemm as kg;
+use crate::ops::vq_gemm::{self as kg, Conv3x3};
 use crate::vq_weights::{AttnBlock, Conv, Norm, ResBlock};
 
 use super::{EPS, GROUPS};
@@ -17,6 +17,8 @@ use super::scratch::Scratch;
 /// residual buffer in use and return the one holding their output.
 pub(super) struct Pass<'a, D: Device> {
     pub(super) d: &'a D,
+    /// How the 3x3 convolutions run.
+    pub(super) conv: Conv3x3,
     pub(super) s: &'a Scratch<D>,
     pub(super) batch: usize,
     pub(super) p: DevSlice<f16>,
@@ -106,7 +108,14 @@ impl<D: Device> Pass<'_, D> {
             cin: conv.cin,
             cout: conv.cout,
         };
-        kg::conv3x3(self.d, &shape, self.p, self.d.slice(&conv.w), self.t)?;
+        kg::conv3x3_with(
+            self.d,
+            self.conv,
+            &shape,
+            self.p,
+            self.d.slice(&conv.w),
+            self.t,
+        )?;
         let map = MapF32::conv_out(self.t, self.batch, side, side, conv.cout);
         Ok(map.with_bias(self.d.slice(&conv.b)))
     }

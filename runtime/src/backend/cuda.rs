@@ -9,11 +9,12 @@ use llamagen_bundle::Manifest;
 use llamagen_cuda::device::Device;
 use llamagen_cuda::gpt::{AttentionPath, Session};
 use llamagen_cuda::ops::sampler::{row_key, RowKey, SampleParams};
+use llamagen_cuda::ops::vq_gemm::Conv3x3;
 use llamagen_cuda::{CudaError, Engine};
 
 use super::{
     Backend, BackendKind, CudaAttention, CudaOptions, DecodeGemm, DeviceWeights, FusedJob,
-    FusedLoop, FusedTokens, StepInput,
+    FusedLoop, FusedTokens, StepInput, VqConv,
 };
 use crate::error::RuntimeError;
 use crate::request::RowSeed;
@@ -60,9 +61,18 @@ impl<D: Device> CudaBackend<D> {
             DecodeGemm::Cublas => llamagen_cuda::gemm_weight::DecodeGemm::Cublas,
             DecodeGemm::Own => llamagen_cuda::gemm_weight::DecodeGemm::Own,
         };
-        let engine = Engine::load(kind.name(), device, dir, m, o.graph, attention, decode)?;
+        let mut engine = Engine::load(kind.name(), device, dir, m, o.graph, attention, decode)?;
+        engine.set_vq_conv(vq_conv(o)?);
         Ok(CudaBackend { kind, engine })
     }
+}
+
+/// The VQ decoder's convolution `o` selects, as the CUDA crate names it.
+pub(super) fn vq_conv(o: &CudaOptions) -> Result<Conv3x3, RuntimeError> {
+    Ok(match o.vq_conv()? {
+        VqConv::Cublas => Conv3x3::Cublas,
+        VqConv::Mma => Conv3x3::Mma,
+    })
 }
 
 /// Calibration bundles (graphs with `probe.*` outputs) are refused: the device computes no

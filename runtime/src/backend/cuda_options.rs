@@ -18,6 +18,9 @@ pub struct CudaOptions {
     /// The GEMM of LlamaGen decode steps with f16 weights; `None`: [`DecodeGemm::ENV`] if set,
     /// else cuBLAS. int8 bundles always run ours.
     pub decode_gemm: Option<DecodeGemm>,
+    /// The VQ decoder's 3x3 convolutions (both families); `None`: [`VqConv::ENV`] if set, else
+    /// cuBLAS.
+    pub vq_conv: Option<VqConv>,
 }
 
 impl Default for CudaOptions {
@@ -27,6 +30,7 @@ impl Default for CudaOptions {
             graph: true,
             attention: None,
             decode_gemm: None,
+            vq_conv: None,
         }
     }
 }
@@ -40,6 +44,11 @@ impl CudaOptions {
     /// The decode GEMM these options select (the environment's where they leave it open).
     pub fn decode_gemm(&self) -> Result<DecodeGemm, RuntimeError> {
         self.decode_gemm.map_or_else(DecodeGemm::from_env, Ok)
+    }
+
+    /// The VQ convolution these options select (the environment's where they leave it open).
+    pub fn vq_conv(&self) -> Result<VqConv, RuntimeError> {
+        self.vq_conv.map_or_else(VqConv::from_env, Ok)
     }
 }
 
@@ -122,6 +131,40 @@ impl DecodeGemm {
     }
 }
 
+/// How the CUDA backend's VQ decoder runs its 3x3 convolutions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VqConv {
+    /// 3 cuBLAS GEMMs per convolution (the default until the other is measured on hardware).
+    #[default]
+    Cublas,
+    /// One implicit-GEMM tensor-core launch per convolution (`vq_conv.cu`), where the shape
+    /// fits (cin % 16, cout % 8: all but the image's convolution); cuBLAS elsewhere.
+    Mma,
+}
+
+impl VqConv {
+    /// The environment variable that selects it: `cublas` or `mma`.
+    pub const ENV: &'static str = "LLAMAGEN_CUDA_VQ_CONV";
+
+    /// `cublas` or `mma`.
+    pub fn parse(value: &str) -> Result<Self, RuntimeError> {
+        match value {
+            "cublas" => Ok(VqConv::Cublas),
+            "mma" => Ok(VqConv::Mma),
+            _ => Err(RuntimeError::InvalidOption {
+                name: Self::ENV,
+                value: value.into(),
+                expected: "cublas or mma",
+            }),
+        }
+    }
+
+    /// [`Self::ENV`] if set and not empty, else cuBLAS.
+    pub fn from_env() -> Result<Self, RuntimeError> {
+        env_choice(Self::ENV, "cublas or mma", Self::parse)
+    }
+}
+
 /// The choice environment variable `var` makes through `parse`, or `T`'s default where it is
 /// unset or empty; a value that is not UTF-8 is an [`RuntimeError::InvalidOption`] naming
 /// `expected`.
@@ -161,5 +204,21 @@ mod tests {
             ..CudaOptions::default()
         };
         assert_eq!(o.attention().unwrap(), CudaAttention::Separate);
+    }
+
+    #[test]
+    fn vq_conv_names_parse_and_others_are_refused() {
+        assert_eq!(VqConv::parse("cublas").unwrap(), VqConv::Cublas);
+        assert_eq!(VqConv::parse("mma").unwrap(), VqConv::Mma);
+        let e = VqConv::parse("cudnn").unwrap_err().to_string();
+        assert!(
+            e.contains("LLAMAGEN_CUDA_VQ_CONV") && e.contains("\"cudnn\""),
+            "{e}"
+        );
+        let o = CudaOptions {
+            vq_conv: Some(VqConv::Mma),
+            ..CudaOptions::default()
+        };
+        assert_eq!(o.vq_conv().unwrap(), VqConv::Mma);
     }
 }

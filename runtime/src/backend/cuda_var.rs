@@ -12,8 +12,9 @@ use llamagen_cuda::device::Device;
 use llamagen_cuda::ops::sampler::SampleParams;
 use llamagen_cuda::VarEngine;
 
-use super::cuda::{device_row_keys, refuse_calibration};
+use super::cuda::{device_row_keys, refuse_calibration, vq_conv};
 use super::BackendKind;
+use super::CudaOptions;
 use crate::error::RuntimeError;
 use crate::pipeline::{Images, Observer, TokenOutput};
 use crate::request::{GenerateRequest, RowSeed};
@@ -31,10 +32,11 @@ impl<D: Device> VarCuda<D> {
         device: D,
         dir: &Path,
         m: &Manifest,
-        use_graph: bool,
+        o: &CudaOptions,
     ) -> Result<Self, RuntimeError> {
         refuse_calibration(kind, dir, m)?;
-        let engine = VarEngine::load(kind.name(), device, dir, m, use_graph)?;
+        let mut engine = VarEngine::load(kind.name(), device, dir, m, o.graph)?;
+        engine.set_vq_conv(vq_conv(o)?);
         Ok(VarCuda { kind, engine })
     }
 }

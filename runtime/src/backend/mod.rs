@@ -6,7 +6,7 @@ mod cuda;
 mod cuda_options;
 #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 mod cuda_var;
-pub use cuda_options::{CudaAttention, CudaOptions, DecodeGemm};
+pub use cuda_options::{CudaAttention, CudaOptions, DecodeGemm, VqConv};
 pub(crate) mod ort_cpu;
 
 pub use ort_cpu::OrtCpu;
@@ -254,7 +254,7 @@ fn load_var_cuda(
 ) -> Result<Box<dyn Generator>, RuntimeError> {
     let device = llamagen_cuda::driver::CudaDevice::open(o.device)?;
     let kind = BackendKind::Cuda;
-    let g = cuda_var::VarCuda::load(kind, device, dir, manifest, o.graph)?;
+    let g = cuda_var::VarCuda::load(kind, device, dir, manifest, o)?;
     Ok(Box::new(g))
 }
 
@@ -275,7 +275,7 @@ fn load_var_cuda_emu(
 ) -> Result<Box<dyn Generator>, RuntimeError> {
     let device = llamagen_cuda::emu::EmuDevice::new()?;
     let kind = BackendKind::CudaEmu;
-    let g = cuda_var::VarCuda::load(kind, device, dir, manifest, o.graph)?;
+    let g = cuda_var::VarCuda::load(kind, device, dir, manifest, o)?;
     Ok(Box::new(g))
 }
 
