@@ -13,7 +13,7 @@
 #   Order: the VAR tests, the VAR-d16 table, the VAR-d30 table, the VQ convolution A/B
 #   (scripts/gpu_vq_ab.sh), the VAR-d16 profile, the other tests, then the LlamaGen table and
 #   profile.
-#   env: VAR_TEST_S (90), VAR16_S (160), VAR30_S (210), VQ_AB_S (60), NCU_VAR_S (60), TEST_S
+#   env: VAR_TEST_S (90), VAR16_S (160), VAR30_S (210), VQ_AB_S (90), NCU_VAR_S (60), TEST_S
 #   (120), BENCH_S (220), NCU_S (45, twice): each step's limit in seconds, all cut to LEASE_S
 #   (570) in total, under the device's 600 s per call; MODELS (GPT-B), INT8_MODELS (GPT-B), SKIP_COMPILE (1: no
 #   torch.compile run). GPT-XL's rows need a second call (MODELS=GPT-XL).
@@ -129,7 +129,7 @@ fi
 
 # 2a. The VQ decoder's 3x3 convolutions, cuBLAS vs the tensor-core kernel, on the d16 bundle.
 if [ -d "$work/var/d16/bundle" ]; then
-  step vq-ab "${VQ_AB_S:-60}" env BIN="$bin" bash "$here/scripts/gpu_vq_ab.sh" \
+  step vq-ab "${VQ_AB_S:-90}" env BIN="$bin" bash "$here/scripts/gpu_vq_ab.sh" \
     "$work/var/d16/bundle" "$work/vq-ab"
   grep -E "^(round|image)" "$work/logs/vq-ab.log" >>"$summary" 2>/dev/null
 fi
