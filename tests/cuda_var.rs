@@ -190,15 +190,7 @@ fn images_match_cpu_and_official(kind: BackendKind) {
     };
     let cpu = load(&dir, BackendKind::Cpu, true).unwrap();
     let golden = tiny_var_dir();
-    // The official VQVAE decode of random multi-scale tokens.
-    let (_, tokens) = read_i64(&golden.join("vae_decode.tokens.npy"));
-    let (_, want) = read_f32(&golden.join("vae_decode.images.npy"));
-    // idxBl_to_img(last_one=True) is clamped to [-1, 1].
-    let got: Vec<f32> = p.decode_images(&rows(&tokens)).unwrap().pixels.concat();
-    let got: Vec<f32> = got.iter().map(|&x| x.clamp(-1.0, 1.0)).collect();
-    let (max, psnr) = image_error(&got, &want);
-    eprintln!("{kind:?} VQVAE decode vs official: max abs error {max:.3e}, {psnr:.1} dB");
-    FP16_DEVICE_IMAGE.assert_close(&format!("{kind:?} VQVAE decode vs official"), &got, &want);
+    check_official_decode(&p, &format!("{kind:?}"));
     // The greedy generation's images against the CPU backend's (raw decoder output) and the
     // official ones (autoregressive_infer_cfg: (clamp(-1, 1) + 1) / 2).
     let (_, tokens) = read_i64(&golden.join("greedy_cfg4.tokens.npy"));
@@ -222,20 +214,20 @@ fn tensor_core_convs_match_official(kind: BackendKind) {
     let Some(p) = load_on(&dir, kind, cuda) else {
         return;
     };
+    check_official_decode(&p, &format!("{kind:?} with mma convs"));
+}
+
+/// `p`'s VQVAE decode of the golden random multi-scale tokens against the official one
+/// (`idxBl_to_img(last_one=True)`, clamped to [-1, 1]).
+fn check_official_decode(p: &Pipeline, what: &str) {
     let golden = tiny_var_dir();
     let (_, tokens) = read_i64(&golden.join("vae_decode.tokens.npy"));
     let (_, want) = read_f32(&golden.join("vae_decode.images.npy"));
     let got: Vec<f32> = p.decode_images(&rows(&tokens)).unwrap().pixels.concat();
     let got: Vec<f32> = got.iter().map(|&x| x.clamp(-1.0, 1.0)).collect();
     let (max, psnr) = image_error(&got, &want);
-    eprintln!(
-        "{kind:?} VQVAE decode (mma convs) vs official: max abs error {max:.3e}, {psnr:.1} dB"
-    );
-    FP16_DEVICE_IMAGE.assert_close(
-        &format!("{kind:?} VQVAE decode with mma convs vs official"),
-        &got,
-        &want,
-    );
+    eprintln!("{what} VQVAE decode vs official: max abs error {max:.3e}, {psnr:.1} dB");
+    FP16_DEVICE_IMAGE.assert_close(&format!("{what} VQVAE decode vs official"), &got, &want);
 }
 
 /// Sampling with top-k and VAR's top-p.

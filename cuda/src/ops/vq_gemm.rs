@@ -18,12 +18,8 @@ pub fn conv3x3<D: Device>(
     out: DevSlice<f32>,
 ) -> Result<(), CudaError> {
     const CTX: &str = "conv3x3";
-    let wp = s.w + 2;
+    let (wp, rows) = conv_buffers(CTX, s, input, weights, out)?;
     let k = 3 * s.cin;
-    let rows = conv_input_rows(s.h, s.w);
-    input.require(CTX, "input", s.batch * rows * k)?;
-    weights.require(CTX, "weights", 9 * s.cin * s.cout)?;
-    out.require(CTX, "out", s.batch * s.h * wp * s.cout)?;
     for ky in 0..3 {
         // Kernel row ky reads the 3-tap rows shifted by ky whole map rows; the last image's
         // last output row reads row (h+1)(w+2) + w - 1, inside its block.
@@ -47,6 +43,22 @@ pub fn conv3x3<D: Device>(
         })?;
     }
     Ok(())
+}
+
+/// Checks a 3x3 conv's buffers against `s` and gives its padded width `w + 2` and the input's
+/// rows per image.
+fn conv_buffers(
+    ctx: &str,
+    s: &ConvShape,
+    input: DevSlice<f16>,
+    weights: DevSlice<f16>,
+    out: DevSlice<f32>,
+) -> Result<(usize, usize), CudaError> {
+    let (wp, rows) = (s.w + 2, conv_input_rows(s.h, s.w));
+    input.require(ctx, "input", s.batch * rows * 3 * s.cin)?;
+    weights.require(ctx, "weights", 9 * s.cin * s.cout)?;
+    out.require(ctx, "out", s.batch * s.h * wp * s.cout)?;
+    Ok((wp, rows))
 }
 
 /// How the VQ decoder runs its 3x3 convolutions.
@@ -94,11 +106,7 @@ pub fn conv3x3_mma<D: Device>(
             ),
         ));
     }
-    let wp = s.w + 2;
-    let rows = conv_input_rows(s.h, s.w);
-    input.require(CTX, "input", s.batch * rows * 3 * s.cin)?;
-    weights.require(CTX, "weights", 9 * s.cin * s.cout)?;
-    out.require(CTX, "out", s.batch * s.h * wp * s.cout)?;
+    let (wp, rows) = conv_buffers(CTX, s, input, weights, out)?;
     let int = |name: &str, v: usize| {
         i32::try_from(v)
             .map(KArg::I32)
