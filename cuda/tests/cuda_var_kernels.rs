@@ -14,7 +14,7 @@ use llamagen_test_support::device as cuda_common;
 use llamagen_test_support::device_tests;
 
 use cuda_common::{download_f16, download_f32, upload_f16, upload_f32, upload_i32, Rng};
-use llamagen_cuda::device::Device;
+use llamagen_cuda::device::{DevSlice, Device};
 use llamagen_cuda::ops::var::{
     adaln, add_positions, area_tokens, attention, attention_mma, attention_per_token,
     attention_tiled, bias_rows, cond_silu, embed_resize, first_inputs, gate_residual, gelu_bias,
@@ -533,6 +533,13 @@ fn check_bad_shapes_are_errors<D: Device>(d: &D) {
     // The tensor-core kernels take head_dim 16 and 64 only.
     let err = attention_mma(d, d.slice(&small), d.slice(&small), cache, &s).unwrap_err();
     assert!(err.to_string().contains("head_dim 8"), "{err}");
+    let odd = Cache {
+        k: DevSlice::from_raw(d.addr(&small) + 2, 1 << 20),
+        ..cache
+    };
+    let s64 = AttnShape { head_dim: 64, ..s };
+    let err = attention_mma(d, d.slice(&small), d.slice(&small), odd, &s64).unwrap_err();
+    assert!(err.to_string().contains("aligned"), "{err}");
     let b = Block {
         rows: 2,
         tokens: 3,

@@ -680,6 +680,19 @@ fn check_bad_shapes_are_errors<D: Device>(d: &D) {
             .contains("the feature map holds 1024 f32 values"),
         "{e}"
     );
+    // The tensor-core conv: shapes it does not take, and buffers its 16-byte loads cannot read.
+    let s = ConvShape {
+        batch: 1,
+        h: 2,
+        w: 2,
+        cin: 8,
+        cout: 8,
+    };
+    let e = conv3x3_mma(d, &s, h, h, p).unwrap_err();
+    assert!(e.to_string().contains("cin 8"), "{e}");
+    let odd = DevSlice::<f16>::from_raw(d.addr(&buf) + 2, big);
+    let e = conv3x3_mma(d, &ConvShape { cin: 16, ..s }, odd, h, p).unwrap_err();
+    assert!(e.to_string().contains("aligned"), "{e}");
 }
 
 device_tests!(

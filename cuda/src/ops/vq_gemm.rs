@@ -67,7 +67,8 @@ pub enum Conv3x3 {
     /// [`conv3x3`]: 3 cuBLAS GEMMs (the default until the other is measured on hardware).
     #[default]
     Cublas,
-    /// [`conv3x3_mma`] where the shape fits ([`conv3x3_mma_fits`]), else [`conv3x3`].
+    /// [`conv3x3_mma`] where the shape fits ([`conv3x3_mma_fits`]) and the buffers are aligned,
+    /// else [`conv3x3`].
     Mma,
 }
 
@@ -81,7 +82,9 @@ pub fn conv3x3_with<D: Device>(
     out: DevSlice<f32>,
 ) -> Result<(), CudaError> {
     match how {
-        Conv3x3::Mma if conv3x3_mma_fits(s) => conv3x3_mma(d, s, input, weights, out),
+        Conv3x3::Mma if conv3x3_mma_fits(s) && mma_aligned(input, weights, out) => {
+            conv3x3_mma(d, s, input, weights, out)
+        }
         _ => conv3x3(d, s, input, weights, out),
     }
 }
@@ -104,6 +107,13 @@ pub fn conv3x3_mma<D: Device>(
                 "cin {} and cout {} (the kernel takes cin % 16 == 0, cout % 8 == 0)",
                 s.cin, s.cout
             ),
+        ));
+    }
+    if !mma_aligned(input, weights, out) {
+        return Err(CudaError::call(
+            CTX,
+            "input and weights must be 16-byte aligned, out 8-byte aligned (16-byte and \
+             8-byte accesses)",
         ));
     }
     let (wp, rows) = conv_buffers(CTX, s, input, weights, out)?;
@@ -143,6 +153,11 @@ const CONV_MMA_COLS: usize = 32;
 /// Whether [`conv3x3_mma`] takes this shape.
 pub fn conv3x3_mma_fits(s: &ConvShape) -> bool {
     s.cin % 16 == 0 && s.cout % 8 == 0 && s.cin > 0 && s.cout > 0
+}
+
+/// Whether the buffers suit [`conv3x3_mma`]'s 16-byte loads and 8-byte stores.
+fn mma_aligned(input: DevSlice<f16>, weights: DevSlice<f16>, out: DevSlice<f32>) -> bool {
+    input.addr() % 16 == 0 && weights.addr() % 16 == 0 && out.addr() % 8 == 0
 }
 
 /// 1x1 conv (no bias) over `rows` positions: `out` f32 `[rows, cout]` = `input` f16

@@ -57,9 +57,13 @@ impl MapF32 {
     }
 
     /// Whether the `_x8` kernels (8 channels per thread, 16-byte loads and stores) may read this
-    /// map and write `out`: channels a multiple of 8 and both buffers 16-byte aligned.
+    /// map and write `out`: channels a multiple of 8, images 16 bytes apart, both buffers 16-byte
+    /// aligned.
     pub(super) fn vec8(&self, out: DevSlice<f16>) -> bool {
-        self.c % 8 == 0 && self.data.addr() % 16 == 0 && out.addr() % 16 == 0
+        self.c % 8 == 0
+            && self.img_stride % 4 == 0
+            && self.data.addr() % 16 == 0
+            && out.addr() % 16 == 0
     }
 
     /// The leading kernel arguments `src, bias` (a null bias pointer when there is none), and

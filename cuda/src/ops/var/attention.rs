@@ -34,9 +34,14 @@ fn mma_kernel(head_dim: usize) -> Option<&'static str> {
     }
 }
 
+/// Whether the buffers suit the tensor-core kernels' 16-byte cache loads and 4-byte stores.
+fn mma_aligned(out: DevSlice<f16>, cache: Cache) -> bool {
+    cache.k.addr() % 16 == 0 && cache.v.addr() % 16 == 0 && out.addr() % 4 == 0
+}
+
 /// `out` f16 `[rows, T, H hd]` = softmax(q . K^T) . V over cache slots `0..pos + T` (no mask);
 /// q f32 `[rows, H, T, hd]` already scaled. [`attention_mma`] for head_dim 64 (every released
-/// VAR) and 16, else [`attention_tiled`].
+/// VAR) and 16 with aligned buffers, else [`attention_tiled`].
 pub fn attention<D: Device>(
     d: &D,
     out: DevSlice<f16>,
@@ -44,7 +49,7 @@ pub fn attention<D: Device>(
     cache: Cache,
     s: &AttnShape,
 ) -> Result<(), CudaError> {
-    if mma_kernel(s.head_dim).is_some() {
+    if mma_kernel(s.head_dim).is_some() && mma_aligned(out, cache) {
         attention_mma(d, out, q, cache, s)
     } else {
         attention_tiled(d, out, q, cache, s)
@@ -68,6 +73,13 @@ pub fn attention_mma<D: Device>(
             format!("head_dim {} (the kernels take 16 or 64)", s.head_dim),
         ));
     };
+    if !mma_aligned(out, cache) {
+        return Err(CudaError::call(
+            CTX,
+            "the caches must be 16-byte aligned and out 4-byte aligned (16-byte loads, 4-byte \
+             stores)",
+        ));
+    }
     if s.is_empty() {
         return Ok(());
     }
