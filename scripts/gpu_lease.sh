@@ -18,8 +18,8 @@
 #   (570) in total, under the device's 600 s per call; MODELS (GPT-B), INT8_MODELS (GPT-B), SKIP_COMPILE (1: no
 #   torch.compile run). GPT-XL's rows need a second call (MODELS=GPT-XL).
 # Writes at most 8 files into OUT (what a lease sends back): summary.txt (each step's exit
-# status and the tables), results.tar.gz (every log and JSON line), ncu-var.csv, ncu-cublas.csv,
-# ncu-own.csv.
+# status and the tables), results.tar.gz (every log and JSON line), ncu-var.csv, ncu-var64.csv,
+# ncu-cublas.csv, ncu-own.csv.
 set -uo pipefail
 out=${1:?usage: $0 OUT [LLAMAGEN_CODE] [VAR_CODE]}
 llamagen=${2:-}
@@ -134,18 +134,24 @@ if [ -d "$work/var/d16/bundle" ]; then
   grep -E "^(round|image)" "$work/logs/vq-ab.log" >>"$summary" 2>/dev/null
 fi
 
-# 2b. The VAR-d16 batch-8 loop under Nsight Compute, without the graph: launches NCU_VAR_SKIP
-#     (1400) to + NCU_VAR_LAUNCHES (1300) of the warm-up run (one run is ~1970 transformer launches,
-#     then the VQ decode): its last scales and its VQ decode, time and DRAM bytes per kernel name.
+# 2b. The VAR-d16 loop under Nsight Compute, without the graph: launches NCU_VAR_SKIP (1400) to
+#     + NCU_VAR_LAUNCHES (1300) of the warm-up run (one run is ~1970 transformer launches, then
+#     the VQ decode): its last scales and its VQ decode, time and DRAM bytes per kernel name. At
+#     batch 8 as the default runs, and at batch 64 with the tensor-core VQ convolutions.
 vbundle="$work/var/d16/bundle"
 if command -v ncu >/dev/null && [ -d "$vbundle" ]; then
-  step ncu-var "${NCU_VAR_S:-60}" ncu --launch-skip "${NCU_VAR_SKIP:-1400}" \
-    --launch-count "${NCU_VAR_LAUNCHES:-1300}" --csv --page raw \
-    --print-units base --metrics $ncu_metrics "$bin/llamagen" bench --bundle "$vbundle" \
-    --backend cuda --no-cuda-graph --labels 7,138,269,400,531,662,793,924 --cfg-scale 4 \
-    --top-k 900 --top-p 0.95 --runs 1
-  cp "$work/logs/ncu-var.log" "$out/ncu-var.csv"
-  ncu_table "$out/ncu-var.csv" 0 >>"$summary" 2>&1
+  for run in "ncu-var 8 cublas" "ncu-var64 64 mma"; do
+    set -- $run
+    labels=$(python3 -c "print(','.join(str((i * 131 + 7) % 1000) for i in range($2)))")
+    step "$1" "${NCU_VAR_S:-60}" env LLAMAGEN_CUDA_VQ_CONV="$3" ncu \
+      --launch-skip "${NCU_VAR_SKIP:-1400}" --launch-count "${NCU_VAR_LAUNCHES:-1300}" --csv \
+      --page raw --print-units base --metrics $ncu_metrics "$bin/llamagen" bench \
+      --bundle "$vbundle" --backend cuda --no-cuda-graph --labels "$labels" --cfg-scale 4 \
+      --top-k 900 --top-p 0.95 --runs 1
+    cp "$work/logs/$1.log" "$out/$1.csv"
+    echo "$1: batch $2, VQ convolutions $3" >>"$summary"
+    ncu_table "$out/$1.csv" 0 >>"$summary" 2>&1
+  done
 fi
 
 # 3. Every other GPU test from the kit.
