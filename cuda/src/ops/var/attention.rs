@@ -1,6 +1,6 @@
 //! VAR's attention over a scale's token block and the KV cache (no mask): on the tensor cores
-//! for head_dim 64 (every released VAR), else flash-style f32 tiles, or one block per token
-//! where the tiles' shared memory does not fit.
+//! for head_dim 64 (every released VAR) and 16 (the golden tiny models), else flash-style f32
+//! tiles, or one block per token where the tiles' shared memory does not fit.
 
 use half::f16;
 
