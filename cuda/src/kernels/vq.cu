@@ -46,32 +46,20 @@ DEVICE i32 vq_out_len(i32 h_out, i32 w_out, i32 pad, i32 channels) {
     return pad ? (h_out + 2) * (w_out + 2) * 3 * channels : h_out * w_out * channels;
 }
 
-// Stores `v`, channel c of position r, into an image's f16 output: out[r][c] when compact; when
-// padded (3-tap), into part kx of row r - kx for each kx = 0, 1, 2 that names a row, so each
-// output value is written exactly once over all positions.
-DEVICE void vq_store_input(f16* out_b, i32 r, i32 c, i32 h_out, i32 w_out, i32 pad, i32 channels, f16 v) {
+// Stores `v`, channel c of position r (T = f16), or channels c..c+8 (T = uint4, packed f16
+// pairs, 16-byte aligned as the _x8 kernels' callers guarantee), into an image's f16 output:
+// out[r][c] when compact; when padded (3-tap), into part kx of row r - kx for each kx = 0, 1, 2
+// that names a row, so each output value is written exactly once over all positions.
+template <class T>
+DEVICE void vq_store_input(f16* out_b, i32 r, i32 c, i32 h_out, i32 w_out, i32 pad, i32 channels, T v) {
     if (!pad) {
-        out_b[(i64)r * channels + c] = v;
+        *reinterpret_cast<T*>(out_b + (i64)r * channels + c) = v;
         return;
     }
     i32 rows = (h_out + 2) * (w_out + 2);
     for (i32 kx = 0; kx < 3; kx++) {
         i32 j = r - kx;
-        if (j >= 0 && j < rows) out_b[((i64)j * 3 + kx) * channels + c] = v;
-    }
-}
-
-// vq_store_input for 8 consecutive channels c0..c0+8 (packed f16 pairs; 16-byte aligned, as
-// the _x8 kernels' callers guarantee).
-DEVICE void vq_store_input8(f16* out_b, i32 r, i32 c0, i32 h_out, i32 w_out, i32 pad, i32 channels, uint4 v) {
-    if (!pad) {
-        *reinterpret_cast<uint4*>(out_b + (i64)r * channels + c0) = v;
-        return;
-    }
-    i32 rows = (h_out + 2) * (w_out + 2);
-    for (i32 kx = 0; kx < 3; kx++) {
-        i32 j = r - kx;
-        if (j >= 0 && j < rows) *reinterpret_cast<uint4*>(out_b + ((i64)j * 3 + kx) * channels + c0) = v;
+        if (j >= 0 && j < rows) *reinterpret_cast<T*>(out_b + ((i64)j * 3 + kx) * channels + c) = v;
     }
 }
 
@@ -226,7 +214,7 @@ KERNEL void vq_group_norm_f16_x8(f16* out, const float* src, const float* bias, 
                 v[k] = swish ? u / (1.0f + expf(-u)) : u;
             }
         }
-        vq_store_input8(out_b, r, c0, h, w, pad, channels, vq_pack8(v));
+        vq_store_input(out_b, r, c0, h, w, pad, channels, vq_pack8(v));
     }
 }
 
@@ -268,7 +256,7 @@ KERNEL void vq_upsample_pad_f16_x8(f16* out, const float* src, const float* bias
         float v[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
         if (vq_unpad(r, fh, fw, pad, &y, &x))
             vq_map_read8(src, bias, b, y / factor, x / factor, c0, pitch, img_stride, channels, v);
-        vq_store_input8(out_b, r, c0, fh, fw, pad, channels, vq_pack8(v));
+        vq_store_input(out_b, r, c0, fh, fw, pad, channels, vq_pack8(v));
     }
 }
 

@@ -3,8 +3,8 @@
 
 use half::f16;
 
-use super::vq::{conv_input_rows, ConvShape};
-use crate::device::{DType, DevSlice, Device, Gemm, KArg, LaunchConfig};
+use super::vq::{conv_input_rows, int, ConvShape};
+use crate::device::{blocks_for, DType, DevSlice, Device, Gemm, LaunchConfig};
 use crate::error::CudaError;
 
 /// 3x3 conv, stride 1, zero padding 1, no bias, as 3 accumulated GEMMs (module doc of
@@ -117,31 +117,24 @@ pub fn conv3x3_mma<D: Device>(
         ));
     }
     let (wp, rows) = conv_buffers(CTX, s, input, weights, out)?;
-    let int = |name: &str, v: usize| {
-        i32::try_from(v)
-            .map(KArg::I32)
-            .map_err(|_| CudaError::call(CTX, format!("{name} {v} exceeds 32 bits")))
-    };
     let rows_out = s.h * wp;
-    let blocks = |n: usize, per: usize| {
-        u32::try_from(n.div_ceil(per))
-            .map_err(|_| CudaError::call(CTX, format!("{n} rows exceed a grid")))
-    };
+    // Output rows are 64-bit in the kernel; 32 bits here keep the grid within its x extent.
+    int(s.batch * rows_out)?;
     let grid = [
-        blocks(s.batch * rows_out, CONV_MMA_ROWS)?,
-        blocks(s.cout, CONV_MMA_COLS)?,
+        blocks_for(s.batch * rows_out, CONV_MMA_ROWS),
+        blocks_for(s.cout, CONV_MMA_COLS),
         1,
     ];
     let args = [
         out.into(),
         input.into(),
         weights.into(),
-        int("rows", rows_out)?,
-        int("batch", s.batch)?,
-        int("w + 2", wp)?,
-        int("input rows", rows)?,
-        int("cin", s.cin)?,
-        int("cout", s.cout)?,
+        int(rows_out)?,
+        int(s.batch)?,
+        int(wp)?,
+        int(rows)?,
+        int(s.cin)?,
+        int(s.cout)?,
     ];
     d.launch(CTX, &LaunchConfig::new(grid, [128, 1, 1]), &args)
 }
