@@ -159,6 +159,9 @@ fn commit(
         .map_err(|e| err(&e))?
         .with_intra_op_spinning(opts.idle_spin)
         .map_err(|e| err(&e))?
+        // The process-wide arena of `ort_env` (one for all graphs, not one each).
+        .with_env_allocators()
+        .map_err(|e| err(&e))?
         .commit_from_file(path)
         .map_err(|e| err(&e))
 }
