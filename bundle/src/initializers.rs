@@ -213,6 +213,15 @@ impl Initializers {
         }))
     }
 
+    /// Initializer `name` as stored (element type, dims) with its bytes, inline or from the
+    /// weights file, whatever its type; `None` when there is none of that name.
+    pub fn raw(&self, name: &str) -> Result<Option<(&TensorProto, &[u8])>, BundleError> {
+        match self.tensors.get(name) {
+            Some(t) => Ok(Some((t, self.bytes_of(t)?))),
+            None => Ok(None),
+        }
+    }
+
     fn decode(&self, t: &TensorProto) -> Result<HostTensor, BundleError> {
         let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
         let n: usize = dims.iter().product();

@@ -53,6 +53,10 @@ pub struct BenchReport {
     /// per layer) or `separate` (rotary_kv_write + decode_attention); `LLAMAGEN_CUDA_ATTENTION`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attention: Option<&'static str>,
+    /// The CPU backend: how many VQ decoder convolutions ran on our AMX kernel (int8-activation
+    /// decoders on CPUs with AMX; 0 elsewhere or with `--cpu-no-amx`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_amx_convolutions: Option<usize>,
     /// Device backends (LlamaGen): all GPT weights on the device (GEMMs, embeddings, norms,
     /// rotary tables), in MB.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,6 +146,8 @@ pub fn bench(
         decode_gemm: weights.map(|w| w.decode_gemm),
         gemm_weight_mb: weights.map(|w| w.gemm_bytes as f64 / 1e6),
         attention: pipeline.device_attention(),
+        cpu_amx_convolutions: (pipeline.backend() == BackendKind::Cpu)
+            .then(|| pipeline.cpu_amx_convolutions()),
         gpt_device_weight_mb: weights.map(|w| (w.gemm_bytes + w.other_bytes) as f64 / 1e6),
         decode_steps_timed: steps.len(),
         scale_ms: var.then(|| scales.into_iter().map(median).collect()),

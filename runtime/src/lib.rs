@@ -9,6 +9,7 @@
 //! # Ok::<(), llamagen_runtime::RuntimeError>(())
 //! ```
 
+pub mod amx;
 pub mod backend;
 pub mod bench;
 pub mod compare;

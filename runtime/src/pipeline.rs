@@ -164,6 +164,11 @@ impl Pipeline {
         self.generator.device_attention()
     }
 
+    /// CPU: how many VQ decoder convolutions run on our AMX kernel (0 elsewhere).
+    pub fn cpu_amx_convolutions(&self) -> usize {
+        self.generator.cpu_amx_convolutions()
+    }
+
     /// The most labels one request may carry ([`PipelineOptions::max_labels`]).
     pub fn max_labels(&self) -> usize {
         self.max_labels

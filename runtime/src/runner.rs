@@ -90,6 +90,10 @@ pub(crate) trait Generator: Send + Sync {
     fn device_attention(&self) -> Option<&'static str> {
         None
     }
+    /// CPU: how many VQ decoder convolutions run on our AMX kernel.
+    fn cpu_amx_convolutions(&self) -> usize {
+        0
+    }
 }
 
 /// [`Generator`] on backend `B`, with a pool of its step states.
@@ -166,6 +170,10 @@ impl<B: Backend> Generator for Runner<B> {
 
     fn device_attention(&self) -> Option<&'static str> {
         self.backend.device_attention()
+    }
+
+    fn cpu_amx_convolutions(&self) -> usize {
+        self.backend.cpu_amx_convolutions()
     }
 
     #[cfg(feature = "test-hooks")]

@@ -7,7 +7,38 @@ mod cuda_options;
 #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 mod cuda_var;
 pub use cuda_options::{CudaAttention, CudaOptions, DecodeGemm, VqConv};
+#[cfg(target_arch = "x86_64")]
+mod amx_rewrite;
 pub(crate) mod ort_cpu;
+
+#[cfg(target_arch = "x86_64")]
+use amx_rewrite::amx_graph;
+
+/// Without x86-64 there is no AMX: graphs load as they are.
+#[cfg(not(target_arch = "x86_64"))]
+fn amx_graph(
+    _: &std::path::Path,
+    _: &llamagen_bundle::Manifest,
+    _: &llamagen_bundle::GraphEntry,
+    _: &llamagen_bundle::confine::OpenedFile,
+    _: bool,
+) -> Result<Option<NoAmx>, crate::error::RuntimeError> {
+    Ok(None)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+enum NoAmx {}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl NoAmx {
+    fn commit(
+        self,
+        _: ort::session::builder::SessionBuilder,
+        _: &CpuOptions,
+    ) -> Result<(ort::session::Session, usize), crate::error::RuntimeError> {
+        match self {}
+    }
+}
 
 pub use ort_cpu::OrtCpu;
 
@@ -121,6 +152,10 @@ pub trait Backend: Send + Sync + 'static {
     fn device_attention(&self) -> Option<&'static str> {
         None
     }
+    /// CPU: how many VQ decoder convolutions run on our AMX kernel.
+    fn cpu_amx_convolutions(&self) -> usize {
+        0
+    }
 }
 
 /// Which backend to run on.
@@ -161,6 +196,9 @@ pub struct CpuOptions {
     /// a wake-up per operator on an otherwise idle machine, and burns the cores other work
     /// needs on a shared one (see `ort_cpu::commit`).
     pub idle_spin: bool,
+    /// Keep the VQ decoder's int8 3x3 convolutions on ONNX Runtime's kernels where our AMX
+    /// kernel would run them (`amx`; int8-activation decoders on AMX CPUs only).
+    pub no_amx: bool,
 }
 
 impl CpuOptions {

@@ -13,7 +13,7 @@ use llamagen_bundle::confine::OpenedFile;
 use llamagen_bundle::names as io_names;
 use llamagen_bundle::names::PROBE_PREFIX;
 use llamagen_bundle::{GraphRole, Manifest};
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
 
@@ -27,6 +27,8 @@ pub struct OrtCpu {
     /// Calibration probe outputs (`probe.*`) of each session; empty in normal bundles.
     gpt_probes: Vec<String>,
     vq_probes: Vec<String>,
+    /// VQ decoder convolutions on our AMX kernel.
+    amx_convolutions: usize,
     layers: usize,
     vocab: usize,
     config: llamagen_bundle::config::GptConfig,
@@ -114,6 +116,18 @@ pub(crate) fn session(
     opts: &CpuOptions,
     activations: Activations,
 ) -> Result<Session, RuntimeError> {
+    Ok(session_counting(dir, m, role, opts, activations)?.0)
+}
+
+/// [`session`], and how many of its convolutions run on our AMX kernel (an int8-activation VQ
+/// decoder on an AMX CPU, unless `opts.no_amx`; see `amx_rewrite`).
+pub(crate) fn session_counting(
+    dir: &Path,
+    m: &Manifest,
+    role: GraphRole,
+    opts: &CpuOptions,
+    activations: Activations,
+) -> Result<(Session, usize), RuntimeError> {
     let entry = m.graph(dir, role)?;
     let source = dir.join(llamagen_bundle::MANIFEST_FILE);
     let onnx = OpenedFile::open(dir, m, &source, &entry.file)?;
@@ -124,23 +138,29 @@ pub(crate) fn session(
     // Decoder convolutions fuse into int8 kernels only in graphs that quantize their
     // activations themselves.
     let qdq = !matches!(role, GraphRole::VqDecoder) || entry.int8_activations;
-    let session = commit(&onnx.path, opts, activations, qdq)?;
+    let amx = matches!(role, GraphRole::VqDecoder) && entry.int8_activations && !opts.no_amx;
+    let builder = builder(&onnx.path, opts, activations, qdq)?;
+    let (session, convolutions) = match super::amx_graph(dir, m, entry, &onnx, amx)? {
+        Some(graph) => graph.commit(builder, opts)?,
+        None => (commit_file(builder, &onnx.path)?, 0),
+    };
     for f in [&onnx, &weights] {
         f.check_unchanged()?;
     }
-    Ok(session)
+    Ok((session, convolutions))
 }
 
-/// `qdq`: ONNX Runtime's Q/DQ fusions on (see below for why decoders turn them off).
-fn commit(
+/// The session options every CPU graph gets. `qdq`: ONNX Runtime's Q/DQ fusions on (see below
+/// for why decoders turn them off).
+fn builder(
     path: &Path,
     opts: &CpuOptions,
     activations: Activations,
     qdq: bool,
-) -> Result<Session, RuntimeError> {
+) -> Result<SessionBuilder, RuntimeError> {
     let env = crate::ort_env::environment()?;
-    let ctx = || format!("loading {}", path.display());
-    let err = |e: &dyn std::fmt::Display| RuntimeError::ort(ctx(), e);
+    let err =
+        |e: &dyn std::fmt::Display| RuntimeError::ort(format!("loading {}", path.display()), e);
     Session::builder(env)
         .map_err(|e| err(&e))?
         .with_memory_pattern(matches!(activations, Activations::Planned))
@@ -161,9 +181,13 @@ fn commit(
         .map_err(|e| err(&e))?
         // The process-wide arena of `ort_env` (one for all graphs, not one each).
         .with_env_allocators()
-        .map_err(|e| err(&e))?
-        .commit_from_file(path)
         .map_err(|e| err(&e))
+}
+
+fn commit_file(mut builder: SessionBuilder, path: &Path) -> Result<Session, RuntimeError> {
+    builder
+        .commit_from_file(path)
+        .map_err(|e| RuntimeError::ort(format!("loading {}", path.display()), e))
 }
 
 impl OrtCpu {
@@ -171,10 +195,12 @@ impl OrtCpu {
         let config = m.gpt()?.clone();
         let layers = config.n_layer;
         let gpt = session(dir, m, GraphRole::GptStep, opts, Activations::Planned)?;
-        let vq = session(dir, m, GraphRole::VqDecoder, opts, Activations::Arena)?;
+        let (vq, amx_convolutions) =
+            session_counting(dir, m, GraphRole::VqDecoder, opts, Activations::Arena)?;
         Ok(OrtCpu {
             gpt_probes: probes(&gpt),
             vq_probes: probes(&vq),
+            amx_convolutions,
             gpt: Mutex::new(gpt),
             vq: Mutex::new(vq),
             layers,
@@ -254,6 +280,10 @@ impl Backend for OrtCpu {
 
     fn kind(&self) -> BackendKind {
         BackendKind::Cpu
+    }
+
+    fn cpu_amx_convolutions(&self) -> usize {
+        self.amx_convolutions
     }
 
     fn new_state(&self, rows: usize) -> Result<KvCache, RuntimeError> {

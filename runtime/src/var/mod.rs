@@ -179,6 +179,10 @@ impl Generator for VarOrtCpu {
         Ok(token_output(tokens, &scale_ms, start))
     }
 
+    fn cpu_amx_convolutions(&self) -> usize {
+        self.sessions.amx_convolutions
+    }
+
     fn has_fused_loop(&self) -> bool {
         false
     }

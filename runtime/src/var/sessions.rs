@@ -12,7 +12,8 @@ use llamagen_bundle::{GraphRole, Manifest, VarConfig};
 use ort::session::{Session, SessionInputValue};
 
 use crate::backend::ort_cpu::{
-    output_f32 as output, probes, report_probes, session, tensor, Activations, CacheNames,
+    output_f32 as output, probes, report_probes, session, session_counting, tensor, Activations,
+    CacheNames,
 };
 use crate::backend::CpuOptions;
 use crate::error::RuntimeError;
@@ -25,6 +26,8 @@ pub(crate) struct VarSessions {
     decoder: Mutex<Session>,
     /// The decoder's calibration probes (`probe.*` outputs; calibration bundles only).
     decoder_probes: Vec<String>,
+    /// Decoder convolutions on our AMX kernel.
+    pub amx_convolutions: usize,
     names: CacheNames,
 }
 
@@ -47,12 +50,14 @@ impl VarSessions {
             Ok(Mutex::new(session(dir, m, role, opts, act)?))
         };
         let layers = c.depth;
-        let decoder = session(dir, m, GraphRole::VqDecoder, opts, Activations::Arena)?;
+        let (decoder, amx_convolutions) =
+            session_counting(dir, m, GraphRole::VqDecoder, opts, Activations::Arena)?;
         Ok(VarSessions {
             cond: open(GraphRole::VarCond, Activations::Arena)?,
             step: open(GraphRole::VarStep, Activations::Arena)?,
             embed: open(GraphRole::VarEmbed, Activations::Arena)?,
             decoder_probes: probes(&decoder),
+            amx_convolutions,
             decoder: Mutex::new(decoder),
             names: CacheNames::new(layers),
         })

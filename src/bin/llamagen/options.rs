@@ -61,6 +61,10 @@ pub struct RunFlags {
     /// faster on an idle machine, much slower when other work shares the cores).
     #[arg(long)]
     pub cpu_spin: bool,
+    /// cpu: run an int8-activation VQ decoder's 3x3 convolutions on ONNX Runtime's kernels,
+    /// not on ours for Intel AMX (used only where the CPU has AMX).
+    #[arg(long)]
+    pub cpu_no_amx: bool,
     /// Skip the sha256 check of the bundle's files on load.
     #[arg(long)]
     pub no_verify: bool,
@@ -106,6 +110,7 @@ impl RunFlags {
             BackendArg::Cpu => BackendChoice::Cpu(CpuOptions {
                 threads: self.threads,
                 idle_spin: self.cpu_spin,
+                no_amx: self.cpu_no_amx,
             }),
             BackendArg::Cuda => BackendChoice::Cuda(cuda),
             BackendArg::CudaEmu => BackendChoice::CudaEmu(cuda),

@@ -40,6 +40,10 @@ pub struct Args {
     /// cpu: let idle worker threads spin between operators instead of sleeping.
     #[arg(long)]
     pub cpu_spin: bool,
+    /// cpu: run an int8-activation VQ decoder's 3x3 convolutions on ONNX Runtime's kernels,
+    /// not on ours for Intel AMX (used only where the CPU has AMX).
+    #[arg(long)]
+    pub cpu_no_amx: bool,
     /// cuda: which GPU (ordinal).
     #[arg(long, default_value_t = 0)]
     pub cuda_device: usize,
@@ -60,6 +64,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         BackendArg::Cpu => llamagen_runtime::BackendChoice::Cpu(llamagen_runtime::CpuOptions {
             threads: a.threads,
             idle_spin: a.cpu_spin,
+            no_amx: a.cpu_no_amx,
         }),
         BackendArg::Cuda => llamagen_runtime::BackendChoice::Cuda(cuda),
         BackendArg::CudaEmu => llamagen_runtime::BackendChoice::CudaEmu(cuda),

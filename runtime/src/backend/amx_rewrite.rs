@@ -1,0 +1,344 @@
+//! Puts the AMX convolution ([`crate::amx::qconv`]) into a VQ decoder graph whose convolutions
+//! quantize their activations (`--int8-activations dynamic-convs` bundles), at load, in memory.
+//! The bundle on disk stays standard ONNX (Python onnxruntime runs it as it is).
+//!
+//! Each match of
+//!
+//! ```text
+//! x -> QuantizeLinear(s_x, z_x) -> DequantizeLinear(s_x, z_x) ─┐
+//! w_int8 -> DequantizeLinear(s_w, 0) ──────────────────────────┼─> Conv 3x3, pad 1, stride 1
+//!                                                       bias ──┘   -> QuantizeLinear(s_y, z_y)
+//!                                                                  -> DequantizeLinear -> y
+//! ```
+//!
+//! (every intermediate value used only by the next node, output channels a multiple of 32) is
+//! replaced by one `llamagen.cpu::QConv3x3(x) -> y` node whose weights are packed here and held
+//! by the operator; the other nodes (1x1 and 3-channel convolutions, norms, attention) stay as
+//! they are. Initializers no longer used are dropped and the rest are inlined, so the model
+//! loads from memory without its external weights file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use llamagen_bundle::confine::OpenedFile;
+use llamagen_bundle::{GraphEntry, Manifest};
+use ort::session::builder::SessionBuilder;
+use ort::session::Session;
+
+use llamagen_bundle::initializers::Initializers;
+use llamagen_bundle::onnx_proto::{
+    attribute_type, data_type, AttributeProto, ModelProto, NodeProto, OperatorSetIdProto,
+    TensorProto, DATA_LOCATION_EXTERNAL,
+};
+use prost::Message;
+
+use crate::amx::op::{CONV_ATTRIBUTE, DOMAIN, OP_TYPE};
+use crate::amx::qconv::{QConv3x3, Quant};
+use crate::backend::CpuOptions;
+use crate::error::RuntimeError;
+
+/// A rewritten graph: the model to load and the convolutions its `QConv3x3` nodes name.
+pub(crate) struct Rewritten {
+    path: PathBuf,
+    model: Vec<u8>,
+    convs: HashMap<String, Arc<QConv3x3>>,
+}
+
+impl Rewritten {
+    /// The session of the rewritten graph, with the operator serving its convolutions, and
+    /// how many there are.
+    pub(crate) fn commit(
+        self,
+        builder: SessionBuilder,
+        opts: &CpuOptions,
+    ) -> Result<(Session, usize), RuntimeError> {
+        let err = |e: ort::Error| RuntimeError::ort(format!("loading {}", self.path.display()), e);
+        let count = self.convs.len();
+        let domain = crate::amx::op::domain(self.convs, opts.thread_count()).map_err(err)?;
+        let session = builder
+            .with_operators(domain)
+            .map_err(|e| err(e.into()))?
+            .commit_from_memory(&self.model)
+            .map_err(err)?;
+        Ok((session, count))
+    }
+}
+
+/// The decoder graph of `entry` with its 3x3 int8 convolutions on our AMX kernel, when
+/// `wanted`, AMX is available and the graph has such convolutions.
+pub(crate) fn amx_graph(
+    dir: &Path,
+    m: &Manifest,
+    entry: &GraphEntry,
+    onnx: &OpenedFile,
+    wanted: bool,
+) -> Result<Option<Rewritten>, RuntimeError> {
+    if !wanted || !crate::amx::available() {
+        return Ok(None);
+    }
+    let inits = Initializers::open(dir, m, entry)?;
+    let rewritten = rewrite(&onnx.path, &onnx.read_all()?, &inits)?;
+    if let Some(r) = &rewritten {
+        tracing::debug!(
+            convolutions = r.convs.len(),
+            "VQ decoder on AMX convolutions"
+        );
+    }
+    Ok(rewritten)
+}
+
+/// Rewrites the graph of `onnx` (the bytes of `path`); `None` when no convolution matches.
+fn rewrite(
+    path: &Path,
+    onnx: &[u8],
+    inits: &Initializers,
+) -> Result<Option<Rewritten>, RuntimeError> {
+    let bad = |reason: String| RuntimeError::ort(format!("rewriting {}", path.display()), reason);
+    let mut model = ModelProto::decode(onnx).map_err(|e| bad(e.to_string()))?;
+    let Some(graph) = model.graph.as_mut() else {
+        return Ok(None);
+    };
+    let index = Index::new(&graph.node, graph.output.iter().map(|o| o.name.as_str()));
+    let mut convs = HashMap::new();
+    let mut replaced: HashMap<usize, NodeProto> = HashMap::new();
+    let mut dropped = vec![false; graph.node.len()];
+    for (i, node) in graph.node.iter().enumerate() {
+        let Some(m) = index.match_conv(&graph.node, i) else {
+            continue;
+        };
+        let Some(conv) = build(&m, inits).map_err(|e| bad(format!("{}: {e}", node.name)))? else {
+            continue;
+        };
+        for n in m.nodes {
+            dropped[n] = true;
+        }
+        convs.insert(node.name.clone(), Arc::new(conv));
+        replaced.insert(i, fused_node(node, &m.x, &m.y));
+    }
+    if convs.is_empty() {
+        return Ok(None);
+    }
+    let nodes = std::mem::take(&mut graph.node);
+    graph.node = nodes
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, n)| match replaced.remove(&i) {
+            Some(fused) => Some(fused),
+            None => (!dropped[i]).then_some(n),
+        })
+        .collect();
+    let used: std::collections::HashSet<&str> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .collect();
+    let mut kept = Vec::new();
+    for t in std::mem::take(&mut graph.initializer) {
+        if used.contains(t.name.as_str()) {
+            kept.push(inline(t, inits).map_err(|e| bad(e.to_string()))?);
+        }
+    }
+    graph.initializer = kept;
+    let produced: std::collections::HashSet<String> =
+        graph.node.iter().flat_map(|n| n.output.clone()).collect();
+    graph.value_info.retain(|v| produced.contains(&v.name));
+    model.opset_import.push(OperatorSetIdProto {
+        domain: DOMAIN.into(),
+        version: 1,
+    });
+    Ok(Some(Rewritten {
+        path: path.to_path_buf(),
+        model: model.encode_to_vec(),
+        convs,
+    }))
+}
+
+/// The names one convolution's Q/DQ chain reads, and the nodes it spans.
+struct ConvMatch {
+    x: String,
+    y: String,
+    weight_base: String,
+    bias: Option<String>,
+    x_quant: (String, String),
+    y_quant: (String, String),
+    nodes: Vec<usize>,
+}
+
+/// Producer and consumers of every value.
+struct Index<'a> {
+    producer: HashMap<&'a str, usize>,
+    consumers: HashMap<&'a str, Vec<usize>>,
+}
+
+impl<'a> Index<'a> {
+    fn new(nodes: &'a [NodeProto], graph_outputs: impl Iterator<Item = &'a str>) -> Self {
+        let mut producer = HashMap::new();
+        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            for o in &n.output {
+                producer.insert(o.as_str(), i);
+            }
+            for x in &n.input {
+                consumers.entry(x.as_str()).or_default().push(i);
+            }
+        }
+        // A graph output counts as a consumer nobody may take away.
+        for o in graph_outputs {
+            consumers.entry(o).or_default().push(usize::MAX);
+        }
+        Index {
+            producer,
+            consumers,
+        }
+    }
+
+    /// The node producing `value`, if it is an `op` whose output only `consumer` reads.
+    fn sole_producer(
+        &self,
+        nodes: &'a [NodeProto],
+        value: &str,
+        op: &str,
+        consumer: usize,
+    ) -> Option<usize> {
+        let p = *self.producer.get(value)?;
+        (nodes[p].op_type == op && self.consumers.get(value)? == &vec![consumer]).then_some(p)
+    }
+
+    /// The only node reading `value`, if it is an `op`.
+    fn sole_consumer(&self, nodes: &'a [NodeProto], value: &str, op: &str) -> Option<usize> {
+        match self.consumers.get(value)?.as_slice() {
+            [c] if *c != usize::MAX && nodes[*c].op_type == op => Some(*c),
+            _ => None,
+        }
+    }
+
+    fn match_conv(&self, nodes: &'a [NodeProto], i: usize) -> Option<ConvMatch> {
+        let conv = &nodes[i];
+        if conv.op_type != "Conv" || !conv.domain.is_empty() || !is_3x3_same(conv) {
+            return None;
+        }
+        let (x_dq, w_dq) = (conv.input.first()?, conv.input.get(1)?);
+        let dq = self.sole_producer(nodes, x_dq, "DequantizeLinear", i)?;
+        let q = self.sole_producer(nodes, nodes[dq].input.first()?, "QuantizeLinear", dq)?;
+        let wq = self.sole_producer(nodes, w_dq, "DequantizeLinear", i)?;
+        let out = conv.output.first()?;
+        let yq = self.sole_consumer(nodes, out, "QuantizeLinear")?;
+        let ydq = self.sole_consumer(nodes, nodes[yq].output.first()?, "DequantizeLinear")?;
+        let pair = |n: &NodeProto| Some((n.input.get(1)?.clone(), n.input.get(2)?.clone()));
+        let x_quant = pair(&nodes[q])?;
+        let y_quant = pair(&nodes[yq])?;
+        // Each dequantization must undo its quantization (the same scale and zero point).
+        if pair(&nodes[dq])? != x_quant || pair(&nodes[ydq])? != y_quant {
+            return None;
+        }
+        let weight = nodes[wq].input.first()?;
+        Some(ConvMatch {
+            x: nodes[q].input.first()?.clone(),
+            y: nodes[ydq].output.first()?.clone(),
+            weight_base: weight.strip_suffix(".int8")?.to_string(),
+            bias: conv.input.get(2).filter(|b| !b.is_empty()).cloned(),
+            x_quant,
+            y_quant,
+            nodes: vec![q, dq, wq, i, yq, ydq],
+        })
+    }
+}
+
+/// A 3x3 kernel, padding 1 on every side, stride 1, no dilation, one group.
+fn is_3x3_same(conv: &NodeProto) -> bool {
+    let ints = |name: &str| {
+        conv.attribute
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| &a.ints)
+    };
+    let ones = |v: Option<&Vec<i64>>| v.is_none_or(|v| v.iter().all(|&d| d == 1));
+    let group = conv.attribute.iter().find(|a| a.name == "group");
+    ints("kernel_shape").is_none_or(|k| k == &[3, 3])
+        && ints("pads").is_some_and(|p| p == &[1, 1, 1, 1])
+        && ones(ints("strides"))
+        && ones(ints("dilations"))
+        && group.is_none_or(|g| g.i == 1)
+        && conv
+            .attribute
+            .iter()
+            .all(|a| a.name != "auto_pad" || a.s.is_empty() || a.s == b"NOTSET")
+}
+
+/// The packed convolution of a match; `None` when its shapes or quantization are not ours.
+fn build(m: &ConvMatch, inits: &Initializers) -> Result<Option<QConv3x3>, String> {
+    let Some(w) = inits.get_int8(&m.weight_base).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let [cout, cin, 3, 3] = w.dims[..] else {
+        return Ok(None);
+    };
+    let zero_point = format!("{}.zero_point", m.weight_base);
+    let symmetric = match inits.raw(&zero_point).map_err(|e| e.to_string())? {
+        Some((_, bytes)) => bytes.iter().all(|&b| b == 0),
+        None => true,
+    };
+    if w.axis != 0 || !symmetric || !QConv3x3::fits(cout) {
+        return Ok(None);
+    }
+    let bias = match &m.bias {
+        Some(b) => Some(inits.get(b).map_err(|e| e.to_string())?.data),
+        None => None,
+    };
+    let (Some(x), Some(y)) = (quant(inits, &m.x_quant)?, quant(inits, &m.y_quant)?) else {
+        return Ok(None);
+    };
+    QConv3x3::new(cin, cout, &w.values, &w.scales, bias.as_deref(), x, y).map(Some)
+}
+
+/// A scalar f32 scale and a scalar u8 zero point; `None` for other kinds (per-channel, int8).
+fn quant(inits: &Initializers, (scale, zero): &(String, String)) -> Result<Option<Quant>, String> {
+    let read = |name: &str| inits.raw(name).map_err(|e| e.to_string());
+    let (Some((s, s_bytes)), Some((z, z_bytes))) = (read(scale)?, read(zero)?) else {
+        return Ok(None);
+    };
+    if s.data_type != data_type::FLOAT || s_bytes.len() != 4 {
+        return Ok(None);
+    }
+    if z.data_type != data_type::UINT8 || z_bytes.len() != 1 {
+        return Ok(None);
+    }
+    let scale = f32::from_le_bytes([s_bytes[0], s_bytes[1], s_bytes[2], s_bytes[3]]);
+    let valid = scale.is_finite() && scale > 0.0;
+    Ok(valid.then_some(Quant {
+        scale,
+        zero_point: z_bytes[0],
+    }))
+}
+
+fn fused_node(conv: &NodeProto, x: &str, y: &str) -> NodeProto {
+    NodeProto {
+        input: vec![x.to_string()],
+        output: vec![y.to_string()],
+        name: conv.name.clone(),
+        op_type: OP_TYPE.into(),
+        domain: DOMAIN.into(),
+        attribute: vec![AttributeProto {
+            name: CONV_ATTRIBUTE.into(),
+            r#type: attribute_type::STRING,
+            s: conv.name.clone().into_bytes(),
+            ..AttributeProto::default()
+        }],
+    }
+}
+
+/// `t` with its bytes inline.
+fn inline(mut t: TensorProto, inits: &Initializers) -> Result<TensorProto, RuntimeError> {
+    if t.data_location != DATA_LOCATION_EXTERNAL {
+        return Ok(t);
+    }
+    let bytes = match inits.raw(&t.name)? {
+        Some((_, bytes)) => bytes.to_vec(),
+        None => Vec::new(),
+    };
+    t.raw_data = bytes;
+    t.external_data.clear();
+    t.data_location = 0;
+    Ok(t)
+}
