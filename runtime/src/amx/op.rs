@@ -119,9 +119,8 @@ impl Kernel for QConvKernel {
             )?
             .ok_or_else(|| ort::Error::new(format!("{OP_TYPE}: no output")))?;
         let y = output.try_extract_tensor_mut::<f32>()?.1.as_mut_ptr();
-        // The scratch comes from the session's allocator (the shared arena): a fresh heap
-        // block for every convolution moved glibc's mmap threshold up, and freed KV caches
-        // then stayed resident (+90 MB peak RSS for VAR-d16).
+        // The scratch comes from the session's allocator (the shared arena); one static
+        // buffer for all convolutions measured 13 MB more peak RSS for VAR-d16.
         let len = self.conv.scratch_len(h, w);
         let info = MemoryInfo::new(
             AllocationDevice::CPU,

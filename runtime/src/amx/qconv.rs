@@ -44,6 +44,14 @@ impl Quant {
     pub fn dequantize(self, q: u8) -> f32 {
         (f32::from(q) - f32::from(self.zero_point)) * self.scale
     }
+
+    /// `dequantize(quantize(v))` in f32 without the byte: `round(v / scale)` clamped to the
+    /// codes' range, times the scale (vectorizes; same value).
+    #[inline]
+    pub fn round_trip(self, v: f32) -> f32 {
+        let zp = f32::from(self.zero_point);
+        round_half_even(v / self.scale).clamp(-zp, 255.0 - zp) * self.scale
+    }
 }
 
 /// `v` rounded to the nearest integer, ties to even, for the quantizers: adding and removing
@@ -329,10 +337,6 @@ impl QConv3x3 {
                 (t.min(last) % tiles_per_row) * TILE,
             )
         };
-        let (lo, hi) = (
-            -f32::from(self.y.zero_point),
-            255.0 - f32::from(self.y.zero_point),
-        );
         let mut acc = [0i32; 4 * TILE * TILE];
         tiles::configure();
         for pair in pairs {
@@ -366,7 +370,7 @@ impl QConv3x3 {
                         let dst = std::slice::from_raw_parts_mut(dst, valid);
                         for (d, &a) in dst.iter_mut().zip(row) {
                             let v = (a - correction) as f32 * scale + bias;
-                            *d = round_half_even(v / self.y.scale).clamp(lo, hi) * self.y.scale;
+                            *d = self.y.round_trip(v);
                         }
                     }
                 }
