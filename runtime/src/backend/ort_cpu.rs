@@ -62,13 +62,10 @@ impl CacheNames {
     ) -> Result<(), RuntimeError> {
         let shape = cache.shape();
         for (i, (k, v)) in self.past_key.iter().zip(&self.past_value).enumerate() {
-            inputs.push((
-                k.as_str().into(),
-                tensor(shape.to_vec(), &cache.keys[i], k)?,
-            ));
+            inputs.push((k.as_str().into(), tensor(shape.to_vec(), cache.keys(i), k)?));
             inputs.push((
                 v.as_str().into(),
-                tensor(shape.to_vec(), &cache.values[i], v)?,
+                tensor(shape.to_vec(), cache.values(i), v)?,
             ));
         }
         Ok(())
@@ -86,10 +83,11 @@ impl CacheNames {
         let shape = cache.shape();
         let slice = vec![shape[0], shape[1], n, shape[3]];
         for (i, (k, v)) in self.present_key.iter().zip(&self.present_value).enumerate() {
+            let (keys, values) = cache.layer_mut(i);
             let data = output_f32(outputs, role, k, slice.clone())?;
-            KvCache::write(&mut cache.keys[i], data, shape, position, n);
+            KvCache::write(keys, data, shape, position, n);
             let data = output_f32(outputs, role, v, slice.clone())?;
-            KvCache::write(&mut cache.values[i], data, shape, position, n);
+            KvCache::write(values, data, shape, position, n);
         }
         Ok(())
     }
@@ -308,9 +306,7 @@ impl Backend for OrtCpu {
 
     #[cfg(feature = "test-hooks")]
     fn poison_state(&self, cache: &mut KvCache, value: f32) {
-        for c in cache.keys.iter_mut().chain(cache.values.iter_mut()) {
-            c.fill(value);
-        }
+        cache.fill(value);
     }
 
     fn gpt_step(
