@@ -129,7 +129,7 @@ fn write_corpus(target: &str) {
         "safetensors" => {
             let header = r#"{"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"b":{"dtype":"F16","shape":[3],"data_offsets":[16,22]},"__metadata__":{"format":"pt"}}"#;
             let mut h = header.as_bytes().to_vec();
-            while h.len() % 8 != 0 {
+            while !h.len().is_multiple_of(8) {
                 h.push(b' ');
             }
             let mut file = (h.len() as u64).to_le_bytes().to_vec();

@@ -9,7 +9,7 @@ mod support;
 
 use llamagen_compiler::bundle::Precision;
 use llamagen_runtime::compare::cosine;
-use llamagen_runtime::{Pipeline, PipelineOptions};
+use llamagen_runtime::{BackendChoice, CpuOptions, Pipeline, PipelineOptions};
 use llamagen_test_support::FP32_IMAGE;
 use support::golden::{compile_tiny_var_with, read_f32, read_i64, tiny_var_dir};
 use support::recorder::LogitsRecorder;
@@ -41,6 +41,31 @@ fn greedy_cfg1_5_matches_official_tokens_logits_and_images() {
 #[test]
 fn greedy_cfg4_matches_official_tokens_logits_and_images() {
     check_greedy("cfg4", 4.0);
+}
+
+/// The same parity with VAR's step attention on ONNX Runtime's operators, and our fused kernel
+/// (the default above) counted where it runs.
+#[test]
+fn greedy_parity_holds_on_both_cpu_attention_paths() {
+    let (tmp, fused) = load(Precision::Fp32);
+    let expected = if llamagen_runtime::attention::kernel::available() {
+        2
+    } else {
+        0
+    };
+    assert_eq!(fused.cpu_fused_attention(), expected);
+    let options = PipelineOptions {
+        backend: BackendChoice::Cpu(CpuOptions {
+            ort_attention: true,
+            ..CpuOptions::default()
+        }),
+        ..PipelineOptions::default()
+    };
+    let ort = Pipeline::load(&tmp.path().join("bundle"), &options).unwrap();
+    assert_eq!(ort.cpu_fused_attention(), 0);
+    for (cfg, scale) in [("cfg1.5", 1.5), ("cfg4", 4.0)] {
+        support::var_greedy::check_greedy(&ort, &tiny_var_dir(), cfg, scale);
+    }
 }
 
 #[test]

@@ -126,7 +126,7 @@ pub fn gpt_config(path: &Path, c: &GptConfig) -> Result<(), BundleError> {
             c.block_size,
         ));
     }
-    if c.head_dim % 4 != 0 {
+    if !c.head_dim.is_multiple_of(4) {
         return Err(mismatch(
             path,
             "gpt.head_dim",
@@ -137,7 +137,7 @@ pub fn gpt_config(path: &Path, c: &GptConfig) -> Result<(), BundleError> {
     if mul(path, "gpt.dim", c.n_head, c.head_dim)? != c.dim {
         return Err(mismatch(path, "gpt.dim", c.n_head * c.head_dim, c.dim));
     }
-    if c.n_kv_head > c.n_head || c.n_head % c.n_kv_head != 0 {
+    if c.n_kv_head > c.n_head || !c.n_head.is_multiple_of(c.n_kv_head) {
         return Err(mismatch(
             path,
             "gpt.n_kv_head",

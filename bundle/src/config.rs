@@ -117,7 +117,7 @@ impl GptConfig {
                 ),
             });
         }
-        if arch.dim % arch.n_head != 0 || (arch.dim / arch.n_head) % 4 != 0 {
+        if !arch.dim.is_multiple_of(arch.n_head) || !(arch.dim / arch.n_head).is_multiple_of(4) {
             return Err(ConfigError::Config {
                 path: arch.name.clone(),
                 reason: format!(
@@ -323,7 +323,7 @@ impl VqConfig {
                 reason: format!("must be at least the downsample factor {}", arch.downsample),
             });
         }
-        if image_size % arch.downsample != 0 {
+        if !image_size.is_multiple_of(arch.downsample) {
             return Err(ConfigError::InvalidOption {
                 option: "--image-size",
                 reason: format!(

@@ -77,7 +77,7 @@ impl VarConfig {
                 ),
             ));
         }
-        if arch.embed_dim % arch.num_heads != 0 {
+        if !arch.embed_dim.is_multiple_of(arch.num_heads) {
             return Err(bad(
                 an,
                 format!(

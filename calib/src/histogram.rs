@@ -45,7 +45,7 @@ impl Default for Histogram {
 impl Histogram {
     /// An empty histogram of `num_bins` bins (even, >= 2).
     pub fn new(num_bins: usize) -> Result<Histogram, CalibError> {
-        if num_bins < 2 || num_bins % 2 != 0 {
+        if num_bins < 2 || !num_bins.is_multiple_of(2) {
             return Err(CalibError::InvalidHistogram {
                 field: "num_bins",
                 value: num_bins.to_string(),

@@ -325,7 +325,7 @@ fn check_sampler_matches_cpu_settings<D: Device>(d: &D) {
         for top_k in [0usize, 1, 2, 50, 2000] {
             for top_p in [1.0f32, 0.9, 0.5] {
                 i += 1;
-                let cfg = i % 2 == 0;
+                let cfg = i.is_multiple_of(2);
                 let step = (i % 5) as i32;
                 let c = case(
                     &mut rng,

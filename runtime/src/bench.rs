@@ -57,6 +57,10 @@ pub struct BenchReport {
     /// decoders on CPUs with AMX; 0 elsewhere or with `--cpu-no-amx`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_amx_convolutions: Option<usize>,
+    /// CPU: VAR step attention layers on our fused AVX-512 kernel (0 elsewhere or with
+    /// `--cpu-ort-attention`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_fused_attention: Option<usize>,
     /// Device backends (LlamaGen): all GPT weights on the device (GEMMs, embeddings, norms,
     /// rotary tables), in MB.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -148,6 +152,8 @@ pub fn bench(
         attention: pipeline.device_attention(),
         cpu_amx_convolutions: (pipeline.backend() == BackendKind::Cpu)
             .then(|| pipeline.cpu_amx_convolutions()),
+        cpu_fused_attention: (pipeline.backend() == BackendKind::Cpu)
+            .then(|| pipeline.cpu_fused_attention()),
         gpt_device_weight_mb: weights.map(|w| (w.gemm_bytes + w.other_bytes) as f64 / 1e6),
         decode_steps_timed: steps.len(),
         scale_ms: var.then(|| scales.into_iter().map(median).collect()),

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod amx;
+pub mod attention;
 pub mod backend;
 pub mod bench;
 pub mod compare;
@@ -20,6 +21,7 @@ pub mod kv_cache;
 pub mod npy;
 pub mod ort_env;
 mod out_file;
+pub mod parallel;
 mod pipeline;
 mod request;
 mod runner;

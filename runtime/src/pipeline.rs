@@ -169,6 +169,11 @@ impl Pipeline {
         self.generator.cpu_amx_convolutions()
     }
 
+    /// CPU: how many VAR step attention layers run on our fused kernel (0 elsewhere).
+    pub fn cpu_fused_attention(&self) -> usize {
+        self.generator.cpu_fused_attention()
+    }
+
     /// The most labels one request may carry ([`PipelineOptions::max_labels`]).
     pub fn max_labels(&self) -> usize {
         self.max_labels

@@ -94,6 +94,10 @@ pub(crate) trait Generator: Send + Sync {
     fn cpu_amx_convolutions(&self) -> usize {
         0
     }
+    /// CPU: how many VAR step attention layers run on our fused kernel.
+    fn cpu_fused_attention(&self) -> usize {
+        0
+    }
 }
 
 /// [`Generator`] on backend `B`, with a pool of its step states.

@@ -162,7 +162,7 @@ impl Vm<'_> {
     }
 
     fn set_items(&mut self, items: Vec<Value>) -> Result<(), CheckpointError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.err("SETITEMS with an odd number of items"));
         }
         let id = self.top_obj()?;

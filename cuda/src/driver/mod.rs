@@ -289,7 +289,7 @@ impl Device for CudaDevice {
             .map_err(|e| CudaError::call(format!("allocating {bytes} bytes"), e))?;
         let buf = CudaBuf { slice, bytes };
         // The kernels rely on 256-byte aligned buffers (vector loads).
-        if self.addr(&buf) % 256 != 0 {
+        if !self.addr(&buf).is_multiple_of(256) {
             return Err(CudaError::call(
                 "cuMemAlloc",
                 "allocation not 256-byte aligned",

@@ -29,7 +29,7 @@ impl EmuDevice {
                 format!("leading dimension {ld} < {cols} columns"),
             ));
         }
-        if addr % elem as u64 != 0 {
+        if !addr.is_multiple_of(elem as u64) {
             return Err(CudaError::call(
                 what,
                 format!("address {addr:#x} is not aligned to its {elem}-byte elements"),

@@ -120,7 +120,7 @@ pub fn decode_gemm<D: Device>(
     let (a, x, nw, eps, norm_threads, a_vec) = match input {
         DecodeInput::F16(a) => {
             a.require(CTX, "a", rows * m.k)?;
-            let a_vec = a.addr() % 16 == 0 && m.k % 8 == 0;
+            let a_vec = a.addr() % 16 == 0 && m.k.is_multiple_of(8);
             (a.into(), null, null, 0.0, 0, a_vec)
         }
         DecodeInput::Norm { x, weight, eps } => {
@@ -143,7 +143,7 @@ pub fn decode_gemm<D: Device>(
             )
         }
         DecodeOut::SwiGlu(o) => {
-            if m.n % 2 != 0 {
+            if !m.n.is_multiple_of(2) {
                 return Err(CudaError::call(
                     CTX,
                     format!("SwiGLU output from n = {} channels: needs w1/w3 pairs", m.n),

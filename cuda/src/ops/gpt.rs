@@ -111,7 +111,7 @@ pub struct AttnShape {
 
 impl AttnShape {
     pub(crate) fn check(&self, ctx: &str) -> Result<(), CudaError> {
-        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+        if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return Err(CudaError::call(
                 ctx,
                 format!(
@@ -120,7 +120,7 @@ impl AttnShape {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(CudaError::call(
                 ctx,
                 format!("head_dim {} is odd; rotary needs pairs", self.head_dim),
@@ -333,7 +333,7 @@ pub fn swiglu<D: Device>(
     // The kernel indexes a row of h13 with i32 columns up to 2 * hidden.
     i32_arg(CTX, "2 * hidden", 2 * hidden)?;
     let args = [out.into(), h13.into(), i32_arg(CTX, "hidden", hidden)?];
-    if hidden % 8 == 0 && out.addr() % 16 == 0 && h13.addr() % 16 == 0 {
+    if hidden.is_multiple_of(8) && out.addr().is_multiple_of(16) && h13.addr().is_multiple_of(16) {
         let grid = [blocks_for(hidden / 8, ELEMENTWISE_THREADS), rows as u32, 1];
         d.launch("swiglu_x8", &elementwise(grid), &args)
     } else {

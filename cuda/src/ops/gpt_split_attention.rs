@@ -26,7 +26,7 @@ const MAX_GRID_Z: usize = 65_535;
 /// Whether the fused kernel takes this head size: each lane owns 8 dims and a key's lanes sit
 /// in one warp, so `head_dim / 8` must be a power of two up to 32 (8, 16, 32, 64, 128, 256).
 pub fn fused_attention_supports(head_dim: usize) -> bool {
-    head_dim % 8 == 0 && (head_dim / 8).is_power_of_two() && head_dim / 8 <= 32
+    head_dim.is_multiple_of(8) && (head_dim / 8).is_power_of_two() && head_dim / 8 <= 32
 }
 
 /// Splits of a cache of `max_len` slots: `ceil(max_len / ATTN_SPLIT_CHUNK)`.

@@ -192,7 +192,7 @@ pub fn group_norm_f16<D: Device>(
     pad: bool,
 ) -> Result<(), CudaError> {
     const CTX: &str = "vq group norm";
-    if gn.groups == 0 || map.c % gn.groups != 0 {
+    if gn.groups == 0 || !map.c.is_multiple_of(gn.groups) {
         return Err(CudaError::call(
             CTX,
             format!("{} channels in {} groups", map.c, gn.groups),

@@ -145,12 +145,14 @@ const CONV_MMA_COLS: usize = 32;
 
 /// Whether [`conv3x3_mma`] takes this shape.
 pub fn conv3x3_mma_fits(s: &ConvShape) -> bool {
-    s.cin % 16 == 0 && s.cout % 8 == 0 && s.cin > 0 && s.cout > 0
+    s.cin.is_multiple_of(16) && s.cout.is_multiple_of(8) && s.cin > 0 && s.cout > 0
 }
 
 /// Whether the buffers suit [`conv3x3_mma`]'s 16-byte loads and 8-byte stores.
 fn mma_aligned(input: DevSlice<f16>, weights: DevSlice<f16>, out: DevSlice<f32>) -> bool {
-    input.addr() % 16 == 0 && weights.addr() % 16 == 0 && out.addr() % 8 == 0
+    input.addr().is_multiple_of(16)
+        && weights.addr().is_multiple_of(16)
+        && out.addr().is_multiple_of(8)
 }
 
 /// 1x1 conv (no bias) over `rows` positions: `out` f32 `[rows, cout]` = `input` f16

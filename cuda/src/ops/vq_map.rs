@@ -60,10 +60,10 @@ impl MapF32 {
     /// map and write `out`: channels a multiple of 8, images 16 bytes apart, both buffers 16-byte
     /// aligned.
     pub(super) fn vec8(&self, out: DevSlice<f16>) -> bool {
-        self.c % 8 == 0
-            && self.img_stride % 4 == 0
-            && self.data.addr() % 16 == 0
-            && out.addr() % 16 == 0
+        self.c.is_multiple_of(8)
+            && self.img_stride.is_multiple_of(4)
+            && self.data.addr().is_multiple_of(16)
+            && out.addr().is_multiple_of(16)
     }
 
     /// The leading kernel arguments `src, bias` (a null bias pointer when there is none), and

@@ -92,14 +92,13 @@ pub struct QConv3x3 {
 /// Parts of the work per thread (see `run_raw`).
 const PARTS_PER_THREAD: usize = 8;
 
-/// Runs `f(0..count)`, possibly on several threads at once.
-pub type ParallelFor<'a> = &'a dyn Fn(usize, &(dyn Fn(usize) + Sync));
+pub use crate::parallel::ParallelFor;
 
 impl QConv3x3 {
     /// Whether a convolution with `cout` outputs can run here: blocks of 32 output channels
     /// (any map size: rows end in partial tiles, an odd last tile is paired with itself).
     pub fn fits(cout: usize) -> bool {
-        cout > 0 && cout % (2 * TILE) == 0
+        cout > 0 && cout.is_multiple_of(2 * TILE)
     }
 
     /// `w`: `[cout, cin, 3, 3]` int8 (symmetric, zero point 0); `w_scales`: one per output

@@ -17,73 +17,39 @@
 //! they are. Initializers no longer used are dropped and the rest are inlined, so the model
 //! loads from memory without its external weights file.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
 
 use llamagen_bundle::confine::OpenedFile;
-use llamagen_bundle::{GraphEntry, Manifest};
-use ort::session::builder::SessionBuilder;
-use ort::session::Session;
-
 use llamagen_bundle::initializers::Initializers;
 use llamagen_bundle::onnx_proto::{
-    attribute_type, data_type, AttributeProto, ModelProto, NodeProto, OperatorSetIdProto,
-    TensorProto, DATA_LOCATION_EXTERNAL,
+    attribute_type, data_type, AttributeProto, NodeProto, TensorProto, DATA_LOCATION_EXTERNAL,
 };
+use llamagen_bundle::{GraphEntry, Manifest};
 use prost::Message;
 
+use super::graph_rewrite::{bad_model, decode, ints, splice, Index, Rewritten};
 use crate::amx::op::{CONV_ATTRIBUTE, DOMAIN, OP_TYPE};
 use crate::amx::qconv::{QConv3x3, Quant};
-use crate::backend::CpuOptions;
 use crate::error::RuntimeError;
 
-/// A rewritten graph: the model to load and the convolutions its `QConv3x3` nodes name.
-pub(crate) struct Rewritten {
-    path: PathBuf,
-    model: Vec<u8>,
-    convs: HashMap<String, Arc<QConv3x3>>,
-}
-
-impl Rewritten {
-    /// The session of the rewritten graph, with the operator serving its convolutions, and
-    /// how many there are.
-    pub(crate) fn commit(
-        self,
-        builder: SessionBuilder,
-        opts: &CpuOptions,
-    ) -> Result<(Session, usize), RuntimeError> {
-        let err = |e: ort::Error| RuntimeError::ort(format!("loading {}", self.path.display()), e);
-        let count = self.convs.len();
-        let domain = crate::amx::op::domain(self.convs, opts.thread_count()).map_err(err)?;
-        let session = builder
-            .with_operators(domain)
-            .map_err(|e| err(e.into()))?
-            .commit_from_memory(&self.model)
-            .map_err(err)?;
-        Ok((session, count))
-    }
-}
-
-/// The decoder graph of `entry` with its 3x3 int8 convolutions on our AMX kernel, when
-/// `wanted`, AMX is available and the graph has such convolutions.
+/// The decoder graph of `entry` with its 3x3 int8 convolutions on our AMX kernel (work cut
+/// for `threads` threads), when AMX is available and the graph has such convolutions.
 pub(crate) fn amx_graph(
     dir: &Path,
     m: &Manifest,
     entry: &GraphEntry,
     onnx: &OpenedFile,
-    wanted: bool,
+    threads: usize,
 ) -> Result<Option<Rewritten>, RuntimeError> {
-    if !wanted || !crate::amx::available() {
+    if !crate::amx::available() {
         return Ok(None);
     }
     let inits = Initializers::open(dir, m, entry)?;
-    let rewritten = rewrite(&onnx.path, &onnx.read_all()?, &inits)?;
+    let rewritten = rewrite(&onnx.path, &onnx.read_all()?, &inits, threads)?;
     if let Some(r) = &rewritten {
-        tracing::debug!(
-            convolutions = r.convs.len(),
-            "VQ decoder on AMX convolutions"
-        );
+        tracing::debug!(convolutions = r.fused, "VQ decoder on AMX convolutions");
     }
     Ok(rewritten)
 }
@@ -93,10 +59,11 @@ fn rewrite(
     path: &Path,
     onnx: &[u8],
     inits: &Initializers,
+    threads: usize,
 ) -> Result<Option<Rewritten>, RuntimeError> {
-    let bad = |reason: String| RuntimeError::ort(format!("rewriting {}", path.display()), reason);
-    let mut model = ModelProto::decode(onnx).map_err(|e| bad(e.to_string()))?;
-    let Some(graph) = model.graph.as_mut() else {
+    let bad = |reason: String| bad_model(path, reason);
+    let mut model = decode(path, onnx)?;
+    let Some(graph) = model.graph.as_ref() else {
         return Ok(None);
     };
     let index = Index::new(&graph.node, graph.output.iter().map(|o| o.name.as_str()));
@@ -104,7 +71,7 @@ fn rewrite(
     let mut replaced: HashMap<usize, NodeProto> = HashMap::new();
     let mut dropped = vec![false; graph.node.len()];
     for (i, node) in graph.node.iter().enumerate() {
-        let Some(m) = index.match_conv(&graph.node, i) else {
+        let Some(m) = match_conv(&index, &graph.node, i) else {
             continue;
         };
         let Some(conv) = build(&m, inits).map_err(|e| bad(format!("{}: {e}", node.name)))? else {
@@ -119,16 +86,11 @@ fn rewrite(
     if convs.is_empty() {
         return Ok(None);
     }
-    let nodes = std::mem::take(&mut graph.node);
-    graph.node = nodes
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, n)| match replaced.remove(&i) {
-            Some(fused) => Some(fused),
-            None => (!dropped[i]).then_some(n),
-        })
-        .collect();
-    let used: std::collections::HashSet<&str> = graph
+    splice(&mut model, replaced, &dropped);
+    let Some(graph) = model.graph.as_mut() else {
+        return Ok(None);
+    };
+    let used: HashSet<&str> = graph
         .node
         .iter()
         .flat_map(|n| n.input.iter().map(String::as_str))
@@ -140,17 +102,15 @@ fn rewrite(
         }
     }
     graph.initializer = kept;
-    let produced: std::collections::HashSet<String> =
-        graph.node.iter().flat_map(|n| n.output.clone()).collect();
-    graph.value_info.retain(|v| produced.contains(&v.name));
-    model.opset_import.push(OperatorSetIdProto {
-        domain: DOMAIN.into(),
-        version: 1,
-    });
+    let fused = convs.len();
+    let domain =
+        crate::amx::op::domain(convs, threads).map_err(|e| bad(format!("operators: {e}")))?;
     Ok(Some(Rewritten {
         path: path.to_path_buf(),
         model: model.encode_to_vec(),
-        convs,
+        domain,
+        fused,
+        weights_dir: None,
     }))
 }
 
@@ -165,94 +125,40 @@ struct ConvMatch {
     nodes: Vec<usize>,
 }
 
-/// Producer and consumers of every value.
-struct Index<'a> {
-    producer: HashMap<&'a str, usize>,
-    consumers: HashMap<&'a str, Vec<usize>>,
-}
-
-impl<'a> Index<'a> {
-    fn new(nodes: &'a [NodeProto], graph_outputs: impl Iterator<Item = &'a str>) -> Self {
-        let mut producer = HashMap::new();
-        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, n) in nodes.iter().enumerate() {
-            for o in &n.output {
-                producer.insert(o.as_str(), i);
-            }
-            for x in &n.input {
-                consumers.entry(x.as_str()).or_default().push(i);
-            }
-        }
-        // A graph output counts as a consumer nobody may take away.
-        for o in graph_outputs {
-            consumers.entry(o).or_default().push(usize::MAX);
-        }
-        Index {
-            producer,
-            consumers,
-        }
+fn match_conv(index: &Index<'_>, nodes: &[NodeProto], i: usize) -> Option<ConvMatch> {
+    let conv = &nodes[i];
+    if conv.op_type != "Conv" || !conv.domain.is_empty() || !is_3x3_same(conv) {
+        return None;
     }
-
-    /// The node producing `value`, if it is an `op` whose output only `consumer` reads.
-    fn sole_producer(
-        &self,
-        nodes: &'a [NodeProto],
-        value: &str,
-        op: &str,
-        consumer: usize,
-    ) -> Option<usize> {
-        let p = *self.producer.get(value)?;
-        (nodes[p].op_type == op && self.consumers.get(value)? == &vec![consumer]).then_some(p)
+    let (x_dq, w_dq) = (conv.input.first()?, conv.input.get(1)?);
+    let dq = index.sole_producer(nodes, x_dq, "DequantizeLinear", i)?;
+    let q = index.sole_producer(nodes, nodes[dq].input.first()?, "QuantizeLinear", dq)?;
+    let wq = index.sole_producer(nodes, w_dq, "DequantizeLinear", i)?;
+    let out = conv.output.first()?;
+    let yq = index.sole_consumer(nodes, out, "QuantizeLinear")?;
+    let ydq = index.sole_consumer(nodes, nodes[yq].output.first()?, "DequantizeLinear")?;
+    let pair = |n: &NodeProto| Some((n.input.get(1)?.clone(), n.input.get(2)?.clone()));
+    let x_quant = pair(&nodes[q])?;
+    let y_quant = pair(&nodes[yq])?;
+    // Each dequantization must undo its quantization (the same scale and zero point).
+    if pair(&nodes[dq])? != x_quant || pair(&nodes[ydq])? != y_quant {
+        return None;
     }
-
-    /// The only node reading `value`, if it is an `op`.
-    fn sole_consumer(&self, nodes: &'a [NodeProto], value: &str, op: &str) -> Option<usize> {
-        match self.consumers.get(value)?.as_slice() {
-            [c] if *c != usize::MAX && nodes[*c].op_type == op => Some(*c),
-            _ => None,
-        }
-    }
-
-    fn match_conv(&self, nodes: &'a [NodeProto], i: usize) -> Option<ConvMatch> {
-        let conv = &nodes[i];
-        if conv.op_type != "Conv" || !conv.domain.is_empty() || !is_3x3_same(conv) {
-            return None;
-        }
-        let (x_dq, w_dq) = (conv.input.first()?, conv.input.get(1)?);
-        let dq = self.sole_producer(nodes, x_dq, "DequantizeLinear", i)?;
-        let q = self.sole_producer(nodes, nodes[dq].input.first()?, "QuantizeLinear", dq)?;
-        let wq = self.sole_producer(nodes, w_dq, "DequantizeLinear", i)?;
-        let out = conv.output.first()?;
-        let yq = self.sole_consumer(nodes, out, "QuantizeLinear")?;
-        let ydq = self.sole_consumer(nodes, nodes[yq].output.first()?, "DequantizeLinear")?;
-        let pair = |n: &NodeProto| Some((n.input.get(1)?.clone(), n.input.get(2)?.clone()));
-        let x_quant = pair(&nodes[q])?;
-        let y_quant = pair(&nodes[yq])?;
-        // Each dequantization must undo its quantization (the same scale and zero point).
-        if pair(&nodes[dq])? != x_quant || pair(&nodes[ydq])? != y_quant {
-            return None;
-        }
-        let weight = nodes[wq].input.first()?;
-        Some(ConvMatch {
-            x: nodes[q].input.first()?.clone(),
-            y: nodes[ydq].output.first()?.clone(),
-            weight_base: weight.strip_suffix(".int8")?.to_string(),
-            bias: conv.input.get(2).filter(|b| !b.is_empty()).cloned(),
-            x_quant,
-            y_quant,
-            nodes: vec![q, dq, wq, i, yq, ydq],
-        })
-    }
+    let weight = nodes[wq].input.first()?;
+    Some(ConvMatch {
+        x: nodes[q].input.first()?.clone(),
+        y: nodes[ydq].output.first()?.clone(),
+        weight_base: weight.strip_suffix(".int8")?.to_string(),
+        bias: conv.input.get(2).filter(|b| !b.is_empty()).cloned(),
+        x_quant,
+        y_quant,
+        nodes: vec![q, dq, wq, i, yq, ydq],
+    })
 }
 
 /// A 3x3 kernel, padding 1 on every side, stride 1, no dilation, one group.
 fn is_3x3_same(conv: &NodeProto) -> bool {
-    let ints = |name: &str| {
-        conv.attribute
-            .iter()
-            .find(|a| a.name == name)
-            .map(|a| &a.ints)
-    };
+    let ints = |name: &str| ints(conv, name);
     let ones = |v: Option<&Vec<i64>>| v.is_none_or(|v| v.iter().all(|&d| d == 1));
     let group = conv.attribute.iter().find(|a| a.name == "group");
     ints("kernel_shape").is_none_or(|k| k == &[3, 3])

@@ -9,32 +9,45 @@ mod cuda_var;
 pub use cuda_options::{CudaAttention, CudaOptions, DecodeGemm, VqConv};
 #[cfg(target_arch = "x86_64")]
 mod amx_rewrite;
+#[cfg(target_arch = "x86_64")]
+mod attention_rewrite;
+#[cfg(target_arch = "x86_64")]
+mod graph_rewrite;
 pub(crate) mod ort_cpu;
 
 #[cfg(target_arch = "x86_64")]
 use amx_rewrite::amx_graph;
+#[cfg(target_arch = "x86_64")]
+use attention_rewrite::attention_graph;
 
-/// Without x86-64 there is no AMX: graphs load as they are.
+/// Without x86-64 there are no AMX or AVX-512 kernels: graphs load as they are.
 #[cfg(not(target_arch = "x86_64"))]
 fn amx_graph(
     _: &std::path::Path,
     _: &llamagen_bundle::Manifest,
     _: &llamagen_bundle::GraphEntry,
     _: &llamagen_bundle::confine::OpenedFile,
-    _: bool,
-) -> Result<Option<NoAmx>, crate::error::RuntimeError> {
+    _: usize,
+) -> Result<Option<NoRewrite>, crate::error::RuntimeError> {
     Ok(None)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-enum NoAmx {}
+fn attention_graph(
+    _: &std::path::Path,
+    _: &llamagen_bundle::confine::OpenedFile,
+) -> Result<Option<NoRewrite>, crate::error::RuntimeError> {
+    Ok(None)
+}
 
 #[cfg(not(target_arch = "x86_64"))]
-impl NoAmx {
+enum NoRewrite {}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl NoRewrite {
     fn commit(
         self,
         _: ort::session::builder::SessionBuilder,
-        _: &CpuOptions,
     ) -> Result<(ort::session::Session, usize), crate::error::RuntimeError> {
         match self {}
     }
@@ -199,6 +212,9 @@ pub struct CpuOptions {
     /// Keep the VQ decoder's int8 3x3 convolutions on ONNX Runtime's kernels where our AMX
     /// kernel would run them (`amx`; int8-activation decoders on AMX CPUs only).
     pub no_amx: bool,
+    /// Keep VAR's step attention on ONNX Runtime's operators (slices, concatenations,
+    /// products, softmax) where our fused kernel would run it (`attention`; AVX-512 CPUs).
+    pub ort_attention: bool,
 }
 
 impl CpuOptions {

@@ -117,8 +117,10 @@ pub(crate) fn session(
     Ok(session_counting(dir, m, role, opts, activations)?.0)
 }
 
-/// [`session`], and how many of its convolutions run on our AMX kernel (an int8-activation VQ
-/// decoder on an AMX CPU, unless `opts.no_amx`; see `amx_rewrite`).
+/// [`session`], and how many of its nodes run on our kernels: convolutions on AMX (an
+/// int8-activation VQ decoder on an AMX CPU, unless `opts.no_amx`; see `amx_rewrite`), or
+/// attention layers (VAR's step on an AVX-512 CPU, unless `opts.ort_attention`; see
+/// `attention_rewrite`).
 pub(crate) fn session_counting(
     dir: &Path,
     m: &Manifest,
@@ -136,16 +138,22 @@ pub(crate) fn session_counting(
     // Decoder convolutions fuse into int8 kernels only in graphs that quantize their
     // activations themselves.
     let qdq = !matches!(role, GraphRole::VqDecoder) || entry.int8_activations;
-    let amx = matches!(role, GraphRole::VqDecoder) && entry.int8_activations && !opts.no_amx;
     let builder = builder(&onnx.path, opts, activations, qdq)?;
-    let (session, convolutions) = match super::amx_graph(dir, m, entry, &onnx, amx)? {
-        Some(graph) => graph.commit(builder, opts)?,
+    let rewritten = match role {
+        GraphRole::VqDecoder if entry.int8_activations && !opts.no_amx => {
+            super::amx_graph(dir, m, entry, &onnx, opts.thread_count())?
+        }
+        GraphRole::VarStep if !opts.ort_attention => super::attention_graph(dir, &onnx)?,
+        _ => None,
+    };
+    let (session, fused) = match rewritten {
+        Some(graph) => graph.commit(builder)?,
         None => (commit_file(builder, &onnx.path)?, 0),
     };
     for f in [&onnx, &weights] {
         f.check_unchanged()?;
     }
-    Ok((session, convolutions))
+    Ok((session, fused))
 }
 
 /// The session options every CPU graph gets. `qdq`: ONNX Runtime's Q/DQ fusions on (see below

@@ -183,6 +183,10 @@ impl Generator for VarOrtCpu {
         self.sessions.amx_convolutions
     }
 
+    fn cpu_fused_attention(&self) -> usize {
+        self.sessions.fused_attention
+    }
+
     fn has_fused_loop(&self) -> bool {
         false
     }

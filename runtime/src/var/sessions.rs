@@ -28,6 +28,8 @@ pub(crate) struct VarSessions {
     decoder_probes: Vec<String>,
     /// Decoder convolutions on our AMX kernel.
     pub amx_convolutions: usize,
+    /// Step attention layers on our fused kernel.
+    pub fused_attention: usize,
     names: CacheNames,
 }
 
@@ -52,9 +54,12 @@ impl VarSessions {
         let layers = c.depth;
         let (decoder, amx_convolutions) =
             session_counting(dir, m, GraphRole::VqDecoder, opts, Activations::Arena)?;
+        let (step, fused_attention) =
+            session_counting(dir, m, GraphRole::VarStep, opts, Activations::Arena)?;
         Ok(VarSessions {
             cond: open(GraphRole::VarCond, Activations::Arena)?,
-            step: open(GraphRole::VarStep, Activations::Arena)?,
+            step: Mutex::new(step),
+            fused_attention,
             embed: open(GraphRole::VarEmbed, Activations::Arena)?,
             decoder_probes: probes(&decoder),
             amx_convolutions,

@@ -65,6 +65,10 @@ pub struct RunFlags {
     /// not on ours for Intel AMX (used only where the CPU has AMX).
     #[arg(long)]
     pub cpu_no_amx: bool,
+    /// cpu: run VAR's step attention on ONNX Runtime's operators, not on our fused kernel
+    /// (used only where the CPU has AVX-512).
+    #[arg(long)]
+    pub cpu_ort_attention: bool,
     /// Skip the sha256 check of the bundle's files on load.
     #[arg(long)]
     pub no_verify: bool,
@@ -111,6 +115,7 @@ impl RunFlags {
                 threads: self.threads,
                 idle_spin: self.cpu_spin,
                 no_amx: self.cpu_no_amx,
+                ort_attention: self.cpu_ort_attention,
             }),
             BackendArg::Cuda => BackendChoice::Cuda(cuda),
             BackendArg::CudaEmu => BackendChoice::CudaEmu(cuda),

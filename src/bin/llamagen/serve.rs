@@ -44,6 +44,10 @@ pub struct Args {
     /// not on ours for Intel AMX (used only where the CPU has AMX).
     #[arg(long)]
     pub cpu_no_amx: bool,
+    /// cpu: run VAR's step attention on ONNX Runtime's operators, not on our fused kernel
+    /// (used only where the CPU has AVX-512).
+    #[arg(long)]
+    pub cpu_ort_attention: bool,
     /// cuda: which GPU (ordinal).
     #[arg(long, default_value_t = 0)]
     pub cuda_device: usize,
@@ -65,6 +69,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             threads: a.threads,
             idle_spin: a.cpu_spin,
             no_amx: a.cpu_no_amx,
+            ort_attention: a.cpu_ort_attention,
         }),
         BackendArg::Cuda => llamagen_runtime::BackendChoice::Cuda(cuda),
         BackendArg::CudaEmu => llamagen_runtime::BackendChoice::CudaEmu(cuda),

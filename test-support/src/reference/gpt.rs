@@ -13,7 +13,7 @@ use super::{argmax, dot, ffn_hidden, linear, rms_norm, silu, tensor, Weights};
 /// Computed in f32 like the official code.
 pub fn rope_2d_table(grid: usize, head_dim: usize, base: f32, cls_token_num: usize) -> Vec<f32> {
     assert!(
-        head_dim % 4 == 0,
+        head_dim.is_multiple_of(4),
         "2D rotary needs head_dim % 4 == 0, got {head_dim}"
     );
     let half_dim = head_dim / 2;

@@ -58,7 +58,7 @@ pub(crate) fn tensor<'w>(weights: &'w Weights, key: &str, shape: &[usize]) -> &'
 
 /// `find_multiple(n, k)` from gpt.py: n rounded up to a multiple of k.
 pub fn find_multiple(n: usize, k: usize) -> usize {
-    if n % k == 0 {
+    if n.is_multiple_of(k) {
         n
     } else {
         n + k - n % k

@@ -94,7 +94,7 @@ pub(crate) fn group_norm(x: &Fm, weights: &Weights, name: &str) -> Fm {
     const GROUPS: usize = 32;
     const EPS: f64 = 1e-6;
     assert!(
-        x.c % GROUPS == 0,
+        x.c.is_multiple_of(GROUPS),
         "GroupNorm: {} channels not divisible by {GROUPS}",
         x.c
     );

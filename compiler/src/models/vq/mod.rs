@@ -155,7 +155,7 @@ fn validate(c: &VqConfig) -> Result<(), Error> {
     if let Some(m) = c
         .ch_mult
         .iter()
-        .find(|&&m| m == 0 || (c.ch * m) % NORM_GROUPS != 0)
+        .find(|&&m| m == 0 || !(c.ch * m).is_multiple_of(NORM_GROUPS))
     {
         return bad(format!(
             "channels ch * ch_mult = {} * {m} must be a positive multiple of the {NORM_GROUPS} \

@@ -36,7 +36,9 @@ fn mma_kernel(head_dim: usize) -> Option<&'static str> {
 
 /// Whether the buffers suit the tensor-core kernels' 16-byte cache loads and 4-byte stores.
 fn mma_aligned(out: DevSlice<f16>, cache: Cache) -> bool {
-    cache.k.addr() % 16 == 0 && cache.v.addr() % 16 == 0 && out.addr() % 4 == 0
+    cache.k.addr().is_multiple_of(16)
+        && cache.v.addr().is_multiple_of(16)
+        && out.addr().is_multiple_of(4)
 }
 
 /// `out` f16 `[rows, T, H hd]` = softmax(q . K^T) . V over cache slots `0..pos + T` (no mask);

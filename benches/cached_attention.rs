@@ -1,0 +1,62 @@
+//! Criterion bench of the CPU backend's fused VAR attention (`llamagen_runtime::attention`).
+//!
+//! - `cached_attention/256x680`: VAR-d16's last scale, one layer: 2 rows x 16 heads, 256
+//!   queries over the 424 cached slots and the block's own 256 keys, head_dim 64 (1.43 GFLOP),
+//!   2 threads. Skipped where AVX-512 is not available.
+//! - `cached_attention/36x91`: a small scale (6 x 6 tokens after 55 cached), where the tile's
+//!   unused lanes and per-task overhead show.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use llamagen_runtime::attention::kernel::{self, Dims, Inputs};
+
+fn attention(c: &mut Criterion, tokens: usize, position: usize) {
+    let d = Dims {
+        batch: 2,
+        heads: 16,
+        tokens,
+        head_dim: 64,
+        cache_len: 680,
+        position,
+    };
+    let fill = |n: usize, seed: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7919 + seed) % 1000) as f32 / 500.0 - 1.0) * 0.2)
+            .collect()
+    };
+    let block = d.batch * d.heads * tokens * d.head_dim;
+    let cache = d.batch * d.heads * d.cache_len * d.head_dim;
+    let (q, k, v) = (fill(block, 1), fill(block, 2), fill(block, 3));
+    let (past_k, past_v) = (fill(cache, 4), fill(cache, 5));
+    let x = Inputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        past_k: &past_k,
+        past_v: &past_v,
+    };
+    let mut out = vec![0f32; block];
+    // Two threads taking every other task (as a pool would).
+    let par = |count: usize, f: &(dyn Fn(usize) + Sync)| {
+        std::thread::scope(|s| {
+            for t in 0..2 {
+                s.spawn(move || (t..count).step_by(2).for_each(f));
+            }
+        })
+    };
+    let n = position + tokens;
+    c.bench_function(&format!("cached_attention/{tokens}x{n}"), |b| {
+        b.iter(|| kernel::attend(&d, &x, &mut out, &par).unwrap())
+    });
+}
+
+fn cached_attention(c: &mut Criterion) {
+    if !kernel::available() {
+        eprintln!("SKIP cached_attention: no AVX-512 on this CPU");
+        return;
+    }
+    attention(c, 256, 424);
+    attention(c, 36, 55);
+}
+
+criterion_group!(benches, cached_attention);
+criterion_main!(benches);

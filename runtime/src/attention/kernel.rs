@@ -1,0 +1,418 @@
+//! Softmax attention of a token block over the valid slots of a static KV cache and the
+//! block's own keys, no mask (VAR's step), on AVX-512 f32.
+//!
+//! One task is up to 64 queries of one (row, head). Everything is laid out with the queries
+//! along the vector lanes, so no key is ever transposed:
+//! - scores `S[j][i] = sum_d K[j][d] Q[i][d]`: each key element is broadcast against the
+//!   transposed query tile `Qt[d][i]` (a register block of keys x up to 4 vectors of queries,
+//!   24 accumulators, the shape of MLAS's SGEMM kernel);
+//! - the softmax over `j` is then lane-wise (max, exp, sum down the rows of `S`);
+//! - the output `O[i][d] = sum_j V[j][d] P[j][i] / sum_i`: each value element is broadcast
+//!   against the rows of `P` (a block of head dims x the query vectors), and written out
+//!   token-major, `[batch, tokens, heads, head_dim]`, the layout the output projection reads.
+//!
+//! The scores never leave the task (`tokens_total x 64` floats, L2-resident), and the cache
+//! is read in place, slots `0..position`, then the block's keys: the slices, concatenations,
+//! transposes and full score tensors of the ONNX graph are gone.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use crate::parallel::ParallelFor;
+
+/// Queries per task (four 16-lane vectors); a block's last task takes the vectors it needs.
+pub const TILE: usize = 64;
+/// Lanes of a vector.
+const LANES: usize = 16;
+/// `head_dim` must be a multiple of this (the output blocks' remainders step by 2).
+const HEAD_DIM_STEP: usize = 8;
+
+/// The sizes of one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    pub batch: usize,
+    pub heads: usize,
+    /// Queries (the block's tokens).
+    pub tokens: usize,
+    pub head_dim: usize,
+    /// Slots of each cache tensor.
+    pub cache_len: usize,
+    /// Valid cache slots (the block's first slot).
+    pub position: usize,
+}
+
+impl Dims {
+    /// Why these sizes cannot run, if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(HEAD_DIM_STEP) {
+            return Err(format!(
+                "head_dim {} is not a positive multiple of {HEAD_DIM_STEP}",
+                self.head_dim
+            ));
+        }
+        if self.position > self.cache_len {
+            return Err(format!(
+                "position {} is past the cache's {} slots",
+                self.position, self.cache_len
+            ));
+        }
+        Ok(())
+    }
+
+    /// Tasks of one call: (row, head, tile of up to 64 queries).
+    pub fn tasks(&self) -> usize {
+        self.batch * self.heads * self.tokens.div_ceil(TILE)
+    }
+
+    fn block_len(&self) -> usize {
+        self.batch * self.heads * self.tokens * self.head_dim
+    }
+
+    fn cache_tensor_len(&self) -> usize {
+        self.batch * self.heads * self.cache_len * self.head_dim
+    }
+}
+
+/// The tensors of one call: `q`, `k`, `v` `[batch, heads, tokens, head_dim]` (the block's,
+/// `q` already scaled), `past_k`, `past_v` `[batch, heads, cache_len, head_dim]`.
+pub struct Inputs<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub past_k: &'a [f32],
+    pub past_v: &'a [f32],
+}
+
+/// Whether this CPU runs the kernel (AVX-512 F).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out` `[batch, tokens, heads, head_dim]` = softmax(q k^T) v over the cache slots
+/// `0..position` and the block's own keys. `par(count, f)` runs `f(0..count)`, in any order
+/// and on any threads.
+pub fn attend(
+    d: &Dims,
+    x: &Inputs<'_>,
+    out: &mut [f32],
+    par: ParallelFor<'_>,
+) -> Result<(), String> {
+    d.check()?;
+    if !available() {
+        return Err("this CPU has no AVX-512".into());
+    }
+    let block = d.block_len();
+    let cache = d.cache_tensor_len();
+    for (name, len, want) in [
+        ("q", x.q.len(), block),
+        ("k", x.k.len(), block),
+        ("v", x.v.len(), block),
+        ("past_k", x.past_k.len(), cache),
+        ("past_v", x.past_v.len(), cache),
+        ("output", out.len(), block),
+    ] {
+        if len != want {
+            return Err(format!(
+                "{name} holds {len} floats, expected {want} for {d:?}"
+            ));
+        }
+    }
+    let out = OutPtr(out.as_mut_ptr());
+    let tiles = d.tokens.div_ceil(TILE);
+    let task = |t: usize| {
+        let (bh, tile) = (t / tiles, t % tiles);
+        SCRATCH.with_borrow_mut(|s| {
+            // SAFETY: AVX-512 F is present (checked above); every index stays inside the
+            // lengths checked above; tasks write disjoint (token, row, head) rows of `out`.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                run_task(d, x, &out, bh, tile, s)
+            }
+        });
+    };
+    par(d.tasks(), &task);
+    Ok(())
+}
+
+/// The output pointer, shared by tasks that write disjoint parts of it.
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements (see `run_task`).
+unsafe impl Sync for OutPtr {}
+
+thread_local! {
+    /// A task's transposed queries and scores, reused across calls on each thread.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One (row, head) pair's rows of a `[.., len, head_dim]` tensor.
+fn rows(t: &[f32], bh: usize, len: usize, hd: usize) -> &[f32] {
+    &t[bh * len * hd..(bh + 1) * len * hd]
+}
+
+/// Keys or values of one (row, head) pair: the cache's valid slots, then the block's own.
+fn segments<'a>(d: &Dims, bh: usize, cache: &'a [f32], own: &'a [f32]) -> [&'a [f32]; 2] {
+    let hd = d.head_dim;
+    let c = rows(cache, bh, d.cache_len, hd);
+    [&c[..d.position * hd], rows(own, bh, d.tokens, hd)]
+}
+
+/// One task: its queries' vector count picks the register blocks (keys x vectors and head
+/// dims x vectors of at most 24 accumulators).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn run_task(
+    d: &Dims,
+    x: &Inputs<'_>,
+    out: &OutPtr,
+    bh: usize,
+    tile: usize,
+    scratch: &mut Vec<f32>,
+) {
+    let nq = TILE.min(d.tokens - tile * TILE);
+    match nq.div_ceil(LANES) {
+        1 => task::<1, 16, 16>(d, x, out, bh, tile, scratch),
+        2 => task::<2, 12, 12>(d, x, out, bh, tile, scratch),
+        3 => task::<3, 8, 8>(d, x, out, bh, tile, scratch),
+        _ => task::<4, 6, 6>(d, x, out, bh, tile, scratch),
+    }
+}
+
+/// A task of `V` query vectors, scoring `R` keys and summing `D` head dims a block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn task<const V: usize, const R: usize, const D: usize>(
+    d: &Dims,
+    x: &Inputs<'_>,
+    out: &OutPtr,
+    bh: usize,
+    tile: usize,
+    scratch: &mut Vec<f32>,
+) {
+    let hd = d.head_dim;
+    let width = V * LANES;
+    let t0 = tile * TILE;
+    let nq = width.min(d.tokens - t0);
+    let n = d.position + d.tokens;
+    if scratch.len() < (hd + n) * width {
+        scratch.resize((hd + n) * width, 0.0);
+    }
+    let (qt, s) = scratch.split_at_mut(hd * width);
+    // Lanes past the block's last query score zeros and are never written out.
+    qt.fill(0.0);
+    let q = rows(x.q, bh, d.tokens, hd);
+    for i in 0..nq {
+        for (c, &v) in q[(t0 + i) * hd..(t0 + i + 1) * hd].iter().enumerate() {
+            qt[c * width + i] = v;
+        }
+    }
+    let keys = segments(d, bh, x.past_k, x.k);
+    let values = segments(d, bh, x.past_v, x.v);
+
+    let mut j = 0;
+    for seg in keys {
+        let count = seg.len() / hd;
+        let mut r = 0;
+        while r + R <= count {
+            scores::<V, R>(&seg[r * hd..], hd, qt, &mut s[(j + r) * width..]);
+            r += R;
+        }
+        while r < count {
+            scores::<V, 1>(&seg[r * hd..], hd, qt, &mut s[(j + r) * width..]);
+            r += 1;
+        }
+        j += count;
+    }
+
+    let sums = softmax_rows::<V>(s, n);
+    let inv = sums.map(|v| _mm512_div_ps(_mm512_set1_ps(1.0), v));
+    let (b, h) = (bh / d.heads, bh % d.heads);
+    // At most 24 accumulators of 16 lanes (`D x V`).
+    let mut block = [0f32; 24 * LANES];
+    let mut c0 = 0;
+    while c0 < hd {
+        let dims = if c0 + D <= hd {
+            weighted_sum::<V, D>(&values, hd, c0, s, inv, &mut block);
+            D
+        } else if c0 + 4 <= hd {
+            weighted_sum::<V, 4>(&values, hd, c0, s, inv, &mut block);
+            4
+        } else {
+            weighted_sum::<V, 2>(&values, hd, c0, s, inv, &mut block);
+            2
+        };
+        // Token-major: out[b][t0 + i][h][c0 + c].
+        for i in 0..nq {
+            let at = ((b * d.tokens + t0 + i) * d.heads + h) * hd + c0;
+            for c in 0..dims {
+                *out.0.add(at + c) = block[c * width + i];
+            }
+        }
+        c0 += dims;
+    }
+}
+
+/// `s[r][..] = sum_d k[r][d] qt[d][..]` for `R` consecutive keys of `k` (rows of `hd`), `V`
+/// vectors of queries.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn scores<const V: usize, const R: usize>(k: &[f32], hd: usize, qt: &[f32], s: &mut [f32]) {
+    let width = V * LANES;
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    let (k, qt) = (k.as_ptr(), qt.as_ptr());
+    for c in 0..hd {
+        let mut q = [_mm512_setzero_ps(); V];
+        for (v, qv) in q.iter_mut().enumerate() {
+            *qv = _mm512_loadu_ps(qt.add(c * width + v * LANES));
+        }
+        for (r, a) in acc.iter_mut().enumerate() {
+            let kb = _mm512_set1_ps(*k.add(r * hd + c));
+            for v in 0..V {
+                a[v] = _mm512_fmadd_ps(kb, q[v], a[v]);
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        for (v, av) in a.iter().enumerate() {
+            _mm512_storeu_ps(s.as_mut_ptr().add(r * width + v * LANES), *av);
+        }
+    }
+}
+
+/// Each lane's softmax down the `n` rows of `s` (rows of `V` vectors), unnormalized: the rows
+/// become `exp(s - max)`; returns the lanes' sums.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_rows<const V: usize>(s: &mut [f32], n: usize) -> [__m512; V] {
+    let width = V * LANES;
+    let p = s.as_mut_ptr();
+    let mut m = [_mm512_set1_ps(f32::NEG_INFINITY); V];
+    for j in 0..n {
+        for (v, mv) in m.iter_mut().enumerate() {
+            *mv = _mm512_max_ps(*mv, _mm512_loadu_ps(p.add(j * width + v * LANES)));
+        }
+    }
+    let mut sum = [_mm512_setzero_ps(); V];
+    for j in 0..n {
+        for v in 0..V {
+            let at = p.add(j * width + v * LANES);
+            let e = exp(_mm512_sub_ps(_mm512_loadu_ps(at), m[v]));
+            _mm512_storeu_ps(at, e);
+            sum[v] = _mm512_add_ps(sum[v], e);
+        }
+    }
+    sum
+}
+
+/// `block[c][..] = inv * sum_j v[j][c0 + c] p[j][..]` for the `D` head dims from `c0`, `v` in
+/// segments (cache slots, then the block's), `p` the rows of `exp(s - max)` (`V` vectors).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_sum<const V: usize, const D: usize>(
+    values: &[&[f32]; 2],
+    hd: usize,
+    c0: usize,
+    p: &[f32],
+    inv: [__m512; V],
+    block: &mut [f32],
+) {
+    let width = V * LANES;
+    let mut acc = [[_mm512_setzero_ps(); V]; D];
+    let mut pj = p.as_ptr();
+    for seg in values {
+        let count = seg.len() / hd;
+        let mut v = seg.as_ptr().add(c0);
+        for _ in 0..count {
+            let mut pv = [_mm512_setzero_ps(); V];
+            for (u, x) in pv.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(pj.add(u * LANES));
+            }
+            for (c, a) in acc.iter_mut().enumerate() {
+                let vb = _mm512_set1_ps(*v.add(c));
+                for u in 0..V {
+                    a[u] = _mm512_fmadd_ps(vb, pv[u], a[u]);
+                }
+            }
+            pj = pj.add(width);
+            v = v.add(hd);
+        }
+    }
+    for (c, a) in acc.iter().enumerate() {
+        for (u, au) in a.iter().enumerate() {
+            _mm512_storeu_ps(
+                block.as_mut_ptr().add(c * width + u * LANES),
+                _mm512_mul_ps(*au, inv[u]),
+            );
+        }
+    }
+}
+
+/// `e^x` for `x <= 0` (softmax arguments), within ~2 ulp: `x = n ln 2 + r`, `|r| <= ln 2 / 2`,
+/// `e^r` by its degree-7 Taylor polynomial (truncation < 1e-8 relative), scaled by `2^n`.
+/// Below -87.3 the result is 0-ish (the clamp keeps `2^n` normal).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp(x: __m512) -> __m512 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.3));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    let mut p = _mm512_set1_ps(1.0 / 5040.0);
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    _mm512_scalef_ps(p, n)
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp_of_libm_on_softmax_arguments() {
+        if !available() {
+            eprintln!("skipped: no AVX-512");
+            return;
+        }
+        let xs: Vec<f32> = (0..20_000).map(|i| -(i as f32) * 0.0043).collect();
+        for chunk in xs.chunks(16) {
+            let mut got = [0f32; 16];
+            // SAFETY: AVX-512 F is present (checked above); 16 floats in and out.
+            unsafe {
+                let mut v = [f32::NEG_INFINITY; 16];
+                v[..chunk.len()].copy_from_slice(chunk);
+                _mm512_storeu_ps(got.as_mut_ptr(), exp(_mm512_loadu_ps(v.as_ptr())));
+            }
+            for (&x, &e) in chunk.iter().zip(&got) {
+                let want = (x as f64).exp();
+                let tol = 2.5 * f32::EPSILON as f64 * want + 1e-38;
+                assert!(
+                    (e as f64 - want).abs() <= tol,
+                    "exp({x}) = {e}, want {want}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The ONNX Runtime custom operator that runs [`kernel::attend`] inside a session:
+//! `llamagen.cpu::CachedAttention(q, k, v, past_k, past_v, position) -> out`, with `q`, `k`,
+//! `v` f32 `[batch, heads, tokens, head_dim]`, the caches f32 `[batch, heads, cache_len,
+//! head_dim]`, `position` i64 `[1]` (the valid cache slots) and `out` f32 `[batch, tokens,
+//! heads, head_dim]`. The tasks run on the session's intra-op threads.
+
+use ort::operator::{
+    ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
+    ShapeInferenceContext,
+};
+use ort::value::{TensorElementType, ValueType};
+
+use super::kernel::{self, Dims, Inputs};
+use crate::amx::op::DOMAIN;
+
+pub const OP_TYPE: &str = "CachedAttention";
+
+struct CachedAttentionOp;
+
+struct CachedAttentionKernel;
+
+impl Operator for CachedAttentionOp {
+    type Kernel<'attr> = CachedAttentionKernel;
+
+    fn name(&self) -> &str {
+        OP_TYPE
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        let f = || OperatorInput::required(TensorElementType::Float32);
+        [
+            f(),
+            f(),
+            f(),
+            f(),
+            f(),
+            OperatorInput::required(TensorElementType::Int64),
+        ]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(TensorElementType::Float32)]
+    }
+
+    /// `[batch, tokens, heads, head_dim]` from `q`'s `[batch, heads, tokens, head_dim]`, so the
+    /// planner knows every shape after the node.
+    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
+        let mut ty = ctx
+            .inputs()
+            .into_iter()
+            .next()
+            .ok_or_else(|| ort::Error::new(format!("{OP_TYPE}: no input")))?;
+        if let ValueType::Tensor { shape, .. } = &mut ty {
+            if shape.len() == 4 {
+                shape.swap(1, 2);
+            }
+        }
+        ctx.set_output(0, &ty)
+    }
+
+    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<CachedAttentionKernel> {
+        Ok(CachedAttentionKernel)
+    }
+}
+
+impl Kernel for CachedAttentionKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let bad = |what: String| ort::Error::new(format!("{OP_TYPE}: {what}"));
+        let values = (0..5)
+            .map(|i| ctx.input(i)?.ok_or_else(|| bad(format!("no input {i}"))))
+            .collect::<ort::Result<Vec<_>>>()?;
+        let mut tensors = Vec::with_capacity(values.len());
+        for v in &values {
+            let (shape, data) = v.try_extract_tensor::<f32>()?;
+            let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+            tensors.push((dims, data));
+        }
+        let [(q_dims, q), (k_dims, k), (v_dims, v), (pk_dims, past_k), (pv_dims, past_v)] =
+            &tensors[..]
+        else {
+            return Err(bad("expected 5 tensor inputs".into()));
+        };
+        let position = ctx.input(5)?.ok_or_else(|| bad("no position".into()))?;
+        let (_, position) = position.try_extract_tensor::<i64>()?;
+        let &[position] = position else {
+            return Err(bad(format!(
+                "position holds {} values, expected 1",
+                position.len()
+            )));
+        };
+        let (q_dims, pk_dims, pv_dims) = (q_dims.clone(), pk_dims.clone(), pv_dims.clone());
+        let [batch, heads, tokens, head_dim] = q_dims[..] else {
+            return Err(bad(format!("q of shape {q_dims:?}, expected 4 dims")));
+        };
+        if *k_dims != q_dims || *v_dims != q_dims {
+            return Err(bad(format!(
+                "q {q_dims:?}, k {k_dims:?} and v {v_dims:?} differ"
+            )));
+        }
+        let cache_len = pk_dims.get(2).copied().unwrap_or(0);
+        let cache_dims = vec![batch, heads, cache_len, head_dim];
+        if pk_dims != cache_dims || pv_dims != cache_dims {
+            return Err(bad(format!(
+                "caches of shapes {pk_dims:?} and {pv_dims:?}, expected {cache_dims:?}"
+            )));
+        }
+        let position = usize::try_from(position)
+            .map_err(|_| bad(format!("position {position} is negative")))?;
+        let dims = Dims {
+            batch,
+            heads,
+            tokens,
+            head_dim,
+            cache_len,
+            position,
+        };
+        let mut output = ctx
+            .output(
+                0,
+                [batch, tokens, heads, head_dim]
+                    .iter()
+                    .map(|&d| d as i64)
+                    .collect::<Vec<_>>(),
+            )?
+            .ok_or_else(|| bad("no output".into()))?;
+        let out = output.try_extract_tensor_mut::<f32>()?.1;
+        let failed = std::sync::Mutex::new(None);
+        let par = |count: usize, f: &(dyn Fn(usize) + Sync)| {
+            if let Err(e) = ctx.par_for(count, count, f) {
+                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            }
+        };
+        let inputs = Inputs {
+            q,
+            k,
+            v,
+            past_k,
+            past_v,
+        };
+        kernel::attend(&dims, &inputs, out, &par).map_err(bad)?;
+        match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(bad(format!("parallel run: {e}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The `llamagen.cpu` domain with the attention operator.
+pub fn domain() -> ort::Result<OperatorDomain> {
+    OperatorDomain::new(DOMAIN)?.add(CachedAttentionOp)
+}
