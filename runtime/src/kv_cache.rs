@@ -3,19 +3,29 @@
 //! Allocated once per generation and never grown; each step's new key/value slice
 //! `[batch, heads, seq, head_dim]` is written in place at its position.
 //!
-//! Every layer's keys and values live in one allocation. Per-layer vectors (5.6 MB each for
-//! VAR-d16's 2 rows) fell under glibc's adaptive mmap threshold once the first was freed, so a
-//! dropped cache stayed in the heap and the VQ decoder's arena came on top of it (VAR-d16 int8:
-//! peak RSS 852 MB); one block above the threshold's 32 MB ceiling goes back to the system when
-//! the generation ends.
+//! Two storages:
+//! - on the heap, every layer's keys and values in one allocation (LlamaGen's pooled caches).
+//!   Per-layer vectors (5.6 MB each for VAR-d16's 2 rows) fell under glibc's adaptive mmap
+//!   threshold once the first was freed, so a dropped cache stayed in the heap;
+//! - in ONNX Runtime's CPU arena (VAR's per-request caches, [`KvCache::in_arena`]).
+
+use ort::memory::Allocator;
+use ort::value::Tensor;
 
 pub struct KvCache {
     pub batch: usize,
     pub heads: usize,
     pub max_len: usize,
     pub head_dim: usize,
-    /// `[layers][keys, values][batch, heads, max_len, head_dim]`.
-    data: Vec<f32>,
+    storage: Storage,
+}
+
+enum Storage {
+    /// `[layers][keys, values][batch, heads, max_len, head_dim]` in one heap block.
+    Heap(Vec<f32>),
+    /// One ONNX Runtime tensor per layer's keys and values (`[k0, v0, k1, v1, ..]`), from a
+    /// session's allocator (see [`KvCache::in_arena`]).
+    Arena(Vec<Tensor<f32>>),
 }
 
 impl KvCache {
@@ -26,35 +36,77 @@ impl KvCache {
             heads,
             max_len,
             head_dim,
-            data: vec![0.0; 2 * layers * n],
+            storage: Storage::Heap(vec![0.0; 2 * layers * n]),
         }
+    }
+
+    /// A zeroed cache whose tensors come from `allocator`: ONNX Runtime's CPU arena, which
+    /// the graphs' activations share. A cache made per request (VAR's) then reuses the memory
+    /// the VQ decoder's activations left in the arena, instead of adding its own on top.
+    pub fn in_arena(
+        allocator: &Allocator,
+        layers: usize,
+        batch: usize,
+        heads: usize,
+        max_len: usize,
+        head_dim: usize,
+    ) -> ort::Result<Self> {
+        let shape = [batch, heads, max_len, head_dim];
+        let tensors = (0..2 * layers)
+            .map(|_| Tensor::<f32>::new(allocator, shape))
+            .collect::<ort::Result<Vec<_>>>()?;
+        Ok(KvCache {
+            batch,
+            heads,
+            max_len,
+            head_dim,
+            storage: Storage::Arena(tensors),
+        })
     }
 
     fn per_tensor(&self) -> usize {
         self.batch * self.heads * self.max_len * self.head_dim
     }
 
+    /// Tensor `t` of `[k0, v0, k1, v1, ..]`.
+    fn tensor(&self, t: usize) -> &[f32] {
+        let n = self.per_tensor();
+        match &self.storage {
+            Storage::Heap(data) => &data[t * n..(t + 1) * n],
+            Storage::Arena(tensors) => tensors[t].extract_tensor().1,
+        }
+    }
+
     /// Layer `i`'s keys, `[batch, heads, max_len, head_dim]`.
     pub fn keys(&self, i: usize) -> &[f32] {
-        let n = self.per_tensor();
-        &self.data[2 * i * n..(2 * i + 1) * n]
+        self.tensor(2 * i)
     }
 
     /// Layer `i`'s values, `[batch, heads, max_len, head_dim]`.
     pub fn values(&self, i: usize) -> &[f32] {
-        let n = self.per_tensor();
-        &self.data[(2 * i + 1) * n..(2 * i + 2) * n]
+        self.tensor(2 * i + 1)
     }
 
     /// Layer `i`'s keys and values, mutable.
     pub fn layer_mut(&mut self, i: usize) -> (&mut [f32], &mut [f32]) {
         let n = self.per_tensor();
-        self.data[2 * i * n..(2 * i + 2) * n].split_at_mut(n)
+        match &mut self.storage {
+            Storage::Heap(data) => data[2 * i * n..(2 * i + 2) * n].split_at_mut(n),
+            Storage::Arena(tensors) => {
+                let (k, v) = tensors[2 * i..2 * i + 2].split_at_mut(1);
+                (k[0].extract_tensor_mut().1, v[0].extract_tensor_mut().1)
+            }
+        }
     }
 
     /// Sets every slot of every layer to `value`.
     pub fn fill(&mut self, value: f32) {
-        self.data.fill(value);
+        match &mut self.storage {
+            Storage::Heap(data) => data.fill(value),
+            Storage::Arena(tensors) => tensors
+                .iter_mut()
+                .for_each(|t| t.extract_tensor_mut().1.fill(value)),
+        }
     }
 
     /// Zeroes every slot of every layer (a pooled cache before its next request: a stale slot
@@ -100,5 +152,26 @@ mod tests {
         for t in [c.keys(0), c.values(0), c.values(1)] {
             assert!(t.iter().all(|&x| x == 0.0));
         }
+    }
+
+    #[test]
+    fn an_arena_cache_is_zeroed_and_keeps_its_layers_apart() {
+        crate::ort_env::environment().expect("ONNX Runtime (scripts/setup.sh installs it)");
+        let allocator = ort::memory::Allocator::default();
+        let mut c = KvCache::in_arena(&allocator, 2, 2, 2, 4, 3).unwrap();
+        assert!((0..2).all(|i| c.keys(i).iter().chain(c.values(i)).all(|&x| x == 0.0)));
+        let shape = c.shape();
+        let slice: Vec<f32> = (0..2 * 2 * 3).map(|x| x as f32 + 1.0).collect();
+        let (k, v) = c.layer_mut(1);
+        KvCache::write(v, &slice, shape, 3, 1);
+        k[0] = -1.0;
+        assert_eq!(
+            &c.values(1)[(2 * 4 + 3) * 3..(2 * 4 + 4) * 3],
+            &[7.0, 8.0, 9.0]
+        );
+        assert_eq!(c.keys(1)[0], -1.0);
+        assert!(c.keys(0).iter().chain(c.values(0)).all(|&x| x == 0.0));
+        c.clear();
+        assert!(c.keys(1).iter().chain(c.values(1)).all(|&x| x == 0.0));
     }
 }

@@ -24,7 +24,6 @@ use llamagen_bundle::{Manifest, VarConfig};
 
 use crate::backend::{BackendKind, CpuOptions};
 use crate::error::RuntimeError;
-use crate::kv_cache::KvCache;
 use crate::pipeline::{Images, Observer, TokenOutput};
 use crate::request::GenerateRequest;
 use crate::runner::{Generator, NextToken};
@@ -129,9 +128,9 @@ impl Generator for VarOrtCpu {
         if cfg {
             labels.extend(std::iter::repeat_n(c.num_classes as i64, n));
         }
-        // Fresh zeroed caches: masked slots are multiplied by probability 0, so stale values
-        // must never be NaN.
-        let mut cache = KvCache::new(c.depth, rows, c.num_heads, total, c.head_dim);
+        // The step reads only the slots before the scale's position (the graph slices the cache
+        // there, our fused attention stops there).
+        let mut cache = self.sessions.new_cache(c, rows)?;
         let mut token_ids = vec![0i64; rows * total];
         let mut tokens = vec![vec![0u32; total]; n];
         let mut logits = Vec::new();
