@@ -1,7 +1,8 @@
 //! Softmax attention of a token block over the valid slots of a static KV cache and the
 //! block's own keys, no mask (VAR's step), on AVX-512 f32.
 //!
-//! One task is up to 64 queries of one (row, head). Everything is laid out with the queries
+//! A tile is up to 64 queries of one (row, head) pair; a task is one pair's tiles in turn (its
+//! keys and values stay in L2 between them). Everything is laid out with the queries
 //! along the vector lanes, so no key is ever transposed:
 //! - scores `S[j][i] = sum_d K[j][d] Q[i][d]`: each key element is broadcast against the
 //!   transposed query tile `Qt[d][i]` (a register block of keys x up to 4 vectors of queries,
@@ -60,9 +61,9 @@ impl Dims {
         Ok(())
     }
 
-    /// Tasks of one call: (row, head, tile of up to 64 queries).
+    /// Tasks of one call: one per (row, head).
     pub fn tasks(&self) -> usize {
-        self.batch * self.heads * self.tokens.div_ceil(TILE)
+        self.batch * self.heads
     }
 
     fn block_len(&self) -> usize {
@@ -127,14 +128,17 @@ pub fn attend(
     }
     let out = OutPtr(out.as_mut_ptr());
     let tiles = d.tokens.div_ceil(TILE);
-    let task = |t: usize| {
-        let (bh, tile) = (t / tiles, t % tiles);
+    // One task per (row, head), its query tiles in turn: the pair's keys and values (348 KB at
+    // 680 slots) stay in this core's L2 from one tile to the next.
+    let task = |bh: usize| {
         SCRATCH.with_borrow_mut(|s| {
-            // SAFETY: AVX-512 F is present (checked above); every index stays inside the
-            // lengths checked above; tasks write disjoint (token, row, head) rows of `out`.
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                run_task(d, x, &out, bh, tile, s)
+            for tile in 0..tiles {
+                // SAFETY: AVX-512 F is present (checked above); every index stays inside the
+                // lengths checked above; tasks write disjoint (token, row, head) rows of `out`.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    run_task(d, x, &out, bh, tile, s)
+                }
             }
         });
     };
