@@ -43,26 +43,29 @@ fn greedy_cfg4_matches_official_tokens_logits_and_images() {
     check_greedy("cfg4", 4.0);
 }
 
-/// The same parity with VAR's step attention on ONNX Runtime's operators, and our fused kernel
-/// (the default above) counted where it runs.
+/// The same parity with VAR's step attention and the decoder's GroupNorms on ONNX Runtime's
+/// operators, and our fused kernels (the default above) counted where they run.
 #[test]
-fn greedy_parity_holds_on_both_cpu_attention_paths() {
-    let (tmp, fused) = load(Precision::Fp32);
-    let expected = if llamagen_runtime::attention::kernel::available() {
-        2
-    } else {
-        0
-    };
-    assert_eq!(fused.cpu_fused_attention(), expected);
+fn greedy_parity_holds_on_both_cpu_kernel_paths() {
+    let (tmp, ours) = load(Precision::Fp32);
+    let avx512 = llamagen_runtime::attention::kernel::available();
+    let k = ours.cpu_kernels();
+    // tiny-var: 2 blocks; its VQVAE decoder's 39 norms: 2 x 2 in the mid block's resnets and
+    // 1 in its attention, 2 in each of 5 levels x 3 resnets, 1 in each of the 3 attentions at
+    // the lowest resolution, and the output norm.
+    let expected = if avx512 { (2, 39) } else { (0, 0) };
+    assert_eq!((k.fused_attention, k.fused_group_norms), expected, "{k:?}");
+    assert_eq!(k.amx_convolutions, 0, "fp32 bundle: no int8 convolutions");
     let options = PipelineOptions {
         backend: BackendChoice::Cpu(CpuOptions {
             ort_attention: true,
+            ort_group_norm: true,
             ..CpuOptions::default()
         }),
         ..PipelineOptions::default()
     };
     let ort = Pipeline::load(&tmp.path().join("bundle"), &options).unwrap();
-    assert_eq!(ort.cpu_fused_attention(), 0);
+    assert_eq!(ort.cpu_kernels(), llamagen_runtime::CpuKernels::default());
     for (cfg, scale) in [("cfg1.5", 1.5), ("cfg4", 4.0)] {
         support::var_greedy::check_greedy(&ort, &tiny_var_dir(), cfg, scale);
     }

@@ -130,20 +130,20 @@ fn int8_convolutions_are_calibrated_shipped_and_run_close_to_the_official_decode
     )
     .unwrap();
     let amx = load(&dir);
-    assert_eq!(ort_only.cpu_amx_convolutions(), 0);
+    assert_eq!(ort_only.cpu_kernels().amx_convolutions, 0);
     if !llamagen_runtime::amx::available() {
         eprintln!("SKIP (AMX part): AMX is not available on this CPU / kernel");
-        assert_eq!(amx.cpu_amx_convolutions(), 0);
+        assert_eq!(amx.cpu_kernels().amx_convolutions, 0);
         return;
     }
-    assert!(amx.cpu_amx_convolutions() > 0, "no convolution on AMX");
+    assert!(amx.cpu_kernels().amx_convolutions > 0, "no convolution on AMX");
     let (amx_got, _) = decode_vs_official(&amx);
     let (ort_got, _) = decode_vs_official(&ort_only);
     let same = psnr_db(&amx_got, &ort_got);
     let a = psnr_db(&amx_got, &want);
     eprintln!(
         "{} convolutions on AMX: {same:.1} dB vs ONNX Runtime's, {a:.1} dB vs official",
-        amx.cpu_amx_convolutions()
+        amx.cpu_kernels().amx_convolutions
     );
     assert!(same > 25.0, "AMX vs ONNX Runtime kernels: {same} dB");
     assert!(a > 27.0, "{a} dB");

@@ -61,6 +61,10 @@ pub struct BenchReport {
     /// `--cpu-ort-attention`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_fused_attention: Option<usize>,
+    /// CPU: VQ decoder GroupNorm (+ SiLU) chains on our fused AVX-512 kernel (0 elsewhere or
+    /// with `--cpu-ort-group-norm`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_fused_group_norms: Option<usize>,
     /// Device backends (LlamaGen): all GPT weights on the device (GEMMs, embeddings, norms,
     /// rotary tables), in MB.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,6 +134,7 @@ pub fn bench(
         }
         _ => None,
     };
+    let cpu = (pipeline.backend() == BackendKind::Cpu).then(|| pipeline.cpu_kernels());
     Ok(BenchReport {
         bundle: pipeline.dir().display().to_string(),
         model: format!("{} + {}", m.model_name(), m.vq.name),
@@ -150,10 +155,9 @@ pub fn bench(
         decode_gemm: weights.map(|w| w.decode_gemm),
         gemm_weight_mb: weights.map(|w| w.gemm_bytes as f64 / 1e6),
         attention: pipeline.device_attention(),
-        cpu_amx_convolutions: (pipeline.backend() == BackendKind::Cpu)
-            .then(|| pipeline.cpu_amx_convolutions()),
-        cpu_fused_attention: (pipeline.backend() == BackendKind::Cpu)
-            .then(|| pipeline.cpu_fused_attention()),
+        cpu_amx_convolutions: cpu.map(|k| k.amx_convolutions),
+        cpu_fused_attention: cpu.map(|k| k.fused_attention),
+        cpu_fused_group_norms: cpu.map(|k| k.fused_group_norms),
         gpt_device_weight_mb: weights.map(|w| (w.gemm_bytes + w.other_bytes) as f64 / 1e6),
         decode_steps_timed: steps.len(),
         scale_ms: var.then(|| scales.into_iter().map(median).collect()),

@@ -16,6 +16,7 @@ pub mod bench;
 pub mod compare;
 pub mod doctor;
 mod error;
+pub mod group_norm;
 pub mod image;
 pub mod kv_cache;
 pub mod npy;
@@ -26,11 +27,13 @@ mod pipeline;
 mod request;
 mod runner;
 pub mod sampler;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 mod var;
 
 pub use backend::{
-    BackendChoice, BackendKind, CpuOptions, CudaAttention, CudaOptions, DecodeGemm, DeviceWeights,
-    VqConv,
+    BackendChoice, BackendKind, CpuKernels, CpuOptions, CudaAttention, CudaOptions, DecodeGemm,
+    DeviceWeights, VqConv,
 };
 pub use error::{BundleError, RuntimeError};
 /// The Philox stream both samplers draw from (the bundle contract's).

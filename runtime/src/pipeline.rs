@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use llamagen_bundle::{load_manifest, Manifest};
 
-use crate::backend::{self, BackendChoice, BackendKind};
+use crate::backend::{self, BackendChoice, BackendKind, CpuKernels};
 use crate::error::RuntimeError;
 use crate::request::{GenerateRequest, RunOptions};
 use crate::runner::{Generator, NextToken};
@@ -165,13 +165,8 @@ impl Pipeline {
     }
 
     /// CPU: how many VQ decoder convolutions run on our AMX kernel (0 elsewhere).
-    pub fn cpu_amx_convolutions(&self) -> usize {
-        self.generator.cpu_amx_convolutions()
-    }
-
-    /// CPU: how many VAR step attention layers run on our fused kernel (0 elsewhere).
-    pub fn cpu_fused_attention(&self) -> usize {
-        self.generator.cpu_fused_attention()
+    pub fn cpu_kernels(&self) -> CpuKernels {
+        self.generator.cpu_kernels()
     }
 
     /// The most labels one request may carry ([`PipelineOptions::max_labels`]).

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use llamagen_bundle::{GraphRole, Manifest};
 
-use crate::backend::{Backend, BackendKind, FusedJob, StepInput};
+use crate::backend::{Backend, BackendKind, CpuKernels, FusedJob, StepInput};
 use crate::error::RuntimeError;
 use crate::pipeline::{Images, Observer, TokenOutput};
 use crate::request::{GenerateRequest, RowSeed};
@@ -90,13 +90,9 @@ pub(crate) trait Generator: Send + Sync {
     fn device_attention(&self) -> Option<&'static str> {
         None
     }
-    /// CPU: how many VQ decoder convolutions run on our AMX kernel.
-    fn cpu_amx_convolutions(&self) -> usize {
-        0
-    }
-    /// CPU: how many VAR step attention layers run on our fused kernel.
-    fn cpu_fused_attention(&self) -> usize {
-        0
+    /// CPU: which nodes run on our kernels.
+    fn cpu_kernels(&self) -> CpuKernels {
+        CpuKernels::default()
     }
 }
 
@@ -176,8 +172,8 @@ impl<B: Backend> Generator for Runner<B> {
         self.backend.device_attention()
     }
 
-    fn cpu_amx_convolutions(&self) -> usize {
-        self.backend.cpu_amx_convolutions()
+    fn cpu_kernels(&self) -> CpuKernels {
+        self.backend.cpu_kernels()
     }
 
     #[cfg(feature = "test-hooks")]

@@ -154,12 +154,13 @@ impl Kernel for QConvKernel {
     }
 }
 
-/// The `llamagen.cpu` domain serving `convs`, the work cut into `threads` parts.
-pub fn domain(
+/// `domain` with the operator serving `convs` added, the work cut into `threads` parts.
+pub fn add_to(
+    domain: OperatorDomain,
     convs: HashMap<String, Arc<QConv3x3>>,
     threads: usize,
 ) -> ort::Result<OperatorDomain> {
-    OperatorDomain::new(DOMAIN)?.add(QConvOp {
+    domain.add(QConvOp {
         convs: Arc::new(convs),
         threads,
     })

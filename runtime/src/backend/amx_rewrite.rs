@@ -15,59 +15,37 @@
 //! replaced by one `llamagen.cpu::QConv3x3(x) -> y` node whose weights are packed here and held
 //! by the operator; the other nodes (1x1 and 3-channel convolutions, norms, attention) stay as
 //! they are. Initializers no longer used are dropped and the rest are inlined, so the model
-//! loads from memory without its external weights file.
+//! loads from memory without its external weights file. `decoder_rewrite` runs this pass.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use llamagen_bundle::confine::OpenedFile;
 use llamagen_bundle::initializers::Initializers;
 use llamagen_bundle::onnx_proto::{
-    attribute_type, data_type, AttributeProto, NodeProto, TensorProto, DATA_LOCATION_EXTERNAL,
+    attribute_type, data_type, AttributeProto, ModelProto, NodeProto, TensorProto,
+    DATA_LOCATION_EXTERNAL,
 };
-use llamagen_bundle::{GraphEntry, Manifest};
-use prost::Message;
 
-use super::graph_rewrite::{bad_model, decode, ints, splice, Index, Rewritten};
+use super::graph_rewrite::{bad_model, ints, splice, Index};
 use crate::amx::op::{CONV_ATTRIBUTE, DOMAIN, OP_TYPE};
 use crate::amx::qconv::{QConv3x3, Quant};
 use crate::error::RuntimeError;
 
-/// The decoder graph of `entry` with its 3x3 int8 convolutions on our AMX kernel (work cut
-/// for `threads` threads), when AMX is available and the graph has such convolutions.
-pub(crate) fn amx_graph(
-    dir: &Path,
-    m: &Manifest,
-    entry: &GraphEntry,
-    onnx: &OpenedFile,
-    threads: usize,
-) -> Result<Option<Rewritten>, RuntimeError> {
-    if !crate::amx::available() {
-        return Ok(None);
-    }
-    let inits = Initializers::open(dir, m, entry)?;
-    let rewritten = rewrite(&onnx.path, &onnx.read_all()?, &inits, threads)?;
-    if let Some(r) = &rewritten {
-        tracing::debug!(convolutions = r.fused, "VQ decoder on AMX convolutions");
-    }
-    Ok(rewritten)
-}
-
-/// Rewrites the graph of `onnx` (the bytes of `path`); `None` when no convolution matches.
-fn rewrite(
+/// Replaces every matched convolution chain of `model` (the graph of `path`) and inlines the
+/// initializers still used (the weights the operator packed are dropped); returns the packed
+/// convolutions by node name (none: `model` is unchanged).
+pub(crate) fn rewrite_convs(
     path: &Path,
-    onnx: &[u8],
+    model: &mut ModelProto,
     inits: &Initializers,
-    threads: usize,
-) -> Result<Option<Rewritten>, RuntimeError> {
+) -> Result<HashMap<String, Arc<QConv3x3>>, RuntimeError> {
     let bad = |reason: String| bad_model(path, reason);
-    let mut model = decode(path, onnx)?;
+    let mut convs = HashMap::new();
     let Some(graph) = model.graph.as_ref() else {
-        return Ok(None);
+        return Ok(convs);
     };
     let index = Index::new(&graph.node, graph.output.iter().map(|o| o.name.as_str()));
-    let mut convs = HashMap::new();
     let mut replaced: HashMap<usize, NodeProto> = HashMap::new();
     let mut dropped = vec![false; graph.node.len()];
     for (i, node) in graph.node.iter().enumerate() {
@@ -84,11 +62,11 @@ fn rewrite(
         replaced.insert(i, fused_node(node, &m.x, &m.y));
     }
     if convs.is_empty() {
-        return Ok(None);
+        return Ok(convs);
     }
-    splice(&mut model, replaced, &dropped);
+    splice(model, replaced, &dropped);
     let Some(graph) = model.graph.as_mut() else {
-        return Ok(None);
+        return Ok(convs);
     };
     let used: HashSet<&str> = graph
         .node
@@ -102,16 +80,7 @@ fn rewrite(
         }
     }
     graph.initializer = kept;
-    let fused = convs.len();
-    let domain =
-        crate::amx::op::domain(convs, threads).map_err(|e| bad(format!("operators: {e}")))?;
-    Ok(Some(Rewritten {
-        path: path.to_path_buf(),
-        model: model.encode_to_vec(),
-        domain,
-        fused,
-        weights_dir: None,
-    }))
+    Ok(convs)
 }
 
 /// The names one convolution's Q/DQ chain reads, and the nodes it spans.

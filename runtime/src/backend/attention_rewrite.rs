@@ -23,6 +23,7 @@ use prost::Message;
 
 use super::graph_rewrite::{bad_model, const_i64s, decode, int, ints, splice, Index, Rewritten};
 use crate::attention::op::OP_TYPE;
+use crate::backend::CpuKernels;
 use crate::error::RuntimeError;
 
 /// The step graph of `onnx` with its attention fused, when this CPU runs our kernel and the
@@ -36,7 +37,10 @@ pub(crate) fn attention_graph(
     }
     let rewritten = rewrite(&onnx.path, &onnx.read_all()?, dir)?;
     if let Some(r) = &rewritten {
-        tracing::debug!(layers = r.fused, "VAR step on the fused CPU attention");
+        tracing::debug!(
+            layers = r.fused.fused_attention,
+            "VAR step on the fused CPU attention"
+        );
     }
     Ok(rewritten)
 }
@@ -71,7 +75,10 @@ fn rewrite(path: &Path, onnx: &[u8], dir: &Path) -> Result<Option<Rewritten>, Ru
         path: path.to_path_buf(),
         model: model.encode_to_vec(),
         domain,
-        fused: count,
+        fused: CpuKernels {
+            fused_attention: count,
+            ..CpuKernels::default()
+        },
         weights_dir: Some(dir.to_path_buf()),
     }))
 }

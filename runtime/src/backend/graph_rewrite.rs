@@ -15,6 +15,7 @@ use ort::session::Session;
 use prost::Message;
 
 use crate::amx::op::DOMAIN;
+use crate::backend::CpuKernels;
 use crate::error::RuntimeError;
 
 /// A rewritten graph: the model to load, the operators its fused nodes need, and how many
@@ -23,14 +24,17 @@ pub(crate) struct Rewritten {
     pub path: PathBuf,
     pub model: Vec<u8>,
     pub domain: OperatorDomain,
-    pub fused: usize,
+    pub fused: CpuKernels,
     /// Where the model's external weights are (`None`: every initializer is inline).
     pub weights_dir: Option<PathBuf>,
 }
 
 impl Rewritten {
     /// The session of the rewritten graph, and how many nodes were fused.
-    pub(crate) fn commit(self, builder: SessionBuilder) -> Result<(Session, usize), RuntimeError> {
+    pub(crate) fn commit(
+        self,
+        builder: SessionBuilder,
+    ) -> Result<(Session, CpuKernels), RuntimeError> {
         let err = |e: ort::Error| RuntimeError::ort(format!("loading {}", self.path.display()), e);
         let mut builder = builder
             .with_operators(self.domain)
@@ -48,6 +52,16 @@ impl Rewritten {
         let session = builder.commit_from_memory(&self.model).map_err(err)?;
         Ok((session, self.fused))
     }
+}
+
+/// Where `graph` keeps its weights, for [`Rewritten::weights_dir`]: `None` once every
+/// initializer is inline.
+pub(crate) fn external_weights(model: &ModelProto) -> bool {
+    model.graph.as_ref().is_some_and(|g| {
+        g.initializer
+            .iter()
+            .any(|t| t.data_location == llamagen_bundle::onnx_proto::DATA_LOCATION_EXTERNAL)
+    })
 }
 
 /// Producer and consumers of every value.
@@ -93,6 +107,11 @@ impl<'a> Index<'a> {
         let n = &nodes[p];
         (n.op_type == op && n.domain.is_empty() && self.consumers.get(value)? == &vec![consumer])
             .then_some(p)
+    }
+
+    /// Every reader of `value` (`usize::MAX` for a graph output).
+    pub(crate) fn consumers(&self, value: &str) -> Option<&Vec<usize>> {
+        self.consumers.get(value)
     }
 
     /// The only node reading `value`, if it is an `op`.
@@ -159,10 +178,12 @@ pub(crate) fn splice(
         .collect();
     let produced: HashSet<String> = graph.node.iter().flat_map(|n| n.output.clone()).collect();
     graph.value_info.retain(|v| produced.contains(&v.name));
-    model.opset_import.push(OperatorSetIdProto {
-        domain: DOMAIN.into(),
-        version: 1,
-    });
+    if !model.opset_import.iter().any(|o| o.domain == DOMAIN) {
+        model.opset_import.push(OperatorSetIdProto {
+            domain: DOMAIN.into(),
+            version: 1,
+        });
+    }
 }
 
 /// The model's error for `path`.

@@ -12,21 +12,26 @@ mod amx_rewrite;
 #[cfg(target_arch = "x86_64")]
 mod attention_rewrite;
 #[cfg(target_arch = "x86_64")]
+mod decoder_rewrite;
+#[cfg(target_arch = "x86_64")]
 mod graph_rewrite;
+#[cfg(target_arch = "x86_64")]
+mod group_norm_rewrite;
 pub(crate) mod ort_cpu;
 
 #[cfg(target_arch = "x86_64")]
-use amx_rewrite::amx_graph;
-#[cfg(target_arch = "x86_64")]
 use attention_rewrite::attention_graph;
+#[cfg(target_arch = "x86_64")]
+use decoder_rewrite::decoder_graph;
 
 /// Without x86-64 there are no AMX or AVX-512 kernels: graphs load as they are.
 #[cfg(not(target_arch = "x86_64"))]
-fn amx_graph(
+fn decoder_graph(
     _: &std::path::Path,
     _: &llamagen_bundle::Manifest,
     _: &llamagen_bundle::GraphEntry,
     _: &llamagen_bundle::confine::OpenedFile,
+    _: [bool; 2],
     _: usize,
 ) -> Result<Option<NoRewrite>, crate::error::RuntimeError> {
     Ok(None)
@@ -165,9 +170,32 @@ pub trait Backend: Send + Sync + 'static {
     fn device_attention(&self) -> Option<&'static str> {
         None
     }
-    /// CPU: how many VQ decoder convolutions run on our AMX kernel.
-    fn cpu_amx_convolutions(&self) -> usize {
-        0
+    /// CPU: which nodes run on our kernels.
+    fn cpu_kernels(&self) -> CpuKernels {
+        CpuKernels::default()
+    }
+}
+
+/// CPU backend: how many nodes of the loaded graphs run on our kernels instead of ONNX
+/// Runtime's (see `ort_cpu::session_counting`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuKernels {
+    /// VQ decoder int8 3x3 convolutions on AMX tiles.
+    pub amx_convolutions: usize,
+    /// VAR step attention layers on the fused AVX-512 kernel.
+    pub fused_attention: usize,
+    /// VQ decoder GroupNorm (+ SiLU) chains on the fused AVX-512 kernel.
+    pub fused_group_norms: usize,
+}
+
+impl CpuKernels {
+    /// Both counts together.
+    pub fn plus(self, o: CpuKernels) -> CpuKernels {
+        CpuKernels {
+            amx_convolutions: self.amx_convolutions + o.amx_convolutions,
+            fused_attention: self.fused_attention + o.fused_attention,
+            fused_group_norms: self.fused_group_norms + o.fused_group_norms,
+        }
     }
 }
 
@@ -215,6 +243,9 @@ pub struct CpuOptions {
     /// Keep VAR's step attention on ONNX Runtime's operators (slices, concatenations,
     /// products, softmax) where our fused kernel would run it (`attention`; AVX-512 CPUs).
     pub ort_attention: bool,
+    /// Keep the VQ decoders' GroupNorm (+ SiLU) chains on ONNX Runtime's operators where our
+    /// fused kernel would run them (`group_norm`; AVX-512 CPUs).
+    pub ort_group_norm: bool,
 }
 
 impl CpuOptions {

@@ -17,7 +17,7 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
 
-use super::{Backend, BackendKind, CpuOptions, StepInput};
+use super::{Backend, BackendKind, CpuKernels, CpuOptions, StepInput};
 use crate::error::RuntimeError;
 use crate::kv_cache::KvCache;
 
@@ -27,8 +27,8 @@ pub struct OrtCpu {
     /// Calibration probe outputs (`probe.*`) of each session; empty in normal bundles.
     gpt_probes: Vec<String>,
     vq_probes: Vec<String>,
-    /// VQ decoder convolutions on our AMX kernel.
-    amx_convolutions: usize,
+    /// The VQ decoder's nodes on our kernels.
+    kernels: CpuKernels,
     layers: usize,
     vocab: usize,
     config: llamagen_bundle::config::GptConfig,
@@ -118,7 +118,8 @@ pub(crate) fn session(
 }
 
 /// [`session`], and how many of its nodes run on our kernels: convolutions on AMX (an
-/// int8-activation VQ decoder on an AMX CPU, unless `opts.no_amx`; see `amx_rewrite`), or
+/// int8-activation VQ decoder on an AMX CPU, unless `opts.no_amx`; see `decoder_rewrite`,
+/// which also puts every decoder's GroupNorms on our kernel unless `opts.ort_group_norm`), or
 /// attention layers (VAR's step on an AVX-512 CPU, unless `opts.ort_attention`; see
 /// `attention_rewrite`).
 pub(crate) fn session_counting(
@@ -127,7 +128,7 @@ pub(crate) fn session_counting(
     role: GraphRole,
     opts: &CpuOptions,
     activations: Activations,
-) -> Result<(Session, usize), RuntimeError> {
+) -> Result<(Session, CpuKernels), RuntimeError> {
     let entry = m.graph(dir, role)?;
     let source = dir.join(llamagen_bundle::MANIFEST_FILE);
     let onnx = OpenedFile::open(dir, m, &source, &entry.file)?;
@@ -140,15 +141,17 @@ pub(crate) fn session_counting(
     let qdq = !matches!(role, GraphRole::VqDecoder) || entry.int8_activations;
     let builder = builder(&onnx.path, opts, activations, qdq)?;
     let rewritten = match role {
-        GraphRole::VqDecoder if entry.int8_activations && !opts.no_amx => {
-            super::amx_graph(dir, m, entry, &onnx, opts.thread_count())?
+        GraphRole::VqDecoder => {
+            let amx = entry.int8_activations && !opts.no_amx;
+            let ours = [amx, !opts.ort_group_norm];
+            super::decoder_graph(dir, m, entry, &onnx, ours, opts.thread_count())?
         }
         GraphRole::VarStep if !opts.ort_attention => super::attention_graph(dir, &onnx)?,
         _ => None,
     };
     let (session, fused) = match rewritten {
         Some(graph) => graph.commit(builder)?,
-        None => (commit_file(builder, &onnx.path)?, 0),
+        None => (commit_file(builder, &onnx.path)?, CpuKernels::default()),
     };
     for f in [&onnx, &weights] {
         f.check_unchanged()?;
@@ -201,12 +204,12 @@ impl OrtCpu {
         let config = m.gpt()?.clone();
         let layers = config.n_layer;
         let gpt = session(dir, m, GraphRole::GptStep, opts, Activations::Planned)?;
-        let (vq, amx_convolutions) =
+        let (vq, kernels) =
             session_counting(dir, m, GraphRole::VqDecoder, opts, Activations::Arena)?;
         Ok(OrtCpu {
             gpt_probes: probes(&gpt),
             vq_probes: probes(&vq),
-            amx_convolutions,
+            kernels,
             gpt: Mutex::new(gpt),
             vq: Mutex::new(vq),
             layers,
@@ -288,8 +291,8 @@ impl Backend for OrtCpu {
         BackendKind::Cpu
     }
 
-    fn cpu_amx_convolutions(&self) -> usize {
-        self.amx_convolutions
+    fn cpu_kernels(&self) -> CpuKernels {
+        self.kernels
     }
 
     fn new_state(&self, rows: usize) -> Result<KvCache, RuntimeError> {

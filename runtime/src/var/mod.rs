@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use llamagen_bundle::{Manifest, VarConfig};
 
-use crate::backend::{BackendKind, CpuOptions};
+use crate::backend::{BackendKind, CpuKernels, CpuOptions};
 use crate::error::RuntimeError;
 use crate::pipeline::{Images, Observer, TokenOutput};
 use crate::request::GenerateRequest;
@@ -178,12 +178,8 @@ impl Generator for VarOrtCpu {
         Ok(token_output(tokens, &scale_ms, start))
     }
 
-    fn cpu_amx_convolutions(&self) -> usize {
-        self.sessions.amx_convolutions
-    }
-
-    fn cpu_fused_attention(&self) -> usize {
-        self.sessions.fused_attention
+    fn cpu_kernels(&self) -> CpuKernels {
+        self.sessions.kernels
     }
 
     fn has_fused_loop(&self) -> bool {

@@ -16,7 +16,7 @@ use crate::backend::ort_cpu::{
     output_f32 as output, probes, report_probes, session, session_counting, tensor, Activations,
     CacheNames,
 };
-use crate::backend::CpuOptions;
+use crate::backend::{CpuKernels, CpuOptions};
 use crate::error::RuntimeError;
 use crate::kv_cache::KvCache;
 
@@ -27,10 +27,8 @@ pub(crate) struct VarSessions {
     decoder: Mutex<Session>,
     /// The decoder's calibration probes (`probe.*` outputs; calibration bundles only).
     decoder_probes: Vec<String>,
-    /// Decoder convolutions on our AMX kernel.
-    pub amx_convolutions: usize,
-    /// Step attention layers on our fused kernel.
-    pub fused_attention: usize,
+    /// The nodes of the step and the decoder on our kernels.
+    pub kernels: CpuKernels,
     names: CacheNames,
     /// The step session's CPU allocator (the shared arena), for the KV caches.
     arena: Mutex<Allocator>,
@@ -55,18 +53,17 @@ impl VarSessions {
             Ok(Mutex::new(session(dir, m, role, opts, act)?))
         };
         let layers = c.depth;
-        let (decoder, amx_convolutions) =
+        let (decoder, decoder_kernels) =
             session_counting(dir, m, GraphRole::VqDecoder, opts, Activations::Arena)?;
-        let (step, fused_attention) =
+        let (step, step_kernels) =
             session_counting(dir, m, GraphRole::VarStep, opts, Activations::Arena)?;
         let arena = arena_allocator(&step)?;
         Ok(VarSessions {
             cond: open(GraphRole::VarCond, Activations::Arena)?,
             step: Mutex::new(step),
-            fused_attention,
+            kernels: step_kernels.plus(decoder_kernels),
             embed: open(GraphRole::VarEmbed, Activations::Arena)?,
             decoder_probes: probes(&decoder),
-            amx_convolutions,
             decoder: Mutex::new(decoder),
             names: CacheNames::new(layers),
             arena: Mutex::new(arena),

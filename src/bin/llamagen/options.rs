@@ -69,6 +69,10 @@ pub struct RunFlags {
     /// (used only where the CPU has AVX-512).
     #[arg(long)]
     pub cpu_ort_attention: bool,
+    /// cpu: run the VQ decoder's GroupNorm + SiLU on ONNX Runtime's operators, not on our
+    /// fused kernel (used only where the CPU has AVX-512).
+    #[arg(long)]
+    pub cpu_ort_group_norm: bool,
     /// Skip the sha256 check of the bundle's files on load.
     #[arg(long)]
     pub no_verify: bool,
@@ -116,6 +120,7 @@ impl RunFlags {
                 idle_spin: self.cpu_spin,
                 no_amx: self.cpu_no_amx,
                 ort_attention: self.cpu_ort_attention,
+                ort_group_norm: self.cpu_ort_group_norm,
             }),
             BackendArg::Cuda => BackendChoice::Cuda(cuda),
             BackendArg::CudaEmu => BackendChoice::CudaEmu(cuda),

@@ -48,6 +48,10 @@ pub struct Args {
     /// (used only where the CPU has AVX-512).
     #[arg(long)]
     pub cpu_ort_attention: bool,
+    /// cpu: run the VQ decoder's GroupNorm + SiLU on ONNX Runtime's operators, not on our
+    /// fused kernel (used only where the CPU has AVX-512).
+    #[arg(long)]
+    pub cpu_ort_group_norm: bool,
     /// cuda: which GPU (ordinal).
     #[arg(long, default_value_t = 0)]
     pub cuda_device: usize,
@@ -70,6 +74,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             idle_spin: a.cpu_spin,
             no_amx: a.cpu_no_amx,
             ort_attention: a.cpu_ort_attention,
+            ort_group_norm: a.cpu_ort_group_norm,
         }),
         BackendArg::Cuda => llamagen_runtime::BackendChoice::Cuda(cuda),
         BackendArg::CudaEmu => llamagen_runtime::BackendChoice::CudaEmu(cuda),
