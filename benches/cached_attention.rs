@@ -5,11 +5,13 @@
 //!   2 threads. Skipped where AVX-512 is not available.
 //! - `cached_attention/36x91`: a small scale (6 x 6 tokens after 55 cached), where the tile's
 //!   unused lanes and per-task overhead show.
+//! - `cached_attention/256x680/f16`: the last scale with f16 caches (lower-precision bundles),
+//!   widened to f32 once per (row, head).
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use llamagen_runtime::attention::kernel::{self, Dims, Inputs};
+use llamagen_runtime::attention::kernel::{self, Cache, Dims, Inputs};
 
-fn attention(c: &mut Criterion, tokens: usize, position: usize) {
+fn attention(c: &mut Criterion, tokens: usize, position: usize, f16: bool) {
     let d = Dims {
         batch: 2,
         heads: 16,
@@ -27,12 +29,20 @@ fn attention(c: &mut Criterion, tokens: usize, position: usize) {
     let cache = d.batch * d.heads * d.cache_len * d.head_dim;
     let (q, k, v) = (fill(block, 1), fill(block, 2), fill(block, 3));
     let (past_k, past_v) = (fill(cache, 4), fill(cache, 5));
+    let half =
+        |c: &[f32]| -> Vec<half::f16> { c.iter().map(|&v| half::f16::from_f32(v)).collect() };
+    let (hk, hv) = (half(&past_k), half(&past_v));
+    let (past_k, past_v) = if f16 {
+        (Cache::F16(&hk), Cache::F16(&hv))
+    } else {
+        (Cache::F32(&past_k), Cache::F32(&past_v))
+    };
     let x = Inputs {
         q: &q,
         k: &k,
         v: &v,
-        past_k: &past_k,
-        past_v: &past_v,
+        past_k,
+        past_v,
     };
     let mut out = vec![0f32; block];
     // Two threads taking every other task (as a pool would).
@@ -44,7 +54,8 @@ fn attention(c: &mut Criterion, tokens: usize, position: usize) {
         })
     };
     let n = position + tokens;
-    c.bench_function(&format!("cached_attention/{tokens}x{n}"), |b| {
+    let suffix = if f16 { "/f16" } else { "" };
+    c.bench_function(&format!("cached_attention/{tokens}x{n}{suffix}"), |b| {
         b.iter(|| kernel::attend(&d, &x, &mut out, &par).unwrap())
     });
 }
@@ -54,8 +65,9 @@ fn cached_attention(c: &mut Criterion) {
         eprintln!("SKIP cached_attention: no AVX-512 on this CPU");
         return;
     }
-    attention(c, 256, 424);
-    attention(c, 36, 55);
+    attention(c, 256, 424, false);
+    attention(c, 36, 55, false);
+    attention(c, 256, 424, true);
 }
 
 criterion_group!(benches, cached_attention);

@@ -136,7 +136,10 @@ fn int8_convolutions_are_calibrated_shipped_and_run_close_to_the_official_decode
         assert_eq!(amx.cpu_kernels().amx_convolutions, 0);
         return;
     }
-    assert!(amx.cpu_kernels().amx_convolutions > 0, "no convolution on AMX");
+    assert!(
+        amx.cpu_kernels().amx_convolutions > 0,
+        "no convolution on AMX"
+    );
     let (amx_got, _) = decode_vs_official(&amx);
     let (ort_got, _) = decode_vs_official(&ort_only);
     let same = psnr_db(&amx_got, &ort_got);

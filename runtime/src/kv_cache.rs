@@ -1,4 +1,5 @@
-//! Static, preallocated KV caches: per layer `[batch, heads, max_len, head_dim]` f32.
+//! Static, preallocated KV caches: per layer `[batch, heads, max_len, head_dim]`, f32 (or f16
+//! where a graph takes its caches in f16, [`CacheElement`]).
 //!
 //! Allocated once per generation and never grown; each step's new key/value slice
 //! `[batch, heads, seq, head_dim]` is written in place at its position.
@@ -9,26 +10,54 @@
 //!   threshold once the first was freed, so a dropped cache stayed in the heap;
 //! - in ONNX Runtime's CPU arena (VAR's per-request caches, [`KvCache::in_arena`]).
 
+use half::slice::HalfFloatSliceExt;
 use ort::memory::Allocator;
-use ort::value::Tensor;
+use ort::value::{PrimitiveTensorElementType, Tensor};
 
-pub struct KvCache {
+/// What a cache holds: the graphs' f32 outputs are written into it converted.
+pub trait CacheElement:
+    PrimitiveTensorElementType + Copy + Default + std::fmt::Debug + 'static
+{
+    fn from_f32(v: f32) -> Self;
+    /// `dst[i] = from_f32(src[i])` (vectorized where the CPU can).
+    fn from_f32_slice(dst: &mut [Self], src: &[f32]);
+}
+
+impl CacheElement for f32 {
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn from_f32_slice(dst: &mut [f32], src: &[f32]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl CacheElement for half::f16 {
+    fn from_f32(v: f32) -> Self {
+        half::f16::from_f32(v)
+    }
+    fn from_f32_slice(dst: &mut [half::f16], src: &[f32]) {
+        dst.convert_from_f32_slice(src);
+    }
+}
+
+pub struct KvCache<T: CacheElement = f32> {
     pub batch: usize,
     pub heads: usize,
     pub max_len: usize,
     pub head_dim: usize,
-    storage: Storage,
+    storage: Storage<T>,
 }
 
-enum Storage {
+enum Storage<T: CacheElement> {
     /// `[layers][keys, values][batch, heads, max_len, head_dim]` in one heap block.
-    Heap(Vec<f32>),
+    Heap(Vec<T>),
     /// One ONNX Runtime tensor per layer's keys and values (`[k0, v0, k1, v1, ..]`), from a
     /// session's allocator (see [`KvCache::in_arena`]).
-    Arena(Vec<Tensor<f32>>),
+    Arena(Vec<Tensor<T>>),
 }
 
-impl KvCache {
+impl<T: CacheElement> KvCache<T> {
     pub fn new(layers: usize, batch: usize, heads: usize, max_len: usize, head_dim: usize) -> Self {
         let n = batch * heads * max_len * head_dim;
         KvCache {
@@ -36,7 +65,7 @@ impl KvCache {
             heads,
             max_len,
             head_dim,
-            storage: Storage::Heap(vec![0.0; 2 * layers * n]),
+            storage: Storage::Heap(vec![T::default(); 2 * layers * n]),
         }
     }
 
@@ -53,7 +82,7 @@ impl KvCache {
     ) -> ort::Result<Self> {
         let shape = [batch, heads, max_len, head_dim];
         let tensors = (0..2 * layers)
-            .map(|_| Tensor::<f32>::new(allocator, shape))
+            .map(|_| Tensor::<T>::new(allocator, shape))
             .collect::<ort::Result<Vec<_>>>()?;
         Ok(KvCache {
             batch,
@@ -69,7 +98,7 @@ impl KvCache {
     }
 
     /// Tensor `t` of `[k0, v0, k1, v1, ..]`.
-    fn tensor(&self, t: usize) -> &[f32] {
+    fn tensor(&self, t: usize) -> &[T] {
         let n = self.per_tensor();
         match &self.storage {
             Storage::Heap(data) => &data[t * n..(t + 1) * n],
@@ -78,17 +107,17 @@ impl KvCache {
     }
 
     /// Layer `i`'s keys, `[batch, heads, max_len, head_dim]`.
-    pub fn keys(&self, i: usize) -> &[f32] {
+    pub fn keys(&self, i: usize) -> &[T] {
         self.tensor(2 * i)
     }
 
     /// Layer `i`'s values, `[batch, heads, max_len, head_dim]`.
-    pub fn values(&self, i: usize) -> &[f32] {
+    pub fn values(&self, i: usize) -> &[T] {
         self.tensor(2 * i + 1)
     }
 
     /// Layer `i`'s keys and values, mutable.
-    pub fn layer_mut(&mut self, i: usize) -> (&mut [f32], &mut [f32]) {
+    pub fn layer_mut(&mut self, i: usize) -> (&mut [T], &mut [T]) {
         let n = self.per_tensor();
         match &mut self.storage {
             Storage::Heap(data) => data[2 * i * n..(2 * i + 2) * n].split_at_mut(n),
@@ -101,6 +130,7 @@ impl KvCache {
 
     /// Sets every slot of every layer to `value`.
     pub fn fill(&mut self, value: f32) {
+        let value = T::from_f32(value);
         match &mut self.storage {
             Storage::Heap(data) => data.fill(value),
             Storage::Arena(tensors) => tensors
@@ -120,14 +150,14 @@ impl KvCache {
     }
 
     /// Writes `slice` `[batch, heads, seq, head_dim]` at slots `position..position + seq`.
-    pub fn write(cache: &mut [f32], slice: &[f32], shape: [usize; 4], position: usize, seq: usize) {
+    pub fn write(cache: &mut [T], slice: &[f32], shape: [usize; 4], position: usize, seq: usize) {
         let [batch, heads, max_len, hd] = shape;
         debug_assert_eq!(slice.len(), batch * heads * seq * hd);
         debug_assert!(position + seq <= max_len);
         for bh in 0..batch * heads {
             let src = &slice[bh * seq * hd..(bh + 1) * seq * hd];
             let dst = (bh * max_len + position) * hd;
-            cache[dst..dst + seq * hd].copy_from_slice(src);
+            T::from_f32_slice(&mut cache[dst..dst + seq * hd], src);
         }
     }
 }
@@ -138,7 +168,7 @@ mod tests {
 
     #[test]
     fn write_places_the_slice_at_its_position_for_every_head() {
-        let mut c = KvCache::new(2, 2, 2, 4, 3);
+        let mut c = KvCache::<f32>::new(2, 2, 2, 4, 3);
         let shape = c.shape();
         let slice: Vec<f32> = (0..2 * 2 * 3).map(|x| x as f32 + 1.0).collect();
         KvCache::write(c.layer_mut(1).0, &slice, shape, 2, 1);
@@ -173,5 +203,18 @@ mod tests {
         assert!(c.keys(0).iter().chain(c.values(0)).all(|&x| x == 0.0));
         c.clear();
         assert!(c.keys(1).iter().chain(c.values(1)).all(|&x| x == 0.0));
+    }
+
+    #[test]
+    fn an_f16_cache_stores_the_rounded_values() {
+        crate::ort_env::environment().expect("ONNX Runtime (scripts/setup.sh installs it)");
+        let allocator = ort::memory::Allocator::default();
+        let mut c = KvCache::<half::f16>::in_arena(&allocator, 1, 1, 1, 3, 2).unwrap();
+        let shape = c.shape();
+        KvCache::write(c.layer_mut(0).0, &[1.0, 0.1, -3.5, 1e-3], shape, 1, 2);
+        let got: Vec<f32> = c.keys(0).iter().map(|v| v.to_f32()).collect();
+        let want = [0.0, 0.0, 1.0, 0.1, -3.5, 1e-3].map(|v| half::f16::from_f32(v).to_f32());
+        assert_eq!(got, want);
+        assert!((got[3] - 0.1).abs() < 1e-4 && got[3] != 0.1);
     }
 }

@@ -5,7 +5,7 @@
 //! max abs error <= 2 eps (sqrt(keys) + max |score|) x the largest |output|: each f32 score
 //! carries ~eps |score| into its softmax weight, each sum ~eps sqrt(terms).
 
-use llamagen_runtime::attention::kernel::{self, Dims, Inputs};
+use llamagen_runtime::attention::kernel::{self, Cache, Dims, Inputs};
 
 /// A deterministic pseudo-random fill in [-scale, scale).
 fn fill(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -20,8 +20,17 @@ fn fill(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
+/// The tensors of one case, the caches as f32 (for f16 caches: their rounded values).
+struct Case<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    past_k: &'a [f32],
+    past_v: &'a [f32],
+}
+
 /// `[batch, tokens, heads, head_dim]` in f64, and the largest |score|.
-fn reference(d: &Dims, x: &Inputs<'_>) -> (Vec<f64>, f64) {
+fn reference(d: &Dims, x: &Case<'_>) -> (Vec<f64>, f64) {
     let mut max_score = 0f64;
     let (hd, t, l) = (d.head_dim, d.tokens, d.cache_len);
     let mut out = vec![0f64; d.batch * t * d.heads * hd];
@@ -63,6 +72,12 @@ fn reference(d: &Dims, x: &Inputs<'_>) -> (Vec<f64>, f64) {
 }
 
 fn check(d: Dims, q_scale: f32) {
+    check_with(d, q_scale, false);
+    check_with(d, q_scale, true);
+}
+
+/// One case, with f32 or f16 caches.
+fn check_with(d: Dims, q_scale: f32, f16: bool) {
     let block = d.batch * d.heads * d.tokens * d.head_dim;
     let cache = d.batch * d.heads * d.cache_len * d.head_dim;
     let (q, k, v) = (
@@ -76,10 +91,30 @@ fn check(d: Dims, q_scale: f32) {
         for (i, x) in past.iter_mut().enumerate() {
             if (i / d.head_dim) % d.cache_len >= d.position {
                 *x = f32::NAN;
+            } else if f16 {
+                *x = half::f16::from_f32(*x).to_f32();
             }
         }
     }
+    let half =
+        |c: &[f32]| -> Vec<half::f16> { c.iter().map(|&v| half::f16::from_f32(v)).collect() };
+    let (hk, hv) = (half(&past_k), half(&past_v));
     let x = Inputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        past_k: if f16 {
+            Cache::F16(&hk)
+        } else {
+            Cache::F32(&past_k)
+        },
+        past_v: if f16 {
+            Cache::F16(&hv)
+        } else {
+            Cache::F32(&past_v)
+        },
+    };
+    let case = Case {
         q: &q,
         k: &k,
         v: &v,
@@ -95,7 +130,7 @@ fn check(d: Dims, q_scale: f32) {
         })
     };
     kernel::attend(&d, &x, &mut out, &par).unwrap();
-    let (want, max_score) = reference(&d, &x);
+    let (want, max_score) = reference(&d, &case);
     let peak = want.iter().fold(0f64, |m, v| m.max(v.abs()));
     let worst = out
         .iter()
@@ -106,7 +141,7 @@ fn check(d: Dims, q_scale: f32) {
     let level = 2.0 * f32::EPSILON as f64 * (keys.sqrt() + max_score) * peak;
     assert!(
         out.iter().all(|v| v.is_finite()) && worst <= level,
-        "{d:?}: max abs error {worst:.3e} > {level:.3e} (peak {peak:.3e}, max score {max_score:.1})"
+        "{d:?} f16 {f16}: max abs error {worst:.3e} > {level:.3e} (peak {peak:.3e}, max score {max_score:.1})"
     );
 }
 
@@ -179,8 +214,8 @@ fn refuses_bad_sizes_with_a_reason() {
         q: &block,
         k: &block,
         v: &block,
-        past_k: &cache,
-        past_v: &cache,
+        past_k: Cache::F32(&cache),
+        past_v: Cache::F32(&cache),
     };
     let mut out = vec![0f32; block.len()];
     let err = kernel::attend(&Dims { position: 11, ..d }, &x, &mut out, &par).unwrap_err();
@@ -188,7 +223,7 @@ fn refuses_bad_sizes_with_a_reason() {
     let err = kernel::attend(&Dims { head_dim: 12, ..d }, &x, &mut out, &par).unwrap_err();
     assert!(err.contains("head_dim 12"), "{err}");
     let short = Inputs {
-        past_v: &cache[1..],
+        past_v: Cache::F32(&cache[1..]),
         ..x
     };
     let err = kernel::attend(&d, &short, &mut out, &par).unwrap_err();

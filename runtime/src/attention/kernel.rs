@@ -23,6 +23,8 @@ use std::arch::x86_64::*;
 use crate::simd::exp_nonpositive;
 use std::cell::RefCell;
 
+use half::slice::HalfFloatSliceExt;
+
 use crate::parallel::ParallelFor;
 
 /// Queries per task (four 16-lane vectors); a block's last task takes the vectors it needs.
@@ -84,8 +86,25 @@ pub struct Inputs<'a> {
     pub q: &'a [f32],
     pub k: &'a [f32],
     pub v: &'a [f32],
-    pub past_k: &'a [f32],
-    pub past_v: &'a [f32],
+    pub past_k: Cache<'a>,
+    pub past_v: Cache<'a>,
+}
+
+/// A cache tensor, f32 or f16 (whose valid slots each task widens to f32 once, for all its
+/// query tiles).
+#[derive(Clone, Copy)]
+pub enum Cache<'a> {
+    F32(&'a [f32]),
+    F16(&'a [half::f16]),
+}
+
+impl Cache<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Cache::F32(c) => c.len(),
+            Cache::F16(c) => c.len(),
+        }
+    }
 }
 
 /// Whether this CPU runs the kernel (AVX-512 F).
@@ -134,15 +153,19 @@ pub fn attend(
     // One task per (row, head), its query tiles in turn: the pair's keys and values (348 KB at
     // 680 slots) stay in this core's L2 from one tile to the next.
     let task = |bh: usize| {
-        SCRATCH.with_borrow_mut(|s| {
-            for tile in 0..tiles {
-                // SAFETY: AVX-512 F is present (checked above); every index stays inside the
-                // lengths checked above; tasks write disjoint (token, row, head) rows of `out`.
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    run_task(d, x, &out, bh, tile, s)
+        WIDENED.with_borrow_mut(|wide| {
+            let (keys, values) = keys_and_values(d, x, bh, wide);
+            SCRATCH.with_borrow_mut(|s| {
+                for tile in 0..tiles {
+                    // SAFETY: AVX-512 F is present (checked above); every index stays inside
+                    // the lengths checked above; tasks write disjoint (token, row, head) rows
+                    // of `out`.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        run_task(d, x.q, [keys, values], &out, bh, tile, s)
+                    }
                 }
-            }
+            });
         });
     };
     par(d.tasks(), &task);
@@ -157,6 +180,36 @@ unsafe impl Sync for OutPtr {}
 thread_local! {
     /// A task's transposed queries and scores, reused across calls on each thread.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// A task's valid cache slots widened from f16 (keys, then values).
+    static WIDENED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The keys and values (as cache-slot and block segments) of pair `bh`, f16 caches widened
+/// into `wide`.
+fn keys_and_values<'a>(
+    d: &Dims,
+    x: &Inputs<'a>,
+    bh: usize,
+    wide: &'a mut Vec<f32>,
+) -> ([&'a [f32]; 2], [&'a [f32]; 2]) {
+    let hd = d.head_dim;
+    let valid = d.position * hd;
+    let own = |t: &'a [f32]| rows(t, bh, d.tokens, hd);
+    match (x.past_k, x.past_v) {
+        (Cache::F32(k), Cache::F32(v)) => (segments(d, bh, k, x.k), segments(d, bh, v, x.v)),
+        (past_k, past_v) => {
+            wide.resize(2 * valid, 0.0);
+            let (wk, wv) = wide.split_at_mut(valid);
+            for (cache, dst) in [(past_k, &mut *wk), (past_v, &mut *wv)] {
+                let at = bh * d.cache_len * hd;
+                match cache {
+                    Cache::F32(c) => dst.copy_from_slice(&c[at..at + valid]),
+                    Cache::F16(c) => c[at..at + valid].convert_to_f32_slice(dst),
+                }
+            }
+            ([&*wk, own(x.k)], [&*wv, own(x.v)])
+        }
+    }
 }
 
 /// One (row, head) pair's rows of a `[.., len, head_dim]` tensor.
@@ -177,7 +230,8 @@ fn segments<'a>(d: &Dims, bh: usize, cache: &'a [f32], own: &'a [f32]) -> [&'a [
 #[target_feature(enable = "avx512f")]
 unsafe fn run_task(
     d: &Dims,
-    x: &Inputs<'_>,
+    q: &[f32],
+    kv: [[&[f32]; 2]; 2],
     out: &OutPtr,
     bh: usize,
     tile: usize,
@@ -185,10 +239,10 @@ unsafe fn run_task(
 ) {
     let nq = TILE.min(d.tokens - tile * TILE);
     match nq.div_ceil(LANES) {
-        1 => task::<1, 16, 16>(d, x, out, bh, tile, scratch),
-        2 => task::<2, 12, 12>(d, x, out, bh, tile, scratch),
-        3 => task::<3, 8, 8>(d, x, out, bh, tile, scratch),
-        _ => task::<4, 6, 6>(d, x, out, bh, tile, scratch),
+        1 => task::<1, 16, 16>(d, q, kv, out, bh, tile, scratch),
+        2 => task::<2, 12, 12>(d, q, kv, out, bh, tile, scratch),
+        3 => task::<3, 8, 8>(d, q, kv, out, bh, tile, scratch),
+        _ => task::<4, 6, 6>(d, q, kv, out, bh, tile, scratch),
     }
 }
 
@@ -197,7 +251,8 @@ unsafe fn run_task(
 #[target_feature(enable = "avx512f")]
 unsafe fn task<const V: usize, const R: usize, const D: usize>(
     d: &Dims,
-    x: &Inputs<'_>,
+    q: &[f32],
+    [keys, values]: [[&[f32]; 2]; 2],
     out: &OutPtr,
     bh: usize,
     tile: usize,
@@ -214,14 +269,12 @@ unsafe fn task<const V: usize, const R: usize, const D: usize>(
     let (qt, s) = scratch.split_at_mut(hd * width);
     // Lanes past the block's last query score zeros and are never written out.
     qt.fill(0.0);
-    let q = rows(x.q, bh, d.tokens, hd);
+    let q = rows(q, bh, d.tokens, hd);
     for i in 0..nq {
         for (c, &v) in q[(t0 + i) * hd..(t0 + i + 1) * hd].iter().enumerate() {
             qt[c * width + i] = v;
         }
     }
-    let keys = segments(d, bh, x.past_k, x.k);
-    let values = segments(d, bh, x.past_v, x.v);
 
     let mut j = 0;
     for seg in keys {

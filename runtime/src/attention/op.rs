@@ -2,7 +2,8 @@
 //! `llamagen.cpu::CachedAttention(q, k, v, past_k, past_v, position) -> out`, with `q`, `k`,
 //! `v` f32 `[batch, heads, tokens, head_dim]`, the caches f32 `[batch, heads, cache_len,
 //! head_dim]`, `position` i64 `[1]` (the valid cache slots) and `out` f32 `[batch, tokens,
-//! heads, head_dim]`. The tasks run on the session's intra-op threads.
+//! heads, head_dim]`; `llamagen.cpu::CachedAttentionF16Cache` takes the caches in f16. The
+//! tasks run on the session's intra-op threads.
 
 use ort::operator::{
     ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
@@ -10,30 +11,47 @@ use ort::operator::{
 };
 use ort::value::{TensorElementType, ValueType};
 
-use super::kernel::{self, Dims, Inputs};
+use super::kernel::{self, Cache, Dims, Inputs};
 use crate::amx::op::DOMAIN;
 
 pub const OP_TYPE: &str = "CachedAttention";
+/// The same with f16 caches (`past_k`, `past_v`), widened to f32 inside.
+pub const OP_TYPE_F16_CACHE: &str = "CachedAttentionF16Cache";
 
-struct CachedAttentionOp;
+struct CachedAttentionOp {
+    f16_cache: bool,
+}
 
-struct CachedAttentionKernel;
+struct CachedAttentionKernel {
+    f16_cache: bool,
+}
 
 impl Operator for CachedAttentionOp {
     type Kernel<'attr> = CachedAttentionKernel;
 
     fn name(&self) -> &str {
-        OP_TYPE
+        if self.f16_cache {
+            OP_TYPE_F16_CACHE
+        } else {
+            OP_TYPE
+        }
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
         let f = || OperatorInput::required(TensorElementType::Float32);
+        let cache = || {
+            OperatorInput::required(if self.f16_cache {
+                TensorElementType::Float16
+            } else {
+                TensorElementType::Float32
+            })
+        };
         [
             f(),
             f(),
             f(),
-            f(),
-            f(),
+            cache(),
+            cache(),
             OperatorInput::required(TensorElementType::Int64),
         ]
     }
@@ -59,7 +77,9 @@ impl Operator for CachedAttentionOp {
     }
 
     fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<CachedAttentionKernel> {
-        Ok(CachedAttentionKernel)
+        Ok(CachedAttentionKernel {
+            f16_cache: self.f16_cache,
+        })
     }
 }
 
@@ -69,17 +89,27 @@ impl Kernel for CachedAttentionKernel {
         let values = (0..5)
             .map(|i| ctx.input(i)?.ok_or_else(|| bad(format!("no input {i}"))))
             .collect::<ort::Result<Vec<_>>>()?;
-        let mut tensors = Vec::with_capacity(values.len());
-        for v in &values {
-            let (shape, data) = v.try_extract_tensor::<f32>()?;
-            let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
-            tensors.push((dims, data));
-        }
-        let [(q_dims, q), (k_dims, k), (v_dims, v), (pk_dims, past_k), (pv_dims, past_v)] =
-            &tensors[..]
-        else {
-            return Err(bad("expected 5 tensor inputs".into()));
+        let dims_of = |s: &ort::value::Shape| -> Vec<usize> {
+            s.iter().map(|&d| d.max(0) as usize).collect()
         };
+        let mut tensors = Vec::with_capacity(3);
+        for v in &values[..3] {
+            let (shape, data) = v.try_extract_tensor::<f32>()?;
+            tensors.push((dims_of(shape), data));
+        }
+        let [(q_dims, q), (k_dims, k), (v_dims, v)] = &tensors[..] else {
+            return Err(bad("expected 3 f32 inputs".into()));
+        };
+        let cache = |i: usize| -> ort::Result<(Vec<usize>, Cache<'_>)> {
+            Ok(if self.f16_cache {
+                let (shape, data) = values[i].try_extract_tensor::<half::f16>()?;
+                (dims_of(shape), Cache::F16(data))
+            } else {
+                let (shape, data) = values[i].try_extract_tensor::<f32>()?;
+                (dims_of(shape), Cache::F32(data))
+            })
+        };
+        let ((pk_dims, past_k), (pv_dims, past_v)) = (cache(3)?, cache(4)?);
         let position = ctx.input(5)?.ok_or_else(|| bad("no position".into()))?;
         let (_, position) = position.try_extract_tensor::<i64>()?;
         let &[position] = position else {
@@ -88,7 +118,7 @@ impl Kernel for CachedAttentionKernel {
                 position.len()
             )));
         };
-        let (q_dims, pk_dims, pv_dims) = (q_dims.clone(), pk_dims.clone(), pv_dims.clone());
+        let q_dims = q_dims.clone();
         let [batch, heads, tokens, head_dim] = q_dims[..] else {
             return Err(bad(format!("q of shape {q_dims:?}, expected 4 dims")));
         };
@@ -145,7 +175,9 @@ impl Kernel for CachedAttentionKernel {
     }
 }
 
-/// The `llamagen.cpu` domain with the attention operator.
+/// The `llamagen.cpu` domain with the attention operators (f32 and f16 caches).
 pub fn domain() -> ort::Result<OperatorDomain> {
-    OperatorDomain::new(DOMAIN)?.add(CachedAttentionOp)
+    OperatorDomain::new(DOMAIN)?
+        .add(CachedAttentionOp { f16_cache: false })?
+        .add(CachedAttentionOp { f16_cache: true })
 }

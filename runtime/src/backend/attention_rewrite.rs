@@ -14,28 +14,30 @@
 //! `llamagen.cpu::CachedAttention(q, k, v, past_k, past_v, position) -> out` node. The
 //! weights stay in the bundle's external file, read by ONNX Runtime as usual.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use llamagen_bundle::confine::OpenedFile;
-use llamagen_bundle::onnx_proto::{GraphProto, NodeProto};
+use llamagen_bundle::onnx_proto::{data_type, GraphProto, NodeProto};
 use prost::Message;
 
 use super::graph_rewrite::{bad_model, const_i64s, decode, int, ints, splice, Index, Rewritten};
-use crate::attention::op::OP_TYPE;
+use crate::attention::op::{OP_TYPE, OP_TYPE_F16_CACHE};
 use crate::backend::CpuKernels;
 use crate::error::RuntimeError;
 
 /// The step graph of `onnx` with its attention fused, when this CPU runs our kernel and the
-/// graph has the pattern; the weights are read from `dir`.
+/// graph has the pattern; the weights are read from `dir`. With `f16_cache` the fused layers'
+/// cache inputs (`past_key.i`, `past_value.i`) become f16 graph inputs.
 pub(crate) fn attention_graph(
     dir: &Path,
     onnx: &OpenedFile,
+    f16_cache: bool,
 ) -> Result<Option<Rewritten>, RuntimeError> {
     if !crate::attention::kernel::available() {
         return Ok(None);
     }
-    let rewritten = rewrite(&onnx.path, &onnx.read_all()?, dir)?;
+    let rewritten = rewrite(&onnx.path, &onnx.read_all()?, dir, f16_cache)?;
     if let Some(r) = &rewritten {
         tracing::debug!(
             layers = r.fused.fused_attention,
@@ -46,7 +48,12 @@ pub(crate) fn attention_graph(
 }
 
 /// Rewrites the graph of `onnx` (the bytes of `path`); `None` when nothing matches.
-fn rewrite(path: &Path, onnx: &[u8], dir: &Path) -> Result<Option<Rewritten>, RuntimeError> {
+fn rewrite(
+    path: &Path,
+    onnx: &[u8],
+    dir: &Path,
+    f16_cache: bool,
+) -> Result<Option<Rewritten>, RuntimeError> {
     let mut model = decode(path, onnx)?;
     let Some(graph) = model.graph.as_ref() else {
         return Ok(None);
@@ -54,21 +61,37 @@ fn rewrite(path: &Path, onnx: &[u8], dir: &Path) -> Result<Option<Rewritten>, Ru
     let index = Index::new(&graph.node, graph.output.iter().map(|o| o.name.as_str()));
     let mut fused = HashMap::new();
     let mut dropped = vec![false; graph.node.len()];
+    let mut caches = HashSet::new();
     for i in 0..graph.node.len() {
         let Some(m) = match_attention(&index, graph, i) else {
             continue;
         };
+        let [_, _, _, past_k, past_v, _] = &m.inputs;
+        let is_input = |name: &String| graph.input.iter().any(|v| &v.name == name);
+        if f16_cache && !(is_input(past_k) && is_input(past_v)) {
+            continue;
+        }
+        caches.extend([past_k.clone(), past_v.clone()]);
         for &n in &m.nodes {
             dropped[n] = true;
         }
         let at = *m.nodes.last().unwrap_or(&i);
-        fused.insert(at, fused_node(&graph.node[i].name, m));
+        fused.insert(at, fused_node(&graph.node[i].name, m, f16_cache));
     }
     if fused.is_empty() {
         return Ok(None);
     }
     let count = fused.len();
     splice(&mut model, fused, &dropped);
+    if f16_cache {
+        for input in model.graph.iter_mut().flat_map(|g| g.input.iter_mut()) {
+            if caches.contains(&input.name) {
+                if let Some(t) = input.r#type.as_mut().and_then(|t| t.tensor_type.as_mut()) {
+                    t.elem_type = data_type::FLOAT16;
+                }
+            }
+        }
+    }
     let domain =
         crate::attention::op::domain().map_err(|e| bad_model(path, format!("operators: {e}")))?;
     Ok(Some(Rewritten {
@@ -158,12 +181,17 @@ fn cache_and_block(
     Some((cache.clone(), block.clone(), slice, cat, ends.clone()))
 }
 
-fn fused_node(name: &str, m: AttentionMatch) -> NodeProto {
+fn fused_node(name: &str, m: AttentionMatch, f16_cache: bool) -> NodeProto {
     NodeProto {
         input: m.inputs.to_vec(),
         output: vec![m.output],
         name: format!("{name}.fused"),
-        op_type: OP_TYPE.into(),
+        op_type: if f16_cache {
+            OP_TYPE_F16_CACHE
+        } else {
+            OP_TYPE
+        }
+        .into(),
         domain: crate::amx::op::DOMAIN.into(),
         attribute: Vec::new(),
     }

@@ -41,6 +41,7 @@ fn decoder_graph(
 fn attention_graph(
     _: &std::path::Path,
     _: &llamagen_bundle::confine::OpenedFile,
+    _: bool,
 ) -> Result<Option<NoRewrite>, crate::error::RuntimeError> {
     Ok(None)
 }

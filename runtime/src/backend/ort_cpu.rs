@@ -19,7 +19,7 @@ use ort::value::TensorRef;
 
 use super::{Backend, BackendKind, CpuKernels, CpuOptions, StepInput};
 use crate::error::RuntimeError;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{CacheElement, KvCache};
 
 pub struct OrtCpu {
     gpt: Mutex<Session>,
@@ -55,10 +55,10 @@ impl CacheNames {
     }
 
     /// Appends every layer's `past_key.i` / `past_value.i` as views of `cache`.
-    pub(crate) fn push_inputs<'a>(
+    pub(crate) fn push_inputs<'a, T: CacheElement>(
         &'a self,
         inputs: &mut Vec<(Cow<'a, str>, SessionInputValue<'a>)>,
-        cache: &'a KvCache,
+        cache: &'a KvCache<T>,
     ) -> Result<(), RuntimeError> {
         let shape = cache.shape();
         for (i, (k, v)) in self.past_key.iter().zip(&self.past_value).enumerate() {
@@ -72,11 +72,11 @@ impl CacheNames {
     }
 
     /// Writes every layer's `present_*` slice of `n` tokens into `cache` at `position`.
-    pub(crate) fn write_outputs(
+    pub(crate) fn write_outputs<T: CacheElement>(
         &self,
         outputs: &ort::session::SessionOutputs<'_>,
         role: GraphRole,
-        cache: &mut KvCache,
+        cache: &mut KvCache<T>,
         position: usize,
         n: usize,
     ) -> Result<(), RuntimeError> {
@@ -146,7 +146,12 @@ pub(crate) fn session_counting(
             let ours = [amx, !opts.ort_group_norm];
             super::decoder_graph(dir, m, entry, &onnx, ours, opts.thread_count())?
         }
-        GraphRole::VarStep if !opts.ort_attention => super::attention_graph(dir, &onnx)?,
+        // Lower-precision bundles keep their caches in f16 (half the memory; their accuracy
+        // is measured against fp32 with this runtime); fp32 bundles keep f32.
+        GraphRole::VarStep if !opts.ort_attention => {
+            let f16_cache = m.precision != llamagen_bundle::Precision::Fp32;
+            super::attention_graph(dir, &onnx, f16_cache)?
+        }
         _ => None,
     };
     let (session, fused) = match rewritten {

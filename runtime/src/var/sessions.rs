@@ -11,6 +11,7 @@ use llamagen_bundle::names as io_names;
 use llamagen_bundle::{GraphRole, Manifest, VarConfig};
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{Session, SessionInputValue};
+use ort::value::TensorElementType;
 
 use crate::backend::ort_cpu::{
     output_f32 as output, probes, report_probes, session, session_counting, tensor, Activations,
@@ -32,6 +33,14 @@ pub(crate) struct VarSessions {
     names: CacheNames,
     /// The step session's CPU allocator (the shared arena), for the KV caches.
     arena: Mutex<Allocator>,
+    /// The step takes its caches in f16.
+    f16_cache: bool,
+}
+
+/// A generation's KV cache, in the element type the step takes.
+pub(crate) enum VarCache {
+    F32(KvCache<f32>),
+    F16(KvCache<half::f16>),
 }
 
 /// Outputs of the embed graph for `rows` rows.
@@ -58,6 +67,10 @@ impl VarSessions {
         let (step, step_kernels) =
             session_counting(dir, m, GraphRole::VarStep, opts, Activations::Arena)?;
         let arena = arena_allocator(&step)?;
+        let f16_cache = step.inputs().iter().any(|i| {
+            i.name() == io_names::past_key(0)
+                && i.dtype().tensor_type() == Some(TensorElementType::Float16)
+        });
         Ok(VarSessions {
             cond: open(GraphRole::VarCond, Activations::Arena)?,
             step: Mutex::new(step),
@@ -67,17 +80,28 @@ impl VarSessions {
             decoder: Mutex::new(decoder),
             names: CacheNames::new(layers),
             arena: Mutex::new(arena),
+            f16_cache,
         })
     }
 
     /// A zeroed KV cache for `rows` rows, in ONNX Runtime's CPU arena: after a request the
-    /// arena holds the VQ decoder's freed activations (~240 MB for VAR-d16 at 256 px), which
-    /// the next request's cache (178 MB for 2 rows) then reuses; a heap cache came on top of
-    /// them (VAR-d16 int8: peak RSS 829 MB with the heap cache).
-    pub(crate) fn new_cache(&self, c: &VarConfig, rows: usize) -> Result<KvCache, RuntimeError> {
+    /// arena holds the VQ decoder's freed activations (~190 MB for VAR-d16 at 256 px), which
+    /// the next request's cache (178 MB for 2 rows in f32) then reuses; a heap cache came on
+    /// top of them (VAR-d16 int8: peak RSS 829 MB with the heap cache). f16 where the step
+    /// takes its caches in f16 (lower-precision bundles on our fused attention).
+    pub(crate) fn new_cache(&self, c: &VarConfig, rows: usize) -> Result<VarCache, RuntimeError> {
         let arena = self.arena.lock().unwrap_or_else(|p| p.into_inner());
-        KvCache::in_arena(&arena, c.depth, rows, c.num_heads, c.tokens, c.head_dim)
-            .map_err(|e| RuntimeError::ort("var KV cache", e))
+        let dims = (c.depth, rows, c.num_heads, c.tokens, c.head_dim);
+        let err = |e| RuntimeError::ort("var KV cache", e);
+        Ok(if self.f16_cache {
+            VarCache::F16(
+                KvCache::in_arena(&arena, dims.0, dims.1, dims.2, dims.3, dims.4).map_err(err)?,
+            )
+        } else {
+            VarCache::F32(
+                KvCache::in_arena(&arena, dims.0, dims.1, dims.2, dims.3, dims.4).map_err(err)?,
+            )
+        })
     }
 
     /// The cond graph on `labels`: every AdaLN's vectors, `[rows, 6 depth + 2, C]`.
@@ -145,7 +169,7 @@ impl VarSessions {
         x: &[f32],
         adaln: &[f32],
         position: usize,
-        cache: &mut KvCache,
+        cache: &mut VarCache,
         logits: &mut Vec<f32>,
     ) -> Result<(), RuntimeError> {
         let ada_dims = [adaln_rows(c), c.embed_dim];
@@ -166,7 +190,10 @@ impl VarSessions {
             io_names::POSITION.into(),
             tensor(vec![1], &pos, io_names::POSITION)?,
         ));
-        self.names.push_inputs(&mut inputs, cache)?;
+        match &*cache {
+            VarCache::F32(c) => self.names.push_inputs(&mut inputs, c)?,
+            VarCache::F16(c) => self.names.push_inputs(&mut inputs, c)?,
+        }
         let mut session = self.step.lock().unwrap_or_else(|p| p.into_inner());
         let out = session
             .run(inputs)
@@ -179,7 +206,10 @@ impl VarSessions {
             io_names::LOGITS,
             vec![rows, n, c.vocab_size],
         )?);
-        self.names.write_outputs(&out, role, cache, position, n)?;
+        match cache {
+            VarCache::F32(c) => self.names.write_outputs(&out, role, c, position, n)?,
+            VarCache::F16(c) => self.names.write_outputs(&out, role, c, position, n)?,
+        }
         Ok(())
     }
 
