@@ -230,3 +230,121 @@ fn refuses_bad_sizes_with_a_reason() {
     assert!(err.contains("past_v"), "{err}");
     kernel::attend(&d, &x, &mut out, &par).unwrap();
 }
+
+/// The q/k/v preparation fused in front (`attention::qkv`): from the biased projection
+/// `[batch, tokens, 3 heads head_dim]`, q L2-normalised and scaled per head, k normalised,
+/// v as is; the keys and values written out `[batch, heads, tokens, head_dim]`, the attention
+/// as above. Against the same f64 reference fed the f64-prepared q, k, v.
+#[test]
+fn the_qkv_preparation_matches_the_reference() {
+    use llamagen_runtime::attention::qkv::{attend_qkv, QkvInputs, QkvOutputs};
+    if !kernel::available() {
+        eprintln!("skipped: no AVX-512 on this CPU");
+        return;
+    }
+    for (tokens, hd, position, f16) in [(5, 16, 7, false), (70, 64, 30, true), (16, 24, 0, false)] {
+        let d = Dims {
+            batch: 2,
+            heads: 3,
+            tokens,
+            head_dim: hd,
+            cache_len: position + tokens + 3,
+            position,
+        };
+        let width = d.heads * hd;
+        let qkv = fill(d.batch * tokens * 3 * width, 11, 1.0);
+        let q_scale = [4.0f32, 17.5, 100.0];
+        let eps = 1e-12f32;
+        let cache = d.batch * d.heads * d.cache_len * hd;
+        let round = |v: Vec<f32>| -> Vec<f32> {
+            if f16 {
+                v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+            } else {
+                v
+            }
+        };
+        let (past_k, past_v) = (round(fill(cache, 12, 1.0)), round(fill(cache, 13, 1.0)));
+        // The preparation in f64, laid out [batch, heads, tokens, head_dim].
+        let block = d.batch * d.heads * tokens * hd;
+        let (mut q, mut k, mut v) = (vec![0f32; block], vec![0f32; block], vec![0f32; block]);
+        for b in 0..d.batch {
+            for t in 0..tokens {
+                for h in 0..d.heads {
+                    let row = &qkv[(b * tokens + t) * 3 * width..];
+                    let part = |i: usize| &row[i * width + h * hd..i * width + (h + 1) * hd];
+                    let norm = |a: &[f32]| {
+                        a.iter()
+                            .map(|&x| (x as f64).powi(2))
+                            .sum::<f64>()
+                            .sqrt()
+                            .max(eps as f64)
+                    };
+                    let at = ((b * d.heads + h) * tokens + t) * hd;
+                    let (nq, nk) = (norm(part(0)), norm(part(1)));
+                    for c in 0..hd {
+                        q[at + c] = (part(0)[c] as f64 / nq * q_scale[h] as f64) as f32;
+                        k[at + c] = (part(1)[c] as f64 / nk) as f32;
+                        v[at + c] = part(2)[c];
+                    }
+                }
+            }
+        }
+        let case = Case {
+            q: &q,
+            k: &k,
+            v: &v,
+            past_k: &past_k,
+            past_v: &past_v,
+        };
+        let (want, max_score) = reference(&d, &case);
+        let half =
+            |c: &[f32]| -> Vec<half::f16> { c.iter().map(|&x| half::f16::from_f32(x)).collect() };
+        let (hk, hv) = (half(&past_k), half(&past_v));
+        let x = QkvInputs {
+            qkv: &qkv,
+            q_scale: &q_scale,
+            eps,
+            past_k: if f16 {
+                Cache::F16(&hk)
+            } else {
+                Cache::F32(&past_k)
+            },
+            past_v: if f16 {
+                Cache::F16(&hv)
+            } else {
+                Cache::F32(&past_v)
+            },
+        };
+        let (mut out, mut ko, mut vo) = (vec![0f32; block], vec![0f32; block], vec![0f32; block]);
+        let par = |count: usize, f: &(dyn Fn(usize) + Sync)| {
+            std::thread::scope(|s| {
+                for t in 0..2 {
+                    s.spawn(move || (t..count).step_by(2).for_each(f));
+                }
+            })
+        };
+        let o = QkvOutputs {
+            out: &mut out,
+            k: &mut ko,
+            v: &mut vo,
+        };
+        attend_qkv(&d, &x, o, &par).unwrap();
+        assert_eq!(vo, v, "values are copied as they are");
+        let worst_k = ko
+            .iter()
+            .zip(&k)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst_k <= 4.0 * f32::EPSILON, "keys: {worst_k:.3e}");
+        let peak = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let worst = out
+            .iter()
+            .zip(&want)
+            .map(|(&g, w)| (g as f64 - w).abs())
+            .fold(0f64, f64::max);
+        let keys = (d.position + tokens) as f64;
+        // The queries' own rounding (f32 norm and scale) adds ~eps |score| to each score.
+        let level = 4.0 * f32::EPSILON as f64 * (keys.sqrt() + max_score) * peak;
+        assert!(worst <= level, "{d:?} f16 {f16}: {worst:.3e} > {level:.3e}");
+    }
+}

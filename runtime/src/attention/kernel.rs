@@ -71,11 +71,11 @@ impl Dims {
         self.batch * self.heads
     }
 
-    fn block_len(&self) -> usize {
+    pub(super) fn block_len(&self) -> usize {
         self.batch * self.heads * self.tokens * self.head_dim
     }
 
-    fn cache_tensor_len(&self) -> usize {
+    pub(super) fn cache_tensor_len(&self) -> usize {
         self.batch * self.heads * self.cache_len * self.head_dim
     }
 }
@@ -99,7 +99,7 @@ pub enum Cache<'a> {
 }
 
 impl Cache<'_> {
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         match self {
             Cache::F32(c) => c.len(),
             Cache::F16(c) => c.len(),
@@ -149,33 +149,30 @@ pub fn attend(
         }
     }
     let out = OutPtr(out.as_mut_ptr());
-    let tiles = d.tokens.div_ceil(TILE);
     // One task per (row, head), its query tiles in turn: the pair's keys and values (348 KB at
     // 680 slots) stay in this core's L2 from one tile to the next.
     let task = |bh: usize| {
-        WIDENED.with_borrow_mut(|wide| {
-            let (keys, values) = keys_and_values(d, x, bh, wide);
-            SCRATCH.with_borrow_mut(|s| {
-                for tile in 0..tiles {
-                    // SAFETY: AVX-512 F is present (checked above); every index stays inside
-                    // the lengths checked above; tasks write disjoint (token, row, head) rows
-                    // of `out`.
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        run_task(d, x.q, [keys, values], &out, bh, tile, s)
-                    }
-                }
-            });
-        });
+        let (t, hd) = (d.tokens, d.head_dim);
+        let own = [rows(x.k, bh, t, hd), rows(x.v, bh, t, hd)];
+        // SAFETY: AVX-512 F is present (checked above); the lengths were checked above; task
+        // `bh` writes only pair `bh`'s rows of `out`.
+        unsafe { attend_pair(d, rows(x.q, bh, t, hd), [x.past_k, x.past_v], own, &out, bh) }
     };
     par(d.tasks(), &task);
     Ok(())
 }
 
 /// The output pointer, shared by tasks that write disjoint parts of it.
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint elements (see `run_task`).
+pub(super) struct OutPtr(pub(super) *mut f32);
+// SAFETY: tasks write disjoint elements (see `attend_pair`).
 unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+    pub(super) fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
 
 thread_local! {
     /// A task's transposed queries and scores, reused across calls on each thread.
@@ -184,44 +181,53 @@ thread_local! {
     static WIDENED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The keys and values (as cache-slot and block segments) of pair `bh`, f16 caches widened
-/// into `wide`.
-fn keys_and_values<'a>(
+/// Pair `bh`'s attention: its queries `q` (`tokens x head_dim`), the caches' valid slots and
+/// its block's own keys and values `own` (`tokens x head_dim` each), out to its rows of `out`.
+///
+/// # Safety
+/// AVX-512 F must be present; the caches must hold `batch x heads x cache_len x head_dim`
+/// values and `out` `batch x tokens x heads x head_dim`; no other task writes pair `bh`.
+pub(super) unsafe fn attend_pair(
     d: &Dims,
-    x: &Inputs<'a>,
+    q: &[f32],
+    [past_k, past_v]: [Cache<'_>; 2],
+    [own_k, own_v]: [&[f32]; 2],
+    out: &OutPtr,
     bh: usize,
-    wide: &'a mut Vec<f32>,
-) -> ([&'a [f32]; 2], [&'a [f32]; 2]) {
-    let hd = d.head_dim;
-    let valid = d.position * hd;
-    let own = |t: &'a [f32]| rows(t, bh, d.tokens, hd);
-    match (x.past_k, x.past_v) {
-        (Cache::F32(k), Cache::F32(v)) => (segments(d, bh, k, x.k), segments(d, bh, v, x.v)),
-        (past_k, past_v) => {
-            wide.resize(2 * valid, 0.0);
-            let (wk, wv) = wide.split_at_mut(valid);
-            for (cache, dst) in [(past_k, &mut *wk), (past_v, &mut *wv)] {
-                let at = bh * d.cache_len * hd;
-                match cache {
-                    Cache::F32(c) => dst.copy_from_slice(&c[at..at + valid]),
-                    Cache::F16(c) => c[at..at + valid].convert_to_f32_slice(dst),
-                }
+) {
+    let tiles = d.tokens.div_ceil(TILE);
+    WIDENED.with_borrow_mut(|wide| {
+        let hd = d.head_dim;
+        let valid = d.position * hd;
+        let at = bh * d.cache_len * hd;
+        let (keys, values) = match (past_k, past_v) {
+            (Cache::F32(k), Cache::F32(v)) => {
+                ([&k[at..at + valid], own_k], [&v[at..at + valid], own_v])
             }
-            ([&*wk, own(x.k)], [&*wv, own(x.v)])
-        }
-    }
+            _ => {
+                wide.resize(2 * valid, 0.0);
+                let (wk, wv) = wide.split_at_mut(valid);
+                for (cache, dst) in [(past_k, &mut *wk), (past_v, &mut *wv)] {
+                    match cache {
+                        Cache::F32(c) => dst.copy_from_slice(&c[at..at + valid]),
+                        Cache::F16(c) => c[at..at + valid].convert_to_f32_slice(dst),
+                    }
+                }
+                ([&*wk, own_k], [&*wv, own_v])
+            }
+        };
+        SCRATCH.with_borrow_mut(|s| {
+            for tile in 0..tiles {
+                #[cfg(target_arch = "x86_64")]
+                run_task(d, q, [keys, values], out, bh, tile, s)
+            }
+        });
+    });
 }
 
 /// One (row, head) pair's rows of a `[.., len, head_dim]` tensor.
-fn rows(t: &[f32], bh: usize, len: usize, hd: usize) -> &[f32] {
+pub(super) fn rows(t: &[f32], bh: usize, len: usize, hd: usize) -> &[f32] {
     &t[bh * len * hd..(bh + 1) * len * hd]
-}
-
-/// Keys or values of one (row, head) pair: the cache's valid slots, then the block's own.
-fn segments<'a>(d: &Dims, bh: usize, cache: &'a [f32], own: &'a [f32]) -> [&'a [f32]; 2] {
-    let hd = d.head_dim;
-    let c = rows(cache, bh, d.cache_len, hd);
-    [&c[..d.position * hd], rows(own, bh, d.tokens, hd)]
 }
 
 /// One task: its queries' vector count picks the register blocks (keys x vectors and head
@@ -269,7 +275,6 @@ unsafe fn task<const V: usize, const R: usize, const D: usize>(
     let (qt, s) = scratch.split_at_mut(hd * width);
     // Lanes past the block's last query score zeros and are never written out.
     qt.fill(0.0);
-    let q = rows(q, bh, d.tokens, hd);
     for i in 0..nq {
         for (c, &v) in q[(t0 + i) * hd..(t0 + i + 1) * hd].iter().enumerate() {
             qt[c * width + i] = v;

@@ -13,3 +13,6 @@
 pub mod kernel;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod op;
+pub mod qkv;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod qkv_op;

@@ -9,10 +9,11 @@ use ort::operator::{
     ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
     ShapeInferenceContext,
 };
-use ort::value::{TensorElementType, ValueType};
+use ort::value::{TensorElementType, ValueRef, ValueType};
 
 use super::kernel::{self, Cache, Dims, Inputs};
 use crate::amx::op::DOMAIN;
+use crate::parallel::ParallelFor;
 
 pub const OP_TYPE: &str = "CachedAttention";
 /// The same with f16 caches (`past_k`, `past_v`), widened to f32 inside.
@@ -89,9 +90,6 @@ impl Kernel for CachedAttentionKernel {
         let values = (0..5)
             .map(|i| ctx.input(i)?.ok_or_else(|| bad(format!("no input {i}"))))
             .collect::<ort::Result<Vec<_>>>()?;
-        let dims_of = |s: &ort::value::Shape| -> Vec<usize> {
-            s.iter().map(|&d| d.max(0) as usize).collect()
-        };
         let mut tensors = Vec::with_capacity(3);
         for v in &values[..3] {
             let (shape, data) = v.try_extract_tensor::<f32>()?;
@@ -100,24 +98,9 @@ impl Kernel for CachedAttentionKernel {
         let [(q_dims, q), (k_dims, k), (v_dims, v)] = &tensors[..] else {
             return Err(bad("expected 3 f32 inputs".into()));
         };
-        let cache = |i: usize| -> ort::Result<(Vec<usize>, Cache<'_>)> {
-            Ok(if self.f16_cache {
-                let (shape, data) = values[i].try_extract_tensor::<half::f16>()?;
-                (dims_of(shape), Cache::F16(data))
-            } else {
-                let (shape, data) = values[i].try_extract_tensor::<f32>()?;
-                (dims_of(shape), Cache::F32(data))
-            })
-        };
-        let ((pk_dims, past_k), (pv_dims, past_v)) = (cache(3)?, cache(4)?);
-        let position = ctx.input(5)?.ok_or_else(|| bad("no position".into()))?;
-        let (_, position) = position.try_extract_tensor::<i64>()?;
-        let &[position] = position else {
-            return Err(bad(format!(
-                "position holds {} values, expected 1",
-                position.len()
-            )));
-        };
+        let (pk_dims, past_k) = cache_input(&values[3], self.f16_cache)?;
+        let (pv_dims, past_v) = cache_input(&values[4], self.f16_cache)?;
+        let position = position_input(ctx, 5, OP_TYPE)?;
         let q_dims = q_dims.clone();
         let [batch, heads, tokens, head_dim] = q_dims[..] else {
             return Err(bad(format!("q of shape {q_dims:?}, expected 4 dims")));
@@ -134,8 +117,6 @@ impl Kernel for CachedAttentionKernel {
                 "caches of shapes {pk_dims:?} and {pv_dims:?}, expected {cache_dims:?}"
             )));
         }
-        let position = usize::try_from(position)
-            .map_err(|_| bad(format!("position {position} is negative")))?;
         let dims = Dims {
             batch,
             heads,
@@ -154,12 +135,6 @@ impl Kernel for CachedAttentionKernel {
             )?
             .ok_or_else(|| bad("no output".into()))?;
         let out = output.try_extract_tensor_mut::<f32>()?.1;
-        let failed = std::sync::Mutex::new(None);
-        let par = |count: usize, f: &(dyn Fn(usize) + Sync)| {
-            if let Err(e) = ctx.par_for(count, count, f) {
-                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-            }
-        };
         let inputs = Inputs {
             q,
             k,
@@ -167,17 +142,70 @@ impl Kernel for CachedAttentionKernel {
             past_k,
             past_v,
         };
-        kernel::attend(&dims, &inputs, out, &par).map_err(bad)?;
-        match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            Some(e) => Err(bad(format!("parallel run: {e}"))),
-            None => Ok(()),
-        }
+        on_threads(ctx, OP_TYPE, |par| kernel::attend(&dims, &inputs, out, par))
     }
 }
 
-/// The `llamagen.cpu` domain with the attention operators (f32 and f16 caches).
+/// The dims of a tensor's shape (symbolic ones as 0).
+pub(super) fn dims_of(s: &ort::value::Shape) -> Vec<usize> {
+    s.iter().map(|&d| d.max(0) as usize).collect()
+}
+
+/// A cache input, f16 or f32 as the operator declares.
+pub(super) fn cache_input<'a>(
+    value: &'a ValueRef<'_>,
+    f16: bool,
+) -> ort::Result<(Vec<usize>, Cache<'a>)> {
+    Ok(if f16 {
+        let (shape, data) = value.try_extract_tensor::<half::f16>()?;
+        (dims_of(shape), Cache::F16(data))
+    } else {
+        let (shape, data) = value.try_extract_tensor::<f32>()?;
+        (dims_of(shape), Cache::F32(data))
+    })
+}
+
+/// Input `i`, the valid cache slots: i64 `[1]`, not negative.
+pub(super) fn position_input(ctx: &ComputeContext, i: usize, op: &str) -> ort::Result<usize> {
+    let bad = |what: String| ort::Error::new(format!("{op}: {what}"));
+    let value = ctx.input(i)?.ok_or_else(|| bad("no position".into()))?;
+    let (_, position) = value.try_extract_tensor::<i64>()?;
+    let &[position] = position else {
+        return Err(bad(format!(
+            "position holds {} values, expected 1",
+            position.len()
+        )));
+    };
+    usize::try_from(position).map_err(|_| bad(format!("position {position} is negative")))
+}
+
+/// Runs `f` with the session's intra-op threads as its parallel-for; a failed hand-off to the
+/// pool is an error, as is `f`'s.
+pub(super) fn on_threads(
+    ctx: &ComputeContext,
+    op: &str,
+    f: impl FnOnce(ParallelFor<'_>) -> Result<(), String>,
+) -> ort::Result<()> {
+    let failed = std::sync::Mutex::new(None);
+    let par = |count: usize, f: &(dyn Fn(usize) + Sync)| {
+        if let Err(e) = ctx.par_for(count, count, f) {
+            *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        }
+    };
+    f(&par).map_err(|e| ort::Error::new(format!("{op}: {e}")))?;
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(ort::Error::new(format!("{op}: parallel run: {e}"))),
+        None => Ok(()),
+    }
+}
+
+/// The `llamagen.cpu` domain with the attention operators (f32 and f16 caches, with and
+/// without the q/k/v preparation).
 pub fn domain() -> ort::Result<OperatorDomain> {
-    OperatorDomain::new(DOMAIN)?
-        .add(CachedAttentionOp { f16_cache: false })?
-        .add(CachedAttentionOp { f16_cache: true })
+    let mut domain = OperatorDomain::new(DOMAIN)?;
+    for f16_cache in [false, true] {
+        domain = domain.add(CachedAttentionOp { f16_cache })?;
+        domain = super::qkv_op::add_to(domain, f16_cache)?;
+    }
+    Ok(domain)
 }

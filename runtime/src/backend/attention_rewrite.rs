@@ -11,18 +11,26 @@
 //! ```
 //!
 //! (every intermediate value used only by the next node) becomes one
-//! `llamagen.cpu::CachedAttention(q, k, v, past_k, past_v, position) -> out` node. The
-//! weights stay in the bundle's external file, read by ONNX Runtime as usual.
+//! `llamagen.cpu::CachedAttention(q, k, v, past_k, past_v, position) -> out` node. Where q, k
+//! and v come from VAR's preparation (`step.rs`: the biased `qkv` reshaped to heads,
+//! transposed, split, q and k L2-normalised, q scaled per head), that goes in too:
+//! `CachedAttentionQkv(qkv, q_scale, past_k, past_v, position) -> (out, k, v)`. The weights
+//! stay in the bundle's external file, read by ONNX Runtime as usual.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use llamagen_bundle::confine::OpenedFile;
-use llamagen_bundle::onnx_proto::{data_type, GraphProto, NodeProto};
+use llamagen_bundle::onnx_proto::{
+    attribute_type, data_type, AttributeProto, GraphProto, NodeProto,
+};
 use prost::Message;
 
-use super::graph_rewrite::{bad_model, const_i64s, decode, int, ints, splice, Index, Rewritten};
+use super::graph_rewrite::{
+    bad_model, const_f32s, const_i64s, decode, int, ints, splice, Index, Rewritten,
+};
 use crate::attention::op::{OP_TYPE, OP_TYPE_F16_CACHE};
+use crate::attention::qkv_op::{EPS, HEADS, OP_TYPE as QKV, OP_TYPE_F16_CACHE as QKV_F16_CACHE};
 use crate::backend::CpuKernels;
 use crate::error::RuntimeError;
 
@@ -62,6 +70,7 @@ fn rewrite(
     let mut fused = HashMap::new();
     let mut dropped = vec![false; graph.node.len()];
     let mut caches = HashSet::new();
+    let mut prologues = 0;
     for i in 0..graph.node.len() {
         let Some(m) = match_attention(&index, graph, i) else {
             continue;
@@ -72,16 +81,33 @@ fn rewrite(
             continue;
         }
         caches.extend([past_k.clone(), past_v.clone()]);
+        let at = *m.nodes.last().unwrap_or(&i);
+        let name = &graph.node[i].name;
+        let node = match match_prologue(&index, graph, &m) {
+            Some(p) => {
+                for &n in &p.nodes {
+                    dropped[n] = true;
+                }
+                prologues += 1;
+                fused_qkv_node(name, &m, p, f16_cache)
+            }
+            None => fused_node(name, m.clone(), f16_cache),
+        };
         for &n in &m.nodes {
             dropped[n] = true;
         }
-        let at = *m.nodes.last().unwrap_or(&i);
-        fused.insert(at, fused_node(&graph.node[i].name, m, f16_cache));
+        fused.insert(at, node);
     }
     if fused.is_empty() {
         return Ok(None);
     }
     let count = fused.len();
+    tracing::debug!(
+        layers = count,
+        with_qkv = prologues,
+        f16_cache,
+        "VAR step attention rewritten"
+    );
     splice(&mut model, fused, &dropped);
     if f16_cache {
         for input in model.graph.iter_mut().flat_map(|g| g.input.iter_mut()) {
@@ -108,6 +134,7 @@ fn rewrite(
 
 /// One layer's attention: the fused node's inputs and output, and the nodes it replaces (the
 /// last one, the head transpose, is where the fused node goes).
+#[derive(Clone)]
 struct AttentionMatch {
     inputs: [String; 6],
     output: String,
@@ -194,5 +221,172 @@ fn fused_node(name: &str, m: AttentionMatch, f16_cache: bool) -> NodeProto {
         .into(),
         domain: crate::amx::op::DOMAIN.into(),
         attribute: Vec::new(),
+    }
+}
+
+/// VAR's q/k/v preparation before an attention match: its `qkv` input, the per-head q scale,
+/// the norms' floor, the head count and the nodes it spans.
+struct PrologueMatch {
+    qkv: String,
+    q_scale: String,
+    eps: f32,
+    heads: i64,
+    nodes: Vec<usize>,
+}
+
+/// `q = Mul(s0, Div(q_scale, Clip(ReduceL2(s0), eps)))`, `k = Div(s1, Clip(ReduceL2(s1), eps))`,
+/// `[s0, s1, v] = Split(Transpose(0,2,1,3)(Reshape(qkv, [0, -1, 3H, hd])), axis 1)`, every
+/// intermediate read only inside the pattern (k and v may also be graph outputs).
+fn match_prologue(
+    index: &Index<'_>,
+    graph: &GraphProto,
+    m: &AttentionMatch,
+) -> Option<PrologueMatch> {
+    let nodes = &graph.node;
+    let [q, k, v, ..] = &m.inputs;
+    let scores = m.nodes[3];
+    if index.consumers(q)? != &vec![scores] {
+        return None;
+    }
+    let mul_q = index.sole_producer(nodes, q, "Mul", scores)?;
+    let split = producer(index, nodes, v, "Split")?;
+    let [s0, s1, s2] = &nodes[split].output[..] else {
+        return None;
+    };
+    if s2 != v || !matches!(int(&nodes[split], "axis"), Some(1)) {
+        return None;
+    }
+    let (q_norm, q_scale, eps_q) = normalized(index, graph, mul_q, s0, true)?;
+    let div_k = producer(index, nodes, k, "Div")?;
+    let (k_norm, _, eps_k) = normalized(index, graph, div_k, s1, false)?;
+    if eps_q != eps_k {
+        return None;
+    }
+    let transpose = index.sole_producer(nodes, nodes[split].input.first()?, "Transpose", split)?;
+    if ints(&nodes[transpose], "perm")? != &[0, 2, 1, 3] {
+        return None;
+    }
+    let reshape =
+        index.sole_producer(nodes, nodes[transpose].input.first()?, "Reshape", transpose)?;
+    let [qkv, shape] = &nodes[reshape].input[..] else {
+        return None;
+    };
+    let heads = match const_i64s(graph, shape)?[..] {
+        [0, -1, h3, hd] if h3 > 0 && h3 % 3 == 0 && hd > 0 => h3 / 3,
+        _ => return None,
+    };
+    if let Some(sizes) = nodes[split].input.get(1).filter(|s| !s.is_empty()) {
+        if const_i64s(graph, sizes)? != [heads; 3] {
+            return None;
+        }
+    }
+    if const_f32s(graph, q_scale.as_str())?.len() != heads as usize {
+        return None;
+    }
+    let mut span = vec![reshape, transpose, split, mul_q, div_k];
+    span.extend(q_norm);
+    span.extend(k_norm);
+    Some(PrologueMatch {
+        qkv: qkv.clone(),
+        q_scale,
+        eps: eps_q,
+        heads,
+        nodes: span,
+    })
+}
+
+/// The node producing `value`, if it is an `op` (other readers allowed: graph outputs, and
+/// nodes the caller drops).
+fn producer(index: &Index<'_>, nodes: &[NodeProto], value: &str, op: &str) -> Option<usize> {
+    let p = index.producer(value)?;
+    (nodes[p].op_type == op && nodes[p].domain.is_empty()).then_some(p)
+}
+
+/// `out = x * Div(scale, Clip(ReduceL2(x), eps))` (`scaled`, `out` from the Mul node `at`)
+/// or `x / Clip(ReduceL2(x), eps)` (the Div node `at`), `x` read only by the ReduceL2 and
+/// `at`: the ReduceL2, Clip (and factor Div) nodes, the scale's name (`scaled`) and eps.
+fn normalized(
+    index: &Index<'_>,
+    graph: &GraphProto,
+    at: usize,
+    x: &str,
+    scaled: bool,
+) -> Option<(Vec<usize>, String, f32)> {
+    let nodes = &graph.node;
+    let ins: Vec<&str> = nodes[at].input.iter().map(String::as_str).collect();
+    let other = match ins[..] {
+        [a, b] if a == x => b,
+        [a, b] if b == x && scaled => a,
+        _ => return None,
+    };
+    let (clip_out, factor, scale) = if scaled {
+        let f = index.sole_producer(nodes, other, "Div", at)?;
+        let [scale, clip_out] = &nodes[f].input[..] else {
+            return None;
+        };
+        (clip_out.as_str(), Some(f), scale.clone())
+    } else {
+        (other, None, String::new())
+    };
+    let clip = index.sole_producer(nodes, clip_out, "Clip", factor.unwrap_or(at))?;
+    let (norm_out, eps) = match &nodes[clip].input[..] {
+        [n, e] => (n, e),
+        [n, e, max] if max.is_empty() => (n, e),
+        _ => return None,
+    };
+    let eps = match const_f32s(graph, eps)?[..] {
+        [e] if e > 0.0 => e,
+        _ => return None,
+    };
+    let norm = index.sole_producer(nodes, norm_out, "ReduceL2", clip)?;
+    let [src, axes] = &nodes[norm].input[..] else {
+        return None;
+    };
+    if src != x || !matches!(const_i64s(graph, axes)?[..], [-1] | [3]) {
+        return None;
+    }
+    if !matches!(int(&nodes[norm], "keepdims"), None | Some(1)) {
+        return None;
+    }
+    let mut readers = index.consumers(x)?.clone();
+    readers.sort_unstable();
+    let mut want = vec![norm, at];
+    want.sort_unstable();
+    if readers != want {
+        return None;
+    }
+    let mut span = vec![norm, clip];
+    span.extend(factor);
+    Some((span, scale, eps))
+}
+
+fn fused_qkv_node(name: &str, m: &AttentionMatch, p: PrologueMatch, f16_cache: bool) -> NodeProto {
+    let [_, k, v, past_k, past_v, position] = &m.inputs;
+    NodeProto {
+        input: vec![
+            p.qkv,
+            p.q_scale,
+            past_k.clone(),
+            past_v.clone(),
+            position.clone(),
+        ],
+        output: vec![m.output.clone(), k.clone(), v.clone()],
+        name: format!("{name}.fused_qkv"),
+        op_type: if f16_cache { QKV_F16_CACHE } else { QKV }.into(),
+        domain: crate::amx::op::DOMAIN.into(),
+        attribute: vec![
+            AttributeProto {
+                name: HEADS.into(),
+                r#type: attribute_type::INT,
+                i: p.heads,
+                ..AttributeProto::default()
+            },
+            AttributeProto {
+                name: EPS.into(),
+                r#type: attribute_type::FLOAT,
+                f: p.eps,
+                ..AttributeProto::default()
+            },
+        ],
     }
 }

@@ -109,6 +109,11 @@ impl<'a> Index<'a> {
             .then_some(p)
     }
 
+    /// The node producing `value`.
+    pub(crate) fn producer(&self, value: &str) -> Option<usize> {
+        self.producer.get(value).copied()
+    }
+
     /// Every reader of `value` (`usize::MAX` for a graph output).
     pub(crate) fn consumers(&self, value: &str) -> Option<&Vec<usize>> {
         self.consumers.get(value)
@@ -153,6 +158,20 @@ pub(crate) fn const_i64s(graph: &GraphProto, name: &str) -> Option<Vec<i64>> {
         t.raw_data
             .chunks_exact(8)
             .map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default()))
+            .collect(),
+    )
+}
+
+/// The values of an inline f32 initializer.
+pub(crate) fn const_f32s(graph: &GraphProto, name: &str) -> Option<Vec<f32>> {
+    let t = graph.initializer.iter().find(|t| t.name == name)?;
+    if t.data_type != data_type::FLOAT || t.raw_data.is_empty() || t.raw_data.len() % 4 != 0 {
+        return None;
+    }
+    Some(
+        t.raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect(),
     )
 }

@@ -14,10 +14,10 @@
 use std::collections::HashMap;
 
 use llamagen_bundle::onnx_proto::{
-    attribute_type, data_type, AttributeProto, GraphProto, ModelProto, NodeProto,
+    attribute_type, AttributeProto, GraphProto, ModelProto, NodeProto,
 };
 
-use super::graph_rewrite::{const_i64s, splice, Index};
+use super::graph_rewrite::{const_f32s, const_i64s, splice, Index};
 use crate::amx::op::DOMAIN;
 use crate::group_norm::op::{EPSILON, GROUPS, OP_TYPE, SILU};
 
@@ -147,20 +147,6 @@ fn other_input(node: &NodeProto, value: &str) -> Option<String> {
         [a, b] if b == value => Some(a.clone()),
         _ => None,
     }
-}
-
-/// The values of an inline f32 initializer.
-fn const_f32s(graph: &GraphProto, name: &str) -> Option<Vec<f32>> {
-    let t = graph.initializer.iter().find(|t| t.name == name)?;
-    if t.data_type != data_type::FLOAT || t.raw_data.is_empty() || t.raw_data.len() % 4 != 0 {
-        return None;
-    }
-    Some(
-        t.raw_data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-    )
 }
 
 fn fused_node(name: &str, m: NormMatch) -> NodeProto {

@@ -1,0 +1,121 @@
+//! VAR's q/k/v preparation fused in front of the attention: from the biased `qkv` projection
+//! `[batch, tokens, 3 C]` to the L2-normalised, scaled queries, the normalised keys and the
+//! values, per (row, head) pair, then that pair's attention ([`super::kernel`]).
+//!
+//! The graph did this as Reshape, a head Transpose (a copy of all of `qkv`), Split (three
+//! more), and per q and k a ReduceL2, a Clip and a Div (and q's Mul): eight passes over
+//! activations the attention then read again. Here each pair's rows are read once; the keys
+//! and values are still written out (`present_key` / `present_value`, the cache contract) and
+//! the queries stay in a thread-local buffer.
+
+use std::cell::RefCell;
+
+use super::kernel::{attend_pair, available, Cache, Dims, OutPtr};
+use crate::parallel::ParallelFor;
+
+/// The inputs: `qkv` `[batch, tokens, 3 heads head_dim]` (q, k, v blocks, each head-major),
+/// `q_scale` one factor per head, `eps` the norms' floor, and the caches.
+pub struct QkvInputs<'a> {
+    pub qkv: &'a [f32],
+    pub q_scale: &'a [f32],
+    pub eps: f32,
+    pub past_k: Cache<'a>,
+    pub past_v: Cache<'a>,
+}
+
+/// The outputs: `out` `[batch, tokens, heads, head_dim]`, and the block's normalised keys and
+/// its values `[batch, heads, tokens, head_dim]`.
+pub struct QkvOutputs<'a> {
+    pub out: &'a mut [f32],
+    pub k: &'a mut [f32],
+    pub v: &'a mut [f32],
+}
+
+thread_local! {
+    /// A task's queries, `tokens x head_dim`.
+    static QUERIES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `q = q / max(|q|, eps) * q_scale[h]`, `k = k / max(|k|, eps)`, `v` as is (the official
+/// `F.normalize(q) * scale_mul`, `F.normalize(k)`), then softmax(q k^T) v over the cache slots
+/// `0..position` and the block's keys.
+pub fn attend_qkv(
+    d: &Dims,
+    x: &QkvInputs<'_>,
+    o: QkvOutputs<'_>,
+    par: ParallelFor<'_>,
+) -> Result<(), String> {
+    d.check()?;
+    if !available() {
+        return Err("this CPU has no AVX-512".into());
+    }
+    let block = d.block_len();
+    let cache = d.cache_tensor_len();
+    for (name, len, want) in [
+        ("qkv", x.qkv.len(), 3 * block),
+        ("q_scale", x.q_scale.len(), d.heads),
+        ("past_k", x.past_k.len(), cache),
+        ("past_v", x.past_v.len(), cache),
+        ("output", o.out.len(), block),
+        ("present_k", o.k.len(), block),
+        ("present_v", o.v.len(), block),
+    ] {
+        if len != want {
+            return Err(format!(
+                "{name} holds {len} values, expected {want} for {d:?}"
+            ));
+        }
+    }
+    let (out, ko, vo) = (
+        OutPtr(o.out.as_mut_ptr()),
+        OutPtr(o.k.as_mut_ptr()),
+        OutPtr(o.v.as_mut_ptr()),
+    );
+    let task = |bh: usize| {
+        QUERIES.with_borrow_mut(|q| {
+            let (t_len, hd) = (d.tokens, d.head_dim);
+            q.resize(t_len * hd, 0.0);
+            let at = bh * t_len * hd;
+            // SAFETY: task `bh` alone writes pair `bh`'s rows of the key and value outputs
+            // (lengths checked above), and reads them back only after writing them.
+            let (k, v) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(ko.ptr().add(at), t_len * hd),
+                    std::slice::from_raw_parts_mut(vo.ptr().add(at), t_len * hd),
+                )
+            };
+            prepare_pair(d, x, bh, [q, k, v]);
+            // SAFETY: AVX-512 F is present (checked above); lengths checked above; task `bh`
+            // writes only pair `bh`'s rows of `out`.
+            unsafe { attend_pair(d, q, [x.past_k, x.past_v], [k, v], &out, bh) }
+        });
+    };
+    par(d.tasks(), &task);
+    Ok(())
+}
+
+/// Pair `bh`'s queries, keys and values (`tokens x head_dim` each) from `qkv`.
+fn prepare_pair(d: &Dims, x: &QkvInputs<'_>, bh: usize, [q, k, v]: [&mut [f32]; 3]) {
+    let (b, h) = (bh / d.heads, bh % d.heads);
+    let (hd, width) = (d.head_dim, d.heads * d.head_dim);
+    let scale = x.q_scale[h];
+    for t in 0..d.tokens {
+        let row = &x.qkv[(b * d.tokens + t) * 3 * width..][..3 * width];
+        let part = |i: usize| &row[i * width + h * hd..i * width + (h + 1) * hd];
+        let dst = t * hd..(t + 1) * hd;
+        let factor = scale / norm(part(0)).max(x.eps);
+        for (o, &a) in q[dst.clone()].iter_mut().zip(part(0)) {
+            *o = a * factor;
+        }
+        let n = norm(part(1)).max(x.eps);
+        for (o, &a) in k[dst.clone()].iter_mut().zip(part(1)) {
+            *o = a / n;
+        }
+        v[dst].copy_from_slice(part(2));
+    }
+}
+
+/// The L2 norm, summed in f32 (as ONNX Runtime's ReduceL2).
+fn norm(a: &[f32]) -> f32 {
+    a.iter().map(|v| v * v).sum::<f32>().sqrt()
+}
