@@ -46,13 +46,7 @@ fn attention(c: &mut Criterion, tokens: usize, position: usize, f16: bool) {
     };
     let mut out = vec![0f32; block];
     // Two threads taking every other task (as a pool would).
-    let par = |count: usize, f: &(dyn Fn(usize) + Sync)| {
-        std::thread::scope(|s| {
-            for t in 0..2 {
-                s.spawn(move || (t..count).step_by(2).for_each(f));
-            }
-        })
-    };
+    let par = llamagen_test_support::threads::scoped(2);
     let n = position + tokens;
     let suffix = if f16 { "/f16" } else { "" };
     c.bench_function(&format!("cached_attention/{tokens}x{n}{suffix}"), |b| {

@@ -14,6 +14,8 @@ pub mod attention;
 pub mod backend;
 pub mod bench;
 pub mod compare;
+#[cfg(target_arch = "x86_64")]
+mod custom_op;
 pub mod doctor;
 mod error;
 pub mod group_norm;

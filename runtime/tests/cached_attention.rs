@@ -20,6 +20,31 @@ fn fill(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
+/// f16 copies of a case's caches.
+struct Halves {
+    k: Vec<half::f16>,
+    v: Vec<half::f16>,
+}
+
+impl Halves {
+    fn of(k: &[f32], v: &[f32]) -> Self {
+        let half = |c: &[f32]| c.iter().map(|&x| half::f16::from_f32(x)).collect();
+        Halves {
+            k: half(k),
+            v: half(v),
+        }
+    }
+
+    /// The caches as the kernel takes them: these f16 copies, or `k` and `v` themselves.
+    fn pick<'a>(&'a self, f16: bool, k: &'a [f32], v: &'a [f32]) -> [Cache<'a>; 2] {
+        if f16 {
+            [Cache::F16(&self.k), Cache::F16(&self.v)]
+        } else {
+            [Cache::F32(k), Cache::F32(v)]
+        }
+    }
+}
+
 /// The tensors of one case, the caches as f32 (for f16 caches: their rounded values).
 struct Case<'a> {
     q: &'a [f32],
@@ -96,23 +121,14 @@ fn check_with(d: Dims, q_scale: f32, f16: bool) {
             }
         }
     }
-    let half =
-        |c: &[f32]| -> Vec<half::f16> { c.iter().map(|&v| half::f16::from_f32(v)).collect() };
-    let (hk, hv) = (half(&past_k), half(&past_v));
+    let halves = Halves::of(&past_k, &past_v);
+    let [pk, pv] = halves.pick(f16, &past_k, &past_v);
     let x = Inputs {
         q: &q,
         k: &k,
         v: &v,
-        past_k: if f16 {
-            Cache::F16(&hk)
-        } else {
-            Cache::F32(&past_k)
-        },
-        past_v: if f16 {
-            Cache::F16(&hv)
-        } else {
-            Cache::F32(&past_v)
-        },
+        past_k: pk,
+        past_v: pv,
     };
     let case = Case {
         q: &q,
@@ -122,13 +138,7 @@ fn check_with(d: Dims, q_scale: f32, f16: bool) {
         past_v: &past_v,
     };
     let mut out = vec![0f32; block];
-    let par = |count: usize, f: &(dyn Fn(usize) + Sync)| {
-        std::thread::scope(|s| {
-            for t in 0..3 {
-                s.spawn(move || (t..count).step_by(3).for_each(f));
-            }
-        })
-    };
+    let par = llamagen_test_support::threads::scoped(3);
     kernel::attend(&d, &x, &mut out, &par).unwrap();
     let (want, max_score) = reference(&d, &case);
     let peak = want.iter().fold(0f64, |m, v| m.max(v.abs()));
@@ -297,32 +307,17 @@ fn the_qkv_preparation_matches_the_reference() {
             past_v: &past_v,
         };
         let (want, max_score) = reference(&d, &case);
-        let half =
-            |c: &[f32]| -> Vec<half::f16> { c.iter().map(|&x| half::f16::from_f32(x)).collect() };
-        let (hk, hv) = (half(&past_k), half(&past_v));
+        let halves = Halves::of(&past_k, &past_v);
+        let [pk, pv] = halves.pick(f16, &past_k, &past_v);
         let x = QkvInputs {
             qkv: &qkv,
             q_scale: &q_scale,
             eps,
-            past_k: if f16 {
-                Cache::F16(&hk)
-            } else {
-                Cache::F32(&past_k)
-            },
-            past_v: if f16 {
-                Cache::F16(&hv)
-            } else {
-                Cache::F32(&past_v)
-            },
+            past_k: pk,
+            past_v: pv,
         };
         let (mut out, mut ko, mut vo) = (vec![0f32; block], vec![0f32; block], vec![0f32; block]);
-        let par = |count: usize, f: &(dyn Fn(usize) + Sync)| {
-            std::thread::scope(|s| {
-                for t in 0..2 {
-                    s.spawn(move || (t..count).step_by(2).for_each(f));
-                }
-            })
-        };
+        let par = llamagen_test_support::threads::scoped(2);
         let o = QkvOutputs {
             out: &mut out,
             k: &mut ko,

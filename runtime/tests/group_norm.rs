@@ -56,13 +56,7 @@ fn check_spread(
     let x = fill(n * c * hw, 7, offset, spread);
     let w = fill(c, 8, 1.0, 0.5);
     let b = fill(c, 9, 0.0, 0.5);
-    let par = |count: usize, f: &(dyn Fn(usize) + Sync)| {
-        std::thread::scope(|s| {
-            for t in 0..3 {
-                s.spawn(move || (t..count).step_by(3).for_each(f));
-            }
-        })
-    };
+    let par = llamagen_test_support::threads::scoped(3);
     let got = if in_place {
         let mut buf = x.clone();
         let p = buf.as_mut_ptr();

@@ -21,6 +21,7 @@ pub mod device;
 pub mod paths;
 pub mod precision;
 pub mod reference;
+pub mod threads;
 pub mod tolerance;
 pub mod torch;
 

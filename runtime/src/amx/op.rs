@@ -15,6 +15,7 @@ use ort::operator::{
 use ort::value::{TensorElementType, ValueType};
 
 use super::qconv::QConv3x3;
+use crate::custom_op::{first_input, on_threads};
 
 /// The operator domain of the rewritten graphs (never in a bundle).
 pub const DOMAIN: &str = "llamagen.cpu";
@@ -63,11 +64,7 @@ impl Operator for QConvOp {
             .convs
             .get(&name)
             .ok_or_else(|| ort::Error::new(format!("{OP_TYPE}: no convolution '{name}'")))?;
-        let mut ty = ctx
-            .inputs()
-            .into_iter()
-            .next()
-            .ok_or_else(|| ort::Error::new(format!("{OP_TYPE}: no input")))?;
+        let mut ty = first_input(ctx, OP_TYPE)?;
         if let ValueType::Tensor { shape, .. } = &mut ty {
             if shape.len() == 4 {
                 shape[1] = conv.cout() as i64;
@@ -134,23 +131,12 @@ impl Kernel for QConvKernel {
         // until the end of this call; `run` fills it before reading it.
         let scratch =
             unsafe { std::slice::from_raw_parts_mut(block.as_mut_ptr().cast::<u8>(), len) };
-        let failed = std::sync::Mutex::new(None);
-        let par = |count: usize, f: &(dyn Fn(usize) + Sync)| {
-            if let Err(e) = ctx.par_for(count, count, f) {
-                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-            }
-        };
+        let (conv, threads) = (&self.conv, self.threads);
         // SAFETY: ONNX Runtime gave `x` as `[n, cin, h, w]` (checked above) and `y` as
         // `[n, cout, h, w]`; they are one buffer (in place) or disjoint.
-        unsafe {
-            self.conv
-                .run_raw(x, n, h, w, y, scratch, self.threads, &par)
-        }
-        .map_err(|e| ort::Error::new(format!("{OP_TYPE}: {e}")))?;
-        match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            Some(e) => Err(ort::Error::new(format!("{OP_TYPE}: parallel run: {e}"))),
-            None => Ok(()),
-        }
+        on_threads(ctx, OP_TYPE, |par| unsafe {
+            conv.run_raw(x, n, h, w, y, scratch, threads, par)
+        })
     }
 }
 

@@ -128,26 +128,18 @@ pub fn attend(
     out: &mut [f32],
     par: ParallelFor<'_>,
 ) -> Result<(), String> {
-    d.check()?;
-    if !available() {
-        return Err("this CPU has no AVX-512".into());
-    }
-    let block = d.block_len();
-    let cache = d.cache_tensor_len();
-    for (name, len, want) in [
-        ("q", x.q.len(), block),
-        ("k", x.k.len(), block),
-        ("v", x.v.len(), block),
-        ("past_k", x.past_k.len(), cache),
-        ("past_v", x.past_v.len(), cache),
-        ("output", out.len(), block),
-    ] {
-        if len != want {
-            return Err(format!(
-                "{name} holds {len} floats, expected {want} for {d:?}"
-            ));
-        }
-    }
+    let (block, cache) = (d.block_len(), d.cache_tensor_len());
+    ready(
+        d,
+        &[
+            ("q", x.q.len(), block),
+            ("k", x.k.len(), block),
+            ("v", x.v.len(), block),
+            ("past_k", x.past_k.len(), cache),
+            ("past_v", x.past_v.len(), cache),
+            ("output", out.len(), block),
+        ],
+    )?;
     let out = OutPtr(out.as_mut_ptr());
     // One task per (row, head), its query tiles in turn: the pair's keys and values (348 KB at
     // 680 slots) stay in this core's L2 from one tile to the next.
@@ -159,6 +151,23 @@ pub fn attend(
         unsafe { attend_pair(d, rows(x.q, bh, t, hd), [x.past_k, x.past_v], own, &out, bh) }
     };
     par(d.tasks(), &task);
+    Ok(())
+}
+
+/// Whether a call of sizes `d` can run here, with every tensor of the length it should have
+/// (`(name, length, expected)`).
+pub(super) fn ready(d: &Dims, lengths: &[(&str, usize, usize)]) -> Result<(), String> {
+    d.check()?;
+    if !available() {
+        return Err("this CPU has no AVX-512".into());
+    }
+    for &(name, len, want) in lengths {
+        if len != want {
+            return Err(format!(
+                "{name} holds {len} values, expected {want} for {d:?}"
+            ));
+        }
+    }
     Ok(())
 }
 

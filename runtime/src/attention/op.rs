@@ -13,7 +13,8 @@ use ort::value::{TensorElementType, ValueRef, ValueType};
 
 use super::kernel::{self, Cache, Dims, Inputs};
 use crate::amx::op::DOMAIN;
-use crate::parallel::ParallelFor;
+use crate::custom_op::first_input;
+pub(super) use crate::custom_op::on_threads;
 
 pub const OP_TYPE: &str = "CachedAttention";
 /// The same with f16 caches (`past_k`, `past_v`), widened to f32 inside.
@@ -40,13 +41,7 @@ impl Operator for CachedAttentionOp {
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
         let f = || OperatorInput::required(TensorElementType::Float32);
-        let cache = || {
-            OperatorInput::required(if self.f16_cache {
-                TensorElementType::Float16
-            } else {
-                TensorElementType::Float32
-            })
-        };
+        let cache = || cache_type(self.f16_cache);
         [
             f(),
             f(),
@@ -64,11 +59,7 @@ impl Operator for CachedAttentionOp {
     /// `[batch, tokens, heads, head_dim]` from `q`'s `[batch, heads, tokens, head_dim]`, so the
     /// planner knows every shape after the node.
     fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
-        let mut ty = ctx
-            .inputs()
-            .into_iter()
-            .next()
-            .ok_or_else(|| ort::Error::new(format!("{OP_TYPE}: no input")))?;
+        let mut ty = first_input(ctx, OP_TYPE)?;
         if let ValueType::Tensor { shape, .. } = &mut ty {
             if shape.len() == 4 {
                 shape.swap(1, 2);
@@ -146,6 +137,15 @@ impl Kernel for CachedAttentionKernel {
     }
 }
 
+/// A cache input: f16 or f32.
+pub(super) fn cache_type(f16: bool) -> OperatorInput {
+    OperatorInput::required(if f16 {
+        TensorElementType::Float16
+    } else {
+        TensorElementType::Float32
+    })
+}
+
 /// The dims of a tensor's shape (symbolic ones as 0).
 pub(super) fn dims_of(s: &ort::value::Shape) -> Vec<usize> {
     s.iter().map(|&d| d.max(0) as usize).collect()
@@ -177,26 +177,6 @@ pub(super) fn position_input(ctx: &ComputeContext, i: usize, op: &str) -> ort::R
         )));
     };
     usize::try_from(position).map_err(|_| bad(format!("position {position} is negative")))
-}
-
-/// Runs `f` with the session's intra-op threads as its parallel-for; a failed hand-off to the
-/// pool is an error, as is `f`'s.
-pub(super) fn on_threads(
-    ctx: &ComputeContext,
-    op: &str,
-    f: impl FnOnce(ParallelFor<'_>) -> Result<(), String>,
-) -> ort::Result<()> {
-    let failed = std::sync::Mutex::new(None);
-    let par = |count: usize, f: &(dyn Fn(usize) + Sync)| {
-        if let Err(e) = ctx.par_for(count, count, f) {
-            *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-        }
-    };
-    f(&par).map_err(|e| ort::Error::new(format!("{op}: {e}")))?;
-    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(ort::Error::new(format!("{op}: parallel run: {e}"))),
-        None => Ok(()),
-    }
 }
 
 /// The `llamagen.cpu` domain with the attention operators (f32 and f16 caches, with and

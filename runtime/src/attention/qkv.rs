@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 
-use super::kernel::{attend_pair, available, Cache, Dims, OutPtr};
+use super::kernel::{attend_pair, ready, Cache, Dims, OutPtr};
 use crate::parallel::ParallelFor;
 
 /// The inputs: `qkv` `[batch, tokens, 3 heads head_dim]` (q, k, v blocks, each head-major),
@@ -45,27 +45,19 @@ pub fn attend_qkv(
     o: QkvOutputs<'_>,
     par: ParallelFor<'_>,
 ) -> Result<(), String> {
-    d.check()?;
-    if !available() {
-        return Err("this CPU has no AVX-512".into());
-    }
-    let block = d.block_len();
-    let cache = d.cache_tensor_len();
-    for (name, len, want) in [
-        ("qkv", x.qkv.len(), 3 * block),
-        ("q_scale", x.q_scale.len(), d.heads),
-        ("past_k", x.past_k.len(), cache),
-        ("past_v", x.past_v.len(), cache),
-        ("output", o.out.len(), block),
-        ("present_k", o.k.len(), block),
-        ("present_v", o.v.len(), block),
-    ] {
-        if len != want {
-            return Err(format!(
-                "{name} holds {len} values, expected {want} for {d:?}"
-            ));
-        }
-    }
+    let (block, cache) = (d.block_len(), d.cache_tensor_len());
+    ready(
+        d,
+        &[
+            ("qkv", x.qkv.len(), 3 * block),
+            ("q_scale", x.q_scale.len(), d.heads),
+            ("past_k", x.past_k.len(), cache),
+            ("past_v", x.past_v.len(), cache),
+            ("output", o.out.len(), block),
+            ("present_k", o.k.len(), block),
+            ("present_v", o.v.len(), block),
+        ],
+    )?;
     let (out, ko, vo) = (
         OutPtr(o.out.as_mut_ptr()),
         OutPtr(o.k.as_mut_ptr()),

@@ -13,8 +13,9 @@ use ort::operator::{
 use ort::value::{TensorElementType, ValueType};
 
 use super::kernel::Dims;
-use super::op::{cache_input, dims_of, on_threads, position_input};
+use super::op::{cache_input, cache_type, dims_of, on_threads, position_input};
 use super::qkv::{self, QkvInputs, QkvOutputs};
+use crate::custom_op::first_input;
 
 pub const OP_TYPE: &str = "CachedAttentionQkv";
 pub const OP_TYPE_F16_CACHE: &str = "CachedAttentionQkvF16Cache";
@@ -44,13 +45,7 @@ impl Operator for QkvAttentionOp {
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
         let f = || OperatorInput::required(TensorElementType::Float32);
-        let cache = || {
-            OperatorInput::required(if self.f16_cache {
-                TensorElementType::Float16
-            } else {
-                TensorElementType::Float32
-            })
-        };
+        let cache = || cache_type(self.f16_cache);
         [
             f(),
             f(),
@@ -69,11 +64,7 @@ impl Operator for QkvAttentionOp {
     /// `[batch, heads, tokens, head_dim]` (unknown dims stay unknown).
     fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
         let heads: i64 = ctx.attr(HEADS)?;
-        let ty = ctx
-            .inputs()
-            .into_iter()
-            .next()
-            .ok_or_else(|| ort::Error::new(format!("{OP_TYPE}: no input")))?;
+        let ty = first_input(ctx, OP_TYPE)?;
         let (ValueType::Tensor { shape, .. }, true) = (&ty, heads > 0) else {
             return Err(ort::Error::new(format!("{OP_TYPE}: qkv is not a tensor")));
         };

@@ -10,6 +10,7 @@ use ort::operator::{
 use ort::value::TensorElementType;
 
 use super::GroupNorm;
+use crate::custom_op::{first_input, on_threads};
 
 pub const OP_TYPE: &str = "GroupNormSilu";
 pub const GROUPS: &str = "groups";
@@ -40,12 +41,7 @@ impl Operator for GroupNormOp {
 
     /// The input's type and shape.
     fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
-        let ty = ctx
-            .inputs()
-            .into_iter()
-            .next()
-            .ok_or_else(|| ort::Error::new(format!("{OP_TYPE}: no input")))?;
-        ctx.set_output(0, &ty)
+        ctx.set_output(0, &first_input(ctx, OP_TYPE)?)
     }
 
     fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<GroupNorm> {
@@ -86,19 +82,12 @@ impl Kernel for GroupNorm {
             .output(0, shape.to_vec())?
             .ok_or_else(|| bad("no output".into()))?;
         let y = output.try_extract_tensor_mut::<f32>()?.1.as_mut_ptr();
-        let failed = std::sync::Mutex::new(None);
-        let par = |count: usize, f: &(dyn Fn(usize) + Sync)| {
-            if let Err(e) = ctx.par_for(count, count, f) {
-                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-            }
-        };
+        let this = *self;
         // SAFETY: ONNX Runtime gave `x` and `y` with `n * c * hw` values each (the output was
         // made with the input's shape); they are one buffer (in place) or disjoint.
-        unsafe { self.run_raw(x_ptr, y, n, c, hw, weight, bias, &par) }.map_err(bad)?;
-        match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            Some(e) => Err(bad(format!("parallel run: {e}"))),
-            None => Ok(()),
-        }
+        on_threads(ctx, OP_TYPE, |par| unsafe {
+            this.run_raw(x_ptr, y, n, c, hw, weight, bias, par)
+        })
     }
 }
 
