@@ -121,3 +121,25 @@ fn fp16_and_int8_bundles_stay_close_to_the_official_logits() {
         assert!(min >= bar, "{precision}: min cosine {min}");
     }
 }
+
+/// Pipelines whose graphs run on our CPU operators load at the same time from several threads.
+/// ONNX Runtime registers a custom domain in a process-wide map with a check-then-insert, so
+/// two sessions created at once could both insert and the second failed ("the domain is
+/// already exist"; seen once in CI, in `var_variants`). The window is small: this catches a
+/// regression only sometimes, which is why the loads repeat.
+#[test]
+fn pipelines_with_our_cpu_operators_load_concurrently() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("bundle");
+    compile_tiny_var_with(&bundle, Precision::Int8, true);
+    for _ in 0..3 {
+        std::thread::scope(|s| {
+            let loads: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| Pipeline::load(&bundle, &PipelineOptions::default())))
+                .collect();
+            for l in loads {
+                l.join().unwrap().unwrap();
+            }
+        });
+    }
+}

@@ -49,6 +49,11 @@ impl Rewritten {
                 )
                 .map_err(|e| err(e.into()))?;
         }
+        // ONNX Runtime registers a custom domain's schemas in ONNX's process-wide version map
+        // with a check-then-insert: two sessions with our domain created at once on two
+        // threads can both insert, and the second fails ("the domain is already exist").
+        static REGISTERING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = REGISTERING.lock().unwrap_or_else(|p| p.into_inner());
         let session = builder.commit_from_memory(&self.model).map_err(err)?;
         Ok((session, self.fused))
     }
