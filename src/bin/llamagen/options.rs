@@ -22,6 +22,42 @@ pub enum BackendArg {
     CudaEmu,
 }
 
+/// The CPU backend's flags (`generate`, `bench`, `compare`, `serve`).
+#[derive(Args, Debug, Clone)]
+pub struct CpuFlags {
+    /// cpu: intra-op threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// cpu: let idle worker threads spin between operators instead of sleeping (a little
+    /// faster on an idle machine, much slower when other work shares the cores).
+    #[arg(long)]
+    pub cpu_spin: bool,
+    /// cpu: run an int8-activation VQ decoder's 3x3 convolutions on ONNX Runtime's kernels,
+    /// not on ours for Intel AMX (used only where the CPU has AMX).
+    #[arg(long)]
+    pub cpu_no_amx: bool,
+    /// cpu: run VAR's step attention on ONNX Runtime's operators, not on our fused kernel
+    /// (used only where the CPU has AVX-512).
+    #[arg(long)]
+    pub cpu_ort_attention: bool,
+    /// cpu: run the VQ decoder's GroupNorm + SiLU on ONNX Runtime's operators, not on our
+    /// fused kernel (used only where the CPU has AVX-512).
+    #[arg(long)]
+    pub cpu_ort_group_norm: bool,
+}
+
+impl CpuFlags {
+    pub fn options(&self) -> CpuOptions {
+        CpuOptions {
+            threads: self.threads,
+            idle_spin: self.cpu_spin,
+            no_amx: self.cpu_no_amx,
+            ort_attention: self.cpu_ort_attention,
+            ort_group_norm: self.cpu_ort_group_norm,
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct RunFlags {
     /// Bundle directory written by llamagen-compile.
@@ -54,25 +90,8 @@ pub struct RunFlags {
     /// cuda: which GPU (ordinal).
     #[arg(long, default_value_t = 0)]
     pub cuda_device: usize,
-    /// cpu: intra-op threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// cpu: let idle worker threads spin between operators instead of sleeping (a little
-    /// faster on an idle machine, much slower when other work shares the cores).
-    #[arg(long)]
-    pub cpu_spin: bool,
-    /// cpu: run an int8-activation VQ decoder's 3x3 convolutions on ONNX Runtime's kernels,
-    /// not on ours for Intel AMX (used only where the CPU has AMX).
-    #[arg(long)]
-    pub cpu_no_amx: bool,
-    /// cpu: run VAR's step attention on ONNX Runtime's operators, not on our fused kernel
-    /// (used only where the CPU has AVX-512).
-    #[arg(long)]
-    pub cpu_ort_attention: bool,
-    /// cpu: run the VQ decoder's GroupNorm + SiLU on ONNX Runtime's operators, not on our
-    /// fused kernel (used only where the CPU has AVX-512).
-    #[arg(long)]
-    pub cpu_ort_group_norm: bool,
+    #[command(flatten)]
+    pub cpu: CpuFlags,
     /// Skip the sha256 check of the bundle's files on load.
     #[arg(long)]
     pub no_verify: bool,
@@ -115,13 +134,7 @@ impl RunFlags {
             ..CudaOptions::default()
         };
         match self.backend {
-            BackendArg::Cpu => BackendChoice::Cpu(CpuOptions {
-                threads: self.threads,
-                idle_spin: self.cpu_spin,
-                no_amx: self.cpu_no_amx,
-                ort_attention: self.cpu_ort_attention,
-                ort_group_norm: self.cpu_ort_group_norm,
-            }),
+            BackendArg::Cpu => BackendChoice::Cpu(self.cpu.options()),
             BackendArg::Cuda => BackendChoice::Cuda(cuda),
             BackendArg::CudaEmu => BackendChoice::CudaEmu(cuda),
         }

@@ -8,7 +8,7 @@ use clap::Args as ClapArgs;
 use llamagen_runtime::{CudaOptions, Pipeline, PipelineOptions};
 use llamagen_serve::ServeOptions;
 
-use crate::options::BackendArg;
+use crate::options::{BackendArg, CpuFlags};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -34,24 +34,8 @@ pub struct Args {
     /// Most labels one request may carry.
     #[arg(long, default_value_t = PipelineOptions::DEFAULT_MAX_LABELS)]
     pub max_labels: usize,
-    /// cpu: intra-op threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// cpu: let idle worker threads spin between operators instead of sleeping.
-    #[arg(long)]
-    pub cpu_spin: bool,
-    /// cpu: run an int8-activation VQ decoder's 3x3 convolutions on ONNX Runtime's kernels,
-    /// not on ours for Intel AMX (used only where the CPU has AMX).
-    #[arg(long)]
-    pub cpu_no_amx: bool,
-    /// cpu: run VAR's step attention on ONNX Runtime's operators, not on our fused kernel
-    /// (used only where the CPU has AVX-512).
-    #[arg(long)]
-    pub cpu_ort_attention: bool,
-    /// cpu: run the VQ decoder's GroupNorm + SiLU on ONNX Runtime's operators, not on our
-    /// fused kernel (used only where the CPU has AVX-512).
-    #[arg(long)]
-    pub cpu_ort_group_norm: bool,
+    #[command(flatten)]
+    pub cpu: CpuFlags,
     /// cuda: which GPU (ordinal).
     #[arg(long, default_value_t = 0)]
     pub cuda_device: usize,
@@ -69,13 +53,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ..CudaOptions::default()
     };
     let backend = match a.backend {
-        BackendArg::Cpu => llamagen_runtime::BackendChoice::Cpu(llamagen_runtime::CpuOptions {
-            threads: a.threads,
-            idle_spin: a.cpu_spin,
-            no_amx: a.cpu_no_amx,
-            ort_attention: a.cpu_ort_attention,
-            ort_group_norm: a.cpu_ort_group_norm,
-        }),
+        BackendArg::Cpu => llamagen_runtime::BackendChoice::Cpu(a.cpu.options()),
         BackendArg::Cuda => llamagen_runtime::BackendChoice::Cuda(cuda),
         BackendArg::CudaEmu => llamagen_runtime::BackendChoice::CudaEmu(cuda),
     };
