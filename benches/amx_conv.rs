@@ -32,7 +32,7 @@ fn conv(c: &mut Criterion, channels: usize, side: usize) {
     };
     c.bench_function(&format!("amx_conv/{channels}x{side}x{side}"), |b| {
         b.iter(|| {
-            conv.run(&x, 1, side, side, &mut out, &mut scratch, 2, &par)
+            conv.run(&x, None, 1, side, side, &mut out, &mut scratch, 2, &par)
                 .unwrap()
         })
     });

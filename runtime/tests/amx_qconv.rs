@@ -71,6 +71,11 @@ fn reference(
 }
 
 fn check(c: Case, threads: usize, seed: u64) {
+    check_with(c, threads, seed, false);
+}
+
+/// [`check`], with a residual added to the output where `residual`.
+fn check_with(c: Case, threads: usize, seed: u64, residual: bool) {
     let mut rng = Rng(seed);
     let x: Vec<f32> = (0..c.n * c.cin * c.h * c.w)
         .map(|_| rng.uniform() * 6.0 - 2.5)
@@ -90,7 +95,14 @@ fn check(c: Case, threads: usize, seed: u64) {
         zero_point: 131,
     };
     let conv = QConv3x3::new(c.cin, c.cout, &w, &ws, Some(&bias), xq, yq).unwrap();
-    let mut got = vec![f32::NAN; c.n * c.cout * c.h * c.w];
+    let r: Vec<f32> = (0..c.n * c.cout * c.h * c.w)
+        .map(|_| rng.uniform() * 4.0 - 2.0)
+        .collect();
+    let r = residual.then_some(&r[..]);
+    // A guard past the output: a store of a padded channel (past cout) would land there.
+    let len = c.n * c.cout * c.h * c.w;
+    let mut out = vec![f32::NAN; len + 64 * c.h * c.w];
+    let (got, guard) = out.split_at_mut(len);
     let threaded = |count: usize, f: &(dyn Fn(usize) + Sync)| {
         std::thread::scope(|s| {
             for i in 0..count {
@@ -100,25 +112,45 @@ fn check(c: Case, threads: usize, seed: u64) {
     };
     // Garbage in the scratch must not matter.
     let mut scratch = vec![0xA5; conv.scratch_len(c.h, c.w)];
-    conv.run(
-        &x,
-        c.n,
-        c.h,
-        c.w,
-        &mut got,
-        &mut scratch,
-        threads,
-        &threaded,
-    )
-    .unwrap();
-    let expected = reference(&c, &x, &w, &ws, &bias, xq, yq);
+    conv.run(&x, r, c.n, c.h, c.w, got, &mut scratch, threads, &threaded)
+        .unwrap();
+    assert!(guard.iter().all(|v| v.is_nan()), "stored past the output");
+    let got = got.to_vec();
+    let mut expected = reference(&c, &x, &w, &ws, &bias, xq, yq);
+    if let Some(r) = r {
+        expected.iter_mut().zip(r).for_each(|(e, r)| *e += r);
+    }
+    let r_ptr = r.map(<[f32]>::as_ptr);
     if c.cin == c.cout {
         // In place (ONNX Runtime's buffer reuse): the same result.
         let mut buf = x.clone();
         let p = buf.as_mut_ptr();
         // SAFETY: `buf` holds n * cin * h * w = n * cout * h * w values.
-        unsafe { conv.run_raw(p, c.n, c.h, c.w, p, &mut scratch, threads, &threaded) }.unwrap();
+        unsafe { conv.run_raw(p, r_ptr, c.n, c.h, c.w, p, &mut scratch, threads, &threaded) }
+            .unwrap();
         assert_eq!(buf, got, "in place differs");
+    }
+    if let Some(r) = r {
+        // The output in the residual's buffer: the same result.
+        let mut buf = r.to_vec();
+        let p = buf.as_mut_ptr();
+        // SAFETY: `x` and `buf` do not overlap; `buf` is read as the residual value by value
+        // before each output value is written there.
+        unsafe {
+            conv.run_raw(
+                x.as_ptr(),
+                Some(p),
+                c.n,
+                c.h,
+                c.w,
+                p,
+                &mut scratch,
+                threads,
+                &threaded,
+            )
+        }
+        .unwrap();
+        assert_eq!(buf, got, "output over the residual differs");
     }
     // One output quantization step: the int32 sums are exact where the reference sums in f64,
     // so only a value within rounding of a step boundary may land one step away.
@@ -211,17 +243,78 @@ fn matches_reference_on_partial_tiles() {
 }
 
 #[test]
+fn matches_reference_with_outputs_not_a_multiple_of_32() {
+    if skip() {
+        return;
+    }
+    // The VQ decoder's image convolution (160 -> 3): one block, 29 padded channels not
+    // stored; and 48 (a full block and a half one).
+    check(
+        Case {
+            n: 2,
+            cin: 160,
+            cout: 3,
+            h: 7,
+            w: 18,
+        },
+        2,
+        13,
+    );
+    check(
+        Case {
+            n: 2,
+            cin: 40,
+            cout: 48,
+            h: 4,
+            w: 16,
+        },
+        1,
+        17,
+    );
+}
+
+#[test]
+fn adds_the_residual() {
+    if skip() {
+        return;
+    }
+    // In place (cin == cout) and not; partial tiles; padded output channels.
+    check_with(
+        Case {
+            n: 2,
+            cin: 64,
+            cout: 64,
+            h: 5,
+            w: 20,
+        },
+        2,
+        19,
+        true,
+    );
+    check_with(
+        Case {
+            n: 1,
+            cin: 70,
+            cout: 48,
+            h: 3,
+            w: 17,
+        },
+        1,
+        23,
+        true,
+    );
+}
+
+#[test]
 fn refuses_bad_shapes() {
     let q = Quant {
         scale: 1.0,
         zero_point: 0,
     };
-    assert!(!QConv3x3::fits(48), "48 outputs are not pairs of 16");
-    assert!(QConv3x3::fits(32));
-    let err = QConv3x3::new(4, 48, &[0; 48 * 4 * 9], &[1.0], None, q, q)
-        .err()
-        .unwrap();
-    assert!(err.contains("multiple of 32"), "{err}");
+    assert!(!QConv3x3::fits(0), "no outputs");
+    assert!(QConv3x3::fits(3) && QConv3x3::fits(32));
+    let err = QConv3x3::new(4, 0, &[], &[1.0], None, q, q).err().unwrap();
+    assert!(err.contains("at least 1"), "{err}");
     let err = QConv3x3::new(4, 32, &[0; 10], &[1.0], None, q, q)
         .err()
         .unwrap();
@@ -240,6 +333,7 @@ fn refuses_bad_shapes() {
     let err = conv
         .run(
             &[0.0; 3 * 16 * 16],
+            None,
             1,
             16,
             16,
@@ -254,6 +348,7 @@ fn refuses_bad_shapes() {
     let err = conv
         .run(
             &[0.0; 4 * 16 * 16],
+            None,
             1,
             16,
             16,
@@ -265,6 +360,24 @@ fn refuses_bad_shapes() {
         .err()
         .unwrap();
     assert!(err.contains("100 bytes of scratch"), "{err}");
+    let err = conv
+        .run(
+            &[0.0; 4 * 16 * 16],
+            Some(&[0.0; 31 * 16 * 16]),
+            1,
+            16,
+            16,
+            &mut out,
+            &mut scratch,
+            1,
+            &seq,
+        )
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("residual of 7936 values, expected 8192"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! The ONNX Runtime custom operator that runs [`QConv3x3`] inside a session:
-//! `llamagen.cpu::QConv3x3(x f32 [n, cin, h, w]) -> y f32 [n, cout, h, w]`, one node per
-//! convolution, its weights and quantization named by the string attribute `conv` and held by
-//! the operator (packed once at load, see `backend::amx_rewrite`). The work runs on the
-//! session's intra-op threads (ONNX Runtime's parallel-for).
+//! `llamagen.cpu::QConv3x3(x f32 [n, cin, h, w], residual f32 [n, cout, h, w] optional) -> y
+//! f32 [n, cout, h, w]`, one node per convolution, its weights and quantization named by the
+//! string attribute `conv` and held by the operator (packed once at load, see
+//! `backend::amx_rewrite`); the residual, where given, is added to the result. The work runs
+//! on the session's intra-op threads (ONNX Runtime's parallel-for).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,7 +49,10 @@ impl Operator for QConvOp {
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        [OperatorInput::required(TensorElementType::Float32)]
+        [
+            OperatorInput::required(TensorElementType::Float32),
+            OperatorInput::optional(TensorElementType::Float32),
+        ]
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
@@ -116,6 +120,21 @@ impl Kernel for QConvKernel {
             )?
             .ok_or_else(|| ort::Error::new(format!("{OP_TYPE}: no output")))?;
         let y = output.try_extract_tensor_mut::<f32>()?.1.as_mut_ptr();
+        let residual_input = ctx.input(1)?;
+        let residual = match &residual_input {
+            Some(r) => {
+                let (r_shape, r) = r.try_extract_tensor::<f32>()?;
+                let expected = [n, self.conv.cout(), h, w];
+                if !r_shape.iter().map(|&d| d.max(0) as usize).eq(expected) {
+                    return Err(ort::Error::new(format!(
+                        "{OP_TYPE}: residual of shape {r_shape:?}, expected {expected:?}"
+                    )));
+                }
+                Some(r.as_ptr())
+            }
+            None => None,
+        };
+
         // The scratch comes from the session's allocator (the shared arena); one static
         // buffer for all convolutions measured 13 MB more peak RSS for VAR-d16.
         let len = self.conv.scratch_len(h, w);
@@ -132,10 +151,11 @@ impl Kernel for QConvKernel {
         let scratch =
             unsafe { std::slice::from_raw_parts_mut(block.as_mut_ptr().cast::<u8>(), len) };
         let (conv, threads) = (&self.conv, self.threads);
-        // SAFETY: ONNX Runtime gave `x` as `[n, cin, h, w]` (checked above) and `y` as
-        // `[n, cout, h, w]`; they are one buffer (in place) or disjoint.
+        // SAFETY: ONNX Runtime gave `x` as `[n, cin, h, w]` (checked above), `y` and the
+        // residual as `[n, cout, h, w]`; `y` is `x`'s buffer (in place, the only reuse
+        // declared) or disjoint from the inputs.
         on_threads(ctx, OP_TYPE, |par| unsafe {
-            conv.run_raw(x, n, h, w, y, scratch, threads, par)
+            conv.run_raw(x, residual, n, h, w, y, scratch, threads, par)
         })
     }
 }

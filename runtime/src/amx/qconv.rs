@@ -13,7 +13,8 @@
 //! 2. multiply: 2 x 2 output tiles per block (32 channels by two pixel tiles in row order);
 //! 3. epilogue: `acc - zp_x * sum(w)` (the padded border holds the zero point, so it adds
 //!    nothing), times `x_scale * w_scale[co]`, plus the bias, then quantized and dequantized
-//!    with the output's scale and zero point.
+//!    with the output's scale and zero point; plus a residual where the graph adds one to the
+//!    result (a residual block's second convolution).
 //!
 //! The int32 sums are exact, so the only difference from the graph's f32 math is where a value
 //! sits within rounding of an output quantization step (tests: one step at most).
@@ -78,7 +79,10 @@ pub struct QConv3x3 {
     cout: usize,
     /// `cin` rounded up to [`K_CHUNK`].
     cp: usize,
-    /// A tiles `[tap][cp / 64][cout / 16]`, each 16 output channels by 64 input channels.
+    /// `cout` rounded up to a block of two tiles (32): the channels past `cout` have zero
+    /// weights and are computed but not stored (the VQ decoder's 3-channel `conv_out`).
+    cop: usize,
+    /// A tiles `[tap][cp / 64][cop / 16]`, each 16 output channels by 64 input channels.
     packed: Vec<i8>,
     /// Sum of each output channel's weights (the input zero point's share of the product).
     colsum: Vec<i32>,
@@ -95,10 +99,11 @@ const PARTS_PER_THREAD: usize = 8;
 pub use crate::parallel::ParallelFor;
 
 impl QConv3x3 {
-    /// Whether a convolution with `cout` outputs can run here: blocks of 32 output channels
-    /// (any map size: rows end in partial tiles, an odd last tile is paired with itself).
+    /// Whether a convolution with `cout` outputs can run here: any number, in blocks of 32
+    /// output channels (a last partial block is padded with zero weights), and any map size
+    /// (rows end in partial tiles, an odd last tile is paired with itself).
     pub fn fits(cout: usize) -> bool {
-        cout > 0 && cout.is_multiple_of(2 * TILE)
+        cout > 0
     }
 
     /// `w`: `[cout, cin, 3, 3]` int8 (symmetric, zero point 0); `w_scales`: one per output
@@ -113,10 +118,7 @@ impl QConv3x3 {
         y: Quant,
     ) -> Result<Self, String> {
         if cin == 0 || !Self::fits(cout) {
-            return Err(format!(
-                "{cin} -> {cout} channels: the output channels must be a multiple of {}",
-                2 * TILE
-            ));
+            return Err(format!("{cin} -> {cout} channels: both must be at least 1"));
         }
         if w.len() != cout * cin * 9 {
             return Err(format!(
@@ -134,7 +136,8 @@ impl QConv3x3 {
             return Err(format!("{} bias values, expected {cout}", b.len()));
         }
         let cp = cin.div_ceil(K_CHUNK) * K_CHUNK;
-        let (kc, nt) = (cp / K_CHUNK, cout / TILE);
+        let cop = cout.div_ceil(2 * TILE) * 2 * TILE;
+        let (kc, nt) = (cp / K_CHUNK, cop / TILE);
         let mut packed = vec![0i8; 9 * kc * nt * TILE * K_CHUNK];
         let mut colsum = vec![0i32; cout];
         for co in 0..cout {
@@ -156,6 +159,7 @@ impl QConv3x3 {
             cin,
             cout,
             cp,
+            cop,
             packed,
             colsum,
             acc_scale,
@@ -180,12 +184,14 @@ impl QConv3x3 {
         (h + 2) * (w + 2) * self.cp + TILE * 4
     }
 
-    /// `x` `[n, cin, h, w]` -> `out` `[n, cout, h, w]`, with `scratch` of at least
-    /// [`QConv3x3::scratch_len`] bytes, the work cut into `threads` parts for `par`.
+    /// `x` `[n, cin, h, w]` -> `out` `[n, cout, h, w]` (plus `residual`, of `out`'s shape,
+    /// where given), with `scratch` of at least [`QConv3x3::scratch_len`] bytes, the work cut
+    /// into `threads` parts for `par`.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
         x: &[f32],
+        residual: Option<&[f32]>,
         n: usize,
         h: usize,
         w: usize,
@@ -194,7 +200,8 @@ impl QConv3x3 {
         threads: usize,
         par: ParallelFor<'_>,
     ) -> Result<(), String> {
-        if x.len() != n * self.cin * h * w || out.len() != n * self.cout * h * w {
+        let out_len = n * self.cout * h * w;
+        if x.len() != n * self.cin * h * w || out.len() != out_len {
             return Err(format!(
                 "input {} / output {} values for {n} x ({} -> {}) x {h} x {w}",
                 x.len(),
@@ -203,8 +210,27 @@ impl QConv3x3 {
                 self.cout
             ));
         }
-        // SAFETY: the lengths were checked; `x` and `out` are distinct borrows.
-        unsafe { self.run_raw(x.as_ptr(), n, h, w, out.as_mut_ptr(), scratch, threads, par) }
+        if let Some(r) = residual.filter(|r| r.len() != out_len) {
+            return Err(format!(
+                "residual of {} values, expected {out_len}",
+                r.len()
+            ));
+        }
+        let residual = residual.map(<[f32]>::as_ptr);
+        // SAFETY: the lengths were checked; `x`, `residual` and `out` are distinct borrows.
+        unsafe {
+            self.run_raw(
+                x.as_ptr(),
+                residual,
+                n,
+                h,
+                w,
+                out.as_mut_ptr(),
+                scratch,
+                threads,
+                par,
+            )
+        }
     }
 
     /// [`QConv3x3::run`] on pointers, where `out` may be `x` itself when `cin == cout` (ONNX
@@ -212,12 +238,14 @@ impl QConv3x3 {
     /// output is written.
     ///
     /// # Safety
-    /// `x` must hold `n * cin * h * w` values and `out` `n * cout * h * w`, and they must be
-    /// the same buffer or not overlap.
+    /// `x` must hold `n * cin * h * w` values, `out` and `residual` (if any) `n * cout * h *
+    /// w`; `out` must be `x` or not overlap it, and not overlap `residual` unless it is the
+    /// same buffer (each output value is written after its residual value is read).
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn run_raw(
         &self,
         x: *const f32,
+        residual: Option<*const f32>,
         n: usize,
         h: usize,
         w: usize,
@@ -246,6 +274,7 @@ impl QConv3x3 {
         // below.
         padded.fill(self.x.zero_point);
         let out_ptr = SharedMut(out);
+        let residual = residual.map(|r| SharedMut(r.cast_mut()));
         // Several parts a thread, so that a thread slowed by other work on its core hands its
         // share to the others (the pool takes parts as threads free up).
         let parts = threads.max(1) * PARTS_PER_THREAD;
@@ -270,7 +299,7 @@ impl QConv3x3 {
                 let range = (t * per).min(pairs)..((t + 1) * per).min(pairs);
                 // SAFETY: `available()` was checked; each call writes the output pixels of its
                 // own tile pairs only; `input` (with its slack) covers every tile read.
-                unsafe { self.multiply(input, image, h, w, range, out_ptr) };
+                unsafe { self.multiply(input, image, h, w, range, out_ptr, residual) };
             });
         }
         Ok(())
@@ -310,7 +339,9 @@ impl QConv3x3 {
         }
     }
 
-    /// Tile pairs `pairs` of image `image`: every output channel, epilogue included.
+    /// Tile pairs `pairs` of image `image`: every output channel, epilogue included (the
+    /// residual, only read, where given).
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
     unsafe fn multiply(
         &self,
@@ -320,11 +351,12 @@ impl QConv3x3 {
         w: usize,
         pairs: std::ops::Range<usize>,
         out: SharedMut<f32>,
+        residual: Option<SharedMut<f32>>,
     ) {
         if pairs.is_empty() {
             return;
         }
-        let (kc, nt) = (self.cp / K_CHUNK, self.cout / TILE);
+        let (kc, nt) = (self.cp / K_CHUNK, self.cop / TILE);
         let tiles_per_row = w.div_ceil(TILE);
         let last = h * tiles_per_row - 1;
         let group_row = (w + 2) * 4;
@@ -360,16 +392,29 @@ impl QConv3x3 {
                 for (t, &(ci, pj)) in [(0, 0), (0, 1), (1, 0), (1, 1)].iter().enumerate() {
                     let (y, x0) = if pj == 0 { m0 } else { m1 };
                     let valid = TILE.min(w - x0);
-                    for i in 0..TILE {
-                        let co = (2 * np + ci) * TILE + i;
+                    // Channels past `cout` (padding) are not stored.
+                    let first = (2 * np + ci) * TILE;
+                    for i in 0..TILE.min(self.cout.saturating_sub(first)) {
+                        let co = first + i;
                         let correction = i32::from(self.x.zero_point) * self.colsum[co];
                         let (scale, bias) = (self.acc_scale[co], self.bias[co]);
                         let row = &acc[(t * TILE + i) * TILE..][..TILE];
-                        let dst = out.0.add(((image * self.cout + co) * h + y) * w + x0);
-                        let dst = std::slice::from_raw_parts_mut(dst, valid);
-                        for (d, &a) in dst.iter_mut().zip(row) {
-                            let v = (a - correction) as f32 * scale + bias;
-                            *d = self.y.round_trip(v);
+                        let at = ((image * self.cout + co) * h + y) * w + x0;
+                        let dst = std::slice::from_raw_parts_mut(out.0.add(at), valid);
+                        let value =
+                            |a: i32| self.y.round_trip((a - correction) as f32 * scale + bias);
+                        match residual {
+                            Some(r) => {
+                                // Read before the write: `out` may be the residual's buffer.
+                                for (j, (d, &a)) in dst.iter_mut().zip(row).enumerate() {
+                                    *d = value(a) + *r.0.add(at + j);
+                                }
+                            }
+                            None => {
+                                for (d, &a) in dst.iter_mut().zip(row) {
+                                    *d = value(a);
+                                }
+                            }
                         }
                     }
                 }

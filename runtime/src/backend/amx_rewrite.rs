@@ -11,10 +11,10 @@
 //!                                                                  -> DequantizeLinear -> y
 //! ```
 //!
-//! (every intermediate value used only by the next node, output channels a multiple of 32) is
-//! replaced by one `llamagen.cpu::QConv3x3(x) -> y` node whose weights are packed here and held
-//! by the operator; the other nodes (1x1 and 3-channel convolutions, norms, attention) stay as
-//! they are. Initializers no longer used are dropped and the rest are inlined, so the model
+//! (every intermediate value used only by the next node) is replaced by one
+//! `llamagen.cpu::QConv3x3(x) -> y` node whose weights are packed here and held by the operator
+//! (`QConv3x3(x, r) -> Add(r, y)` where an `Add` alone reads `y`: a residual block's second
+//! convolution); the other nodes (1x1 convolutions, norms, attention) stay as they are. Initializers no longer used are dropped and the rest are inlined, so the model
 //! loads from memory without its external weights file. `decoder_rewrite` runs this pass.
 
 use std::collections::{HashMap, HashSet};
@@ -59,7 +59,19 @@ pub(crate) fn rewrite_convs(
             dropped[n] = true;
         }
         convs.insert(node.name.clone(), Arc::new(conv));
-        replaced.insert(i, fused_node(node, &m.x, &m.y));
+        // A residual block's `Add(r, conv(..))` goes into the convolution's epilogue: the
+        // output then takes the convolution input's buffer and `r` dies at this node (with a
+        // separate Add, ONNX Runtime kept three 42 MB maps live at 160 x 256 x 256).
+        match residual_add(&index, &graph.node, &m.y) {
+            Some((add, r)) => {
+                dropped[add] = true;
+                let y = &graph.node[add].output[0];
+                replaced.insert(add, fused_node(node, &m.x, Some(r), y));
+            }
+            None => {
+                replaced.insert(i, fused_node(node, &m.x, None, &m.y));
+            }
+        }
     }
     if convs.is_empty() {
         return Ok(convs);
@@ -125,6 +137,25 @@ fn match_conv(index: &Index<'_>, nodes: &[NodeProto], i: usize) -> Option<ConvMa
     })
 }
 
+/// The `Add` node that alone reads `y`, and its other input (`y` not read twice).
+fn residual_add<'n>(
+    index: &Index<'_>,
+    nodes: &'n [NodeProto],
+    y: &str,
+) -> Option<(usize, &'n str)> {
+    let add = index.sole_consumer(nodes, y, "Add")?;
+    let node = &nodes[add];
+    let [a, b] = &node.input[..] else {
+        return None;
+    };
+    let r = match (a == y, b == y) {
+        (true, false) => b,
+        (false, true) => a,
+        _ => return None,
+    };
+    (node.output.len() == 1 && !r.is_empty()).then_some((add, r.as_str()))
+}
+
 /// A 3x3 kernel, padding 1 on every side, stride 1, no dilation, one group.
 fn is_3x3_same(conv: &NodeProto) -> bool {
     let ints = |name: &str| ints(conv, name);
@@ -187,9 +218,12 @@ fn quant(inits: &Initializers, (scale, zero): &(String, String)) -> Result<Optio
     }))
 }
 
-fn fused_node(conv: &NodeProto, x: &str, y: &str) -> NodeProto {
+fn fused_node(conv: &NodeProto, x: &str, residual: Option<&str>, y: &str) -> NodeProto {
     NodeProto {
-        input: vec![x.to_string()],
+        input: std::iter::once(x)
+            .chain(residual)
+            .map(str::to_string)
+            .collect(),
         output: vec![y.to_string()],
         name: conv.name.clone(),
         op_type: OP_TYPE.into(),
