@@ -14,13 +14,16 @@ use half::slice::HalfFloatSliceExt;
 use ort::memory::Allocator;
 use ort::value::{PrimitiveTensorElementType, Tensor};
 
-/// What a cache holds: the graphs' f32 outputs are written into it converted.
+/// What a cache holds: the graphs' outputs (f32, or f16 from our fused attention) are
+/// written into it converted.
 pub trait CacheElement:
     PrimitiveTensorElementType + Copy + Default + std::fmt::Debug + 'static
 {
     fn from_f32(v: f32) -> Self;
     /// `dst[i] = from_f32(src[i])` (vectorized where the CPU can).
     fn from_f32_slice(dst: &mut [Self], src: &[f32]);
+    /// `dst[i] = src[i]` converted.
+    fn from_f16_slice(dst: &mut [Self], src: &[half::f16]);
 }
 
 impl CacheElement for f32 {
@@ -30,6 +33,9 @@ impl CacheElement for f32 {
     fn from_f32_slice(dst: &mut [f32], src: &[f32]) {
         dst.copy_from_slice(src);
     }
+    fn from_f16_slice(dst: &mut [f32], src: &[half::f16]) {
+        src.convert_to_f32_slice(dst);
+    }
 }
 
 impl CacheElement for half::f16 {
@@ -38,6 +44,26 @@ impl CacheElement for half::f16 {
     }
     fn from_f32_slice(dst: &mut [half::f16], src: &[f32]) {
         dst.convert_from_f32_slice(src);
+    }
+    fn from_f16_slice(dst: &mut [half::f16], src: &[half::f16]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+/// What a new slice of keys or values comes in: f32 or f16.
+pub trait CacheSource: Copy {
+    fn store<T: CacheElement>(dst: &mut [T], src: &[Self]);
+}
+
+impl CacheSource for f32 {
+    fn store<T: CacheElement>(dst: &mut [T], src: &[f32]) {
+        T::from_f32_slice(dst, src);
+    }
+}
+
+impl CacheSource for half::f16 {
+    fn store<T: CacheElement>(dst: &mut [T], src: &[half::f16]) {
+        T::from_f16_slice(dst, src);
     }
 }
 
@@ -150,14 +176,20 @@ impl<T: CacheElement> KvCache<T> {
     }
 
     /// Writes `slice` `[batch, heads, seq, head_dim]` at slots `position..position + seq`.
-    pub fn write(cache: &mut [T], slice: &[f32], shape: [usize; 4], position: usize, seq: usize) {
+    pub fn write<S: CacheSource>(
+        cache: &mut [T],
+        slice: &[S],
+        shape: [usize; 4],
+        position: usize,
+        seq: usize,
+    ) {
         let [batch, heads, max_len, hd] = shape;
         debug_assert_eq!(slice.len(), batch * heads * seq * hd);
         debug_assert!(position + seq <= max_len);
         for bh in 0..batch * heads {
             let src = &slice[bh * seq * hd..(bh + 1) * seq * hd];
             let dst = (bh * max_len + position) * hd;
-            T::from_f32_slice(&mut cache[dst..dst + seq * hd], src);
+            S::store(&mut cache[dst..dst + seq * hd], src);
         }
     }
 }

@@ -247,7 +247,7 @@ fn refuses_bad_sizes_with_a_reason() {
 /// as above. Against the same f64 reference fed the f64-prepared q, k, v.
 #[test]
 fn the_qkv_preparation_matches_the_reference() {
-    use llamagen_runtime::attention::qkv::{attend_qkv, QkvInputs, QkvOutputs};
+    use llamagen_runtime::attention::qkv::{attend_qkv, Present, QkvInputs, QkvOutputs};
     if !kernel::available() {
         eprintln!("skipped: no AVX-512 on this CPU");
         return;
@@ -317,20 +317,47 @@ fn the_qkv_preparation_matches_the_reference() {
             past_v: pv,
         };
         let (mut out, mut ko, mut vo) = (vec![0f32; block], vec![0f32; block], vec![0f32; block]);
+        let zero = half::f16::from_f32(0.0);
+        let (mut ko16, mut vo16) = (vec![zero; block], vec![zero; block]);
         let par = llamagen_test_support::threads::scoped(2);
-        let o = QkvOutputs {
-            out: &mut out,
-            k: &mut ko,
-            v: &mut vo,
+        // With an f16 cache the new keys and values come out in f16 (the block's own
+        // attention still reads them in f32: the output tolerance below is f32's).
+        let o = if f16 {
+            QkvOutputs {
+                out: &mut out,
+                k: Present::F16(&mut ko16),
+                v: Present::F16(&mut vo16),
+            }
+        } else {
+            QkvOutputs {
+                out: &mut out,
+                k: Present::F32(&mut ko),
+                v: Present::F32(&mut vo),
+            }
         };
         attend_qkv(&d, &x, o, &par).unwrap();
-        assert_eq!(vo, v, "values are copied as they are");
+        let (key_level, ko, vo) = if f16 {
+            let wide = |h: &[half::f16]| h.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+            // Half an f16 step of a unit vector's entries (below 1), plus f32's part.
+            (
+                2f32.powi(-11) + 4.0 * f32::EPSILON,
+                wide(&ko16),
+                wide(&vo16),
+            )
+        } else {
+            (4.0 * f32::EPSILON, ko, vo)
+        };
+        assert_eq!(
+            vo,
+            round(v.clone()),
+            "values are copied as they are (rounded to f16)"
+        );
         let worst_k = ko
             .iter()
             .zip(&k)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        assert!(worst_k <= 4.0 * f32::EPSILON, "keys: {worst_k:.3e}");
+        assert!(worst_k <= key_level, "keys: {worst_k:.3e}");
         let peak = want.iter().fold(0f64, |m, v| m.max(v.abs()));
         let worst = out
             .iter()

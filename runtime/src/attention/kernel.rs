@@ -172,13 +172,13 @@ pub(super) fn ready(d: &Dims, lengths: &[(&str, usize, usize)]) -> Result<(), St
 }
 
 /// The output pointer, shared by tasks that write disjoint parts of it.
-pub(super) struct OutPtr(pub(super) *mut f32);
+pub(super) struct OutPtr<T = f32>(pub(super) *mut T);
 // SAFETY: tasks write disjoint elements (see `attend_pair`).
-unsafe impl Sync for OutPtr {}
+unsafe impl<T> Sync for OutPtr<T> {}
 
-impl OutPtr {
+impl<T> OutPtr<T> {
     /// The pointer (a method, so closures capture the whole `Sync` wrapper).
-    pub(super) fn ptr(&self) -> *mut f32 {
+    pub(super) fn ptr(&self) -> *mut T {
         self.0
     }
 }

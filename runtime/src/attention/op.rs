@@ -139,11 +139,16 @@ impl Kernel for CachedAttentionKernel {
 
 /// A cache input: f16 or f32.
 pub(super) fn cache_type(f16: bool) -> OperatorInput {
-    OperatorInput::required(if f16 {
+    OperatorInput::required(element_type(f16))
+}
+
+/// f16 or f32.
+pub(super) fn element_type(f16: bool) -> TensorElementType {
+    if f16 {
         TensorElementType::Float16
     } else {
         TensorElementType::Float32
-    })
+    }
 }
 
 /// The dims of a tensor's shape (symbolic ones as 0).

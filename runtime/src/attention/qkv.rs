@@ -5,10 +5,14 @@
 //! The graph did this as Reshape, a head Transpose (a copy of all of `qkv`), Split (three
 //! more), and per q and k a ReduceL2, a Clip and a Div (and q's Mul): eight passes over
 //! activations the attention then read again. Here each pair's rows are read once; the keys
-//! and values are still written out (`present_key` / `present_value`, the cache contract) and
-//! the queries stay in a thread-local buffer.
+//! and values are still written out (`present_key` / `present_value`, the cache contract; in
+//! f16 for an f16 cache, while the block's own attention reads them in f32) and the queries
+//! stay in a thread-local buffer.
 
 use std::cell::RefCell;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use super::kernel::{attend_pair, ready, Cache, Dims, OutPtr};
 use crate::parallel::ParallelFor;
@@ -27,13 +31,41 @@ pub struct QkvInputs<'a> {
 /// its values `[batch, heads, tokens, head_dim]`.
 pub struct QkvOutputs<'a> {
     pub out: &'a mut [f32],
-    pub k: &'a mut [f32],
-    pub v: &'a mut [f32],
+    pub k: Present<'a>,
+    pub v: Present<'a>,
+}
+
+/// New keys or values for the cache, in its element type.
+pub enum Present<'a> {
+    F32(&'a mut [f32]),
+    F16(&'a mut [f16]),
+}
+
+impl Present<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Present::F32(p) => p.len(),
+            Present::F16(p) => p.len(),
+        }
+    }
+
+    fn ptr(&mut self) -> PresentPtr {
+        match self {
+            Present::F32(p) => PresentPtr::F32(OutPtr(p.as_mut_ptr())),
+            Present::F16(p) => PresentPtr::F16(OutPtr(p.as_mut_ptr())),
+        }
+    }
+}
+
+enum PresentPtr {
+    F32(OutPtr<f32>),
+    F16(OutPtr<f16>),
 }
 
 thread_local! {
-    /// A task's queries, `tokens x head_dim`.
-    static QUERIES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// A task's queries, and its keys and values where the outputs are f16 (each `tokens x
+    /// head_dim`).
+    static PAIR: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
 }
 
 /// `q = q / max(|q|, eps) * q_scale[h]`, `k = k / max(|k|, eps)`, `v` as is (the official
@@ -42,7 +74,7 @@ thread_local! {
 pub fn attend_qkv(
     d: &Dims,
     x: &QkvInputs<'_>,
-    o: QkvOutputs<'_>,
+    mut o: QkvOutputs<'_>,
     par: ParallelFor<'_>,
 ) -> Result<(), String> {
     let (block, cache) = (d.block_len(), d.cache_tensor_len());
@@ -58,25 +90,23 @@ pub fn attend_qkv(
             ("present_v", o.v.len(), block),
         ],
     )?;
-    let (out, ko, vo) = (
-        OutPtr(o.out.as_mut_ptr()),
-        OutPtr(o.k.as_mut_ptr()),
-        OutPtr(o.v.as_mut_ptr()),
-    );
+    let (out, ko, vo) = (OutPtr(o.out.as_mut_ptr()), o.k.ptr(), o.v.ptr());
     let task = |bh: usize| {
-        QUERIES.with_borrow_mut(|q| {
-            let (t_len, hd) = (d.tokens, d.head_dim);
-            q.resize(t_len * hd, 0.0);
-            let at = bh * t_len * hd;
+        PAIR.with_borrow_mut(|[q, k_buf, v_buf]| {
+            let n = d.tokens * d.head_dim;
+            let at = bh * n;
+            q.resize(n, 0.0);
             // SAFETY: task `bh` alone writes pair `bh`'s rows of the key and value outputs
             // (lengths checked above), and reads them back only after writing them.
-            let (k, v) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(ko.ptr().add(at), t_len * hd),
-                    std::slice::from_raw_parts_mut(vo.ptr().add(at), t_len * hd),
-                )
-            };
+            let (k, v) = unsafe { (rows_of(&ko, at, n, k_buf), rows_of(&vo, at, n, v_buf)) };
             prepare_pair(d, x, bh, [q, k, v]);
+            for (p, src) in [(&ko, &*k), (&vo, &*v)] {
+                if let PresentPtr::F16(p) = p {
+                    // SAFETY: as above, pair `bh`'s rows of an f16 output.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(p.ptr().add(at), n) };
+                    dst.convert_from_f32_slice(src);
+                }
+            }
             // SAFETY: AVX-512 F is present (checked above); lengths checked above; task `bh`
             // writes only pair `bh`'s rows of `out`.
             unsafe { attend_pair(d, q, [x.past_k, x.past_v], [k, v], &out, bh) }
@@ -84,6 +114,21 @@ pub fn attend_qkv(
     };
     par(d.tasks(), &task);
     Ok(())
+}
+
+/// Where pair `bh`'s keys (or values) go first, `n` values from `at`: an f32 output in place;
+/// for an f16 output the thread's f32 buffer (the block attends in f32; the caller rounds).
+///
+/// # Safety
+/// For an f32 output, `at..at + n` must be in bounds and written by this task alone.
+unsafe fn rows_of<'a>(p: &PresentPtr, at: usize, n: usize, buf: &'a mut Vec<f32>) -> &'a mut [f32] {
+    match p {
+        PresentPtr::F32(p) => std::slice::from_raw_parts_mut(p.ptr().add(at), n),
+        PresentPtr::F16(_) => {
+            buf.resize(n, 0.0);
+            buf
+        }
+    }
 }
 
 /// Pair `bh`'s queries, keys and values (`tokens x head_dim` each) from `qkv`.

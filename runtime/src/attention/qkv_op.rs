@@ -4,7 +4,8 @@
 //! `q_scale` f32 (one value per head), the caches `[batch, heads, cache_len, head_dim]` (f32;
 //! f16 for `CachedAttentionQkvF16Cache`), `position` i64 `[1]`; attributes `heads` (int) and
 //! `eps` (float, the norms' floor). Outputs: `out` f32 `[batch, tokens, heads, head_dim]`,
-//! `present_k` / `present_v` f32 `[batch, heads, tokens, head_dim]`.
+//! `present_k` / `present_v` `[batch, heads, tokens, head_dim]` in the caches' type (f32; f16
+//! for `CachedAttentionQkvF16Cache`, so the step's outputs take half the memory).
 
 use ort::operator::{
     ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
@@ -13,8 +14,8 @@ use ort::operator::{
 use ort::value::{TensorElementType, ValueType};
 
 use super::kernel::Dims;
-use super::op::{cache_input, cache_type, dims_of, on_threads, position_input};
-use super::qkv::{self, QkvInputs, QkvOutputs};
+use super::op::{cache_input, cache_type, dims_of, element_type, on_threads, position_input};
+use super::qkv::{self, Present, QkvInputs, QkvOutputs};
 use crate::custom_op::first_input;
 
 pub const OP_TYPE: &str = "CachedAttentionQkv";
@@ -56,8 +57,12 @@ impl Operator for QkvAttentionOp {
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-        let f = || OperatorOutput::required(TensorElementType::Float32);
-        [f(), f(), f()]
+        let present = || OperatorOutput::required(element_type(self.f16_cache));
+        [
+            OperatorOutput::required(TensorElementType::Float32),
+            present(),
+            present(),
+        ]
     }
 
     /// From `qkv`'s `[batch, tokens, 3 C]`: `[batch, tokens, heads, head_dim]` and twice
@@ -75,16 +80,18 @@ impl Operator for QkvAttentionOp {
             )));
         };
         let hd = if c3 > 0 { c3 / 3 / heads } else { -1 };
-        let with = |dims: Vec<i64>| {
+        let with = |dims: Vec<i64>, element: TensorElementType| {
             let mut t = ty.clone();
-            if let ValueType::Tensor { shape, .. } = &mut t {
+            if let ValueType::Tensor { shape, ty, .. } = &mut t {
                 *shape = dims.into();
+                *ty = element;
             }
             t
         };
-        ctx.set_output(0, &with(vec![b, t, heads, hd]))?;
-        ctx.set_output(1, &with(vec![b, heads, t, hd]))?;
-        ctx.set_output(2, &with(vec![b, heads, t, hd]))
+        let present = element_type(self.f16_cache);
+        ctx.set_output(0, &with(vec![b, t, heads, hd], TensorElementType::Float32))?;
+        ctx.set_output(1, &with(vec![b, heads, t, hd], present))?;
+        ctx.set_output(2, &with(vec![b, heads, t, hd], present))
     }
 
     fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<QkvAttentionKernel> {
@@ -155,8 +162,8 @@ impl Kernel for QkvAttentionKernel {
             .ok_or_else(no_output)?;
         let outputs = QkvOutputs {
             out: out.try_extract_tensor_mut::<f32>()?.1,
-            k: k.try_extract_tensor_mut::<f32>()?.1,
-            v: v.try_extract_tensor_mut::<f32>()?.1,
+            k: present(&mut k, self.f16_cache)?,
+            v: present(&mut v, self.f16_cache)?,
         };
         let inputs = QkvInputs {
             qkv,
@@ -169,6 +176,15 @@ impl Kernel for QkvAttentionKernel {
             qkv::attend_qkv(&dims, &inputs, outputs, par)
         })
     }
+}
+
+/// An output of new keys or values, f16 or f32 as the operator declares.
+fn present<'a>(t: &'a mut ort::value::ValueRefMut<'_>, f16: bool) -> ort::Result<Present<'a>> {
+    Ok(if f16 {
+        Present::F16(t.try_extract_tensor_mut::<half::f16>()?.1)
+    } else {
+        Present::F32(t.try_extract_tensor_mut::<f32>()?.1)
+    })
 }
 
 /// `domain` with the operator added (f16 or f32 caches).

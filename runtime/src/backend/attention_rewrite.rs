@@ -22,7 +22,7 @@ use std::path::Path;
 
 use llamagen_bundle::confine::OpenedFile;
 use llamagen_bundle::onnx_proto::{
-    attribute_type, data_type, AttributeProto, GraphProto, NodeProto,
+    attribute_type, data_type, AttributeProto, DimensionValue, GraphProto, NodeProto,
 };
 use prost::Message;
 
@@ -33,6 +33,9 @@ use crate::attention::op::{OP_TYPE, OP_TYPE_F16_CACHE};
 use crate::attention::qkv_op::{EPS, HEADS, OP_TYPE as QKV, OP_TYPE_F16_CACHE as QKV_F16_CACHE};
 use crate::backend::CpuKernels;
 use crate::error::RuntimeError;
+
+/// The symbolic length the rewrite gives the fused layers' cache inputs (dimension 2).
+pub(crate) const CACHE_SLOTS: &str = "cache_slots";
 
 /// The step graph of `onnx` with its attention fused, when this CPU runs our kernel and the
 /// graph has the pattern; the weights are read from `dir`. With `f16_cache` the fused layers'
@@ -70,6 +73,8 @@ fn rewrite(
     let mut fused = HashMap::new();
     let mut dropped = vec![false; graph.node.len()];
     let mut caches = HashSet::new();
+    // The fused layers' new keys and values, emitted in f16 (with f16 caches).
+    let mut f16_outputs = HashSet::new();
     let mut prologues = 0;
     for i in 0..graph.node.len() {
         let Some(m) = match_attention(&index, graph, i) else {
@@ -83,12 +88,25 @@ fn rewrite(
         caches.extend([past_k.clone(), past_v.clone()]);
         let at = *m.nodes.last().unwrap_or(&i);
         let name = &graph.node[i].name;
-        let node = match match_prologue(&index, graph, &m) {
+        // With f16 caches the operator's new keys and values come out in f16 too (half the
+        // step's output memory): only where nothing but the replaced nodes reads them, so
+        // they are graph outputs and nothing else.
+        let only_outputs = |value: &String| {
+            index
+                .consumers(value)
+                .is_none_or(|c| c.iter().all(|n| *n == usize::MAX || m.nodes.contains(n)))
+        };
+        let prologue = match_prologue(&index, graph, &m)
+            .filter(|_| !f16_cache || (only_outputs(&m.inputs[1]) && only_outputs(&m.inputs[2])));
+        let node = match prologue {
             Some(p) => {
                 for &n in &p.nodes {
                     dropped[n] = true;
                 }
                 prologues += 1;
+                if f16_cache {
+                    f16_outputs.extend([m.inputs[1].clone(), m.inputs[2].clone()]);
+                }
                 fused_qkv_node(name, &m, p, f16_cache)
             }
             None => fused_node(name, m.clone(), f16_cache),
@@ -109,13 +127,27 @@ fn rewrite(
         "VAR step attention rewritten"
     );
     splice(&mut model, fused, &dropped);
-    if f16_cache {
-        for input in model.graph.iter_mut().flat_map(|g| g.input.iter_mut()) {
-            if caches.contains(&input.name) {
-                if let Some(t) = input.r#type.as_mut().and_then(|t| t.tensor_type.as_mut()) {
-                    t.elem_type = data_type::FLOAT16;
-                }
-            }
+    let graph = model.graph.get_or_insert_with(Default::default);
+    for input in graph.input.iter_mut().filter(|v| caches.contains(&v.name)) {
+        let Some(t) = input.r#type.as_mut().and_then(|t| t.tensor_type.as_mut()) else {
+            continue;
+        };
+        if f16_cache {
+            t.elem_type = data_type::FLOAT16;
+        }
+        // Our operator reads the cache's valid slots whatever its length, so the runtime may
+        // leave out the slots of the last scale, which nothing reads (VAR-d16: 424 of 680).
+        if let Some(slots) = t.shape.as_mut().and_then(|s| s.dim.get_mut(2)) {
+            slots.value = Some(DimensionValue::DimParam(CACHE_SLOTS.into()));
+        }
+    }
+    for output in graph
+        .output
+        .iter_mut()
+        .filter(|v| f16_outputs.contains(&v.name))
+    {
+        if let Some(t) = output.r#type.as_mut().and_then(|t| t.tensor_type.as_mut()) {
+            t.elem_type = data_type::FLOAT16;
         }
     }
     let domain =

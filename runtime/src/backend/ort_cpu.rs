@@ -84,10 +84,16 @@ impl CacheNames {
         let slice = vec![shape[0], shape[1], n, shape[3]];
         for (i, (k, v)) in self.present_key.iter().zip(&self.present_value).enumerate() {
             let (keys, values) = cache.layer_mut(i);
-            let data = output_f32(outputs, role, k, slice.clone())?;
-            KvCache::write(keys, data, shape, position, n);
-            let data = output_f32(outputs, role, v, slice.clone())?;
-            KvCache::write(values, data, shape, position, n);
+            for (name, dst) in [(k, keys), (v, values)] {
+                // f16 where our fused attention emits the cache's own type.
+                if is_f16(outputs, name) {
+                    let data = output_of::<half::f16>(outputs, role, name, slice.clone())?;
+                    KvCache::write(dst, data, shape, position, n);
+                } else {
+                    let data = output_f32(outputs, role, name, slice.clone())?;
+                    KvCache::write(dst, data, shape, position, n);
+                }
+            }
         }
         Ok(())
     }
@@ -232,11 +238,34 @@ pub(crate) fn output_f32<'a>(
     name: &str,
     expected: Vec<usize>,
 ) -> Result<&'a [f32], RuntimeError> {
+    output_of(outputs, role, name, expected)
+}
+
+/// Whether output `name` is an f16 tensor.
+fn is_f16(outputs: &ort::session::SessionOutputs<'_>, name: &str) -> bool {
+    outputs.get(name).is_some_and(|v| {
+        matches!(
+            v.dtype(),
+            ort::value::ValueType::Tensor {
+                ty: ort::value::TensorElementType::Float16,
+                ..
+            }
+        )
+    })
+}
+
+/// [`output_f32`] for any element type.
+fn output_of<'a, T: ort::value::PrimitiveTensorElementType>(
+    outputs: &'a ort::session::SessionOutputs<'_>,
+    role: GraphRole,
+    name: &str,
+    expected: Vec<usize>,
+) -> Result<&'a [T], RuntimeError> {
     let value = outputs
         .get(name)
         .ok_or_else(|| RuntimeError::ort(role.name(), format!("no output {name}")))?;
     let (s, data) = value
-        .try_extract_tensor::<f32>()
+        .try_extract_tensor::<T>()
         .map_err(|e| RuntimeError::ort(format!("output {name}"), e))?;
     let got: Vec<usize> = s.iter().map(|&d| d as usize).collect();
     if got != expected {
