@@ -141,13 +141,10 @@ impl Generator for VarOrtCpu {
         for si in 0..c.scales() {
             let t0 = Instant::now();
             let range = c.scale_range(si);
-            let embedded = self.sessions.embed(c, &token_ids, &labels, si)?;
-            let d = c.embed_dim;
-            let mut x = Vec::with_capacity(rows * range.len() * d);
-            for r in 0..rows {
-                let row = &embedded.inputs[r * total * d..(r + 1) * total * d];
-                x.extend_from_slice(&row[range.start * d..range.end * d]);
-            }
+            let x = self
+                .sessions
+                .embed(c, &token_ids, &labels, si, range.clone())?
+                .inputs;
             self.sessions
                 .step(c, &x, &adaln, range.start, &mut cache, &mut logits)?;
             let t = c.guidance(req.cfg_scale, si);
@@ -210,7 +207,7 @@ impl Generator for VarOrtCpu {
         let ids: Vec<i64> = tokens.iter().flatten().map(|&t| t as i64).collect();
         // Any valid label: block 0 of the inputs is not used here.
         let labels = vec![0i64; rows];
-        let embedded = self.sessions.embed(c, &ids, &labels, c.scales())?;
+        let embedded = self.sessions.embed(c, &ids, &labels, c.scales(), 0..0)?;
         let size = m.vq.image_size;
         let data = self
             .sessions

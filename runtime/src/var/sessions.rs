@@ -47,7 +47,7 @@ pub(crate) enum VarCache {
 
 /// Outputs of the embed graph for `rows` rows.
 pub(crate) struct Embedded {
-    /// `[rows, tokens_total, C]`.
+    /// `[rows, block, C]`: each row's inputs of the requested block of tokens.
     pub inputs: Vec<f32>,
     /// `[rows, Cvae, P, P]`.
     pub f_hat: Vec<f32>,
@@ -137,13 +137,15 @@ impl VarSessions {
         Ok(output(&out, GraphRole::VarCond, io_names::ADALN, dims)?.to_vec())
     }
 
-    /// The embed graph on `tokens` `[rows, tokens_total]` with `scales_done` scales set.
+    /// The embed graph on `tokens` `[rows, tokens_total]` with `scales_done` scales set; of
+    /// its inputs for every token, only `block`'s are copied out (the step's next input).
     pub(crate) fn embed(
         &self,
         c: &VarConfig,
         tokens: &[i64],
         labels: &[i64],
         scales_done: usize,
+        block: std::ops::Range<usize>,
     ) -> Result<Embedded, RuntimeError> {
         let rows = labels.len();
         let done = [scales_done as i64];
@@ -167,14 +169,20 @@ impl VarSessions {
             .map_err(|e| RuntimeError::ort("var embed", e))?;
         let p = c.last_side();
         let role = GraphRole::VarEmbed;
+        let all = output(
+            &out,
+            role,
+            io_names::INPUTS_EMBEDS,
+            vec![rows, c.tokens, c.embed_dim],
+        )?;
+        let d = c.embed_dim;
+        let inputs = all
+            .chunks(c.tokens * d)
+            .flat_map(|row| &row[block.start * d..block.end * d])
+            .copied()
+            .collect();
         Ok(Embedded {
-            inputs: output(
-                &out,
-                role,
-                io_names::INPUTS_EMBEDS,
-                vec![rows, c.tokens, c.embed_dim],
-            )?
-            .to_vec(),
+            inputs,
             f_hat: output(&out, role, io_names::VQ_FEATURES, vec![rows, c.cvae, p, p])?.to_vec(),
         })
     }
