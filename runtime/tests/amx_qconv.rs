@@ -327,53 +327,21 @@ fn refuses_bad_shapes() {
         return;
     }
     let conv = QConv3x3::new(4, 32, &[0; 32 * 4 * 9], &[1.0], None, q, q).unwrap();
-    let mut out = vec![0.0; 32 * 16 * 16];
+    let out = vec![0.0; 32 * 16 * 16];
     let seq = |count: usize, f: &(dyn Fn(usize) + Sync)| (0..count).for_each(f);
-    let mut scratch = vec![0; conv.scratch_len(16, 16)];
-    let err = conv
-        .run(
-            &[0.0; 3 * 16 * 16],
-            None,
-            1,
-            16,
-            16,
-            &mut out,
-            &mut scratch,
-            1,
-            &seq,
-        )
-        .err()
-        .unwrap();
+    let scratch_len = conv.scratch_len(16, 16);
+    // The error of a 16 x 16 run on `x` (+ `r`) with `scratch` bytes of scratch.
+    let refusal = |x: &[f32], r: Option<&[f32]>, scratch: usize| {
+        let mut scratch = vec![0; scratch];
+        conv.run(x, r, 1, 16, 16, &mut out.clone(), &mut scratch, 1, &seq)
+            .err()
+            .unwrap()
+    };
+    let err = refusal(&[0.0; 3 * 16 * 16], None, scratch_len);
     assert!(err.contains("input 768"), "{err}");
-    let err = conv
-        .run(
-            &[0.0; 4 * 16 * 16],
-            None,
-            1,
-            16,
-            16,
-            &mut out,
-            &mut scratch[..100],
-            1,
-            &seq,
-        )
-        .err()
-        .unwrap();
+    let err = refusal(&[0.0; 4 * 16 * 16], None, 100);
     assert!(err.contains("100 bytes of scratch"), "{err}");
-    let err = conv
-        .run(
-            &[0.0; 4 * 16 * 16],
-            Some(&[0.0; 31 * 16 * 16]),
-            1,
-            16,
-            16,
-            &mut out,
-            &mut scratch,
-            1,
-            &seq,
-        )
-        .err()
-        .unwrap();
+    let err = refusal(&[0.0; 4 * 16 * 16], Some(&[0.0; 31 * 16 * 16]), scratch_len);
     assert!(
         err.contains("residual of 7936 values, expected 8192"),
         "{err}"
