@@ -13,9 +13,10 @@
 //!
 //! (every intermediate value used only by the next node) is replaced by one
 //! `llamagen.cpu::QConv3x3(x) -> y` node whose weights are packed here and held by the operator
-//! (`QConv3x3(x, r) -> Add(r, y)` where an `Add` alone reads `y`: a residual block's second
-//! convolution); the other nodes (1x1 convolutions, norms, attention) stay as they are. Initializers no longer used are dropped and the rest are inlined, so the model
-//! loads from memory without its external weights file. `decoder_rewrite` runs this pass.
+//! (`QConv3x3(x, r)` for `Add(r, y)` where that `Add` alone reads `y`: a residual block's
+//! second convolution); the other nodes (1x1 convolutions, norms, attention) stay as they are.
+//! Initializers no longer used are dropped and the rest are inlined, so the model loads from
+//! memory without its external weights file. `decoder_rewrite` runs this pass.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

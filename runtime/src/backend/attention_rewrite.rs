@@ -21,6 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use llamagen_bundle::confine::OpenedFile;
+use llamagen_bundle::names::{past_key, past_value};
 use llamagen_bundle::onnx_proto::{
     attribute_type, data_type, AttributeProto, DimensionValue, GraphProto, NodeProto,
 };
@@ -75,6 +76,8 @@ fn rewrite(
     let mut caches = HashSet::new();
     // The fused layers' new keys and values, emitted in f16 (with f16 caches).
     let mut f16_outputs = HashSet::new();
+    // Whether the caches' length may change: only our operators read them.
+    let mut free_length = true;
     let mut prologues = 0;
     for i in 0..graph.node.len() {
         let Some(m) = match_attention(&index, graph, i) else {
@@ -86,6 +89,12 @@ fn rewrite(
             continue;
         }
         caches.extend([past_k.clone(), past_v.clone()]);
+        let read_here = |value: &String| {
+            index
+                .consumers(value)
+                .is_some_and(|c| c.iter().all(|n| m.nodes.contains(n)))
+        };
+        free_length &= read_here(past_k) && read_here(past_v);
         let at = *m.nodes.last().unwrap_or(&i);
         let name = &graph.node[i].name;
         // With f16 caches the operator's new keys and values come out in f16 too (half the
@@ -126,6 +135,13 @@ fn rewrite(
         f16_cache,
         "VAR step attention rewritten"
     );
+    // Every layer's cache must be one of them: the runtime sizes all caches alike.
+    let is_cache =
+        |name: &str| (0..graph.input.len()).any(|j| name == past_key(j) || name == past_value(j));
+    free_length &= graph
+        .input
+        .iter()
+        .all(|v| !is_cache(&v.name) || caches.contains(&v.name));
     splice(&mut model, fused, &dropped);
     let graph = model.graph.get_or_insert_with(Default::default);
     for input in graph.input.iter_mut().filter(|v| caches.contains(&v.name)) {
@@ -138,7 +154,9 @@ fn rewrite(
         // Our operator reads the cache's valid slots whatever its length, so the runtime may
         // leave out the slots of the last scale, which nothing reads (VAR-d16: 424 of 680).
         if let Some(slots) = t.shape.as_mut().and_then(|s| s.dim.get_mut(2)) {
-            slots.value = Some(DimensionValue::DimParam(CACHE_SLOTS.into()));
+            if free_length {
+                slots.value = Some(DimensionValue::DimParam(CACHE_SLOTS.into()));
+            }
         }
     }
     for output in graph
