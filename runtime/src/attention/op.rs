@@ -101,21 +101,8 @@ impl Kernel for CachedAttentionKernel {
                 "q {q_dims:?}, k {k_dims:?} and v {v_dims:?} differ"
             )));
         }
-        let cache_len = pk_dims.get(2).copied().unwrap_or(0);
-        let cache_dims = vec![batch, heads, cache_len, head_dim];
-        if pk_dims != cache_dims || pv_dims != cache_dims {
-            return Err(bad(format!(
-                "caches of shapes {pk_dims:?} and {pv_dims:?}, expected {cache_dims:?}"
-            )));
-        }
-        let dims = Dims {
-            batch,
-            heads,
-            tokens,
-            head_dim,
-            cache_len,
-            position,
-        };
+        let block = [batch, heads, tokens, head_dim];
+        let dims = cached_dims(OP_TYPE, block, &pk_dims, &pv_dims, position)?;
         let mut output = ctx
             .output(
                 0,
@@ -135,6 +122,32 @@ impl Kernel for CachedAttentionKernel {
         };
         on_threads(ctx, OP_TYPE, |par| kernel::attend(&dims, &inputs, out, par))
     }
+}
+
+/// The kernel's dims for a `[batch, heads, tokens, head_dim]` block over caches of shapes
+/// `pk_dims` and `pv_dims`, which must be `[batch, heads, cache_len, head_dim]` alike.
+pub(super) fn cached_dims(
+    op: &str,
+    [batch, heads, tokens, head_dim]: [usize; 4],
+    pk_dims: &[usize],
+    pv_dims: &[usize],
+    position: usize,
+) -> ort::Result<Dims> {
+    let cache_len = pk_dims.get(2).copied().unwrap_or(0);
+    let cache_dims = [batch, heads, cache_len, head_dim];
+    if pk_dims != cache_dims || pv_dims != cache_dims {
+        return Err(ort::Error::new(format!(
+            "{op}: caches of shapes {pk_dims:?} and {pv_dims:?}, expected {cache_dims:?}"
+        )));
+    }
+    Ok(Dims {
+        batch,
+        heads,
+        tokens,
+        head_dim,
+        cache_len,
+        position,
+    })
 }
 
 /// A cache input: f16 or f32.

@@ -13,8 +13,9 @@ use ort::operator::{
 };
 use ort::value::{TensorElementType, ValueType};
 
-use super::kernel::Dims;
-use super::op::{cache_input, cache_type, dims_of, element_type, on_threads, position_input};
+use super::op::{
+    cache_input, cache_type, cached_dims, dims_of, element_type, on_threads, position_input,
+};
 use super::qkv::{self, Present, QkvInputs, QkvOutputs};
 use crate::custom_op::first_input;
 
@@ -134,21 +135,8 @@ impl Kernel for QkvAttentionKernel {
             )));
         }
         let head_dim = c3 / 3 / heads;
-        let cache_len = pk_dims.get(2).copied().unwrap_or(0);
-        let cache_dims = vec![batch, heads, cache_len, head_dim];
-        if pk_dims != cache_dims || pv_dims != cache_dims {
-            return Err(bad(format!(
-                "caches of shapes {pk_dims:?} and {pv_dims:?}, expected {cache_dims:?}"
-            )));
-        }
-        let dims = Dims {
-            batch,
-            heads,
-            tokens,
-            head_dim,
-            cache_len,
-            position,
-        };
+        let block = [batch, heads, tokens, head_dim];
+        let dims = cached_dims(OP_TYPE, block, &pk_dims, &pv_dims, position)?;
         let shape = |d: [usize; 4]| d.iter().map(|&x| x as i64).collect::<Vec<_>>();
         let no_output = || bad("no output".into());
         let mut out = ctx

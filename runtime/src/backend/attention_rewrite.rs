@@ -83,30 +83,25 @@ fn rewrite(
         let Some(m) = match_attention(&index, graph, i) else {
             continue;
         };
-        let [_, _, _, past_k, past_v, _] = &m.inputs;
+        let [_, k, v, past_k, past_v, _] = &m.inputs;
         let is_input = |name: &String| graph.input.iter().any(|v| &v.name == name);
         if f16_cache && !(is_input(past_k) && is_input(past_v)) {
             continue;
         }
         caches.extend([past_k.clone(), past_v.clone()]);
-        let read_here = |value: &String| {
-            index
-                .consumers(value)
-                .is_some_and(|c| c.iter().all(|n| m.nodes.contains(n)))
-        };
-        free_length &= read_here(past_k) && read_here(past_v);
-        let at = *m.nodes.last().unwrap_or(&i);
-        let name = &graph.node[i].name;
-        // With f16 caches the operator's new keys and values come out in f16 too (half the
-        // step's output memory): only where nothing but the replaced nodes reads them, so
-        // they are graph outputs and nothing else.
-        let only_outputs = |value: &String| {
+        // Whether nothing but the replaced nodes (and the graph's outputs) reads `value`.
+        let read_only_here = |value: &String| {
             index
                 .consumers(value)
                 .is_none_or(|c| c.iter().all(|n| *n == usize::MAX || m.nodes.contains(n)))
         };
+        free_length &= read_only_here(past_k) && read_only_here(past_v);
+        let at = *m.nodes.last().unwrap_or(&i);
+        let name = &graph.node[i].name;
+        // With f16 caches the operator's new keys and values come out in f16 too (half the
+        // step's output memory): only where they are graph outputs and nothing else.
         let prologue = match_prologue(&index, graph, &m)
-            .filter(|_| !f16_cache || (only_outputs(&m.inputs[1]) && only_outputs(&m.inputs[2])));
+            .filter(|_| !f16_cache || (read_only_here(k) && read_only_here(v)));
         let node = match prologue {
             Some(p) => {
                 for &n in &p.nodes {
@@ -114,7 +109,7 @@ fn rewrite(
                 }
                 prologues += 1;
                 if f16_cache {
-                    f16_outputs.extend([m.inputs[1].clone(), m.inputs[2].clone()]);
+                    f16_outputs.extend([k.clone(), v.clone()]);
                 }
                 fused_qkv_node(name, &m, p, f16_cache)
             }

@@ -15,7 +15,7 @@ use llamagen_bundle::names::PROBE_PREFIX;
 use llamagen_bundle::{GraphRole, Manifest};
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{Session, SessionInputValue};
-use ort::value::TensorRef;
+use ort::value::{TensorElementType, TensorRef};
 
 use super::{Backend, BackendKind, CpuKernels, CpuOptions, StepInput};
 use crate::error::RuntimeError;
@@ -86,12 +86,15 @@ impl CacheNames {
             let (keys, values) = cache.layer_mut(i);
             for (name, dst) in [(k, keys), (v, values)] {
                 // f16 where our fused attention emits the cache's own type.
-                if is_f16(outputs, name) {
-                    let data = output_of::<half::f16>(outputs, role, name, slice.clone())?;
-                    KvCache::write(dst, data, shape, position, n);
-                } else {
-                    let data = output_f32(outputs, role, name, slice.clone())?;
-                    KvCache::write(dst, data, shape, position, n);
+                match output_type(outputs, name) {
+                    Some(TensorElementType::Float16) => {
+                        let data = output_of::<half::f16>(outputs, role, name, slice.clone())?;
+                        KvCache::write(dst, data, shape, position, n);
+                    }
+                    _ => {
+                        let data = output_f32(outputs, role, name, slice.clone())?;
+                        KvCache::write(dst, data, shape, position, n);
+                    }
                 }
             }
         }
@@ -241,17 +244,12 @@ pub(crate) fn output_f32<'a>(
     output_of(outputs, role, name, expected)
 }
 
-/// Whether output `name` is an f16 tensor.
-fn is_f16(outputs: &ort::session::SessionOutputs<'_>, name: &str) -> bool {
-    outputs.get(name).is_some_and(|v| {
-        matches!(
-            v.dtype(),
-            ort::value::ValueType::Tensor {
-                ty: ort::value::TensorElementType::Float16,
-                ..
-            }
-        )
-    })
+/// The element type of output `name`, if it is a tensor.
+fn output_type(
+    outputs: &ort::session::SessionOutputs<'_>,
+    name: &str,
+) -> Option<TensorElementType> {
+    outputs.get(name)?.dtype().tensor_type()
 }
 
 /// [`output_f32`] for any element type.
